@@ -1,0 +1,237 @@
+//! Pool configuration: the knobs of Nuclio's asynchronous mode, their defaults,
+//! and the checks that reject a configuration before any worker is started.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// How a worker's connections are used (Nuclio's trigger `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Many connections per worker (`max_connections`), one event on each at a time.
+    #[default]
+    Async,
+    /// Exactly one connection per worker, so one event per worker at a time.
+    Sync,
+}
+
+/// What the supervisor does when connections or worker processes fail.
+///
+/// The ladder: a connection marked for restart is re-established up to
+/// [`PoolConfig::reconnect_attempts`] times; when that fails the worker process is
+/// terminated (with [`terminate_grace`](Self::terminate_grace)) and relaunched after
+/// an exponential backoff; a worker restarted more than
+/// [`max_restarts`](Self::max_restarts) times within
+/// [`restart_window`](Self::restart_window) is reported
+/// [`WorkerState::Failed`](crate::WorkerState::Failed) and left down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestartPolicy {
+    /// Pause before the second connect attempt of a slot; doubled before each later one.
+    /// Default 100 ms.
+    pub reconnect_backoff: Duration,
+    /// Delay before the first relaunch of a worker; doubled for each consecutive
+    /// relaunch. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Cap on the relaunch delay. Default 30 s.
+    pub max_backoff: Duration,
+    /// A worker generation that served this long resets the backoff. Default 60 s.
+    pub stable_after: Duration,
+    /// Restarts allowed within [`restart_window`](Self::restart_window) before the
+    /// worker is reported failed. Default 5.
+    pub max_restarts: u32,
+    /// The window in which restarts are counted. Default 60 s.
+    pub restart_window: Duration,
+    /// Time a worker gets to exit after it is asked to terminate for a restart,
+    /// before it is killed. Default 5 s.
+    pub terminate_grace: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            reconnect_backoff: Duration::from_millis(100),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            terminate_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before the `n`th consecutive relaunch (`n` from 1).
+    pub(crate) fn relaunch_delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .map_or(self.max_backoff, |d| d.min(self.max_backoff))
+    }
+
+    /// The pause before connect attempt `n` (`n` from 1; none before the first).
+    pub(crate) fn reconnect_delay(&self, n: u32) -> Duration {
+        if n <= 1 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(n - 2).unwrap_or(u32::MAX);
+        self.reconnect_backoff.saturating_mul(factor)
+    }
+}
+
+/// The pool's configuration. Field names follow Nuclio's where it has one.
+///
+/// | field | Nuclio | default |
+/// |---|---|---|
+/// | `num_workers` | `numWorkers` | 1 |
+/// | `max_connections` | `async.maxConnectionsNumber` | 1000 |
+/// | `mode` | trigger `mode` | [`Mode::Async`] |
+/// | `connection_availability_timeout` | `async.connectionAvailabilityTimeout` | 10 s |
+/// | `event_timeout` | `spec.eventTimeout` | none |
+/// | `reconnect_attempts` | (3, fixed) | 3 |
+/// | `establish_connection_timeout` | `async.establishConnectionTimeout` | 30 s |
+/// | `max_waiters` | — | none (unbounded) |
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Worker processes in the pool.
+    pub num_workers: usize,
+    /// Connections (slots) per worker. Must be 1 in [`Mode::Sync`].
+    pub max_connections: usize,
+    /// Async (many connections per worker) or sync (one).
+    pub mode: Mode,
+    /// How long an event waits for a free slot when every slot is busy.
+    /// Zero means it does not wait at all.
+    pub connection_availability_timeout: Duration,
+    /// An event running longer fails with
+    /// [`PoolError::EventTimeout`](crate::PoolError::EventTimeout) and its
+    /// connection is restarted. `None` means no limit.
+    pub event_timeout: Option<Duration>,
+    /// Tries to re-establish a connection marked for restart before the worker
+    /// process is restarted.
+    pub reconnect_attempts: u32,
+    /// Bound on one connect attempt, and on launching a worker process.
+    pub establish_connection_timeout: Duration,
+    /// At most this many events wait for a slot; beyond it an event fails at once
+    /// with [`PoolError::QueueFull`](crate::PoolError::QueueFull).
+    pub max_waiters: Option<usize>,
+    /// Backoff and limits for reconnects and worker restarts.
+    pub restart: RestartPolicy,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            num_workers: 1,
+            max_connections: 1000,
+            mode: Mode::Async,
+            connection_availability_timeout: Duration::from_secs(10),
+            event_timeout: None,
+            reconnect_attempts: 3,
+            establish_connection_timeout: Duration::from_secs(30),
+            max_waiters: None,
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Total slots: `num_workers × max_connections`, the most events in flight at once.
+    pub fn capacity(&self) -> usize {
+        self.num_workers.saturating_mul(self.max_connections)
+    }
+
+    /// Checks every field; the error names the first one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: String| Err(ConfigError::new(field, reason));
+        if self.num_workers == 0 {
+            return bad("num_workers", "must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.mode == Mode::Sync && self.max_connections != 1 {
+            return bad(
+                "max_connections",
+                format!(
+                    "must be 1 in Mode::Sync (got {}); use Mode::Async for more",
+                    self.max_connections
+                ),
+            );
+        }
+        // Slot indices are u32 and leave u32::MAX free as a list terminator.
+        if self.capacity() >= u32::MAX as usize {
+            return bad(
+                "max_connections",
+                format!(
+                    "num_workers × max_connections must be below {} (got {} × {})",
+                    u32::MAX,
+                    self.num_workers,
+                    self.max_connections
+                ),
+            );
+        }
+        if self.event_timeout == Some(Duration::ZERO) {
+            return bad(
+                "event_timeout",
+                "must be above zero; use None for no limit".into(),
+            );
+        }
+        if self.reconnect_attempts == 0 {
+            return bad("reconnect_attempts", "must be at least 1".into());
+        }
+        if self.establish_connection_timeout.is_zero() {
+            return bad("establish_connection_timeout", "must be above zero".into());
+        }
+        if self.max_waiters == Some(0) {
+            return bad(
+                "max_waiters",
+                "must be at least 1; use a zero connection_availability_timeout to never wait"
+                    .into(),
+            );
+        }
+        let policy = &self.restart;
+        if policy.max_backoff < policy.initial_backoff {
+            return bad(
+                "restart.max_backoff",
+                format!(
+                    "must not be below restart.initial_backoff ({:?})",
+                    policy.initial_backoff
+                ),
+            );
+        }
+        if policy.restart_window.is_zero() {
+            return bad("restart.restart_window", "must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relaunch_delay_doubles_up_to_the_cap() {
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            ..RestartPolicy::default()
+        };
+        let delays: Vec<_> = (1..=5)
+            .map(|n| policy.relaunch_delay(n).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        assert_eq!(policy.relaunch_delay(200), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reconnect_delay_is_zero_before_the_first_try_then_doubles() {
+        let policy = RestartPolicy::default();
+        let delays: Vec<_> = (1..=4)
+            .map(|n| policy.reconnect_delay(n).as_millis())
+            .collect();
+        assert_eq!(delays, [0, 100, 200, 400]);
+    }
+}

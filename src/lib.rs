@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod api;
+mod config;
+mod error;
+mod idle_index;
+mod in_process;
+mod launcher;
+mod pool;
+mod shared;
+mod slot;
+mod stats;
+mod supervisor;
+mod transport;
+mod wait_queue;
+
+pub use api::AsyncWorkerPool;
+pub use async_trait::async_trait;
+pub use config::{Mode, PoolConfig, RestartPolicy};
+pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError};
+pub use in_process::{InProcessLauncher, InProcessWorker};
+pub use launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
+pub use pool::{Pool, PoolBuilder};
+pub use slot::Slot;
+pub use stats::{
+    AllocationStats, ConnectionRestartStats, EventStats, SlotState, Stats, WorkerState, WorkerStats,
+};
+pub use transport::Transport;

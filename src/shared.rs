@@ -1,0 +1,558 @@
+//! The state every task of one pool shares: the slot table, the idle connections,
+//! the wait queue and the counters, under one short lock.
+//!
+//! Every slot transition happens here, so the invariants are kept in one place:
+//! each slot is in exactly one [`SlotState`]; a slot freed while someone waits goes
+//! to the oldest waiter, never to the idle stack; an idle connection always belongs
+//! to its worker's current generation. Wakers are woken, connections dropped and
+//! reconnects requested only after the lock is released.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::config::PoolConfig;
+use crate::error::PoolError;
+use crate::idle_index::IdleIndex;
+use crate::launcher::WorkerId;
+use crate::stats::{
+    AllocationStats, ConnectionRestartStats, EventCounters, SlotCounts, SlotState, Stats,
+    WorkerState, WorkerStats,
+};
+use crate::transport::Transport;
+use crate::wait_queue::{Outcome, WaitQueue};
+
+/// A slot taken for one event, with its connection.
+pub(crate) struct Taken<C> {
+    pub(crate) slot: u32,
+    pub(crate) generation: u64,
+    pub(crate) conn: C,
+}
+
+/// How an acquire begins.
+pub(crate) enum Begin<C> {
+    Taken(Taken<C>),
+    Wait(u32),
+    Refused(PoolError),
+}
+
+/// A slot whose connection must be re-established, for the worker's supervisor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reconnect {
+    pub(crate) slot: u32,
+    pub(crate) generation: u64,
+}
+
+/// What a release leaves to do once the lock is gone.
+#[must_use]
+struct Aftermath<C> {
+    wake: Option<Waker>,
+    reconnect: Option<(usize, Reconnect)>,
+    close: Option<C>,
+    drained: bool,
+}
+
+impl<C> Aftermath<C> {
+    fn none() -> Self {
+        Self {
+            wake: None,
+            reconnect: None,
+            close: None,
+            drained: false,
+        }
+    }
+}
+
+/// The per-worker channels that live outside the lock.
+struct WorkerLink {
+    reconnect: mpsc::UnboundedSender<Reconnect>,
+    /// The newest generation of this worker that has ended; in-flight calls of
+    /// that generation or older stop waiting for their answer.
+    ended: watch::Sender<u64>,
+}
+
+struct WorkerEntry<C> {
+    /// Idle connections of the current generation, most recently freed last.
+    idle: Vec<(u32, C)>,
+    generation: u64,
+    serving: bool,
+    state: WorkerState,
+    pid: Option<u32>,
+    restarts: u64,
+}
+
+struct Core<C> {
+    slots: Box<[SlotState]>,
+    workers: Box<[WorkerEntry<C>]>,
+    idle_index: IdleIndex,
+    waiters: WaitQueue<C>,
+    counts: SlotCounts,
+    allocations: AllocationStats,
+    connection_restarts: ConnectionRestartStats,
+    worker_restarts: u64,
+    failed_workers: usize,
+    /// Shutdown began: no new events.
+    closing: bool,
+    /// Shutdown finished: every slot goes to `Closed`.
+    closed: bool,
+    max_connections: usize,
+}
+
+pub(crate) struct Shared<T: Transport> {
+    pub(crate) transport: Arc<T>,
+    pub(crate) config: PoolConfig,
+    pub(crate) events: EventCounters,
+    /// The grace that `shutdown` gives the worker processes.
+    pub(crate) shutdown_grace: OnceLock<Duration>,
+    core: Mutex<Core<T::Conn>>,
+    links: Box<[WorkerLink]>,
+    /// Signalled when the last busy slot is released during shutdown.
+    drained: Notify,
+}
+
+impl<T: Transport> Shared<T> {
+    /// The shared state, and for each worker the receiving end of its reconnect requests.
+    pub(crate) fn new(
+        transport: Arc<T>,
+        config: PoolConfig,
+    ) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Reconnect>>) {
+        let (workers, conns) = (config.num_workers, config.max_connections);
+        let mut receivers = Vec::with_capacity(workers);
+        let links = (0..workers)
+            .map(|_| {
+                let (reconnect, rx) = mpsc::unbounded_channel();
+                receivers.push(rx);
+                WorkerLink {
+                    reconnect,
+                    ended: watch::Sender::new(0),
+                }
+            })
+            .collect();
+        let core = Core {
+            slots: vec![SlotState::Down; config.capacity()].into(),
+            workers: (0..workers)
+                .map(|_| WorkerEntry {
+                    idle: Vec::with_capacity(conns),
+                    generation: 0,
+                    serving: false,
+                    state: WorkerState::Starting,
+                    pid: None,
+                    restarts: 0,
+                })
+                .collect(),
+            idle_index: IdleIndex::new(workers, conns),
+            waiters: WaitQueue::new(),
+            counts: SlotCounts::all_down(config.capacity()),
+            allocations: AllocationStats::default(),
+            connection_restarts: ConnectionRestartStats::default(),
+            worker_restarts: 0,
+            failed_workers: 0,
+            closing: false,
+            closed: false,
+            max_connections: conns,
+        };
+        let shared = Self {
+            transport,
+            config,
+            events: EventCounters::default(),
+            shutdown_grace: OnceLock::new(),
+            core: Mutex::new(core),
+            links,
+            drained: Notify::new(),
+        };
+        (Arc::new(shared), receivers)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core<T::Conn>> {
+        // No code under this lock can panic on outside input; if a bug ever did,
+        // the counts are still whole (each transition is one assignment), so go on.
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn worker_of(&self, slot: u32) -> WorkerId {
+        WorkerId::new(slot / self.config.max_connections as u32)
+    }
+
+    /// The hot path: takes an idle slot if there is one, else joins the queue.
+    #[inline]
+    pub(crate) fn begin_acquire(&self) -> Begin<T::Conn> {
+        let mut core = self.lock();
+        core.allocations.count += 1;
+        if core.closing {
+            return Begin::Refused(PoolError::Closed);
+        }
+        if let Some(taken) = core.take_idle() {
+            core.allocations.immediate += 1;
+            return Begin::Taken(taken);
+        }
+        if core.failed_workers == core.workers.len() {
+            return Begin::Refused(PoolError::NoWorkerAvailable);
+        }
+        if let Some(max_waiters) = self.config.max_waiters {
+            if core.waiters.len() >= max_waiters {
+                core.allocations.queue_full += 1;
+                return Begin::Refused(PoolError::QueueFull { max_waiters });
+            }
+        }
+        if self.config.connection_availability_timeout.is_zero() {
+            core.allocations.timeout += 1;
+            return Begin::Refused(PoolError::AcquireTimeout {
+                waited: Duration::ZERO,
+            });
+        }
+        Begin::Wait(core.waiters.push_back())
+    }
+
+    /// Polls a queued waiter: its slot, its error, or pending.
+    pub(crate) fn poll_waiter(
+        &self,
+        key: u32,
+        since: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Taken<T::Conn>, PoolError>> {
+        let mut core = self.lock();
+        match core.waiters.poll_outcome(key, cx.waker()) {
+            None => Poll::Pending,
+            Some(Outcome::Granted {
+                slot,
+                generation,
+                conn,
+            }) => {
+                core.allocations.after_wait += 1;
+                core.allocations.wait_duration_sum += since.elapsed();
+                Poll::Ready(Ok(Taken {
+                    slot,
+                    generation,
+                    conn,
+                }))
+            }
+            Some(Outcome::Closed) => Poll::Ready(Err(PoolError::Closed)),
+            Some(Outcome::NoWorker) => Poll::Ready(Err(PoolError::NoWorkerAvailable)),
+        }
+    }
+
+    /// A waiter gave up (dropped or timed out). A slot granted to it meanwhile goes
+    /// to the next waiter.
+    pub(crate) fn abandon_waiter(&self, key: u32) {
+        let mut core = self.lock();
+        let after = match core.waiters.remove(key) {
+            Some(Outcome::Granted {
+                slot,
+                generation,
+                conn,
+            }) => core.release(slot, generation, Some(conn), true),
+            _ => Aftermath::none(),
+        };
+        drop(core);
+        self.finish(after);
+    }
+
+    pub(crate) fn count_acquire_timeout(&self) {
+        self.lock().allocations.timeout += 1;
+    }
+
+    /// Gives a slot back: reused if `clean`, else its connection is closed and
+    /// re-established.
+    pub(crate) fn release(&self, slot: u32, generation: u64, conn: Option<T::Conn>, clean: bool) {
+        let after = self.lock().release(slot, generation, conn, clean);
+        self.finish(after);
+    }
+
+    fn finish(&self, after: Aftermath<T::Conn>) {
+        if let Some(waker) = after.wake {
+            waker.wake();
+        }
+        if let Some((worker, request)) = after.reconnect {
+            // The supervisor outlives every slot guard unless the pool was dropped,
+            // in which case there is nothing left to reconnect.
+            let _ = self.links[worker].reconnect.send(request);
+        }
+        if after.drained {
+            self.drained.notify_waiters();
+        }
+        drop(after.close);
+    }
+
+    /// A connect task finished for `slot`; the connection is used only if the
+    /// worker still serves the generation it was made for.
+    pub(crate) fn install(&self, slot: u32, generation: u64, conn: T::Conn, was_restart: bool) {
+        let mut core = self.lock();
+        let worker = &core.workers[core.worker_index(slot)];
+        let current = worker.serving && worker.generation == generation;
+        if core.closed || !current || core.slots[slot as usize] != SlotState::Reconnecting {
+            drop(core);
+            drop(conn);
+            return;
+        }
+        if was_restart {
+            core.connection_restarts.ok += 1;
+        }
+        let after = core.make_available(slot, generation, conn);
+        drop(core);
+        self.finish(after);
+    }
+
+    pub(crate) fn count_reconnect_failed(&self) {
+        self.lock().connection_restarts.failed += 1;
+    }
+
+    /// A new process of `worker` is up: its down slots start connecting.
+    pub(crate) fn begin_generation(
+        &self,
+        worker: WorkerId,
+        generation: u64,
+        pid: Option<u32>,
+    ) -> Vec<u32> {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let entry = &mut core.workers[worker.index()];
+        entry.generation = generation;
+        entry.serving = true;
+        entry.state = WorkerState::Running;
+        entry.pid = pid;
+        let mut connecting = Vec::new();
+        for slot in core.slot_range(worker.index()) {
+            if core.slots[slot as usize] == SlotState::Down {
+                core.set_state(slot, SlotState::Reconnecting);
+                connecting.push(slot);
+            }
+        }
+        connecting
+    }
+
+    /// The worker's current process is gone or going: its idle connections are
+    /// closed, its slots go down, and its in-flight calls stop waiting.
+    pub(crate) fn end_generation(&self, worker: WorkerId, next_state: WorkerState) {
+        let mut core = self.lock();
+        let core_ref = &mut *core;
+        let w = worker.index();
+        let entry = &mut core_ref.workers[w];
+        entry.serving = false;
+        entry.state = next_state;
+        entry.pid = None;
+        let generation = entry.generation;
+        let idle: Vec<(u32, T::Conn)> = entry.idle.drain(..).collect();
+        core_ref.idle_index.clear(w);
+        for slot in core_ref.slot_range(w) {
+            if matches!(
+                core_ref.slots[slot as usize],
+                SlotState::Idle | SlotState::Reconnecting
+            ) {
+                core_ref.set_state(slot, SlotState::Down);
+            }
+        }
+        drop(core);
+        drop(idle);
+        self.links[w].ended.send_replace(generation);
+    }
+
+    pub(crate) fn set_worker_state(&self, worker: WorkerId, state: WorkerState) {
+        self.lock().workers[worker.index()].state = state;
+    }
+
+    pub(crate) fn count_worker_restart(&self, worker: WorkerId) {
+        let mut core = self.lock();
+        core.worker_restarts += 1;
+        core.workers[worker.index()].restarts += 1;
+    }
+
+    /// The worker restarted too often. When it was the last one, waiters learn
+    /// at once that no worker is left instead of waiting out their timeout.
+    pub(crate) fn worker_failed(&self, worker: WorkerId) {
+        let mut core = self.lock();
+        core.workers[worker.index()].state = WorkerState::Failed;
+        core.failed_workers += 1;
+        let wakers = if core.failed_workers == core.workers.len() {
+            core.waiters.drain(|| Outcome::NoWorker)
+        } else {
+            Vec::new()
+        };
+        drop(core);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Stops admitting events and fails every waiter with `Closed`.
+    pub(crate) fn close(&self) {
+        let mut core = self.lock();
+        core.closing = true;
+        let wakers = core.waiters.drain(|| Outcome::Closed);
+        drop(core);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// After the supervisors stopped: every slot not held by a caller is closed.
+    pub(crate) fn close_slots(&self) {
+        let mut core = self.lock();
+        let core_ref = &mut *core;
+        core_ref.closed = true;
+        let mut idle = Vec::new();
+        for w in 0..core_ref.workers.len() {
+            idle.append(&mut core_ref.workers[w].idle);
+            core_ref.idle_index.clear(w);
+        }
+        for slot in 0..core_ref.slots.len() as u32 {
+            if core_ref.slots[slot as usize] != SlotState::Busy {
+                core_ref.set_state(slot, SlotState::Closed);
+            }
+        }
+        drop(core);
+        drop(idle);
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Resolves once no slot is busy. Cancel safe.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().counts.get(SlotState::Busy) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Watches for the end of `worker`'s generations.
+    pub(crate) fn ended(&self, worker: WorkerId) -> watch::Receiver<u64> {
+        self.links[worker.index()].ended.subscribe()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let core = self.lock();
+        let workers = core
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(w, entry)| WorkerStats {
+                id: WorkerId::new(w as u32),
+                state: entry.state,
+                generation: entry.generation,
+                pid: entry.pid,
+                idle: entry.idle.len(),
+                busy: core.slots
+                    [core.slot_range(w).start as usize..core.slot_range(w).end as usize]
+                    .iter()
+                    .filter(|&&state| state == SlotState::Busy)
+                    .count(),
+                restarts: entry.restarts,
+            })
+            .collect();
+        Stats {
+            capacity: core.slots.len(),
+            idle: core.counts.get(SlotState::Idle),
+            busy: core.counts.get(SlotState::Busy),
+            reconnecting: core.counts.get(SlotState::Reconnecting),
+            down: core.counts.get(SlotState::Down),
+            closed: core.counts.get(SlotState::Closed),
+            waiters: core.waiters.len(),
+            allocations: core.allocations,
+            events: self.events.snapshot(),
+            connection_restarts: core.connection_restarts,
+            worker_restarts: core.worker_restarts,
+            workers,
+        }
+    }
+}
+
+impl<C> Core<C> {
+    #[inline]
+    fn worker_index(&self, slot: u32) -> usize {
+        slot as usize / self.max_connections
+    }
+
+    fn slot_range(&self, worker: usize) -> std::ops::Range<u32> {
+        let start = (worker * self.max_connections) as u32;
+        start..start + self.max_connections as u32
+    }
+
+    #[inline]
+    fn set_state(&mut self, slot: u32, state: SlotState) {
+        let old = std::mem::replace(&mut self.slots[slot as usize], state);
+        self.counts.moved(old, state);
+    }
+
+    /// An idle connection of the least loaded worker.
+    #[inline]
+    fn take_idle(&mut self) -> Option<Taken<C>> {
+        let w = self.idle_index.most_idle()?;
+        let worker = &mut self.workers[w];
+        let (slot, conn) = worker.idle.pop()?;
+        let generation = worker.generation;
+        self.idle_index.decrement(w);
+        self.set_state(slot, SlotState::Busy);
+        Some(Taken {
+            slot,
+            generation,
+            conn,
+        })
+    }
+
+    /// A usable connection: to the oldest waiter if there is one, else idle.
+    #[inline]
+    fn make_available(&mut self, slot: u32, generation: u64, conn: C) -> Aftermath<C> {
+        let mut after = Aftermath::none();
+        let granted = Outcome::Granted {
+            slot,
+            generation,
+            conn,
+        };
+        match self.waiters.pop_front(granted) {
+            Ok(waker) => {
+                self.set_state(slot, SlotState::Busy);
+                after.wake = waker;
+            }
+            Err(Outcome::Granted { conn, .. }) => {
+                let w = self.worker_index(slot);
+                self.workers[w].idle.push((slot, conn));
+                self.idle_index.increment(w);
+                self.set_state(slot, SlotState::Idle);
+            }
+            Err(_) => {}
+        }
+        after
+    }
+
+    #[inline]
+    fn release(
+        &mut self,
+        slot: u32,
+        generation: u64,
+        conn: Option<C>,
+        clean: bool,
+    ) -> Aftermath<C> {
+        let w = self.worker_index(slot);
+        let (serving, worker_generation) = (self.workers[w].serving, self.workers[w].generation);
+        let current = serving && worker_generation == generation;
+        let mut after = match conn {
+            Some(conn) if clean && current && !self.closed => {
+                self.make_available(slot, generation, conn)
+            }
+            conn => {
+                let mut after = Aftermath::none();
+                after.close = conn;
+                if self.closed {
+                    self.set_state(slot, SlotState::Closed);
+                } else if serving {
+                    self.set_state(slot, SlotState::Reconnecting);
+                    let generation = worker_generation;
+                    after.reconnect = Some((w, Reconnect { slot, generation }));
+                } else {
+                    self.set_state(slot, SlotState::Down);
+                }
+                after
+            }
+        };
+        after.drained = self.closing && self.counts.get(SlotState::Busy) == 0;
+        after
+    }
+}

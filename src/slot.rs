@@ -1,0 +1,233 @@
+//! The [`Slot`] guard: one connection, held by one event, given back on drop.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+use crate::error::PoolError;
+use crate::launcher::WorkerId;
+use crate::shared::{Begin, Shared, Taken};
+use crate::transport::Transport;
+
+/// One connection to a worker, held for one event.
+///
+/// Dropping the guard gives the slot back. If the last exchange finished cleanly
+/// the connection goes to the oldest waiting event, or back to the idle slots;
+/// otherwise (an error, a timeout, a call that was dropped mid-flight, or
+/// [`mark_for_restart`](Self::mark_for_restart)) the connection is closed and a new
+/// one is established in the background, so that no event can ever read an answer
+/// meant for another.
+pub struct Slot<'a, T: Transport> {
+    shared: &'a Shared<T>,
+    slot: u32,
+    generation: u64,
+    /// `Some` until the guard is dropped.
+    conn: Option<T::Conn>,
+    /// Whether every exchange on the connection so far has finished.
+    clean: bool,
+}
+
+impl<'a, T: Transport> Slot<'a, T> {
+    fn new(shared: &'a Shared<T>, taken: Taken<T::Conn>) -> Self {
+        Self {
+            shared,
+            slot: taken.slot,
+            generation: taken.generation,
+            conn: Some(taken.conn),
+            clean: true,
+        }
+    }
+
+    /// The worker this slot's connection goes to.
+    pub fn worker(&self) -> WorkerId {
+        self.shared.worker_of(self.slot)
+    }
+
+    /// The generation of the worker process the connection was made to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Sends one event on this slot's connection and waits for its answer, within
+    /// `event_timeout` if one is configured.
+    ///
+    /// A failure of any kind marks the connection for restart; further calls on this
+    /// guard then fail with [`PoolError::ConnectionUnusable`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, by design: if the future is dropped before it completes, the
+    /// event's answer may still arrive on the connection, so the connection is
+    /// marked for restart and the slot is re-established rather than reused.
+    pub async fn call(&mut self, request: T::Request) -> Result<T::Response, PoolError> {
+        let worker = self.worker();
+        let (Some(conn), true) = (self.conn.as_mut(), self.clean) else {
+            self.shared.events.error();
+            return Err(PoolError::ConnectionUnusable { worker });
+        };
+        // Armed before the first await: a call dropped midway leaves it unclean.
+        self.clean = false;
+        let shared = self.shared;
+        let mut ended = shared.ended(worker);
+        let generation = self.generation;
+        let exchange = async {
+            match shared.config.event_timeout {
+                None => Ok(shared.transport.call(conn, request).await),
+                Some(limit) => tokio::time::timeout(limit, shared.transport.call(conn, request))
+                    .await
+                    .map_err(|_| PoolError::EventTimeout {
+                        worker,
+                        timeout: limit,
+                    }),
+            }
+        };
+        let gone = async {
+            // An error here means the pool itself is gone; either way stop waiting.
+            let _ = ended.wait_for(|&last| last >= generation).await;
+        };
+        let result = tokio::select! {
+            biased;
+            result = exchange => result,
+            () = gone => Err(self.worker_gone(worker)),
+        };
+        match result {
+            Ok(Ok(response)) => {
+                self.clean = true;
+                shared.events.ok();
+                Ok(response)
+            }
+            Ok(Err(source)) => {
+                // A transport error racing the process's exit is the exit's doing.
+                let error = if *shared.ended(worker).borrow() >= generation {
+                    self.worker_gone(worker)
+                } else {
+                    PoolError::Transport {
+                        worker,
+                        source: Box::new(source),
+                    }
+                };
+                shared.events.error();
+                Err(error)
+            }
+            Err(error @ PoolError::EventTimeout { .. }) => {
+                shared.events.timed_out();
+                Err(error)
+            }
+            Err(error) => {
+                shared.events.error();
+                Err(error)
+            }
+        }
+    }
+
+    fn worker_gone(&self, worker: WorkerId) -> PoolError {
+        if self.shared.is_closing() {
+            PoolError::Closed
+        } else {
+            PoolError::WorkerExited {
+                worker,
+                generation: self.generation,
+            }
+        }
+    }
+
+    /// The connection, for a host that drives the exchange itself instead of
+    /// calling [`call`](Self::call).
+    ///
+    /// From here on the slot counts as mid-exchange: unless the host calls
+    /// [`mark_clean`](Self::mark_clean) once its exchange has finished, the
+    /// connection is restarted when the guard is dropped.
+    pub fn conn_mut(&mut self) -> Option<&mut T::Conn> {
+        self.clean = false;
+        self.conn.as_mut()
+    }
+
+    /// Declares that the host's own exchange on [`conn_mut`](Self::conn_mut)
+    /// finished cleanly, so the connection may carry the next event.
+    pub fn mark_clean(&mut self) {
+        self.clean = true;
+    }
+
+    /// Marks the connection for restart: it is closed when the guard is dropped and
+    /// a new one is established in the background.
+    pub fn mark_for_restart(&mut self) {
+        self.clean = false;
+    }
+}
+
+impl<T: Transport> Drop for Slot<'_, T> {
+    fn drop(&mut self) {
+        self.shared
+            .release(self.slot, self.generation, self.conn.take(), self.clean);
+    }
+}
+
+impl<T: Transport> fmt::Debug for Slot<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("slot", &self.slot)
+            .field("worker", &self.worker())
+            .field("generation", &self.generation)
+            .field("clean", &self.clean)
+            .finish()
+    }
+}
+
+/// Takes a slot, waiting for one up to `connection_availability_timeout`.
+pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_, T>, PoolError> {
+    let key = match shared.begin_acquire() {
+        Begin::Taken(taken) => return Ok(Slot::new(shared, taken)),
+        Begin::Refused(error) => return Err(error),
+        Begin::Wait(key) => key,
+    };
+    let since = Instant::now();
+    let limit = shared.config.connection_availability_timeout;
+    let waiter = Waiter {
+        shared,
+        key,
+        since,
+        done: false,
+    };
+    match tokio::time::timeout(limit, waiter).await {
+        Ok(result) => result.map(|taken| Slot::new(shared, taken)),
+        Err(_elapsed) => {
+            // The waiter's drop already left the queue; count the timeout.
+            shared.count_acquire_timeout();
+            Err(PoolError::AcquireTimeout {
+                waited: since.elapsed(),
+            })
+        }
+    }
+}
+
+/// A place in the wait queue. Dropping it before it is served leaves the queue
+/// (and passes on a slot granted meanwhile), so no slot is lost to a caller that
+/// gave up.
+struct Waiter<'a, T: Transport> {
+    shared: &'a Shared<T>,
+    key: u32,
+    since: Instant,
+    done: bool,
+}
+
+impl<T: Transport> Future for Waiter<'_, T> {
+    type Output = Result<Taken<T::Conn>, PoolError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let poll = self.shared.poll_waiter(self.key, self.since, cx);
+        if poll.is_ready() {
+            self.done = true;
+        }
+        poll
+    }
+}
+
+impl<T: Transport> Drop for Waiter<'_, T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.abandon_waiter(self.key);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Counters and the [`Stats`] snapshot.
+//!
+//! Allocation and restart counters live inside the pool's lock, which their
+//! events take anyway; event outcomes are counted with relaxed atomics, outside it.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::launcher::WorkerId;
+
+/// Where a slot is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotState {
+    /// Connected and free.
+    Idle,
+    /// Held by an event (or a waiter it was just handed to).
+    Busy,
+    /// Its connection was closed and a new one is being established.
+    Reconnecting,
+    /// Its worker process is down or restarting.
+    Down,
+    /// The pool has shut down.
+    Closed,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Its process is being launched.
+    Starting,
+    /// Its process is up and its slots are served.
+    Running,
+    /// Its process ended; a new one will be launched after a backoff.
+    Restarting,
+    /// It restarted too often and is left down.
+    Failed,
+    /// The pool shut it down.
+    Stopped,
+}
+
+/// Nuclio's worker-allocation counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AllocationStats {
+    /// Every acquire, whatever its outcome.
+    pub count: u64,
+    /// Acquires that found a free slot at once.
+    pub immediate: u64,
+    /// Acquires that got a slot after waiting.
+    pub after_wait: u64,
+    /// Acquires that waited `connection_availability_timeout` in vain.
+    pub timeout: u64,
+    /// Acquires refused because `max_waiters` were already waiting.
+    pub queue_full: u64,
+    /// Total time waited by the acquires counted in `after_wait`.
+    pub wait_duration_sum: Duration,
+}
+
+/// Outcomes of events sent through [`Slot::call`](crate::Slot::call) (and so
+/// through `dispatch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventStats {
+    /// Answered by the worker.
+    pub ok: u64,
+    /// Failed for any reason but the event timeout.
+    pub error: u64,
+    /// Ran past `event_timeout`.
+    pub timed_out: u64,
+}
+
+/// Connections marked for restart, by how re-establishing them went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionRestartStats {
+    /// Re-established.
+    pub ok: u64,
+    /// Every attempt failed, which restarts the worker.
+    pub failed: u64,
+}
+
+/// One worker, as the snapshot saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Which worker.
+    pub id: WorkerId,
+    /// Its state.
+    pub state: WorkerState,
+    /// Its current (or last) process generation; 0 before the first launch.
+    pub generation: u64,
+    /// Its current process id, if it has one.
+    pub pid: Option<u32>,
+    /// Its idle slots.
+    pub idle: usize,
+    /// Its busy slots.
+    pub busy: usize,
+    /// How many times its process was relaunched.
+    pub restarts: u64,
+}
+
+/// A consistent snapshot of the pool, taken under its lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `num_workers × max_connections`.
+    pub capacity: usize,
+    /// Slots by state; the five add up to `capacity`.
+    pub idle: usize,
+    /// See [`SlotState::Busy`].
+    pub busy: usize,
+    /// See [`SlotState::Reconnecting`].
+    pub reconnecting: usize,
+    /// See [`SlotState::Down`].
+    pub down: usize,
+    /// See [`SlotState::Closed`].
+    pub closed: usize,
+    /// Events waiting for a slot.
+    pub waiters: usize,
+    /// Nuclio's allocation counters.
+    pub allocations: AllocationStats,
+    /// Event outcomes.
+    pub events: EventStats,
+    /// Connection restarts.
+    pub connection_restarts: ConnectionRestartStats,
+    /// Worker process relaunches, all workers together.
+    pub worker_restarts: u64,
+    /// Per worker, in id order.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Slot counts by state, kept exact on every transition.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SlotCounts {
+    counts: [usize; 5],
+}
+
+impl SlotCounts {
+    #[inline]
+    pub(crate) fn moved(&mut self, from: SlotState, to: SlotState) {
+        self.counts[from as usize] -= 1;
+        self.counts[to as usize] += 1;
+    }
+
+    pub(crate) fn all_down(capacity: usize) -> Self {
+        let mut counts = [0; 5];
+        counts[SlotState::Down as usize] = capacity;
+        Self { counts }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, state: SlotState) -> usize {
+        self.counts[state as usize]
+    }
+}
+
+/// Event outcomes, counted outside the lock.
+#[derive(Debug, Default)]
+pub(crate) struct EventCounters {
+    ok: AtomicU64,
+    error: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+impl EventCounters {
+    pub(crate) fn ok(&self) {
+        self.ok.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn error(&self) {
+        self.error.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn timed_out(&self) {
+        self.timed_out.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> EventStats {
+        EventStats {
+            ok: self.ok.load(Relaxed),
+            error: self.error.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+        }
+    }
+}

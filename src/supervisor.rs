@@ -1,0 +1,265 @@
+//! One task per worker that keeps it serving: launches its process, connects its
+//! slots, re-establishes connections marked for restart, and restarts the process
+//! when it exits or when its connections cannot be re-established.
+//!
+//! The ladder, from cheap to drastic: reconnect one slot (with backoff, up to
+//! `reconnect_attempts` tries) → terminate the process with a grace period and
+//! relaunch it (exponential backoff that resets after a stable run) → after more
+//! than `max_restarts` within `restart_window`, report the worker failed and stop.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::launcher::{Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
+use crate::shared::{Reconnect, Shared};
+use crate::stats::WorkerState;
+use crate::transport::Transport;
+
+/// Why a generation of the worker stopped serving.
+enum End {
+    Exited(WorkerExit),
+    ReconnectFailed,
+    Shutdown,
+}
+
+/// What a connect task reports: a connection, or `None` once every attempt failed.
+struct Connected<C> {
+    slot: u32,
+    conn: Option<C>,
+    was_restart: bool,
+}
+
+pub(crate) struct Supervisor<T: Transport, L: Launcher> {
+    pub(crate) shared: Arc<Shared<T>>,
+    pub(crate) launcher: Arc<L>,
+    pub(crate) worker: WorkerId,
+    pub(crate) reconnects: mpsc::UnboundedReceiver<Reconnect>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl<T: Transport, L: Launcher> Supervisor<T, L> {
+    pub(crate) async fn run(mut self) {
+        let policy = self.shared.config.restart.clone();
+        let worker = self.worker;
+        let mut generation = 0;
+        let mut recent_restarts = VecDeque::new();
+        let mut consecutive = 0;
+        let mut first_launch = true;
+        loop {
+            if !std::mem::take(&mut first_launch) {
+                if !admit_restart(&mut recent_restarts, &policy) {
+                    tracing::error!(
+                        %worker,
+                        max_restarts = policy.max_restarts,
+                        window = ?policy.restart_window,
+                        "worker restarted too often; leaving it failed"
+                    );
+                    self.shared.worker_failed(worker);
+                    return;
+                }
+                consecutive += 1;
+                let delay = policy.relaunch_delay(consecutive);
+                self.shared.count_worker_restart(worker);
+                tracing::info!(%worker, ?delay, "relaunching worker");
+                tokio::select! {
+                    () = sleep(delay) => {}
+                    () = self.shutdown.cancelled() => break,
+                }
+                self.shared.set_worker_state(worker, WorkerState::Starting);
+            }
+            let launched = tokio::select! {
+                launched = self.launch() => launched,
+                () = self.shutdown.cancelled() => break,
+            };
+            let Some(mut process) = launched else {
+                // The next try counts as a restart like any other, so a launcher
+                // that always fails ends in Failed, not in a tight loop.
+                self.shared
+                    .set_worker_state(worker, WorkerState::Restarting);
+                continue;
+            };
+            generation += 1;
+            let started = Instant::now();
+            let end = self.serve(&mut process, generation).await;
+            if started.elapsed() >= policy.stable_after {
+                consecutive = 0;
+            }
+            match end {
+                End::Shutdown => {
+                    self.shared.end_generation(worker, WorkerState::Stopped);
+                    let grace = self.shared.shutdown_grace.get().copied();
+                    process.terminate(grace.unwrap_or_default()).await;
+                    return;
+                }
+                End::ReconnectFailed => {
+                    self.shared.end_generation(worker, WorkerState::Restarting);
+                    let exit = process.terminate(policy.terminate_grace).await;
+                    tracing::warn!(%worker, generation, %exit, "connections could not be re-established; worker terminated");
+                }
+                End::Exited(exit) => {
+                    self.shared.end_generation(worker, WorkerState::Restarting);
+                    tracing::warn!(%worker, generation, %exit, "worker process exited");
+                }
+            }
+        }
+        self.shared.set_worker_state(worker, WorkerState::Stopped);
+    }
+
+    /// Launches a process in a task of its own, so that a launcher that panics or
+    /// hangs costs one attempt and nothing else.
+    async fn launch(&self) -> Option<L::Process> {
+        let (launcher, worker) = (self.launcher.clone(), self.worker);
+        let limit = self.shared.config.establish_connection_timeout;
+        let task =
+            AbortOnDropHandle::new(tokio::spawn(async move { launcher.launch(worker).await }));
+        match timeout(limit, task).await {
+            Ok(Ok(Ok(process))) => Some(process),
+            Ok(Ok(Err(error))) => {
+                let error: &dyn std::error::Error = &error;
+                tracing::warn!(%worker, error, "worker launch failed");
+                None
+            }
+            Ok(Err(_panic)) => {
+                tracing::error!(%worker, "worker launcher panicked");
+                None
+            }
+            Err(_elapsed) => {
+                tracing::warn!(%worker, ?limit, "worker launch timed out");
+                None
+            }
+        }
+    }
+
+    /// Serves one generation until its process exits, a connection cannot be
+    /// re-established, or the pool shuts down.
+    async fn serve(&mut self, process: &mut L::Process, generation: u64) -> End {
+        let info = Arc::new(WorkerInfo {
+            id: self.worker,
+            generation,
+            endpoint: process.endpoint(),
+            pid: process.pid(),
+        });
+        let slots = self
+            .shared
+            .begin_generation(self.worker, generation, info.pid);
+        let connector = Connector {
+            transport: self.shared.transport.clone(),
+            info,
+            attempts: self.shared.config.reconnect_attempts,
+            per_attempt: self.shared.config.establish_connection_timeout,
+            backoff: self.shared.config.restart.clone(),
+        };
+        // Dropping the set when this generation ends aborts its pending connects.
+        let mut connects = JoinSet::new();
+        for slot in slots {
+            connects.spawn(connector.clone().connect(slot, false));
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return End::Shutdown,
+                exit = process.wait() => return End::Exited(exit),
+                Some(request) = self.reconnects.recv() => {
+                    // Requests for an older generation are stale: its slots went
+                    // down with it and this generation connects them afresh.
+                    if request.generation == generation {
+                        connects.spawn(connector.clone().connect(request.slot, true));
+                    }
+                }
+                Some(joined) = connects.join_next() => match joined {
+                    Ok(Connected { slot, conn: Some(conn), was_restart }) => {
+                        self.shared.install(slot, generation, conn, was_restart);
+                    }
+                    Ok(Connected { was_restart, .. }) => {
+                        if was_restart {
+                            self.shared.count_reconnect_failed();
+                        }
+                        return End::ReconnectFailed;
+                    }
+                    Err(_join_error) => return End::ReconnectFailed,
+                },
+            }
+        }
+    }
+}
+
+/// Restart intensity, OTP style: at most `max_restarts` within `restart_window`.
+fn admit_restart(recent: &mut VecDeque<Instant>, policy: &crate::RestartPolicy) -> bool {
+    let now = Instant::now();
+    while recent
+        .front()
+        .is_some_and(|&at| now.duration_since(at) >= policy.restart_window)
+    {
+        recent.pop_front();
+    }
+    if recent.len() >= policy.max_restarts as usize {
+        return false;
+    }
+    recent.push_back(now);
+    true
+}
+
+/// Everything one connect task needs, cheap to clone.
+struct Connector<T> {
+    transport: Arc<T>,
+    info: Arc<WorkerInfo>,
+    attempts: u32,
+    per_attempt: Duration,
+    backoff: crate::RestartPolicy,
+}
+
+impl<T> Clone for Connector<T> {
+    fn clone(&self) -> Self {
+        Self {
+            transport: self.transport.clone(),
+            info: self.info.clone(),
+            attempts: self.attempts,
+            per_attempt: self.per_attempt,
+            backoff: self.backoff.clone(),
+        }
+    }
+}
+
+impl<T: Transport> Connector<T> {
+    async fn connect(self, slot: u32, was_restart: bool) -> Connected<T::Conn> {
+        let worker = self.info.id;
+        for attempt in 1..=self.attempts {
+            let pause = self.backoff.reconnect_delay(attempt);
+            if !pause.is_zero() {
+                sleep(pause).await;
+            }
+            let (transport, info) = (self.transport.clone(), self.info.clone());
+            // A task per attempt, so that a panicking connect is one failed attempt.
+            let task =
+                AbortOnDropHandle::new(tokio::spawn(async move { transport.connect(&info).await }));
+            match timeout(self.per_attempt, task).await {
+                Ok(Ok(Ok(conn))) => {
+                    return Connected {
+                        slot,
+                        conn: Some(conn),
+                        was_restart,
+                    };
+                }
+                Ok(Ok(Err(error))) => {
+                    let error: &dyn std::error::Error = &error;
+                    tracing::debug!(%worker, slot, attempt, error, "connect failed");
+                }
+                Ok(Err(_panic)) => tracing::warn!(%worker, slot, attempt, "connect panicked"),
+                Err(_elapsed) => tracing::debug!(%worker, slot, attempt, "connect timed out"),
+            }
+        }
+        tracing::warn!(%worker, slot, attempts = self.attempts, "could not establish a connection");
+        Connected {
+            slot,
+            conn: None,
+            was_restart,
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The [`Transport`] trait: how the pool opens a connection to a worker and sends
+//! one event over it.
+
+use async_trait::async_trait;
+
+use crate::launcher::WorkerInfo;
+
+/// Connections to worker processes, and one event exchange on a connection.
+///
+/// The host implements this for its own encoding, or uses the built-in socket
+/// transport. The pool owns the connections: it calls [`connect`](Self::connect)
+/// for every slot, hands a connection to one event at a time, and drops a
+/// connection whose exchange did not finish cleanly instead of reusing it.
+///
+/// Dropping a `Conn` must close it.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// One open connection to a worker.
+    type Conn: Send + 'static;
+    /// An event, as the host encodes it.
+    type Request: Send + 'static;
+    /// A worker's answer to one event.
+    type Response: Send + 'static;
+    /// What a failed connect or exchange reports.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens one connection to `worker` and resolves once the worker serves it.
+    ///
+    /// The pool bounds each attempt with `establish_connection_timeout` and runs it
+    /// in a task of its own, so a connect that hangs or panics costs one attempt.
+    async fn connect(&self, worker: &WorkerInfo) -> Result<Self::Conn, Self::Error>;
+
+    /// Sends one event and reads its answer.
+    ///
+    /// Never called twice at once on one `Conn`. The future may be dropped at any
+    /// await point (event timeout, caller gone, worker exited); the pool then never
+    /// uses that `Conn` again, so an implementation need not be cancel safe.
+    async fn call(
+        &self,
+        conn: &mut Self::Conn,
+        request: Self::Request,
+    ) -> Result<Self::Response, Self::Error>;
+}

@@ -1,0 +1,228 @@
+//! The pool's one fair queue of events waiting for a slot.
+//!
+//! Nodes live in a slab (a `Vec` with a free list) so that waiting reuses memory
+//! instead of allocating per event once the queue has grown, and a waiter that
+//! gives up unlinks itself in O(1). A node outlives its place in the queue: the
+//! releaser unlinks it and writes the outcome, and the waiter frees it when it
+//! reads the outcome (or when it is dropped).
+
+use std::task::Waker;
+
+const NIL: u32 = u32::MAX;
+
+/// What a waiter was told when it left the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome<C> {
+    /// This slot, with its connection of worker generation `generation`, is now the waiter's.
+    Granted { slot: u32, generation: u64, conn: C },
+    /// The pool closed.
+    Closed,
+    /// Every worker failed.
+    NoWorker,
+}
+
+#[derive(Debug)]
+struct Node<C> {
+    prev: u32,
+    next: u32,
+    linked: bool,
+    waker: Option<Waker>,
+    outcome: Option<Outcome<C>>,
+}
+
+impl<C> Node<C> {
+    fn vacant() -> Self {
+        Node {
+            prev: NIL,
+            next: NIL,
+            linked: false,
+            waker: None,
+            outcome: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct WaitQueue<C> {
+    nodes: Vec<Node<C>>,
+    free: Vec<u32>,
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+impl<C> WaitQueue<C> {
+    pub(crate) fn new() -> Self {
+        Self {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+
+    /// Waiters still in the queue.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues a new waiter at the back and returns its key.
+    pub(crate) fn push_back(&mut self) -> u32 {
+        let key = match self.free.pop() {
+            Some(key) => key,
+            None => {
+                self.nodes.push(Node::vacant());
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        let node = &mut self.nodes[key as usize];
+        *node = Node {
+            prev: self.tail,
+            next: NIL,
+            linked: true,
+            waker: None,
+            outcome: None,
+        };
+        if self.tail == NIL {
+            self.head = key;
+        } else {
+            self.nodes[self.tail as usize].next = key;
+        }
+        self.tail = key;
+        self.len += 1;
+        key
+    }
+
+    /// Takes the oldest waiter out of the queue, gives it `outcome`, and returns the
+    /// waker to wake once the lock is released.
+    ///
+    /// The caller checks [`is_empty`](Self::is_empty) first: with no waiter,
+    /// `outcome` (and the connection in it) is handed back.
+    pub(crate) fn pop_front(&mut self, outcome: Outcome<C>) -> Result<Option<Waker>, Outcome<C>> {
+        let key = self.head;
+        if key == NIL {
+            return Err(outcome);
+        }
+        self.unlink(key);
+        let node = &mut self.nodes[key as usize];
+        node.outcome = Some(outcome);
+        Ok(node.waker.take())
+    }
+
+    /// Gives every waiter `outcome`; returns the wakers to wake.
+    pub(crate) fn drain(&mut self, outcome: fn() -> Outcome<C>) -> Vec<Waker> {
+        let mut wakers = Vec::with_capacity(self.len);
+        while let Ok(waker) = self.pop_front(outcome()) {
+            wakers.extend(waker);
+        }
+        wakers
+    }
+
+    /// Takes the waiter's outcome and frees its node, if it has one yet;
+    /// otherwise remembers `waker`.
+    pub(crate) fn poll_outcome(&mut self, key: u32, waker: &Waker) -> Option<Outcome<C>> {
+        let node = &mut self.nodes[key as usize];
+        if node.outcome.is_none() {
+            match &mut node.waker {
+                Some(old) if old.will_wake(waker) => {}
+                slot => *slot = Some(waker.clone()),
+            }
+            return None;
+        }
+        self.remove(key)
+    }
+
+    /// Forgets a waiter: unlinks it if it is still queued and frees its node.
+    /// Returns the outcome it had been given but not yet taken.
+    pub(crate) fn remove(&mut self, key: u32) -> Option<Outcome<C>> {
+        if self.nodes[key as usize].linked {
+            self.unlink(key);
+        }
+        let node = std::mem::replace(&mut self.nodes[key as usize], Node::vacant());
+        self.free.push(key);
+        node.outcome
+    }
+
+    fn unlink(&mut self, key: u32) {
+        let node = &mut self.nodes[key as usize];
+        let (prev, next) = (node.prev, node.next);
+        node.linked = false;
+        node.prev = NIL;
+        node.next = NIL;
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+        self.len -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiters_leave_in_arrival_order_and_cancelled_ones_are_skipped() {
+        let mut queue = WaitQueue::<&str>::new();
+        let keys: Vec<u32> = (0..5).map(|_| queue.push_back()).collect();
+        assert_eq!(queue.remove(keys[1]), None);
+        assert_eq!(queue.remove(keys[3]), None);
+        assert_eq!(queue.len(), 3);
+        let waker = Waker::noop();
+        for (slot, &key) in [keys[0], keys[2], keys[4]].iter().enumerate() {
+            assert_eq!(queue.poll_outcome(key, waker), None);
+            let grant = || Outcome::Granted {
+                slot: slot as u32,
+                generation: 1,
+                conn: "conn",
+            };
+            assert!(queue.pop_front(grant()).is_ok());
+            assert_eq!(queue.poll_outcome(key, waker), Some(grant()));
+        }
+        assert!(queue.is_empty());
+        assert!(matches!(
+            queue.pop_front(Outcome::Closed),
+            Err(Outcome::Closed)
+        ));
+    }
+
+    #[test]
+    fn freed_nodes_are_reused_instead_of_growing() {
+        let mut queue = WaitQueue::<()>::new();
+        for _ in 0..1000 {
+            let a = queue.push_back();
+            let b = queue.push_back();
+            queue.remove(a);
+            queue.remove(b);
+        }
+        assert_eq!(queue.nodes.len(), 2);
+    }
+
+    #[test]
+    fn drain_hands_every_waiter_the_outcome() {
+        let mut queue = WaitQueue::<()>::new();
+        let keys: Vec<u32> = (0..3).map(|_| queue.push_back()).collect();
+        let waker = Waker::noop();
+        for &key in &keys {
+            assert_eq!(queue.poll_outcome(key, waker), None);
+        }
+        assert_eq!(queue.drain(|| Outcome::Closed).len(), 3);
+        for key in keys {
+            assert_eq!(queue.remove(key), Some(Outcome::Closed));
+        }
+    }
+}
