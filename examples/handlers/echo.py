@@ -1,0 +1,10 @@
+"""Echo handler: answers every event with its own body.
+
+    python3 python/async_pool_worker.py --handler echo:handler \
+        --handler-path examples/handlers --unix /tmp/w0.sock --worker-id 0
+"""
+
+
+async def handler(context, event):
+    # The header lets a caller see which worker of the pool answered.
+    return 200, {"x-worker-id": str(context.worker_id)}, event.body

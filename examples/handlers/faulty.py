@@ -1,0 +1,20 @@
+"""Misbehaving handler, for testing how the host copes. The body picks the fault:
+
+    b"raise"  raises ValueError("asked to raise")   (answered with an X frame)
+    b"block"  time.sleep(3600): blocks the event loop, so the whole worker hangs
+    b"exit"   os._exit(3): the worker process dies mid-event
+    anything else is echoed back.
+"""
+
+import os
+import time
+
+
+async def handler(context, event):
+    if event.body == b"raise":
+        raise ValueError("asked to raise")
+    if event.body == b"block":
+        time.sleep(3600)  # deliberately synchronous
+    if event.body == b"exit":
+        os._exit(3)
+    return event.body

@@ -1,0 +1,687 @@
+#!/usr/bin/env python3
+"""Reference worker process for the `async-worker-pool` crate.
+
+The worker is a server: it listens on a Unix socket or a loopback TCP address, the
+host opens ``--connections`` connections to it, and each connection carries one
+event at a time. The wire protocol is described in ``docs/protocol.md``: every
+message is a 4-byte big-endian length followed by an envelope (kind byte, u32 BE
+meta length, JSON meta, raw body). Only the Python standard library is used.
+
+Command line
+------------
+::
+
+    python3 async_pool_worker.py --handler module:function
+        (--unix PATH | --tcp HOST:PORT) --worker-id N
+        [--connections N] [--max-frame-bytes N] [--handler-path DIR ...]
+
+``--handler``          the handler, as ``module:function`` (``function`` may be a
+                       dotted attribute path). The directories given with
+                       ``--handler-path`` and the current directory are put at the
+                       front of ``sys.path`` before the module is imported.
+``--unix PATH``        listen on this Unix socket path (a stale socket file there
+                       is removed first).
+``--tcp HOST:PORT``    listen on this TCP address instead (port 0 picks a free one;
+                       the listening line shows which).
+``--worker-id N``      this worker's number, given to the handler and sent in ``R``.
+``--connections N``    how many connections the host will open (default 1000). The
+                       listen backlog is at least N and the RLIMIT_NOFILE soft limit
+                       is raised to N + 64 when the hard limit allows it.
+``--max-frame-bytes N`` largest frame accepted or sent (default 16 MiB, at least 512).
+
+When it is listening, the worker prints one line to stdout, e.g.
+``async_pool_worker: worker 0 listening on unix:/tmp/w0.sock (pid 1234)``.
+Logs go to stderr. SIGTERM or SIGINT drains: no new connections are accepted,
+events already received run to completion and are answered, idle connections are
+closed at once, and the process exits with status 0.
+
+Exit status: 0 after a drain, 1 if the endpoint cannot be opened, 2 for a usage
+error or a handler that cannot be loaded.
+
+Handler contract
+----------------
+The handler is a coroutine function taking ``(context, event)``, in Nuclio's
+order::
+
+    async def handler(context, event):
+        context.logger.info("got %d bytes", len(event.body))
+        return event.body
+
+A plain ``def`` handler is refused at start-up (exit status 2): it would block the
+event loop and with it every other connection of this worker.
+
+``context`` has:
+    ``logger``      a ``logging.Logger`` named ``worker.N``, writing to stderr;
+    ``worker_id``   this worker's number.
+
+``event`` has:
+    ``body``        the event body, ``bytes``;
+    ``is_http``     False for a plain event (meta ``{}``), True for an HTTP event;
+    ``method``      the HTTP method, ``str`` (None for a plain event);
+    ``path``        the HTTP path, ``str`` (None for a plain event);
+    ``headers``     a list of ``(name, value)`` tuples (empty for a plain event);
+    ``header(name)`` the first value of that header, compared case-insensitively,
+                    or None.
+
+The handler may return:
+    ``bytes`` (or ``bytearray``/``memoryview``)  the response body, status 200;
+    ``str``                                       encoded as UTF-8, status 200;
+    ``None``                                      an empty body, status 200;
+    ``(status, body)``                            an int status and a body as above;
+    ``(status, headers, body)``                   headers as a dict or a list of
+                                                  ``(name, value)`` string pairs;
+    ``Response(body=b"", status=200, headers=None)``  the same, spelled out.
+Each is answered with an ``O`` frame.
+
+Errors: if the handler raises an ``Exception``, the host gets an ``X`` frame whose
+meta holds the exception's class name and message and whose body is the formatted
+traceback; the connection stays open for the next event. Returning anything else
+than the forms above is answered the same way, as a ``TypeError``. A response that
+would not fit in ``--max-frame-bytes`` is answered as a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import stat
+import struct
+import sys
+import traceback
+
+try:
+    import resource
+except ImportError:  # not on every platform; the fd limit is then left alone
+    resource = None
+
+PROG = "async_pool_worker"
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+# Room for an `X` answer with its type and a trimmed message.
+MIN_FRAME_BYTES = 512
+DEFAULT_CONNECTIONS = 1000
+# Descriptors needed beyond one per connection: listening socket, stdio, logs,
+# the event loop's self-pipe and whatever the handler opens itself.
+SPARE_DESCRIPTORS = 64
+
+_LENGTH = struct.Struct(">I")
+_HEADER_LEN = 1 + _LENGTH.size  # kind byte + meta length
+
+log = logging.getLogger(PROG)
+
+
+# --------------------------------------------------------------------------
+# Protocol: envelope encoding and decoding
+# --------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """The host sent something the protocol does not allow."""
+
+
+class Event:
+    """One event as seen by the handler."""
+
+    __slots__ = ("body", "method", "path", "headers", "is_http")
+
+    def __init__(self, body=b"", method=None, path=None, headers=None, is_http=False):
+        self.body = body
+        self.method = method
+        self.path = path
+        self.headers = list(headers or [])
+        self.is_http = is_http
+
+    def header(self, name):
+        """First value of header `name` (case-insensitive), or None."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def __repr__(self):
+        if self.is_http:
+            return "<Event %s %s, %d body bytes>" % (self.method, self.path, len(self.body))
+        return "<Event plain, %d body bytes>" % len(self.body)
+
+
+class Response:
+    """An explicit handler result: body, status and headers."""
+
+    __slots__ = ("body", "status", "headers")
+
+    def __init__(self, body=b"", status=200, headers=None):
+        self.body = body
+        self.status = status
+        self.headers = headers
+
+    def __repr__(self):
+        return "Response(status=%r, headers=%r, body=%r)" % (self.status, self.headers, self.body)
+
+
+def encode_envelope(kind: bytes, meta: dict, body: bytes = b"") -> bytes:
+    """Build an envelope payload (without the frame length)."""
+    meta_bytes = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+    return b"".join((kind, _LENGTH.pack(len(meta_bytes)), meta_bytes, body))
+
+
+def parse_event(payload: bytes) -> Event:
+    """Decode an `E` envelope from the host into an Event.
+
+    Raises ProtocolError for anything else: a short payload, another kind, a meta
+    length past the end, meta that is not a UTF-8 JSON object, or HTTP fields of
+    the wrong type.
+    """
+    if len(payload) < _HEADER_LEN:
+        raise ProtocolError("envelope of %d bytes is shorter than its %d-byte header"
+                            % (len(payload), _HEADER_LEN))
+    kind = payload[0:1]
+    if kind != b"E":
+        raise ProtocolError("unexpected envelope kind %r from the host (expected 'E')" % kind)
+    (meta_len,) = _LENGTH.unpack_from(payload, 1)
+    meta_end = _HEADER_LEN + meta_len
+    if meta_end > len(payload):
+        raise ProtocolError("meta length %d runs past the end of a %d-byte envelope"
+                            % (meta_len, len(payload)))
+    meta = _parse_meta(payload[_HEADER_LEN:meta_end])
+    body = bytes(payload[meta_end:])
+    return _event_from_meta(meta, body)
+
+
+def _parse_meta(raw: bytes) -> dict:
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("event meta is not UTF-8 JSON: %s" % exc) from None
+    if not isinstance(meta, dict):
+        raise ProtocolError("event meta is a JSON %s, not an object" % type(meta).__name__)
+    return meta
+
+
+def _event_from_meta(meta: dict, body: bytes) -> Event:
+    # Unknown keys are ignored so that the host may add fields later.
+    if not any(key in meta for key in ("method", "path", "headers")):
+        return Event(body=body)
+    method, path = meta.get("method"), meta.get("path")
+    if not isinstance(method, str) or not isinstance(path, str):
+        raise ProtocolError("HTTP event meta needs string 'method' and 'path'")
+    headers = meta.get("headers", [])
+    if not isinstance(headers, list) or not all(_is_string_pair(h) for h in headers):
+        raise ProtocolError("HTTP event 'headers' must be a list of [name, value] strings")
+    return Event(body=body, method=method, path=path,
+                 headers=[(name, value) for name, value in headers], is_http=True)
+
+
+def _is_string_pair(item) -> bool:
+    return (isinstance(item, (list, tuple)) and len(item) == 2
+            and isinstance(item[0], str) and isinstance(item[1], str))
+
+
+# --------------------------------------------------------------------------
+# Handler results
+# --------------------------------------------------------------------------
+
+_RESULT_FORMS = ("bytes, str, None, (status, body), (status, headers, body) "
+                 "or Response")
+
+
+def build_response(result) -> tuple:
+    """Turn a handler's return value into (meta, body) for an `O` frame.
+
+    Raises TypeError, with a message saying what was returned, for anything else.
+    """
+    if isinstance(result, Response):
+        status, headers, body = result.status, result.headers, result.body
+    elif isinstance(result, tuple):
+        if len(result) == 2:
+            (status, body), headers = result, None
+        elif len(result) == 3:
+            status, headers, body = result
+        else:
+            raise TypeError("handler returned a tuple of %d items; expected %s"
+                            % (len(result), _RESULT_FORMS))
+    else:
+        status, headers, body = 200, None, result
+    meta = {"status": _check_status(status), "headers": _header_pairs(headers)}
+    return meta, _body_bytes(body)
+
+
+def _check_status(status) -> int:
+    # bool is an int subclass, but True as a status is surely a mistake.
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise TypeError("handler returned a status of type %s; expected int"
+                        % type(status).__name__)
+    if not 100 <= status <= 999:
+        raise TypeError("handler returned status %d; expected 100..999" % status)
+    return status
+
+
+def _header_pairs(headers) -> list:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    if isinstance(items, (str, bytes)):
+        raise TypeError("handler returned headers as %s; expected a dict or a list "
+                        "of (name, value) pairs" % type(headers).__name__)
+    try:
+        pairs = [list(item) for item in items]
+    except TypeError:
+        raise TypeError("handler returned headers of type %s; expected a dict or a "
+                        "list of (name, value) pairs" % type(headers).__name__) from None
+    for pair in pairs:
+        if not _is_string_pair(pair):
+            raise TypeError("handler returned header %r; names and values must be str"
+                            % (pair,))
+    return pairs
+
+
+def _body_bytes(body) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError("handler returned %s; expected %s"
+                    % (type(body).__name__, _RESULT_FORMS))
+
+
+def encode_raised(exc: BaseException, max_payload: int) -> bytes:
+    """Build an `X` envelope for an exception, trimmed to fit in `max_payload`."""
+    meta = {"type": type(exc).__name__[:200], "message": str(exc)}
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    body = text.encode("utf-8", "replace")
+    head = encode_envelope(b"X", meta)
+    while len(head) > max_payload and meta["message"]:
+        meta["message"] = meta["message"][: len(meta["message"]) // 2]
+        head = encode_envelope(b"X", meta)
+    room = max(0, max_payload - len(head))
+    # Keep the end of the traceback: it names the exception and where it was raised.
+    return head + (body[len(body) - room:] if len(body) > room else body)
+
+
+# --------------------------------------------------------------------------
+# Handler loading
+# --------------------------------------------------------------------------
+
+
+class HandlerLoadError(Exception):
+    """The --handler could not be imported or is not an async function."""
+
+
+class Context:
+    """What the handler gets as its first argument."""
+
+    __slots__ = ("logger", "worker_id")
+
+    def __init__(self, logger, worker_id):
+        self.logger = logger
+        self.worker_id = worker_id
+
+
+def load_handler(spec: str, handler_paths: list):
+    """Import `module:function` and check that it is an async function."""
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise HandlerLoadError("--handler %r must be of the form module:function" % spec)
+    for path in reversed([*handler_paths, os.getcwd()]):
+        sys.path.insert(0, os.path.abspath(path))
+    try:
+        target = importlib.import_module(module_name)
+    except BaseException as exc:  # SystemExit from a module body too: report, exit 2
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        raise HandlerLoadError("cannot import handler module %r for handler %r:\n%s"
+                               % (module_name, spec, detail.rstrip())) from None
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise HandlerLoadError("handler %r: %r has no attribute %r"
+                                   % (spec, getattr(target, "__name__", target), attr)) from None
+    if not _is_async_callable(target):
+        raise HandlerLoadError(
+            "handler %r must be an 'async def' coroutine function taking "
+            "(context, event), but it is a %s; a plain 'def' handler would block "
+            "the event loop" % (spec, _describe(target)))
+    return target
+
+
+def _is_async_callable(obj) -> bool:
+    return inspect.iscoroutinefunction(obj) or (
+        callable(obj) and not inspect.isroutine(obj) and not inspect.isclass(obj)
+        and inspect.iscoroutinefunction(getattr(obj, "__call__", None)))
+
+
+def _describe(obj) -> str:
+    if inspect.isasyncgenfunction(obj):
+        return "async generator function"
+    if inspect.isroutine(obj):
+        return "plain (synchronous) function"
+    return "%s object" % type(obj).__name__
+
+
+# --------------------------------------------------------------------------
+# Start-up helpers
+# --------------------------------------------------------------------------
+
+
+def raise_fd_limit(connections: int) -> None:
+    """Raise the RLIMIT_NOFILE soft limit to fit `connections` sockets."""
+    if resource is None:
+        return
+    needed = connections + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    hard_ok = hard == resource.RLIM_INFINITY or hard >= needed
+    target = needed if hard_ok else hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        _warn("could not raise the open-file limit to %d: %s" % (target, exc))
+        return
+    if not hard_ok:
+        _warn("%d connections need %d file descriptors, but the RLIMIT_NOFILE hard "
+              "limit is %d; continuing with %d (raise it with e.g. 'ulimit -Hn %d')"
+              % (connections, needed, hard, hard, needed))
+
+
+def _check_somaxconn(connections: int) -> None:
+    # The kernel silently caps the listen backlog; a host connecting all at once
+    # would then see some connects stall or fail.
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            cap = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    if cap < connections:
+        _warn("net.core.somaxconn is %d, below the %d connections the host will "
+              "open at once; some connects may be refused" % (cap, connections))
+
+
+def _warn(message: str) -> None:
+    print("%s: warning: %s" % (PROG, message), file=sys.stderr, flush=True)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError("%s exists and is not a socket; refusing to remove it" % path)
+    os.unlink(path)
+
+
+def parse_tcp_address(text: str) -> tuple:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("%r is not HOST:PORT" % text)
+    return host.strip("[]"), int(port)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % text) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("%r must be positive" % text)
+    return value
+
+
+def _frame_limit(text: str) -> int:
+    value = _positive_int(text)
+    if value < MIN_FRAME_BYTES:
+        raise argparse.ArgumentTypeError("%r is below the minimum of %d" % (text, MIN_FRAME_BYTES))
+    if value > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError("%r does not fit the 4-byte frame length" % text)
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Reference worker for the async-worker-pool crate.")
+    parser.add_argument("--handler", required=True, metavar="MODULE:FUNCTION",
+                        help="the async def handler(context, event) to run")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket")
+    where.add_argument("--tcp", metavar="HOST:PORT", type=parse_tcp_address,
+                       help="listen on this TCP address")
+    parser.add_argument("--worker-id", required=True, type=int, metavar="N")
+    parser.add_argument("--connections", type=_positive_int, default=DEFAULT_CONNECTIONS,
+                        metavar="N", help="connections the host will open (default %(default)s)")
+    parser.add_argument("--max-frame-bytes", type=_frame_limit, default=DEFAULT_MAX_FRAME_BYTES,
+                        metavar="N", help="largest frame accepted or sent (default %(default)s)")
+    parser.add_argument("--handler-path", action="append", default=[], metavar="DIR",
+                        help="directory to search for the handler module (repeatable)")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------
+
+
+class _Connection:
+    """Book-keeping for one host connection."""
+
+    __slots__ = ("number", "task", "busy")
+
+    def __init__(self, number, task):
+        self.number = number
+        self.task = task
+        # True from the moment an event's length has been read until its answer
+        # is written: a drain must let such a connection finish.
+        self.busy = False
+
+
+class Worker:
+    def __init__(self, args, handler):
+        self.args = args
+        self.handler = handler
+        self.worker_id = args.worker_id
+        self.max_frame = args.max_frame_bytes
+        self.context = Context(logging.getLogger("worker.%d" % args.worker_id), args.worker_id)
+        self.connections = set()
+        self.accepted = 0
+        self.draining = False
+        self.server = None
+        self.socket_inode = None
+        self.stop = None
+
+    # -- life cycle --------------------------------------------------------
+
+    async def run(self) -> int:
+        self.stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.begin_drain, signum)
+        self.server = await self._start_server()
+        print("%s: worker %d listening on %s (pid %d)"
+              % (PROG, self.worker_id, self._endpoint(), os.getpid()), flush=True)
+        if self.draining:  # a signal came while the server was starting
+            self._close_server()
+        await self.stop.wait()
+        # Connections remove themselves when done; wait until none is left.
+        while self.connections:
+            await asyncio.wait([conn.task for conn in self.connections])
+        log.info("worker %d: drained, exiting", self.worker_id)
+        return 0
+
+    async def _start_server(self):
+        backlog = max(self.args.connections, 128)
+        if self.args.unix:
+            _remove_stale_socket(self.args.unix)
+            server = await asyncio.start_unix_server(
+                self._serve_connection, path=self.args.unix, backlog=backlog)
+            self.socket_inode = os.stat(self.args.unix).st_ino
+            return server
+        host, port = self.args.tcp
+        return await asyncio.start_server(
+            self._serve_connection, host=host, port=port, backlog=backlog)
+
+    def _endpoint(self) -> str:
+        if self.args.unix:
+            return "unix:%s" % self.args.unix
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return "tcp:%s:%d" % (host if ":" not in host else "[%s]" % host, port)
+
+    def begin_drain(self, signum) -> None:
+        """Signal handler: stop accepting, close idle connections, finish the rest."""
+        if self.draining:
+            return
+        self.draining = True
+        busy = sum(1 for conn in self.connections if conn.busy)
+        log.info("worker %d: %s received, draining (%d event(s) in flight, %d connection(s))",
+                 self.worker_id, signal.Signals(signum).name, busy, len(self.connections))
+        self._close_server()
+        for conn in self.connections:
+            if not conn.busy:
+                conn.task.cancel()
+        self.stop.set()
+
+    def _close_server(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.cleanup_socket()
+
+    def cleanup_socket(self) -> None:
+        """Remove our Unix socket file, unless someone else has replaced it."""
+        if not self.args.unix or self.socket_inode is None:
+            return
+        try:
+            if os.stat(self.args.unix).st_ino == self.socket_inode:
+                os.unlink(self.args.unix)
+        except OSError:
+            pass
+        self.socket_inode = None
+
+    # -- one connection ----------------------------------------------------
+
+    async def _serve_connection(self, reader, writer) -> None:
+        self.accepted += 1
+        conn = _Connection(self.accepted, asyncio.current_task())
+        self.connections.add(conn)
+        try:
+            if not self.draining:
+                await self._send(writer, encode_envelope(
+                    b"R", {"pid": os.getpid(), "worker_id": self.worker_id}))
+                await self._event_loop(conn, reader, writer)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            # Cancelled while idle by a drain: nothing is lost.
+        except ProtocolError as exc:
+            log.warning("worker %d: closing connection %d: %s", self.worker_id, conn.number, exc)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("worker %d: connection %d lost: %r", self.worker_id, conn.number, exc)
+        except Exception:
+            # A bug here must cost one connection, not the whole worker.
+            log.exception("worker %d: connection %d failed", self.worker_id, conn.number)
+        finally:
+            self.connections.discard(conn)
+            await self._close(writer)
+
+    async def _event_loop(self, conn, reader, writer) -> None:
+        # The draining check and the next read happen without an await in between,
+        # so a drain either sees this connection busy or finds it waiting to read.
+        while not self.draining:
+            payload = await self._read_frame(conn, reader)
+            if payload is None:
+                return
+            answer = await self._answer(parse_event(payload))
+            await self._send(writer, answer)
+            conn.busy = False
+
+    async def _read_frame(self, conn, reader):
+        """Read one frame; None on a clean close between frames."""
+        try:
+            header = await reader.readexactly(_LENGTH.size)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return None
+            raise
+        (length,) = _LENGTH.unpack(header)
+        if length > self.max_frame:
+            # Refuse before reading: the payload is never buffered.
+            raise ProtocolError("frame of %d bytes exceeds --max-frame-bytes %d"
+                                % (length, self.max_frame))
+        conn.busy = True
+        return await reader.readexactly(length)
+
+    async def _answer(self, event: Event) -> bytes:
+        """Run the handler on one event and return the answer's envelope."""
+        try:
+            result = await self.handler(self.context, event)
+            meta, body = build_response(result)
+        except Exception as exc:
+            log.debug("worker %d: handler raised %r", self.worker_id, exc)
+            return encode_raised(exc, self.max_frame)
+        envelope = encode_envelope(b"O", meta, body)
+        if len(envelope) > self.max_frame:
+            log.warning("worker %d: a %d-byte response exceeds --max-frame-bytes %d",
+                        self.worker_id, len(envelope), self.max_frame)
+            return encode_raised(ValueError(
+                "response of %d bytes exceeds the maximum frame length %d"
+                % (len(envelope), self.max_frame)), self.max_frame)
+        return envelope
+
+    @staticmethod
+    async def _send(writer, envelope: bytes) -> None:
+        writer.write(_LENGTH.pack(len(envelope)))
+        writer.write(envelope)
+        await writer.drain()
+
+    @staticmethod
+    async def _close(writer) -> None:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, asyncio.CancelledError):
+            pass
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _setup_logging()
+    try:
+        handler = load_handler(args.handler, args.handler_path)
+    except HandlerLoadError as exc:
+        print("%s: %s" % (PROG, exc), file=sys.stderr, flush=True)
+        return 2
+    raise_fd_limit(args.connections)
+    _check_somaxconn(args.connections)
+    worker = Worker(args, handler)
+    try:
+        return asyncio.run(worker.run())
+    except OSError as exc:
+        where = "unix:%s" % args.unix if args.unix else "tcp:%s:%d" % args.tcp
+        print("%s: cannot listen on %s: %s" % (PROG, where, exc), file=sys.stderr, flush=True)
+        return 1
+    finally:
+        worker.cleanup_socket()
+
+
+if __name__ == "__main__":
+    # Handlers do `from async_pool_worker import Response`; make that name this very
+    # module, not a second copy whose Response class would be a different one.
+    sys.modules.setdefault("async_pool_worker", sys.modules[__name__])
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""Tests for async_pool_worker.py: the real worker, run as a subprocess.
+
+Run from the repository root:
+
+    python3 -m unittest discover -s python -p 'test_*.py'
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+import async_pool_worker as apw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "async_pool_worker.py")
+EXAMPLES = os.path.join(os.path.dirname(HERE), "examples", "handlers")
+START_TIMEOUT = 10.0
+IO_TIMEOUT = 5.0
+
+# Handlers used only by the tests; written into each test's temporary directory.
+PROBE_MODULE = textwrap.dedent('''
+    import json
+    from async_pool_worker import Response
+
+    async def describe(context, event):
+        return json.dumps({
+            "body": event.body.decode("latin-1"),
+            "is_http": event.is_http,
+            "method": event.method,
+            "path": event.path,
+            "headers": [list(h) for h in event.headers],
+            "x_foo": event.header("X-FOO"),
+            "missing": event.header("nope"),
+            "worker_id": context.worker_id,
+        })
+
+    RESULTS = {
+        b"str": lambda: "h\\u00e9llo",
+        b"none": lambda: None,
+        b"bytearray": lambda: bytearray(b"ba"),
+        b"tuple2": lambda: (201, b"created"),
+        b"tuple3-dict": lambda: (202, {"a": "1", "b": "2"}, "accepted"),
+        b"tuple3-list": lambda: (203, [("set-cookie", "x"), ("set-cookie", "y")], b""),
+        b"response": lambda: Response(b"teapot", status=418, headers={"k": "v"}),
+        b"response-default": lambda: Response(),
+        b"int": lambda: 42,
+        b"bad-status": lambda: ("200", b"x"),
+        b"bad-header": lambda: (200, {"n": 1}, b"x"),
+        b"tuple4": lambda: (1, 2, 3, 4),
+    }
+
+    async def returns(context, event):
+        return RESULTS[event.body]()
+
+    def sync_handler(context, event):
+        return b"never"
+
+    NOT_CALLABLE = 3
+''')
+
+
+# --------------------------------------------------------------------------
+# A tiny blocking client for the wire protocol
+# --------------------------------------------------------------------------
+
+
+def envelope(kind, meta, body=b""):
+    meta_bytes = json.dumps(meta).encode()
+    return kind + struct.pack(">I", len(meta_bytes)) + meta_bytes + body
+
+
+def frame(payload):
+    return struct.pack(">I", len(payload)) + payload
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("connection closed after %d of %d bytes" % (len(data), n))
+        data += chunk
+    return data
+
+
+def recv_envelope(sock):
+    """Read one frame and split it into (kind, meta, body)."""
+    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+    payload = recv_exactly(sock, length)
+    (meta_len,) = struct.unpack(">I", payload[1:5])
+    return payload[:1], json.loads(payload[5:5 + meta_len]), payload[5 + meta_len:]
+
+
+def assert_closed(test, sock):
+    """The worker closed this connection (EOF or reset, not a timeout)."""
+    try:
+        data = sock.recv(1)
+    except ConnectionResetError:
+        return
+    test.assertEqual(data, b"", "expected the worker to close the connection")
+
+
+class WorkerProcess:
+    """The worker as a subprocess; stderr goes to a file so it can never fill a pipe."""
+
+    def __init__(self, tmpdir, handler, extra=(), handler_paths=(EXAMPLES,), tcp=False):
+        self.path = os.path.join(tmpdir, "w.sock")
+        self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
+        self.endpoint = ["--tcp", "127.0.0.1:0"] if tcp else ["--unix", self.path]
+        args = [sys.executable, WORKER, "--handler", handler, *self.endpoint,
+                "--worker-id", "7", *extra]
+        for path in handler_paths:
+            args += ["--handler-path", path]
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     cwd=tmpdir)
+        self.tcp_address = None
+
+    def wait_listening(self):
+        """Return the listening line, failing if the worker does not print it."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        if not ready:
+            raise AssertionError("worker did not start; stderr:\n" + self.stderr())
+        line = self.proc.stdout.readline().decode()
+        if not line:
+            raise AssertionError("worker exited at start; stderr:\n" + self.stderr())
+        if "tcp:" in line:
+            host_port = line.split("tcp:")[1].split()[0]
+            host, _, port = host_port.rpartition(":")
+            self.tcp_address = (host, int(port))
+        return line
+
+    def connect(self, read_ready=True):
+        if self.tcp_address:
+            sock = socket.create_connection(self.tcp_address, timeout=IO_TIMEOUT)
+        else:
+            sock = self._unix_socket()
+        if read_ready:
+            kind, meta, body = recv_envelope(sock)
+            assert kind == b"R" and body == b"", (kind, meta, body)
+        return sock
+
+    def _unix_socket(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(IO_TIMEOUT)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def stderr(self):
+        self._stderr.flush()
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait(self, timeout=IO_TIMEOUT):
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        """Kill the worker if it still runs; always safe to call."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(IO_TIMEOUT)
+        self.proc.stdout.close()
+        self._stderr.close()
+
+
+class WorkerTestCase(unittest.TestCase):
+    def setUp(self):
+        # A short path: Unix socket paths are limited to about 100 bytes.
+        self.tmpdir = tempfile.mkdtemp(prefix="apw")
+        self.addCleanup(shutil.rmtree, self.tmpdir, ignore_errors=True)
+        with open(os.path.join(self.tmpdir, "probe.py"), "w") as f:
+            f.write(PROBE_MODULE)
+
+    def start(self, handler="echo:handler", extra=(), tcp=False):
+        worker = WorkerProcess(self.tmpdir, handler, extra,
+                               handler_paths=(EXAMPLES, self.tmpdir), tcp=tcp)
+        self.addCleanup(worker.stop)
+        worker.wait_listening()
+        return worker
+
+    def run_to_exit(self, handler, extra=()):
+        """Start a worker expected to exit at once; return (status, stderr)."""
+        worker = WorkerProcess(self.tmpdir, handler, extra,
+                               handler_paths=(EXAMPLES, self.tmpdir))
+        self.addCleanup(worker.stop)
+        status = worker.wait()
+        return status, worker.stderr()
+
+    def call(self, sock, body, meta=None):
+        sock.sendall(frame(envelope(b"E", {} if meta is None else meta, body)))
+        return recv_envelope(sock)
+
+
+# --------------------------------------------------------------------------
+# Decoding, without a process
+# --------------------------------------------------------------------------
+
+
+class ParseEventTest(unittest.TestCase):
+    def test_plain_and_http(self):
+        plain = apw.parse_event(envelope(b"E", {}, b"\x00body"))
+        self.assertFalse(plain.is_http)
+        self.assertEqual((plain.body, plain.method, plain.path, plain.headers),
+                         (b"\x00body", None, None, []))
+        http = apw.parse_event(envelope(b"E", {"method": "POST", "path": "/p",
+                                               "headers": [["A", "1"], ["a", "2"]]}, b"x"))
+        self.assertTrue(http.is_http)
+        self.assertEqual((http.method, http.path, http.headers),
+                         ("POST", "/p", [("A", "1"), ("a", "2")]))
+        self.assertEqual(http.header("a"), "1")
+        self.assertIsNone(http.header("b"))
+
+    def test_malformed(self):
+        bad = {
+            "short": b"E\x00\x00",
+            "kind": envelope(b"O", {}),
+            "meta past end": b"E" + struct.pack(">I", 100) + b"{}",
+            "not json": b"E" + struct.pack(">I", 3) + b"{x}",
+            "not utf-8": b"E" + struct.pack(">I", 2) + b"\xff\xfe",
+            "array meta": envelope(b"E", []),
+            "method type": envelope(b"E", {"method": 1, "path": "/"}),
+            "headers type": envelope(b"E", {"method": "GET", "path": "/", "headers": [["a"]]}),
+        }
+        for name, payload in bad.items():
+            with self.subTest(name):
+                with self.assertRaises(apw.ProtocolError):
+                    apw.parse_event(payload)
+
+    def test_build_response_rejects_other_values(self):
+        for value in (42, [b"x"], (1, 2, 3, 4), (True, b""), (200, "x-not-headers", b"")):
+            with self.subTest(value=value):
+                with self.assertRaises(TypeError):
+                    apw.build_response(value)
+
+    def test_encode_raised_fits_the_limit(self):
+        try:
+            raise RuntimeError("m" * 5000)
+        except RuntimeError as exc:
+            payload = apw.encode_raised(exc, 600)
+        self.assertLessEqual(len(payload), 600)
+        self.assertEqual(payload[:1], b"X")
+        (meta_len,) = struct.unpack(">I", payload[1:5])
+        self.assertEqual(json.loads(payload[5:5 + meta_len])["type"], "RuntimeError")
+
+
+# --------------------------------------------------------------------------
+# The worker process
+# --------------------------------------------------------------------------
+
+
+class ServeTest(WorkerTestCase):
+    def test_ready_frame_on_connect(self):
+        worker = self.start()
+        sock = worker.connect(read_ready=False)
+        with sock:
+            kind, meta, body = recv_envelope(sock)
+        self.assertEqual(kind, b"R")
+        self.assertEqual(meta, {"pid": worker.proc.pid, "worker_id": 7})
+        self.assertEqual(body, b"")
+
+    def test_listening_line_and_stale_socket(self):
+        # Leave a stale socket file behind, as a killed worker would.
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(os.path.join(self.tmpdir, "w.sock"))
+        stale.close()
+        worker = WorkerProcess(self.tmpdir, "echo:handler")
+        self.addCleanup(worker.stop)
+        line = worker.wait_listening()
+        self.assertEqual(line.strip(), "async_pool_worker: worker 7 listening on unix:%s (pid %d)"
+                         % (worker.path, worker.proc.pid))
+        with worker.connect() as sock:
+            self.assertEqual(self.call(sock, b"ok")[2], b"ok")
+
+    def test_text_and_binary_round_trip(self):
+        worker = self.start()
+        with worker.connect() as sock:
+            kind, meta, body = self.call(sock, "héllo wörld".encode())
+            self.assertEqual((kind, body), (b"O", "héllo wörld".encode()))
+            self.assertEqual(meta, {"status": 200, "headers": [["x-worker-id", "7"]]})
+            everything = bytes(range(256)) * 4
+            kind, meta, body = self.call(sock, everything)
+            self.assertEqual((kind, body), (b"O", everything))
+            self.assertEqual(self.call(sock, b"")[2], b"")
+
+    def test_tcp_round_trip(self):
+        worker = self.start(tcp=True)
+        self.assertIsNotNone(worker.tcp_address)
+        with worker.connect() as sock:
+            self.assertEqual(self.call(sock, b"over tcp")[:3:2], (b"O", b"over tcp"))
+
+    def test_plain_versus_http_event(self):
+        worker = self.start("probe:describe")
+        with worker.connect() as sock:
+            kind, _, body = self.call(sock, b"p")
+            self.assertEqual(kind, b"O")
+            plain = json.loads(body)
+            self.assertEqual(plain, {"body": "p", "is_http": False, "method": None, "path": None,
+                                     "headers": [], "x_foo": None, "missing": None,
+                                     "worker_id": 7})
+            meta = {"method": "PUT", "path": "/a/b?q=1",
+                    "headers": [["X-Foo", "one"], ["x-foo", "two"], ["Other", "3"]]}
+            kind, _, body = self.call(sock, b"h", meta)
+            self.assertEqual(kind, b"O")
+            http = json.loads(body)
+            self.assertTrue(http["is_http"])
+            self.assertEqual((http["method"], http["path"], http["x_foo"], http["missing"]),
+                             ("PUT", "/a/b?q=1", "one", None))
+            self.assertEqual(http["headers"], meta["headers"])
+
+    def test_hello_example(self):
+        worker = self.start("hello:handler")
+        with worker.connect() as sock:
+            kind, meta, body = self.call(sock, b"", {"method": "GET", "path": "/x", "headers": []})
+        self.assertEqual((kind, body), (b"O", b"hello from worker 7: GET /x\n"))
+        self.assertEqual(meta["status"], 200)
+
+    def test_return_forms(self):
+        worker = self.start("probe:returns")
+        expected = {
+            b"str": (200, [], "héllo".encode()),
+            b"none": (200, [], b""),
+            b"bytearray": (200, [], b"ba"),
+            b"tuple2": (201, [], b"created"),
+            b"tuple3-dict": (202, [["a", "1"], ["b", "2"]], b"accepted"),
+            b"tuple3-list": (203, [["set-cookie", "x"], ["set-cookie", "y"]], b""),
+            b"response": (418, [["k", "v"]], b"teapot"),
+            b"response-default": (200, [], b""),
+        }
+        with worker.connect() as sock:
+            for request, (status, headers, body) in expected.items():
+                with self.subTest(request=request):
+                    kind, meta, got = self.call(sock, request)
+                    self.assertEqual(kind, b"O", meta)
+                    self.assertEqual((meta["status"], meta.get("headers", []), got),
+                                     (status, headers, body))
+
+    def test_bad_return_values_are_type_errors(self):
+        worker = self.start("probe:returns")
+        with worker.connect() as sock:
+            for request, word in ((b"int", "int"), (b"bad-status", "status"),
+                                  (b"bad-header", "header"), (b"tuple4", "4 items")):
+                with self.subTest(request=request):
+                    kind, meta, body = self.call(sock, request)
+                    self.assertEqual(kind, b"X")
+                    self.assertEqual(meta["type"], "TypeError")
+                    self.assertIn(word, meta["message"])
+            # The connection is still usable.
+            self.assertEqual(self.call(sock, b"tuple2")[0], b"O")
+
+    def test_raising_handler_keeps_connection(self):
+        worker = self.start("faulty:handler")
+        with worker.connect() as sock:
+            kind, meta, body = self.call(sock, b"raise")
+            self.assertEqual(kind, b"X")
+            self.assertEqual(meta, {"type": "ValueError", "message": "asked to raise"})
+            traceback_text = body.decode()
+            self.assertIn("Traceback (most recent call last)", traceback_text)
+            self.assertIn("faulty.py", traceback_text)
+            self.assertIn("ValueError: asked to raise", traceback_text)
+            self.assertEqual(self.call(sock, b"next")[:3:2], (b"O", b"next"))
+
+    def test_response_over_frame_limit_is_an_error(self):
+        worker = self.start(extra=["--max-frame-bytes", "1024"])
+        with worker.connect() as sock:
+            # The request fits (1 + 4 + 2 + 1000 bytes); the echo adds a header and does not.
+            kind, meta, _ = self.call(sock, b"z" * 1000)
+            self.assertEqual((kind, meta["type"]), (b"X", "ValueError"))
+            self.assertIn("exceeds", meta["message"])
+            self.assertEqual(self.call(sock, b"small")[2], b"small")
+
+
+class StartupTest(WorkerTestCase):
+    def test_sync_handler_refused(self):
+        status, stderr = self.run_to_exit("probe:sync_handler")
+        self.assertEqual(status, 2)
+        self.assertIn("probe:sync_handler", stderr)
+        self.assertIn("async def", stderr)
+
+    def test_import_failure(self):
+        status, stderr = self.run_to_exit("no_such_module_xyz:handler")
+        self.assertEqual(status, 2)
+        self.assertIn("no_such_module_xyz", stderr)
+        self.assertIn("ModuleNotFoundError", stderr)
+
+    def test_missing_function_and_non_callable(self):
+        status, stderr = self.run_to_exit("probe:nope")
+        self.assertEqual(status, 2)
+        self.assertIn("'nope'", stderr)
+        status, stderr = self.run_to_exit("probe:NOT_CALLABLE")
+        self.assertEqual(status, 2)
+        self.assertIn("async def", stderr)
+
+    @unittest.skipUnless(os.path.exists("/proc/self/limits"), "needs /proc")
+    def test_fd_limit_raised(self):
+        import resource
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 3000 + 64
+        worker = self.start(extra=["--connections", "3000"])
+        with open("/proc/%d/limits" % worker.proc.pid) as f:
+            line = next(l for l in f if l.startswith("Max open files"))
+        soft = line.split()[3]
+        if hard == resource.RLIM_INFINITY or hard >= wanted:
+            self.assertTrue(soft == "unlimited" or int(soft) >= wanted, line)
+        else:
+            self.assertIn("hard limit", worker.stderr())
+
+
+class BadInputTest(WorkerTestCase):
+    def test_oversized_frame_closes_only_that_connection(self):
+        worker = self.start()
+        with worker.connect() as bystander, worker.connect() as sock:
+            sock.sendall(struct.pack(">I", 16 * 1024 * 1024 + 1))
+            assert_closed(self, sock)
+            self.assertIsNone(worker.proc.poll())
+            self.assertEqual(self.call(bystander, b"still here")[2], b"still here")
+        with worker.connect() as fresh:
+            self.assertEqual(self.call(fresh, b"new")[2], b"new")
+        self.assertIn("exceeds --max-frame-bytes", worker.stderr())
+
+    def test_garbage_envelopes_close_only_that_connection(self):
+        worker = self.start()
+        garbage = [
+            b"Zgarbage!",
+            b"E" + struct.pack(">I", 1000) + b"{}",
+            b"E" + struct.pack(">I", 4) + b"null",
+            b"E\x00",
+            b"",
+        ]
+        with worker.connect() as bystander:
+            for payload in garbage:
+                with self.subTest(payload=payload):
+                    with worker.connect() as sock:
+                        sock.sendall(frame(payload))
+                        assert_closed(self, sock)
+                    self.assertEqual(self.call(bystander, b"ok")[2], b"ok")
+        self.assertIsNone(worker.proc.poll())
+        self.assertIn("WARNING", worker.stderr())
+
+    def test_host_closing_mid_frame(self):
+        worker = self.start()
+        with worker.connect() as sock:
+            sock.sendall(struct.pack(">I", 100) + b"E\x00")
+        with worker.connect() as sock:
+            self.assertEqual(self.call(sock, b"fine")[2], b"fine")
+
+
+class ConcurrencyAndDrainTest(WorkerTestCase):
+    def test_200_concurrent_connections(self):
+        worker = self.start("sleepy:handler", extra=["--connections", "200"])
+        socks = []
+        try:
+            for _ in range(200):
+                socks.append(worker.connect())  # each reads its R frame
+            started = time.monotonic()
+            for i, sock in enumerate(socks):
+                sock.sendall(frame(envelope(b"E", {}, b"0.3%03d" % i)))
+            for i, sock in enumerate(socks):
+                self.assertEqual(recv_envelope(sock)[:3:2], (b"O", b"0.3%03d" % i))
+            elapsed = time.monotonic() - started
+        finally:
+            for sock in socks:
+                sock.close()
+        # 200 sleeps of ~0.3 s overlapped: far below the 60 s they would take in turn.
+        self.assertLess(elapsed, 5.0)
+
+    def test_sigterm_drains_in_flight_event(self):
+        worker = self.start("sleepy:handler")
+        with worker.connect() as busy, worker.connect() as idle:
+            busy.sendall(frame(envelope(b"E", {}, b"0.7")))
+            time.sleep(0.2)  # let the worker receive the event
+            worker.proc.send_signal(signal.SIGTERM)
+            assert_closed(self, idle)  # idle connections are closed right away
+            self.assertIsNone(worker.proc.poll())
+            with self.assertRaises(OSError):  # no new connections
+                worker.connect(read_ready=False).close()
+            self.assertEqual(recv_envelope(busy)[:3:2], (b"O", b"0.7"))
+            assert_closed(self, busy)
+        self.assertEqual(worker.wait(), 0)
+        stderr = worker.stderr()
+        self.assertIn("draining", stderr)
+        self.assertIn("drained", stderr)
+        self.assertFalse(os.path.exists(worker.path))
+
+    def test_sigint_on_idle_worker_exits_0(self):
+        worker = self.start()
+        with worker.connect() as sock:
+            worker.proc.send_signal(signal.SIGINT)
+            assert_closed(self, sock)
+        self.assertEqual(worker.wait(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
