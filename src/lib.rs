@@ -9,6 +9,7 @@ mod idle_index;
 mod in_process;
 mod launcher;
 mod pool;
+pub mod process;
 mod shared;
 mod slot;
 mod stats;
@@ -23,6 +24,7 @@ pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
+pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 pub use slot::Slot;
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, SlotState, Stats, WorkerState, WorkerStats,

@@ -1,0 +1,96 @@
+//! Forwarding a worker's stdout and stderr to `tracing`, and keeping the last
+//! stderr lines for the error of a launch that fails.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{ChildStderr, ChildStdout};
+use tokio::task::JoinHandle;
+
+use crate::launcher::WorkerId;
+
+/// How many stderr lines a worker keeps for its error messages.
+pub(crate) const STDERR_TAIL_LINES: usize = 20;
+
+/// Longer lines are forwarded in pieces, so that a worker writing without
+/// newlines cannot make the host buffer without bound.
+const MAX_LINE_BYTES: u64 = 16 * 1024;
+
+/// The last [`STDERR_TAIL_LINES`] lines a worker wrote on stderr, shared between
+/// the forwarding task and the worker's handle.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    fn push(&self, line: String) {
+        let mut lines = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if lines.len() == STDERR_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// A copy of the lines, oldest first.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lines.iter().cloned().collect()
+    }
+}
+
+/// Forwards stdout as `info` events until the pipe closes.
+pub(crate) fn forward_stdout(pipe: ChildStdout, worker: WorkerId, pid: u32) -> JoinHandle<()> {
+    tokio::spawn(forward_lines(pipe, move |line| {
+        tracing::info!(target: "async_worker_pool::worker", %worker, pid, "{line}");
+    }))
+}
+
+/// Forwards stderr as `warn` events until the pipe closes, keeping the tail.
+pub(crate) fn forward_stderr(
+    pipe: ChildStderr,
+    worker: WorkerId,
+    pid: u32,
+    tail: StderrTail,
+) -> JoinHandle<()> {
+    tokio::spawn(forward_lines(pipe, move |line| {
+        tracing::warn!(target: "async_worker_pool::worker", %worker, pid, "{line}");
+        tail.push(line);
+    }))
+}
+
+/// Reads `pipe` line by line until end of file. The pipe stays open as long as
+/// any process of the worker's group holds it, and the group is killed with the
+/// worker, so the task ends with it.
+async fn forward_lines(pipe: impl AsyncRead + Unpin, mut on_line: impl FnMut(String)) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE_BYTES)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {
+                while line
+                    .last()
+                    .is_some_and(|&byte| byte == b'\n' || byte == b'\r')
+                {
+                    line.pop();
+                }
+                on_line(String::from_utf8_lossy(&line).into_owned());
+            }
+            Err(error) => {
+                tracing::debug!(%error, "reading a worker's output failed; no longer forwarding it");
+                return;
+            }
+        }
+    }
+}

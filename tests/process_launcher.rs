@@ -1,0 +1,429 @@
+//! `ProcessLauncher` and `ProcessWorker` with real processes: the reference
+//! Python worker, and small Python scripts that misbehave on purpose.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_worker_pool::process::ENDPOINT_ENV;
+use async_worker_pool::{
+    Endpoint, EndpointKind, LaunchError, Launcher, Pool, ProcessLauncher, ProcessLauncherBuilder,
+    ProcessWorker, Transport, WorkerId, WorkerInfo, WorkerProcess, async_trait,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{Instant, sleep, timeout};
+
+fn echo_worker() -> ProcessLauncherBuilder {
+    ProcessLauncher::python_worker("echo:handler").handler_path(handlers_dir())
+}
+
+fn handlers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/handlers")
+}
+
+fn nix_pid(pid: u32) -> Pid {
+    Pid::from_raw(pid as i32)
+}
+
+fn is_alive(pid: u32) -> bool {
+    match kill(nix_pid(pid), None) {
+        Err(Errno::ESRCH) => false,
+        // A zombie still answers kill(); where nothing reaps orphans (some
+        // containers), one is as dead as a process gets.
+        _ => !is_zombie(pid),
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits up to two seconds for `pid` to be gone.
+async fn is_gone_soon(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while is_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+async fn launch(launcher: &ProcessLauncher, index: u32) -> ProcessWorker {
+    timeout(
+        Duration::from_secs(10),
+        launcher.launch(WorkerId::new(index)),
+    )
+    .await
+    .expect("launch took too long")
+    .expect("launch failed")
+}
+
+async fn launch_error(launcher: &ProcessLauncher) -> LaunchError {
+    match timeout(Duration::from_secs(10), launcher.launch(WorkerId::new(0)))
+        .await
+        .expect("launch took too long")
+    {
+        Ok(process) => panic!("launch succeeded with pid {:?}", process.pid()),
+        Err(error) => error,
+    }
+}
+
+/// A worker that ignores SIGTERM, starts `sleep 1000` in the background (which
+/// ignores it too), writes that child's pid to `$CHILD_PID_FILE`, then accepts
+/// connections on the Unix socket named in `$ASYNC_WORKER_POOL_ENDPOINT`.
+const STUBBORN_WORKER: &str = r#"
+import os, signal, socket, subprocess
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(["sleep", "1000"])
+with open(os.environ["CHILD_PID_FILE"], "w") as f:
+    f.write(str(child.pid))
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(os.environ["ASYNC_WORKER_POOL_ENDPOINT"][len("unix:"):])
+listener.listen()
+while True:
+    listener.accept()[0].close()
+"#;
+
+/// The stubborn worker's launcher, and the file its child's pid goes to.
+fn stubborn_worker() -> (ProcessLauncher, tempfile::TempDir, PathBuf) {
+    let scratch = tempfile::tempdir().unwrap();
+    let pid_file = scratch.path().join("child.pid");
+    let launcher = ProcessLauncher::builder("python3")
+        .args(["-c", STUBBORN_WORKER])
+        .env("CHILD_PID_FILE", &pid_file)
+        .endpoint_args(false)
+        .build()
+        .unwrap();
+    (launcher, scratch, pid_file)
+}
+
+fn read_pid(file: &Path) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn python_worker_listens_on_a_socket_in_a_private_directory() {
+    let launcher = echo_worker().build().unwrap();
+    let mut worker = launch(&launcher, 0).await;
+
+    let Endpoint::Unix(socket) = worker.endpoint() else {
+        panic!("not a Unix endpoint: {}", worker.endpoint());
+    };
+    assert_eq!(socket, launcher.socket_dir().join("worker-0.sock"));
+    assert!(socket.exists());
+    let mode = std::fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let pid = worker.pid().expect("a process has a pid");
+    assert!(is_alive(pid));
+    UnixStream::connect(&socket).await.unwrap();
+
+    worker.terminate(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn socket_directory_is_removed_when_the_launcher_is_dropped() {
+    let launcher = echo_worker().build().unwrap();
+    let mut worker = launch(&launcher, 3).await;
+    let dir = launcher.socket_dir().to_path_buf();
+    worker.terminate(Duration::from_secs(2)).await;
+    assert!(dir.is_dir());
+
+    drop(launcher);
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn tcp_worker_listens_on_loopback() {
+    let launcher = echo_worker()
+        .endpoint_kind(EndpointKind::Tcp)
+        .build()
+        .unwrap();
+    let mut worker = launch(&launcher, 1).await;
+
+    let Endpoint::Tcp(addr) = worker.endpoint() else {
+        panic!("not a TCP endpoint: {}", worker.endpoint());
+    };
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_ne!(addr.port(), 0);
+    TcpStream::connect(addr).await.unwrap();
+
+    worker.terminate(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn handler_that_does_not_import_fails_launch_with_status_and_python_error() {
+    let launcher = ProcessLauncher::python_worker("no_such_module_here:handler")
+        .handler_path(handlers_dir())
+        .build()
+        .unwrap();
+
+    let message = launch_error(&launcher).await.to_string();
+    assert!(message.contains("exit status 2"), "{message}");
+    assert!(message.contains("ModuleNotFoundError"), "{message}");
+    assert!(message.contains("no_such_module_here"), "{message}");
+}
+
+#[tokio::test]
+async fn missing_program_fails_launch_naming_it() {
+    let launcher = ProcessLauncher::builder("no-such-worker-program-here")
+        .build()
+        .unwrap();
+    let message = launch_error(&launcher).await.to_string();
+    assert!(message.contains("no-such-worker-program-here"), "{message}");
+    assert!(message.contains("not found"), "{message}");
+
+    let launcher = echo_worker()
+        .python("python3-that-is-not-there")
+        .build()
+        .unwrap();
+    let message = launch_error(&launcher).await.to_string();
+    assert!(
+        message.contains("python3-that-is-not-there not found on PATH"),
+        "{message}"
+    );
+    assert!(message.contains("python(...)"), "{message}");
+}
+
+#[tokio::test]
+async fn python_only_settings_on_another_program_fail_build() {
+    let error = ProcessLauncher::builder("sh")
+        .handler_path("handlers")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("handler_path"), "{error}");
+}
+
+#[tokio::test]
+async fn socket_paths_too_long_for_a_unix_socket_fail_build() {
+    let scratch = tempfile::tempdir().unwrap();
+    let parent = scratch.path().join("d".repeat(100));
+    std::fs::create_dir(&parent).unwrap();
+    let error = echo_worker()
+        .socket_dir_parent(&parent)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("socket_dir_parent"), "{error}");
+    // TCP workers need no socket path.
+    echo_worker()
+        .socket_dir_parent(&parent)
+        .endpoint_kind(EndpointKind::Tcp)
+        .build()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn wait_reports_sigkill_at_once() {
+    let launcher = echo_worker().build().unwrap();
+    let mut worker = launch(&launcher, 0).await;
+    let pid = worker.pid().unwrap();
+
+    kill(nix_pid(pid), Signal::SIGKILL).unwrap();
+    let exit = timeout(Duration::from_secs(1), worker.wait())
+        .await
+        .expect("wait did not notice SIGKILL");
+    assert_eq!(exit.exit_signal(), Some(9));
+    assert_eq!(exit.exit_code(), None);
+    // Resolved once, it keeps its answer.
+    assert_eq!(worker.wait().await, exit);
+}
+
+#[tokio::test]
+async fn wait_is_cancel_safe() {
+    let launcher = echo_worker().build().unwrap();
+    let mut worker = launch(&launcher, 0).await;
+    for _ in 0..5 {
+        assert!(
+            timeout(Duration::from_millis(5), worker.wait())
+                .await
+                .is_err()
+        );
+    }
+    kill(nix_pid(worker.pid().unwrap()), Signal::SIGKILL).unwrap();
+    let exit = timeout(Duration::from_secs(1), worker.wait())
+        .await
+        .unwrap();
+    assert_eq!(exit.exit_signal(), Some(9));
+}
+
+#[tokio::test]
+async fn terminate_drains_the_python_worker_to_exit_code_0() {
+    let launcher = echo_worker().build().unwrap();
+    let mut worker = launch(&launcher, 0).await;
+    let pid = worker.pid().unwrap();
+
+    let exit = worker.terminate(Duration::from_secs(2)).await;
+    assert_eq!(exit.exit_code(), Some(0), "{exit}");
+    assert!(!is_alive(pid));
+    assert_eq!(worker.wait().await, exit);
+}
+
+#[tokio::test]
+async fn terminate_kills_a_worker_that_ignores_sigterm_and_its_children() {
+    let (launcher, _scratch, pid_file) = stubborn_worker();
+    let mut worker = launch(&launcher, 0).await;
+    let (pid, child) = (worker.pid().unwrap(), read_pid(&pid_file));
+    assert!(is_alive(child));
+
+    let started = Instant::now();
+    let exit = worker.terminate(Duration::from_millis(300)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(exit.exit_signal(), Some(9), "{exit}");
+    assert!(!is_alive(pid));
+    assert!(
+        is_gone_soon(child).await,
+        "the worker's child {child} survived"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_worker_kills_it_and_its_process_group() {
+    let (launcher, _scratch, pid_file) = stubborn_worker();
+    let worker = launch(&launcher, 0).await;
+    let (pid, child) = (worker.pid().unwrap(), read_pid(&pid_file));
+
+    drop(worker);
+    assert!(is_gone_soon(pid).await, "the worker {pid} survived");
+    assert!(
+        is_gone_soon(child).await,
+        "the worker's child {child} survived"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_launch_in_progress_kills_the_process() {
+    // Writes its pid, then never listens.
+    let scratch = tempfile::tempdir().unwrap();
+    let pid_file = scratch.path().join("worker.pid");
+    let launcher = ProcessLauncher::builder("python3")
+        .args([
+            "-c",
+            "import os, time\n\
+             open(os.environ['PID_FILE'], 'w').write(str(os.getpid()))\n\
+             time.sleep(1000)",
+        ])
+        .env("PID_FILE", &pid_file)
+        .endpoint_args(false)
+        .build()
+        .unwrap();
+
+    let launching = timeout(Duration::from_secs(1), launcher.launch(WorkerId::new(0)));
+    assert!(
+        launching.await.is_err(),
+        "a worker that never listens launched"
+    );
+    let pid = read_pid(&pid_file);
+    assert!(
+        is_gone_soon(pid).await,
+        "the abandoned worker {pid} survived"
+    );
+}
+
+#[tokio::test]
+async fn workers_see_their_endpoint_in_the_environment() {
+    let scratch = tempfile::tempdir().unwrap();
+    let seen = scratch.path().join("seen");
+    let launcher = ProcessLauncher::builder("python3")
+        .args([
+            "-c",
+            "import os, socket\n\
+             open(os.environ['SEEN'], 'w').write(os.environ['ASYNC_WORKER_POOL_WORKER_ID'] + ' ' + os.environ['ASYNC_WORKER_POOL_ENDPOINT'])\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind(os.environ['ASYNC_WORKER_POOL_ENDPOINT'][5:])\n\
+             s.listen()\n\
+             while True: s.accept()[0].close()",
+        ])
+        .env("SEEN", &seen)
+        .endpoint_args(false)
+        .build()
+        .unwrap();
+    let mut worker = launch(&launcher, 7).await;
+    let expected = format!("7 {}", worker.endpoint());
+    assert!(expected.starts_with("7 unix:"));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), expected);
+    assert_eq!(ENDPOINT_ENV, "ASYNC_WORKER_POOL_ENDPOINT");
+    worker.terminate(Duration::ZERO).await;
+}
+
+/// A transport that only connects: enough for the pool to fill its slots.
+struct ConnectOnly;
+
+#[async_trait]
+impl Transport for ConnectOnly {
+    type Conn = UnixStream;
+    type Request = ();
+    type Response = ();
+    type Error = std::io::Error;
+
+    async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<UnixStream> {
+        match &worker.endpoint {
+            Endpoint::Unix(path) => UnixStream::connect(path).await,
+            other => Err(std::io::Error::other(format!(
+                "unexpected endpoint {other}"
+            ))),
+        }
+    }
+
+    async fn call(&self, _conn: &mut UnixStream, (): ()) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn pool_of_python_workers_shuts_down_leaving_nothing_behind() {
+    let launcher = echo_worker().connections(2).build().unwrap();
+    let dir = launcher.socket_dir().to_path_buf();
+    let pool = Pool::builder(ConnectOnly, launcher)
+        .num_workers(2)
+        .max_connections(2)
+        .build()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().idle < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "slots never filled: {:?}",
+            pool.stats()
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    let pids: Vec<u32> = pool
+        .stats()
+        .workers
+        .iter()
+        .map(|worker| worker.pid.expect("a running worker has a pid"))
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert_ne!(pids[0], pids[1]);
+    assert!(pids.iter().all(|&pid| is_alive(pid)));
+
+    pool.shutdown(Duration::from_secs(1)).await;
+    for pid in pids {
+        assert!(!is_alive(pid), "worker {pid} outlived the pool");
+    }
+    drop(pool);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived the pool",
+            dir.display()
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+}
