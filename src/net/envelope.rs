@@ -321,10 +321,16 @@ impl Ready {
 }
 
 /// Checks the envelope header; returns the kind and where the meta ends.
+///
+/// An unknown kind is reported before a bad length: it says more about what the
+/// worker sent.
 fn split(payload: &[u8]) -> Result<(u8, usize), ProtocolError> {
     let Some((&kind, rest)) = payload.split_first() else {
         return Err(ProtocolError::Empty);
     };
+    if ![READY, EVENT, RETURNED, RAISED].contains(&kind) {
+        return Err(ProtocolError::UnknownKind { kind });
+    }
     let Some((len, _)) = rest.split_first_chunk::<4>() else {
         return Err(ProtocolError::ShortHeader { len: payload.len() });
     };
@@ -528,6 +534,13 @@ mod tests {
             Ready::decode(&envelope(0, "{}", b"")),
             Err(ProtocolError::UnknownKind { kind: 0 })
         ));
+        // Reported before a short or overlong header: it says more.
+        for payload in [&b"Z"[..], b"\xffnot an envelope"] {
+            assert!(matches!(
+                Reply::decode(Bytes::copy_from_slice(payload)),
+                Err(ProtocolError::UnknownKind { .. })
+            ));
+        }
     }
 
     #[test]
