@@ -8,6 +8,7 @@ mod error;
 mod idle_index;
 mod in_process;
 mod launcher;
+pub mod net;
 mod pool;
 pub mod process;
 mod shared;

@@ -1,0 +1,44 @@
+//! The built-in socket transport: [`SocketTransport`] speaks the wire protocol of
+//! `docs/protocol.md` over Unix or TCP sockets, to workers such as the reference
+//! Python worker `python/async_pool_worker.py`.
+//!
+//! A host that brings its own [`Transport`](crate::Transport) does not need this
+//! module. It is here so that the common case, a pool of asyncio workers on local
+//! sockets, needs no code beyond a launcher.
+//!
+//! - [`Event`], [`Reply`] and [`Ready`] are the typed envelopes; bodies are
+//!   [`Bytes`](bytes::Bytes), so they are not copied more than the socket needs.
+//! - Framing is tokio-util's [`LengthDelimitedCodec`](tokio_util::codec::LengthDelimitedCodec),
+//!   which refuses an oversized frame from its length prefix alone, so a
+//!   misbehaving worker cannot make the host allocate what it announces.
+//! - [`NetError`] tells a worker that closed the connection, one that broke the
+//!   protocol ([`ProtocolError`]) and a failing socket apart.
+//!
+//! ```no_run
+//! use async_worker_pool::Endpoint;
+//! use async_worker_pool::net::{Event, Reply, SocketTransport};
+//!
+//! # async fn run() -> Result<(), async_worker_pool::net::NetError> {
+//! let transport = SocketTransport::new().max_frame_bytes(1024 * 1024);
+//! let mut conn = transport
+//!     .connect_endpoint(&Endpoint::Unix("/tmp/w0.sock".into()))
+//!     .await?;
+//! match conn.call(&Event::plain("hello")).await? {
+//!     Reply::Returned { status, body, .. } => println!("{status}: {body:?}"),
+//!     Reply::Raised { exception_type, message, .. } => {
+//!         println!("handler raised {exception_type}: {message}")
+//!     }
+//!     _ => {}
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod envelope;
+mod error;
+mod stream;
+mod transport;
+
+pub use envelope::{Event, Ready, Reply};
+pub use error::{NetError, ProtocolError};
+pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};

@@ -1,0 +1,364 @@
+//! [`SocketTransport`]: the [`Transport`] that speaks the wire protocol over Unix
+//! or TCP sockets, and [`SocketConn`], one connection it opened.
+
+use std::io;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
+
+use super::envelope::{Event, Ready, Reply};
+use super::error::NetError;
+use super::stream::Stream;
+use crate::launcher::{Endpoint, WorkerInfo};
+use crate::transport::Transport;
+
+/// The maximum frame length unless [`SocketTransport::max_frame_bytes`] says
+/// otherwise: 16 MiB, the reference worker's default too.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// The length prefix is 4 bytes, so no frame can be longer than this.
+const LARGEST_FRAME: usize = u32::MAX as usize;
+
+/// A [`Transport`] over Unix or TCP sockets, speaking the protocol of
+/// `docs/protocol.md` to workers such as `python/async_pool_worker.py`.
+///
+/// It connects to [`Endpoint::Unix`] and [`Endpoint::Tcp`] endpoints; an
+/// [`Endpoint::Named`] is refused with [`NetError::UnsupportedEndpoint`].
+///
+/// # Frame length
+///
+/// Frames in both directions are limited to [`DEFAULT_MAX_FRAME_BYTES`], or to
+/// what [`max_frame_bytes`](Self::max_frame_bytes) sets. A longer frame from the
+/// worker fails with [`NetError::FrameTooLarge`] as soon as its length prefix is
+/// read, before any of it is buffered; a longer event fails with
+/// [`NetError::EventTooLarge`] before anything is sent. Give the worker the same
+/// limit (`--max-frame-bytes`).
+#[derive(Debug, Clone)]
+pub struct SocketTransport {
+    max_frame_bytes: usize,
+}
+
+impl Default for SocketTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SocketTransport {
+    /// A transport with the default maximum frame length.
+    pub fn new() -> Self {
+        Self {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    /// Sets the maximum frame length, in bytes of payload (the 4-byte length
+    /// prefix not counted). Values above `u32::MAX` are lowered to it, since the
+    /// prefix cannot announce more.
+    #[must_use]
+    pub fn max_frame_bytes(mut self, limit: usize) -> Self {
+        self.max_frame_bytes = limit.min(LARGEST_FRAME);
+        self
+    }
+
+    /// The maximum frame length in force.
+    pub fn frame_limit(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Opens a connection to `endpoint` and resolves once the worker has sent a
+    /// valid ready frame on it.
+    ///
+    /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for hosts
+    /// (and tests) that drive a worker without a pool.
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::UnsupportedEndpoint`] for an [`Endpoint::Named`];
+    /// [`NetError::Io`] if the socket cannot be opened;
+    /// [`NetError::ClosedBeforeReady`] if the worker closes it first;
+    /// [`NetError::FrameTooLarge`] or [`NetError::NotReady`] if the first frame
+    /// is not a valid ready frame.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes the half-open socket, and nothing
+    /// has been sent on it.
+    pub async fn connect_endpoint(&self, endpoint: &Endpoint) -> Result<SocketConn, NetError> {
+        let stream = match endpoint {
+            Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                // One small frame per event each way: Nagle would only add latency.
+                stream.set_nodelay(true)?;
+                Stream::Tcp(stream)
+            }
+            Endpoint::Named(_) => return Err(NetError::UnsupportedEndpoint(endpoint.to_string())),
+        };
+        let limit = self.max_frame_bytes;
+        let codec = LengthDelimitedCodec::builder()
+            .length_field_length(4)
+            .big_endian()
+            .max_frame_length(limit)
+            .new_codec();
+        let mut framed = Framed::new(stream, codec);
+        let frame = match framed.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => return Err(read_error(err, limit, NetError::ClosedBeforeReady)),
+            None => return Err(NetError::ClosedBeforeReady),
+        };
+        let ready = Ready::decode(&frame).map_err(NetError::NotReady)?;
+        tracing::debug!(
+            %endpoint,
+            pid = ready.pid(),
+            worker_id = ready.worker_id(),
+            "connected to worker"
+        );
+        Ok(SocketConn {
+            framed,
+            ready,
+            limit,
+            scratch: BytesMut::new(),
+            usable: true,
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for SocketTransport {
+    type Conn = SocketConn;
+    type Request = Event;
+    type Response = Reply;
+    type Error = NetError;
+
+    /// Connects to `worker.endpoint`; see [`SocketTransport::connect_endpoint`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes the half-open socket.
+    async fn connect(&self, worker: &WorkerInfo) -> Result<SocketConn, NetError> {
+        self.connect_endpoint(&worker.endpoint).await
+    }
+
+    /// Sends `event` and reads its answer; see [`SocketConn::call`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call leaves the connection unusable.
+    async fn call(&self, conn: &mut SocketConn, event: Event) -> Result<Reply, NetError> {
+        conn.call(&event).await
+    }
+}
+
+/// One open connection to a worker, ready for events. Dropping it closes it.
+#[derive(Debug)]
+pub struct SocketConn {
+    framed: Framed<Stream, LengthDelimitedCodec>,
+    ready: Ready,
+    limit: usize,
+    /// Where events are encoded; its allocation is reclaimed on the next call
+    /// once the codec has copied the previous frame out.
+    scratch: BytesMut,
+    /// False from the start of an exchange until it finishes cleanly.
+    usable: bool,
+}
+
+impl SocketConn {
+    /// The ready frame the worker sent when the connection opened.
+    pub fn ready(&self) -> Ready {
+        self.ready
+    }
+
+    /// Whether the connection can carry another event: false once an exchange
+    /// failed or was dropped before it finished.
+    pub fn is_usable(&self) -> bool {
+        self.usable
+    }
+
+    /// Sends one event and reads exactly one answer frame.
+    ///
+    /// An [`Reply::Raised`] answer is `Ok`: the handler failed, the connection
+    /// did not.
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::EventTooLarge`] before sending (the connection stays usable);
+    /// after that, [`NetError::Closed`] if the worker closes the connection
+    /// before answering, [`NetError::FrameTooLarge`], [`NetError::Protocol`],
+    /// [`NetError::Io`], and [`NetError::Unusable`] if an earlier exchange on
+    /// this connection did not finish.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if the future is dropped before it completes, the event
+    /// may be half written or its answer still on its way, so the connection
+    /// becomes unusable and every later call fails with [`NetError::Unusable`].
+    /// The pool drops such a connection and opens a new one.
+    pub async fn call(&mut self, event: &Event) -> Result<Reply, NetError> {
+        if !self.usable {
+            return Err(NetError::Unusable);
+        }
+        // Refuse an oversized body before copying it.
+        let at_least = event.body().len().saturating_add(5);
+        if at_least > self.limit {
+            return Err(NetError::EventTooLarge {
+                len: at_least,
+                limit: self.limit,
+            });
+        }
+        event.encode(&mut self.scratch);
+        let payload = self.scratch.split().freeze();
+        if payload.len() > self.limit {
+            return Err(NetError::EventTooLarge {
+                len: payload.len(),
+                limit: self.limit,
+            });
+        }
+        // Armed before the first await: a call dropped midway leaves it unusable.
+        self.usable = false;
+        self.framed
+            .send(payload)
+            .await
+            .map_err(|err| closed_or_io(err, NetError::Closed))?;
+        let frame = match self.framed.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => return Err(read_error(err, self.limit, NetError::Closed)),
+            None => return Err(NetError::Closed),
+        };
+        let reply = Reply::decode(frame.freeze())?;
+        self.usable = true;
+        Ok(reply)
+    }
+}
+
+/// Classifies an error from reading a frame.
+fn read_error(err: io::Error, limit: usize, closed: NetError) -> NetError {
+    if err
+        .get_ref()
+        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+    {
+        return NetError::FrameTooLarge { limit };
+    }
+    // At end of stream inside a frame, tokio-util's `decode_eof` reports an
+    // `ErrorKind::Other` ("bytes remaining on stream"); socket errors from the OS
+    // are never of that kind.
+    if err.kind() == io::ErrorKind::Other {
+        return closed;
+    }
+    closed_or_io(err, closed)
+}
+
+/// Reports a peer that closed or reset the connection as `closed`.
+fn closed_or_io(err: io::Error, closed: NetError) -> NetError {
+    match err.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => closed,
+        _ => NetError::Io(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+    use crate::launcher::WorkerId;
+
+    fn frame(kind: u8, meta: &str, body: &[u8]) -> Vec<u8> {
+        let payload_len = 5 + meta.len() + body.len();
+        let mut out = Vec::with_capacity(4 + payload_len);
+        out.extend_from_slice(&(payload_len as u32).to_be_bytes());
+        out.push(kind);
+        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        out.extend_from_slice(meta.as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn connect_through_the_transport_trait_uses_the_worker_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream
+                .write_all(&frame(b'R', r#"{"pid":42,"worker_id":3}"#, b""))
+                .await
+                .unwrap();
+            let mut len = [0; 4];
+            stream.read_exact(&mut len).await.unwrap();
+            let mut payload = vec![0; u32::from_be_bytes(len) as usize];
+            stream.read_exact(&mut payload).await.unwrap();
+            // Answer with the event body, which follows the `{}` meta.
+            stream
+                .write_all(&frame(b'O', "{}", &payload[7..]))
+                .await
+                .unwrap();
+        });
+        let worker = WorkerInfo {
+            id: WorkerId::new(3),
+            generation: 1,
+            endpoint: Endpoint::Unix(path),
+            pid: Some(42),
+        };
+        let transport = SocketTransport::new();
+        let mut conn = transport.connect(&worker).await.unwrap();
+        assert_eq!(conn.ready().pid(), 42);
+        assert_eq!(conn.ready().worker_id(), 3);
+        let reply = transport
+            .call(&mut conn, Event::plain("ping"))
+            .await
+            .unwrap();
+        assert!(matches!(reply, Reply::Returned { status: 200, ref body, .. } if body == "ping"));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn named_endpoint_is_unsupported() {
+        let err = SocketTransport::new()
+            .connect_endpoint(&Endpoint::Named("in-process/0".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NetError::UnsupportedEndpoint(name) if name == "in-process/0"));
+    }
+
+    #[test]
+    fn frame_limit_defaults_to_16_mib_and_is_capped_at_u32_max() {
+        assert_eq!(SocketTransport::new().frame_limit(), 16 * 1024 * 1024);
+        assert_eq!(
+            SocketTransport::default().frame_limit(),
+            DEFAULT_MAX_FRAME_BYTES
+        );
+        assert_eq!(
+            SocketTransport::new().max_frame_bytes(1024).frame_limit(),
+            1024
+        );
+        assert_eq!(
+            SocketTransport::new()
+                .max_frame_bytes(usize::MAX)
+                .frame_limit(),
+            u32::MAX as usize
+        );
+    }
+
+    #[test]
+    fn eof_inside_a_frame_counts_as_closed() {
+        let err = io::Error::other("bytes remaining on stream");
+        assert!(matches!(
+            read_error(err, 10, NetError::Closed),
+            NetError::Closed
+        ));
+        let err = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            read_error(err, 10, NetError::Closed),
+            NetError::Io(_)
+        ));
+    }
+}
