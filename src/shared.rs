@@ -83,6 +83,7 @@ struct WorkerEntry<C> {
     state: WorkerState,
     pid: Option<u32>,
     restarts: u64,
+    last_error: Option<String>,
 }
 
 struct Core<C> {
@@ -142,6 +143,7 @@ impl<T: Transport> Shared<T> {
                     state: WorkerState::Starting,
                     pid: None,
                     restarts: 0,
+                    last_error: None,
                 })
                 .collect(),
             idle_index: IdleIndex::new(workers, conns),
@@ -352,6 +354,11 @@ impl<T: Transport> Shared<T> {
         self.links[w].ended.send_replace(generation);
     }
 
+    /// Remembers why the worker's last launch or process failed, for Stats.
+    pub(crate) fn set_last_error(&self, worker: WorkerId, error: String) {
+        self.lock().workers[worker.index()].last_error = Some(error);
+    }
+
     pub(crate) fn set_worker_state(&self, worker: WorkerId, state: WorkerState) {
         self.lock().workers[worker.index()].state = state;
     }
@@ -445,6 +452,7 @@ impl<T: Transport> Shared<T> {
                     .filter(|&&state| state == SlotState::Busy)
                     .count(),
                 restarts: entry.restarts,
+                last_error: entry.last_error.clone(),
             })
             .collect();
         Stats {

@@ -98,6 +98,9 @@ pub struct WorkerStats {
     pub busy: usize,
     /// How many times its process was relaunched.
     pub restarts: u64,
+    /// Why its last launch failed or its last process ended, if one did: the
+    /// first thing to read when a worker keeps restarting.
+    pub last_error: Option<String>,
 }
 
 /// A consistent snapshot of the pool, taken under its lock.

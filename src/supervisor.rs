@@ -102,10 +102,18 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     self.shared.end_generation(worker, WorkerState::Restarting);
                     let exit = process.terminate(policy.terminate_grace).await;
                     tracing::warn!(%worker, generation, %exit, "connections could not be re-established; worker terminated");
+                    self.shared.set_last_error(
+                        worker,
+                        format!(
+                            "connections could not be re-established; process terminated ({exit})"
+                        ),
+                    );
                 }
                 End::Exited(exit) => {
                     self.shared.end_generation(worker, WorkerState::Restarting);
                     tracing::warn!(%worker, generation, %exit, "worker process exited");
+                    self.shared
+                        .set_last_error(worker, format!("process exited ({exit})"));
                 }
             }
         }
@@ -122,16 +130,26 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         match timeout(limit, task).await {
             Ok(Ok(Ok(process))) => Some(process),
             Ok(Ok(Err(error))) => {
+                let message = format!("launch failed: {error}");
                 let error: &dyn std::error::Error = &error;
                 tracing::warn!(%worker, error, "worker launch failed");
+                self.shared.set_last_error(worker, message);
                 None
             }
             Ok(Err(_panic)) => {
                 tracing::error!(%worker, "worker launcher panicked");
+                self.shared
+                    .set_last_error(worker, "launch failed: the launcher panicked".into());
                 None
             }
             Err(_elapsed) => {
                 tracing::warn!(%worker, ?limit, "worker launch timed out");
+                self.shared.set_last_error(
+                    worker,
+                    format!(
+                        "launch failed: not ready within establish_connection_timeout ({limit:?})"
+                    ),
+                );
                 None
             }
         }

@@ -182,6 +182,10 @@ async fn a_worker_that_exits_is_noticed_at_once_and_its_events_fail_with_worker_
     assert_eq!(stats.worker_restarts, 1);
     assert_ne!(stats.workers[0].pid, Some(1000));
     assert_eq!(
+        stats.workers[0].last_error.as_deref(),
+        Some("process exited (killed by signal 9)")
+    );
+    assert_eq!(
         stats.workers[1].busy, 2,
         "the other worker's events are untouched"
     );
@@ -309,6 +313,11 @@ async fn a_launcher_that_always_fails_ends_failed_instead_of_looping() {
     })
     .await;
     assert_eq!(stats.down, 4);
+    assert_eq!(
+        stats.workers[0].last_error.as_deref(),
+        Some("launch failed: cannot start (scripted)"),
+        "Stats says why the worker is failing"
+    );
     let default_limit = RestartPolicy::default().max_restarts as usize;
     assert_eq!(state.attempts(0), 1 + default_limit);
     assert!(matches!(
