@@ -11,6 +11,7 @@ mod launcher;
 pub mod net;
 mod pool;
 pub mod process;
+pub mod prometheus;
 mod shared;
 mod slot;
 mod stats;
