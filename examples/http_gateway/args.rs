@@ -1,0 +1,66 @@
+//! The gateway's command line. Every flag also reads an environment variable, and
+//! every default is Nuclio's where Nuclio has one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// An HTTP front end that forwards every request to a pool of Python asyncio
+/// workers, many connections per worker (Nuclio's async mode).
+#[derive(Debug, Parser)]
+#[command(name = "http_gateway", version)]
+pub struct Args {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The Python handler, as module:function.
+    #[arg(long, env = "GATEWAY_HANDLER", default_value = "hello:handler")]
+    pub handler: String,
+
+    /// Directory the handler's module is imported from.
+    #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handlers"))]
+    pub handler_path: PathBuf,
+
+    /// The Python interpreter.
+    #[arg(long, env = "GATEWAY_PYTHON", default_value = "python3")]
+    pub python: String,
+
+    /// Worker processes (Nuclio's numWorkers).
+    #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Connections to each worker (Nuclio's async.maxConnectionsNumber).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
+
+    /// How long a request waits for a free connection before a 503.
+    #[arg(long, env = "GATEWAY_CONNECTION_AVAILABILITY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connection_availability_timeout: Duration,
+
+    /// A request running longer gets a 504 and its connection is restarted (no limit by default).
+    #[arg(long, env = "GATEWAY_EVENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub event_timeout: Option<Duration>,
+
+    /// Bound on one connect attempt and on a worker's start-up.
+    #[arg(long, env = "GATEWAY_ESTABLISH_CONNECTION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub establish_connection_timeout: Duration,
+
+    /// At most this many requests wait for a connection; beyond it, a 503 at once.
+    #[arg(long, env = "GATEWAY_MAX_WAITERS")]
+    pub max_waiters: Option<usize>,
+
+    /// Largest request or response body, in bytes (one frame of the wire protocol).
+    #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = async_worker_pool::net::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+
+    /// Workers listen on loopback TCP ports instead of Unix sockets.
+    #[arg(long, env = "GATEWAY_TCP")]
+    pub tcp: bool,
+
+    /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
