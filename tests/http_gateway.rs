@@ -280,3 +280,50 @@ fn gateway_refuses_a_handler_that_does_not_import_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn gateway_names_a_socket_directory_it_cannot_create() {
+    let output = Command::new(gateway_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--socket-dir",
+            "/proc/no/such/dir",
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/proc/no/such/dir"), "{stderr}");
+}
+
+#[test]
+fn gateway_names_an_address_already_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(gateway_binary())
+        .args(["--listen", &address])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
+#[test]
+fn gateway_names_a_missing_python() {
+    let output = Command::new(gateway_binary())
+        .args(["--listen", "127.0.0.1:0", "--python", "no-such-python3"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-python3 not found"), "{stderr}");
+}

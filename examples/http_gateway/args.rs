@@ -56,6 +56,11 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = async_worker_pool::net::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
 
+    /// Where the private directory for the workers' Unix sockets is made
+    /// (the system's temporary directory by default).
+    #[arg(long, env = "GATEWAY_SOCKET_DIR")]
+    pub socket_dir: Option<PathBuf>,
+
     /// Workers listen on loopback TCP ports instead of Unix sockets.
     #[arg(long, env = "GATEWAY_TCP")]
     pub tcp: bool,

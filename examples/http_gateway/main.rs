@@ -57,6 +57,17 @@ async fn run(args: Args) -> Result<(), String> {
             args.listen
         )
     })?;
+    // One descriptor per connection, plus room for HTTP clients and the rest.
+    let wanted = (args.workers * args.max_connections) as u64 + 1024;
+    match async_worker_pool::net::raise_fd_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            wanted,
+            "the open-file limit is below what the connections need; raise it with ulimit -n"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
     let pool = start_pool(&args).await?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
@@ -98,7 +109,11 @@ async fn run(args: Args) -> Result<(), String> {
 /// that a handler that does not import or a missing interpreter is reported at
 /// start, not on the first request.
 async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
-    let launcher = ProcessLauncher::python_worker(&args.handler)
+    let mut launcher = ProcessLauncher::python_worker(&args.handler);
+    if let Some(dir) = &args.socket_dir {
+        launcher = launcher.socket_dir_parent(dir);
+    }
+    let launcher = launcher
         .python(&args.python)
         .handler_path(&args.handler_path)
         .connections(args.max_connections)

@@ -36,9 +36,11 @@
 
 mod envelope;
 mod error;
+mod fd_limit;
 mod stream;
 mod transport;
 
 pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
+pub use fd_limit::raise_fd_limit;
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};
