@@ -4,12 +4,17 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::PoolError;
 use crate::launcher::WorkerId;
 use crate::shared::{Begin, Shared, Taken};
 use crate::transport::Transport;
+
+/// How long a failed exchange waits to learn whether its worker process exited,
+/// which decides between [`PoolError::WorkerExited`] and [`PoolError::Transport`].
+const EXIT_NOTICE: Duration = Duration::from_millis(200);
 
 /// One connection to a worker, held for one event.
 ///
@@ -56,6 +61,12 @@ impl<'a, T: Transport> Slot<'a, T> {
     /// A failure of any kind marks the connection for restart; further calls on this
     /// guard then fail with [`PoolError::ConnectionUnusable`].
     ///
+    /// A disconnect (see [`Transport::is_disconnect`]) is reported up to 200 ms
+    /// after it happened: a worker process that dies closes its connections before
+    /// the pool can see it exit, so the call waits that long for the exit, and
+    /// reports [`PoolError::WorkerExited`] if it comes, [`PoolError::Transport`] if
+    /// not. Other transport errors are reported at once.
+    ///
     /// # Cancel safety
     ///
     /// Not cancel safe, by design: if the future is dropped before it completes, the
@@ -99,8 +110,19 @@ impl<'a, T: Transport> Slot<'a, T> {
                 Ok(response)
             }
             Ok(Err(source)) => {
-                // A transport error racing the process's exit is the exit's doing.
-                let error = if *shared.ended(worker).borrow() >= generation {
+                // A dying process closes its sockets before its exit can be seen,
+                // so a disconnect is often the first sign of the exit: give the
+                // supervisor a moment to notice before blaming the connection.
+                // Other errors (a broken frame, say) are reported at once.
+                let exited = *ended.borrow() >= generation
+                    || (shared.transport.is_disconnect(&source)
+                        && tokio::time::timeout(
+                            EXIT_NOTICE,
+                            ended.wait_for(|&last| last >= generation),
+                        )
+                        .await
+                        .is_ok_and(|seen| seen.is_ok()));
+                let error = if exited {
                     self.worker_gone(worker)
                 } else {
                     PoolError::Transport {

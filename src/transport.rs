@@ -40,4 +40,16 @@ pub trait Transport: Send + Sync + 'static {
         conn: &mut Self::Conn,
         request: Self::Request,
     ) -> Result<Self::Response, Self::Error>;
+
+    /// Whether `error` means the worker closed the connection (end of stream,
+    /// reset, broken pipe), as it does when its process dies.
+    ///
+    /// The pool then waits briefly for the process's exit to be seen, so that the
+    /// event fails with [`PoolError::WorkerExited`](crate::PoolError::WorkerExited)
+    /// rather than a transport error. The default, `false`, reports every error
+    /// as a transport error at once.
+    fn is_disconnect(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }

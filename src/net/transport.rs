@@ -151,6 +151,20 @@ impl Transport for SocketTransport {
     async fn call(&self, conn: &mut SocketConn, event: Event) -> Result<Reply, NetError> {
         conn.call(&event).await
     }
+
+    fn is_disconnect(&self, error: &NetError) -> bool {
+        match error {
+            NetError::Closed | NetError::ClosedBeforeReady => true,
+            NetError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// One open connection to a worker, ready for events. Dropping it closes it.
