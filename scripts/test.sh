@@ -5,6 +5,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# The gateway's end-to-end test runs the example binary, which test runners
+# build only as a test target.
+cargo build --examples
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --all-targets --no-fail-fast
 else

@@ -1,8 +1,8 @@
 //! The HTTP gateway example end to end: the real binary, real Python workers, a
 //! real HTTP client.
 //!
-//! `cargo test` and `cargo nextest run --all-targets` build the example beside
-//! this test; the test runs that binary.
+//! The test runs the example's binary, which `scripts/test.sh` builds first
+//! (`cargo build --examples`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -36,7 +36,7 @@ fn gateway_binary() -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo build --example http_gateway` \
-         (cargo test and cargo nextest run --all-targets do so)",
+         (scripts/test.sh does so)",
         path.display()
     );
     path
