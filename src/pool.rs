@@ -32,6 +32,8 @@ pub struct Pool<T: Transport, L: Launcher> {
 struct Inner<T: Transport, L: Launcher> {
     shared: Arc<Shared<T>>,
     supervisors: Mutex<Vec<AbortOnDropHandle<()>>>,
+    /// Fails waiters whose `connection_availability_timeout` is up; ends on close.
+    _sweeper: AbortOnDropHandle<()>,
     shutdown: CancellationToken,
     _launcher: std::marker::PhantomData<fn() -> L>,
 }
@@ -239,7 +241,8 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
     }
 
     /// Checks the configuration and starts one supervisor per worker, which
-    /// launches the worker's process and connects its slots in the background.
+    /// launches the worker's process and connects its slots in the background,
+    /// and one task that times out waiting events.
     /// Events sent meanwhile wait for the first slots like any other waiter.
     ///
     /// # Errors
@@ -266,10 +269,15 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
                 AbortOnDropHandle::new(runtime.spawn(supervisor.run()))
             })
             .collect();
+        let sweeper = {
+            let shared = shared.clone();
+            AbortOnDropHandle::new(runtime.spawn(async move { shared.expire_waiters().await }))
+        };
         Ok(Pool {
             inner: Arc::new(Inner {
                 shared,
                 supervisors: Mutex::new(supervisors),
+                _sweeper: sweeper,
                 shutdown,
                 _launcher: std::marker::PhantomData,
             }),

@@ -36,7 +36,8 @@ pub(crate) struct Taken<C> {
 /// How an acquire begins.
 pub(crate) enum Begin<C> {
     Taken(Taken<C>),
-    Wait(u32),
+    /// Queued under this key since this instant.
+    Wait(u32, Instant),
     Refused(PoolError),
 }
 
@@ -100,6 +101,8 @@ struct Core<C> {
     closing: bool,
     /// Shutdown finished: every slot goes to `Closed`.
     closed: bool,
+    /// The timeout sweeper found the queue empty and waits for `Shared::sweep`.
+    sweeper_parked: bool,
     max_connections: usize,
 }
 
@@ -113,6 +116,8 @@ pub(crate) struct Shared<T: Transport> {
     links: Box<[WorkerLink]>,
     /// Signalled when the last busy slot is released during shutdown.
     drained: Notify,
+    /// Wakes the parked timeout sweeper: a waiter joined, or the pool closes.
+    sweep: Notify,
 }
 
 impl<T: Transport> Shared<T> {
@@ -155,6 +160,7 @@ impl<T: Transport> Shared<T> {
             failed_workers: 0,
             closing: false,
             closed: false,
+            sweeper_parked: false,
             max_connections: conns,
         };
         let shared = Self {
@@ -165,6 +171,7 @@ impl<T: Transport> Shared<T> {
             core: Mutex::new(core),
             links,
             drained: Notify::new(),
+            sweep: Notify::new(),
         };
         (Arc::new(shared), receivers)
     }
@@ -208,7 +215,15 @@ impl<T: Transport> Shared<T> {
                 waited: Duration::ZERO,
             });
         }
-        Begin::Wait(core.waiters.push_back())
+        // Read under the lock, so that arrival times rise along the queue.
+        let since = Instant::now();
+        let key = core.waiters.push_back(since);
+        let wake_sweeper = std::mem::take(&mut core.sweeper_parked);
+        drop(core);
+        if wake_sweeper {
+            self.sweep.notify_one();
+        }
+        Begin::Wait(key, since)
     }
 
     /// Polls a queued waiter: its slot, its error, or pending.
@@ -236,6 +251,52 @@ impl<T: Transport> Shared<T> {
             }
             Some(Outcome::Closed) => Poll::Ready(Err(PoolError::Closed)),
             Some(Outcome::NoWorker) => Poll::Ready(Err(PoolError::NoWorkerAvailable)),
+            Some(Outcome::TimedOut) => Poll::Ready(Err(PoolError::AcquireTimeout {
+                waited: since.elapsed(),
+            })),
+        }
+    }
+
+    /// Fails every waiter that has waited `connection_availability_timeout`, until
+    /// the pool closes. Runs as one task per pool.
+    ///
+    /// One timer serves the whole queue: deadlines rise from front to back, so the
+    /// sweeper sleeps until the front waiter's and, when the queue is empty, parks
+    /// until a waiter joins. A waiter therefore costs no timer of its own, which
+    /// is most of what waiting used to cost under contention.
+    pub(crate) async fn expire_waiters(&self) {
+        let limit = self.config.connection_availability_timeout;
+        loop {
+            let mut expired = Vec::new();
+            let next = {
+                let mut core = self.lock();
+                if core.closing {
+                    return;
+                }
+                let now = Instant::now();
+                loop {
+                    let Some(since) = core.waiters.front_since() else {
+                        core.sweeper_parked = true;
+                        break None;
+                    };
+                    match since.checked_add(limit) {
+                        Some(deadline) if deadline <= now => {
+                            core.allocations.timeout += 1;
+                            if let Ok(waker) = core.waiters.pop_front(Outcome::TimedOut) {
+                                expired.extend(waker);
+                            }
+                        }
+                        Some(deadline) => break Some(deadline),
+                        // A timeout too long to represent: check back now and then.
+                        None => break Some(now + Duration::from_secs(3600)),
+                    }
+                }
+            };
+            expired.into_iter().for_each(Waker::wake);
+            match next {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => self.sweep.notified().await,
+            }
         }
     }
 
@@ -253,10 +314,6 @@ impl<T: Transport> Shared<T> {
         };
         drop(core);
         self.finish(after);
-    }
-
-    pub(crate) fn count_acquire_timeout(&self) {
-        self.lock().allocations.timeout += 1;
     }
 
     /// Gives a slot back: reused if `clean`, else its connection is closed and
@@ -391,6 +448,8 @@ impl<T: Transport> Shared<T> {
         let wakers = core.waiters.drain(|| Outcome::Closed);
         drop(core);
         wakers.into_iter().for_each(Waker::wake);
+        // The sweeper sees `closing` and ends, whether it slept or was parked.
+        self.sweep.notify_one();
     }
 
     /// After the supervisors stopped: every slot not held by a caller is closed.

@@ -198,30 +198,22 @@ impl<T: Transport> fmt::Debug for Slot<'_, T> {
 }
 
 /// Takes a slot, waiting for one up to `connection_availability_timeout`.
+#[inline]
 pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_, T>, PoolError> {
-    let key = match shared.begin_acquire() {
+    let (key, since) = match shared.begin_acquire() {
         Begin::Taken(taken) => return Ok(Slot::new(shared, taken)),
         Begin::Refused(error) => return Err(error),
-        Begin::Wait(key) => key,
+        Begin::Wait(key, since) => (key, since),
     };
-    let since = Instant::now();
-    let limit = shared.config.connection_availability_timeout;
+    // The pool's sweeper fails the waiter once its time is up (see
+    // `Shared::expire_waiters`), so no timer is set per waiter.
     let waiter = Waiter {
         shared,
         key,
         since,
         done: false,
     };
-    match tokio::time::timeout(limit, waiter).await {
-        Ok(result) => result.map(|taken| Slot::new(shared, taken)),
-        Err(_elapsed) => {
-            // The waiter's drop already left the queue; count the timeout.
-            shared.count_acquire_timeout();
-            Err(PoolError::AcquireTimeout {
-                waited: since.elapsed(),
-            })
-        }
-    }
+    waiter.await.map(|taken| Slot::new(shared, taken))
 }
 
 /// A place in the wait queue. Dropping it before it is served leaves the queue

@@ -5,8 +5,14 @@
 //! gives up unlinks itself in O(1). A node outlives its place in the queue: the
 //! releaser unlinks it and writes the outcome, and the waiter frees it when it
 //! reads the outcome (or when it is dropped).
+//!
+//! Each node remembers when its waiter joined. The queue is first come first
+//! served and every waiter has the same timeout, so deadlines rise from front
+//! to back: one timer for the whole queue, on the front waiter, is enough.
 
 use std::task::Waker;
+
+use tokio::time::Instant;
 
 const NIL: u32 = u32::MAX;
 
@@ -19,6 +25,8 @@ pub(crate) enum Outcome<C> {
     Closed,
     /// Every worker failed.
     NoWorker,
+    /// It waited `connection_availability_timeout` in vain.
+    TimedOut,
 }
 
 #[derive(Debug)]
@@ -26,16 +34,19 @@ struct Node<C> {
     prev: u32,
     next: u32,
     linked: bool,
+    /// When the waiter joined; meaningless once the node is vacant.
+    since: Instant,
     waker: Option<Waker>,
     outcome: Option<Outcome<C>>,
 }
 
 impl<C> Node<C> {
-    fn vacant() -> Self {
+    fn vacant(since: Instant) -> Self {
         Node {
             prev: NIL,
             next: NIL,
             linked: false,
+            since,
             waker: None,
             outcome: None,
         }
@@ -74,12 +85,19 @@ impl<C> WaitQueue<C> {
         self.len == 0
     }
 
-    /// Queues a new waiter at the back and returns its key.
-    pub(crate) fn push_back(&mut self) -> u32 {
+    /// When the oldest waiter still queued joined.
+    #[inline]
+    pub(crate) fn front_since(&self) -> Option<Instant> {
+        (self.head != NIL).then(|| self.nodes[self.head as usize].since)
+    }
+
+    /// Queues a new waiter, which joined at `since`, at the back and returns its
+    /// key. `since` must not be earlier than that of any waiter queued before.
+    pub(crate) fn push_back(&mut self, since: Instant) -> u32 {
         let key = match self.free.pop() {
             Some(key) => key,
             None => {
-                self.nodes.push(Node::vacant());
+                self.nodes.push(Node::vacant(since));
                 (self.nodes.len() - 1) as u32
             }
         };
@@ -88,6 +106,7 @@ impl<C> WaitQueue<C> {
             prev: self.tail,
             next: NIL,
             linked: true,
+            since,
             waker: None,
             outcome: None,
         };
@@ -146,7 +165,8 @@ impl<C> WaitQueue<C> {
         if self.nodes[key as usize].linked {
             self.unlink(key);
         }
-        let node = std::mem::replace(&mut self.nodes[key as usize], Node::vacant());
+        let since = self.nodes[key as usize].since;
+        let node = std::mem::replace(&mut self.nodes[key as usize], Node::vacant(since));
         self.free.push(key);
         node.outcome
     }
@@ -178,7 +198,7 @@ mod tests {
     #[test]
     fn waiters_leave_in_arrival_order_and_cancelled_ones_are_skipped() {
         let mut queue = WaitQueue::<&str>::new();
-        let keys: Vec<u32> = (0..5).map(|_| queue.push_back()).collect();
+        let keys: Vec<u32> = (0..5).map(|_| queue.push_back(Instant::now())).collect();
         assert_eq!(queue.remove(keys[1]), None);
         assert_eq!(queue.remove(keys[3]), None);
         assert_eq!(queue.len(), 3);
@@ -204,8 +224,8 @@ mod tests {
     fn freed_nodes_are_reused_instead_of_growing() {
         let mut queue = WaitQueue::<()>::new();
         for _ in 0..1000 {
-            let a = queue.push_back();
-            let b = queue.push_back();
+            let a = queue.push_back(Instant::now());
+            let b = queue.push_back(Instant::now());
             queue.remove(a);
             queue.remove(b);
         }
@@ -215,7 +235,7 @@ mod tests {
     #[test]
     fn drain_hands_every_waiter_the_outcome() {
         let mut queue = WaitQueue::<()>::new();
-        let keys: Vec<u32> = (0..3).map(|_| queue.push_back()).collect();
+        let keys: Vec<u32> = (0..3).map(|_| queue.push_back(Instant::now())).collect();
         let waker = Waker::noop();
         for &key in &keys {
             assert_eq!(queue.poll_outcome(key, waker), None);
