@@ -188,9 +188,11 @@ impl<T: Transport> Shared<T> {
         WorkerId::new(slot / self.config.max_connections as u32)
     }
 
-    /// The hot path: takes an idle slot if there is one, else joins the queue.
+    /// The hot path: takes an idle slot if there is one, else joins the queue,
+    /// to be woken with `waker` (registered now, so that waiting costs no second
+    /// trip through the lock before the slot is granted).
     #[inline]
-    pub(crate) fn begin_acquire(&self) -> Begin<T::Conn> {
+    pub(crate) fn begin_acquire(&self, waker: &Waker) -> Begin<T::Conn> {
         let mut core = self.lock();
         core.allocations.count += 1;
         if core.closing {
@@ -217,7 +219,7 @@ impl<T: Transport> Shared<T> {
         }
         // Read under the lock, so that arrival times rise along the queue.
         let since = Instant::now();
-        let key = core.waiters.push_back(since);
+        let key = core.waiters.push_back(since, Some(waker.clone()));
         let wake_sweeper = std::mem::take(&mut core.sweeper_parked);
         drop(core);
         if wake_sweeper {

@@ -1,8 +1,6 @@
 //! The [`Slot`] guard: one connection, held by one event, given back on drop.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -198,22 +196,32 @@ impl<T: Transport> fmt::Debug for Slot<'_, T> {
 }
 
 /// Takes a slot, waiting for one up to `connection_availability_timeout`.
+///
+/// The first poll takes a free slot or joins the queue with its waker, in one
+/// trip through the pool's lock; a waiter's next poll finds its outcome.
 #[inline]
 pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_, T>, PoolError> {
-    let (key, since) = match shared.begin_acquire() {
-        Begin::Taken(taken) => return Ok(Slot::new(shared, taken)),
-        Begin::Refused(error) => return Err(error),
-        Begin::Wait(key, since) => (key, since),
-    };
     // The pool's sweeper fails the waiter once its time is up (see
     // `Shared::expire_waiters`), so no timer is set per waiter.
-    let waiter = Waiter {
-        shared,
-        key,
-        since,
-        done: false,
-    };
-    waiter.await.map(|taken| Slot::new(shared, taken))
+    let mut waiter: Option<Waiter<'_, T>> = None;
+    let taken = std::future::poll_fn(|cx| match &mut waiter {
+        None => match shared.begin_acquire(cx.waker()) {
+            Begin::Taken(taken) => Poll::Ready(Ok(taken)),
+            Begin::Refused(error) => Poll::Ready(Err(error)),
+            Begin::Wait(key, since) => {
+                waiter = Some(Waiter {
+                    shared,
+                    key,
+                    since,
+                    done: false,
+                });
+                Poll::Pending
+            }
+        },
+        Some(waiter) => waiter.poll(cx),
+    })
+    .await?;
+    Ok(Slot::new(shared, taken))
 }
 
 /// A place in the wait queue. Dropping it before it is served leaves the queue
@@ -226,10 +234,8 @@ struct Waiter<'a, T: Transport> {
     done: bool,
 }
 
-impl<T: Transport> Future for Waiter<'_, T> {
-    type Output = Result<Taken<T::Conn>, PoolError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+impl<T: Transport> Waiter<'_, T> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Taken<T::Conn>, PoolError>> {
         let poll = self.shared.poll_waiter(self.key, self.since, cx);
         if poll.is_ready() {
             self.done = true;

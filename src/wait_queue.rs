@@ -91,9 +91,10 @@ impl<C> WaitQueue<C> {
         (self.head != NIL).then(|| self.nodes[self.head as usize].since)
     }
 
-    /// Queues a new waiter, which joined at `since`, at the back and returns its
-    /// key. `since` must not be earlier than that of any waiter queued before.
-    pub(crate) fn push_back(&mut self, since: Instant) -> u32 {
+    /// Queues a new waiter, which joined at `since` and is woken with `waker`, at
+    /// the back and returns its key. `since` must not be earlier than that of any
+    /// waiter queued before.
+    pub(crate) fn push_back(&mut self, since: Instant, waker: Option<Waker>) -> u32 {
         let key = match self.free.pop() {
             Some(key) => key,
             None => {
@@ -107,7 +108,7 @@ impl<C> WaitQueue<C> {
             next: NIL,
             linked: true,
             since,
-            waker: None,
+            waker,
             outcome: None,
         };
         if self.tail == NIL {
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn waiters_leave_in_arrival_order_and_cancelled_ones_are_skipped() {
         let mut queue = WaitQueue::<&str>::new();
-        let keys: Vec<u32> = (0..5).map(|_| queue.push_back(Instant::now())).collect();
+        let keys: Vec<u32> = (0..5).map(|_| queue.push_back(Instant::now(), None)).collect();
         assert_eq!(queue.remove(keys[1]), None);
         assert_eq!(queue.remove(keys[3]), None);
         assert_eq!(queue.len(), 3);
@@ -224,8 +225,8 @@ mod tests {
     fn freed_nodes_are_reused_instead_of_growing() {
         let mut queue = WaitQueue::<()>::new();
         for _ in 0..1000 {
-            let a = queue.push_back(Instant::now());
-            let b = queue.push_back(Instant::now());
+            let a = queue.push_back(Instant::now(), None);
+            let b = queue.push_back(Instant::now(), None);
             queue.remove(a);
             queue.remove(b);
         }
@@ -235,7 +236,7 @@ mod tests {
     #[test]
     fn drain_hands_every_waiter_the_outcome() {
         let mut queue = WaitQueue::<()>::new();
-        let keys: Vec<u32> = (0..3).map(|_| queue.push_back(Instant::now())).collect();
+        let keys: Vec<u32> = (0..3).map(|_| queue.push_back(Instant::now(), None)).collect();
         let waker = Waker::noop();
         for &key in &keys {
             assert_eq!(queue.poll_outcome(key, waker), None);
