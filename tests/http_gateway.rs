@@ -9,8 +9,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod real_support;
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use real_support::is_alive;
 
 /// A running gateway, killed if the test fails before stopping it.
 struct Gateway {
@@ -78,16 +81,6 @@ fn children(pid: u32) -> Vec<i32> {
     pids
 }
 
-/// Gone, or a zombie waiting for a reaper that is not the gateway.
-fn is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
 fn stop(mut gateway: Gateway) {
     let pid = gateway.child.id();
     let workers = children(pid);
@@ -106,7 +99,10 @@ fn stop(mut gateway: Gateway) {
     };
     assert!(status.success(), "{status:?}");
     for worker in workers {
-        assert!(is_gone(worker), "worker {worker} outlived the gateway");
+        assert!(
+            !is_alive(worker as u32),
+            "worker {worker} outlived the gateway"
+        );
     }
 }
 

@@ -5,14 +5,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod real_support;
+
 use async_worker_pool::process::ENDPOINT_ENV;
 use async_worker_pool::{
     Endpoint, EndpointKind, LaunchError, Launcher, Pool, ProcessLauncher, ProcessLauncherBuilder,
     ProcessWorker, Transport, WorkerId, WorkerInfo, WorkerProcess, async_trait,
 };
-use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use real_support::is_alive;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -26,22 +28,6 @@ fn handlers_dir() -> PathBuf {
 
 fn nix_pid(pid: u32) -> Pid {
     Pid::from_raw(pid as i32)
-}
-
-fn is_alive(pid: u32) -> bool {
-    match kill(nix_pid(pid), None) {
-        Err(Errno::ESRCH) => false,
-        // A zombie still answers kill(); where nothing reaps orphans (some
-        // containers), one is as dead as a process gets.
-        _ => !is_zombie(pid),
-    }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
 }
 
 /// Waits up to two seconds for `pid` to be gone.
