@@ -47,9 +47,10 @@ impl HandlerDurations {
 }
 
 impl HandlerDurationStats {
-    /// The two samples in the Prometheus text format, as Nuclio names them:
-    /// `nuclio_function_duration_seconds_count` and `_sum`, with `# HELP`
-    /// and `# TYPE` lines; append it to
+    /// The two samples in the Prometheus text format, as a summary without
+    /// quantiles named `nuclio_function_duration_seconds` (`_sum`, `_count`),
+    /// a name chosen here in the style of Nuclio's, with `# HELP` and `# TYPE`
+    /// lines; append it to
     /// [`prometheus::render_nuclio`](crate::prometheus::render_nuclio).
     pub fn render_prometheus(&self) -> String {
         format!(
