@@ -1,17 +1,31 @@
 #!/bin/sh
 # The whole test suite: the Rust tests (with cargo-nextest where it is
-# installed), the doc tests (nextest does not run those), and the reference
-# Python worker's unit tests.
+# installed), the doc tests (nextest does not run those), the reference
+# Python worker's unit tests, and the `nuclio` feature's tests against a peer
+# wrapper, in a virtualenv with msgpack and nuclio-sdk made on first use.
 set -eu
 cd "$(dirname "$0")/.."
+
+if cargo nextest --version >/dev/null 2>&1; then
+    run_tests="cargo nextest run --no-fail-fast"
+else
+    run_tests="cargo test --no-fail-fast"
+fi
 
 # The gateway's end-to-end test runs the example binary, which test runners
 # build only as a test target.
 cargo build --examples
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --all-targets --no-fail-fast
-else
-    cargo test --all-targets --no-fail-fast
-fi
+$run_tests --all-targets
 cargo test --doc
 python3 -m unittest discover -s python -p 'test_*.py'
+
+# The nuclio feature: its unit tests, its doc tests and tests/nuclio.rs. When
+# the virtualenv cannot be made (no network), NUCLIO_TEST_PYTHON stays unset
+# and those tests fail, saying what is missing.
+if NUCLIO_TEST_PYTHON=$(sh scripts/nuclio-venv.sh); then
+    export NUCLIO_TEST_PYTHON
+else
+    echo "test.sh: no Python with msgpack and nuclio-sdk; the nuclio tests will fail" >&2
+fi
+$run_tests --features nuclio --lib --test nuclio
+cargo test --features nuclio --doc nuclio

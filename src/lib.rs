@@ -9,6 +9,8 @@ mod idle_index;
 mod in_process;
 mod launcher;
 pub mod net;
+#[cfg(feature = "nuclio")]
+pub mod nuclio;
 mod pool;
 pub mod process;
 pub mod prometheus;

@@ -1,5 +1,6 @@
 //! The [`Stats`] snapshot in the Prometheus text exposition format, for a host's
-//! `/metrics` endpoint.
+//! `/metrics` endpoint: under the crate's own names ([`render`]) or Nuclio's
+//! ([`render_nuclio`]).
 //!
 //! Rendering a snapshot (rather than keeping a registry) keeps the pool free of
 //! a metrics dependency: the counters already live in the pool, and a scrape
@@ -127,6 +128,78 @@ pub fn render(stats: &Stats) -> String {
     out
 }
 
+/// Renders `stats` as Prometheus text under the metric names of Nuclio's
+/// processor, for dashboards and alerts built for Nuclio:
+///
+/// | metric | from |
+/// |---|---|
+/// | `nuclio_processor_worker_allocation_total{result="success_immediate"}` | allocations that found a free slot |
+/// | `…{result="success_after_wait"}` | allocations that waited |
+/// | `…{result="error_timeout"}` | allocations that timed out |
+/// | `…{result="error_queue_full"}` | refused by `max_waiters` (not in Nuclio) |
+/// | `nuclio_processor_worker_allocation_wait_duration_milliseconds_sum` | time waited by `success_after_wait` |
+/// | `nuclio_processor_worker_allocation_workers_available_percentage` | idle slots as a percentage of all |
+/// | `nuclio_processor_handled_events_total{result="success"}` | events answered by a worker |
+/// | `…{result="failure"}` | events that failed, timeouts included |
+///
+/// Nuclio adds labels for the function and trigger; a host that wants them
+/// relabels at scrape time. The crate's own names come from [`render`]; a
+/// `/metrics` endpoint may serve both.
+pub fn render_nuclio(stats: &Stats) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut sample = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = if labels.is_empty() {
+                writeln!(out, "{name} {value}")
+            } else {
+                writeln!(out, "{name}{{{labels}}} {value}")
+            };
+        }
+    };
+    let a = &stats.allocations;
+    sample(
+        "nuclio_processor_worker_allocation_total",
+        "counter",
+        "Worker (connection) allocations by result.",
+        &[
+            (r#"result="success_immediate""#, a.immediate.to_string()),
+            (r#"result="success_after_wait""#, a.after_wait.to_string()),
+            (r#"result="error_timeout""#, a.timeout.to_string()),
+            (r#"result="error_queue_full""#, a.queue_full.to_string()),
+        ],
+    );
+    sample(
+        "nuclio_processor_worker_allocation_wait_duration_milliseconds_sum",
+        "counter",
+        "Total time waited by allocations that succeeded after waiting, in milliseconds.",
+        &[("", (a.wait_duration_sum.as_secs_f64() * 1000.0).to_string())],
+    );
+    let available = if stats.capacity == 0 {
+        0.0
+    } else {
+        stats.idle as f64 * 100.0 / stats.capacity as f64
+    };
+    sample(
+        "nuclio_processor_worker_allocation_workers_available_percentage",
+        "gauge",
+        "Idle connections as a percentage of all connections.",
+        &[("", available.to_string())],
+    );
+    let e = &stats.events;
+    sample(
+        "nuclio_processor_handled_events_total",
+        "counter",
+        "Events handled, by result.",
+        &[
+            (r#"result="success""#, e.ok.to_string()),
+            (r#"result="failure""#, (e.error + e.timed_out).to_string()),
+        ],
+    );
+    out
+}
+
 fn state_name(state: WorkerState) -> &'static str {
     match state {
         WorkerState::Starting => "starting",
@@ -238,5 +311,25 @@ mod tests {
             }
         }
         assert_eq!(declared.len(), 11);
+    }
+
+    #[test]
+    fn renders_nuclios_names() {
+        let text = render_nuclio(&sample_stats());
+        for line in [
+            "# TYPE nuclio_processor_worker_allocation_total counter",
+            "nuclio_processor_worker_allocation_total{result=\"success_immediate\"} 7",
+            "nuclio_processor_worker_allocation_total{result=\"success_after_wait\"} 2",
+            "nuclio_processor_worker_allocation_total{result=\"error_timeout\"} 1",
+            "nuclio_processor_worker_allocation_wait_duration_milliseconds_sum 1500",
+            "nuclio_processor_worker_allocation_workers_available_percentage 50",
+            "nuclio_processor_handled_events_total{result=\"success\"} 8",
+            "nuclio_processor_handled_events_total{result=\"failure\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

@@ -199,7 +199,9 @@ mod tests {
     #[test]
     fn waiters_leave_in_arrival_order_and_cancelled_ones_are_skipped() {
         let mut queue = WaitQueue::<&str>::new();
-        let keys: Vec<u32> = (0..5).map(|_| queue.push_back(Instant::now(), None)).collect();
+        let keys: Vec<u32> = (0..5)
+            .map(|_| queue.push_back(Instant::now(), None))
+            .collect();
         assert_eq!(queue.remove(keys[1]), None);
         assert_eq!(queue.remove(keys[3]), None);
         assert_eq!(queue.len(), 3);
@@ -236,7 +238,9 @@ mod tests {
     #[test]
     fn drain_hands_every_waiter_the_outcome() {
         let mut queue = WaitQueue::<()>::new();
-        let keys: Vec<u32> = (0..3).map(|_| queue.push_back(Instant::now(), None)).collect();
+        let keys: Vec<u32> = (0..3)
+            .map(|_| queue.push_back(Instant::now(), None))
+            .collect();
         let waker = Waker::noop();
         for &key in &keys {
             assert_eq!(queue.poll_outcome(key, waker), None);

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::{IpAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::process::Command;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use super::builder::{EndpointKind, ProcessLauncherBuilder};
@@ -112,21 +113,7 @@ impl ProcessLauncher {
                 Ok(Endpoint::Unix(path))
             }
             EndpointKind::Tcp => {
-                // Bind port 0 to let the kernel pick a free port, then release it for
-                // the worker. Another process could take it in between; the worker then
-                // exits during start-up and the launch fails with its error.
-                let listener = TcpListener::bind((self.tcp_host, 0)).map_err(|error| {
-                    LaunchError::with_source(
-                        format!("cannot find a free TCP port on {}: {error}", self.tcp_host),
-                        error,
-                    )
-                })?;
-                let addr = listener.local_addr().map_err(|error| {
-                    LaunchError::with_source(
-                        format!("cannot find a free TCP port on {}: {error}", self.tcp_host),
-                        error,
-                    )
-                })?;
+                let addr = free_tcp_port(self.tcp_host)?;
                 Ok(Endpoint::Tcp(addr))
             }
         }
@@ -155,14 +142,7 @@ impl ProcessLauncher {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so that killpg reaches whatever it starts; and killed if
-            // the handle is dropped, whatever else happens.
-            .process_group(0)
-            .kill_on_drop(true);
+        worker_command(&mut command);
         command
     }
 
@@ -244,38 +224,107 @@ impl Launcher for ProcessLauncher {
     /// Cancel safe: dropping the future kills the process group it started.
     async fn launch(&self, worker: WorkerId) -> Result<ProcessWorker, LaunchError> {
         let endpoint = self.endpoint_for(worker)?;
-        let mut child = self
-            .command(worker, &endpoint)
-            .spawn()
-            .map_err(|error| self.spawn_error(error))?;
-        let Some(pid) = child.id() else {
-            // Only a reaped child has no pid, and this one was never waited for.
-            return Err(LaunchError::new(format!(
-                "worker {worker} ({}) vanished as it was started",
-                self.program.to_string_lossy()
-            )));
-        };
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let tail = StderrTail::default();
-        // From here the handle is the guard: if this future is dropped, its Drop
-        // kills the group.
-        let mut process = ProcessWorker::new(worker, endpoint.clone(), pid, child, tail.clone());
-        if let Some(stdout) = stdout {
-            forward_stdout(stdout, worker, pid);
-        }
-        let stderr_forwarder =
-            stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone()));
+        let command = self.command(worker, &endpoint);
+        let Started {
+            mut process,
+            stderr_forwarder,
+            stderr_tail: tail,
+        } = start(command, worker, endpoint.clone())
+            .map_err(|error| self.spawn_error(error))?
+            .ok_or_else(|| {
+                // Only a reaped child has no pid, and this one was never waited for.
+                LaunchError::new(format!(
+                    "worker {worker} ({}) vanished as it was started",
+                    self.program.to_string_lossy()
+                ))
+            })?;
+        let pid = process.pid().unwrap_or_default();
         tracing::debug!(%worker, pid, %endpoint, "worker process started");
 
         let Some(exit) = wait_until_ready(&mut process, &endpoint).await else {
             tracing::info!(%worker, pid, %endpoint, "worker process accepts connections");
             return Ok(process);
         };
-        if let Some(forwarder) = stderr_forwarder {
-            let _ = timeout(STDERR_DRAIN, forwarder).await;
-        }
+        drain_stderr(stderr_forwarder).await;
         Err(self.exited_error(worker, exit, &tail.lines()))
     }
+}
+
+/// A worker process just spawned by [`start`], with its output forwarded.
+pub(crate) struct Started {
+    /// The handle, which kills the process group if dropped.
+    pub(crate) process: ProcessWorker,
+    /// The task forwarding stderr, to wait for before quoting the tail.
+    pub(crate) stderr_forwarder: Option<JoinHandle<()>>,
+    /// The last lines the process wrote on stderr.
+    pub(crate) stderr_tail: StderrTail,
+}
+
+/// Spawns `command` as worker `worker` listening on `endpoint`, in a process
+/// group of its own and killed on drop, and forwards its stdout and stderr to
+/// `tracing`. `Ok(None)` if the child has no pid, which only a reaped child has.
+///
+/// The command's stdout and stderr must be piped for them to be forwarded;
+/// [`worker_command`] sets that up.
+pub(crate) fn start(
+    mut command: Command,
+    worker: WorkerId,
+    endpoint: Endpoint,
+) -> io::Result<Option<Started>> {
+    let mut child = command.spawn()?;
+    let Some(pid) = child.id() else {
+        return Ok(None);
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let tail = StderrTail::default();
+    // From here the handle is the guard: if the caller's future is dropped, its
+    // Drop kills the group.
+    let process = ProcessWorker::new(worker, endpoint, pid, child, tail.clone());
+    if let Some(stdout) = stdout {
+        forward_stdout(stdout, worker, pid);
+    }
+    let stderr_forwarder = stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone()));
+    Ok(Some(Started {
+        process,
+        stderr_forwarder,
+        stderr_tail: tail,
+    }))
+}
+
+/// The settings every worker process gets: no stdin, piped output for
+/// forwarding, a process group of its own (so that killpg reaches whatever it
+/// starts), and killed if its handle is dropped, whatever else happens.
+pub(crate) fn worker_command(command: &mut Command) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+}
+
+/// Gives the stderr forwarder of a worker that died a moment to read what it
+/// wrote last, so that an error can quote it.
+pub(crate) async fn drain_stderr(forwarder: Option<JoinHandle<()>>) {
+    if let Some(forwarder) = forwarder {
+        let _ = timeout(STDERR_DRAIN, forwarder).await;
+    }
+}
+
+/// A free TCP port on `host`, for a worker to listen on.
+///
+/// It binds port 0 to let the kernel pick a free port, then releases it for the
+/// worker. Another process could take it in between; the worker then exits
+/// during start-up and the launch fails with its error.
+pub(crate) fn free_tcp_port(host: IpAddr) -> Result<SocketAddr, LaunchError> {
+    let cannot = |error: io::Error| {
+        LaunchError::with_source(
+            format!("cannot find a free TCP port on {host}: {error}"),
+            error,
+        )
+    };
+    let listener = TcpListener::bind((host, 0)).map_err(cannot)?;
+    listener.local_addr().map_err(cannot)
 }
 
 /// Tries the endpoint every [`POLL_INTERVAL`] until it accepts a connection

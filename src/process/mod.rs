@@ -44,6 +44,10 @@ mod worker;
 
 pub use builder::{EndpointKind, ProcessLauncherBuilder};
 pub use launcher::ProcessLauncher;
+#[cfg(feature = "nuclio")]
+pub(crate) use launcher::{Started, drain_stderr, free_tcp_port, start, worker_command};
+#[cfg(feature = "nuclio")]
+pub(crate) use socket_dir::SocketDir;
 pub use worker::ProcessWorker;
 
 /// The environment variable that holds the worker's index in the pool.

@@ -83,6 +83,13 @@ impl SocketDir {
         self.dir.path()
     }
 
+    /// Where worker `worker` connects to the host's control socket. The name is
+    /// shorter than [`LONGEST_SOCKET_NAME`], so the length check covers it.
+    #[cfg(feature = "nuclio")]
+    pub(crate) fn control_socket_path(&self, worker: WorkerId) -> PathBuf {
+        self.dir.path().join(format!("ctl-{worker}.sock"))
+    }
+
     /// Where worker `worker` listens.
     pub(crate) fn socket_path(&self, worker: WorkerId) -> PathBuf {
         self.dir.path().join(format!("worker-{worker}.sock"))

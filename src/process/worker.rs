@@ -29,6 +29,8 @@ pub struct ProcessWorker {
     /// Set once the process is reaped; `wait` and `terminate` return it from then on.
     exit: Option<WorkerExit>,
     stderr_tail: StderrTail,
+    /// What `terminate` sends first: `SIGTERM` unless a launcher says otherwise.
+    stop_signal: Signal,
 }
 
 impl ProcessWorker {
@@ -46,6 +48,27 @@ impl ProcessWorker {
             child,
             exit: None,
             stderr_tail,
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+
+    /// Makes [`terminate`](WorkerProcess::terminate) ask the process to stop with
+    /// `signal` instead of `SIGTERM`, for programs that drain on another signal.
+    #[cfg(feature = "nuclio")]
+    pub(crate) fn set_stop_signal(&mut self, signal: Signal) {
+        self.stop_signal = signal;
+    }
+
+    /// Sends `signal` to the worker process itself (not its group), unless it has
+    /// been reaped already; `ESRCH` (it is exiting) is not an error.
+    pub(crate) fn signal(&self, signal: Signal) -> nix::Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        // The child is not reaped yet, so its pid still names it (a zombie at worst).
+        match kill(self.nix_pid(), signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
@@ -136,7 +159,8 @@ impl WorkerProcess for ProcessWorker {
 
     /// Sends `SIGTERM` to the worker process (not its group: the reference
     /// Python worker drains on it and its children are its own business until
-    /// then), waits up to `grace`, then sends `SIGKILL` to the whole group and
+    /// then; a launcher for another program may choose another signal), waits up
+    /// to `grace`, then sends `SIGKILL` to the whole group and
     /// reaps the worker. Any process left in the group is killed in either case.
     ///
     /// # Cancel safety
@@ -148,12 +172,8 @@ impl WorkerProcess for ProcessWorker {
             self.kill_group();
             return exit;
         }
-        // The child is not reaped yet, so its pid still names it (a zombie at worst).
-        match kill(self.nix_pid(), Signal::SIGTERM) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(error) => {
-                tracing::warn!(worker = %self.worker, pid = self.pid, %error, "cannot send SIGTERM to the worker");
-            }
+        if let Err(error) = self.signal(self.stop_signal) {
+            tracing::warn!(worker = %self.worker, pid = self.pid, %error, signal = %self.stop_signal, "cannot ask the worker to stop");
         }
         if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
             return self.record(status);

@@ -1,0 +1,344 @@
+//! The HTTP gateway over Nuclio's own async wrapper (feature `nuclio`).
+//!
+//! ```sh
+//! cargo run --release --features nuclio --example nuclio_gateway -- \
+//!     --wrapper /path/to/_nuclio_async_wrapper.py \
+//!     --handler main:handler --handler-path /path/to/handler \
+//!     --python /path/to/python-with-nuclio-sdk
+//! curl http://127.0.0.1:8080/some/path
+//! ```
+//!
+//! Without `--wrapper` it runs the tests' stand-in wrapper and echo handler,
+//! which need a Python with `msgpack` and `nuclio-sdk` (`sh
+//! scripts/nuclio-venv.sh` prints one). `--spec function.json --trigger NAME`
+//! takes the pool settings from a Nuclio function configuration in JSON;
+//! otherwise `--workers` and `--max-connections` set them. `/metrics` serves
+//! the pool's numbers under the crate's names, Nuclio's names and the handler
+//! durations; `/healthz` says whether a worker serves. Ctrl-C or SIGTERM stop
+//! it gracefully.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use async_worker_pool::nuclio::{
+    HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioSpec, NuclioTransport,
+};
+use async_worker_pool::{Pool, PoolConfig, PoolError, WorkerState, prometheus};
+
+type GatewayPool = Pool<NuclioTransport, NuclioLauncher>;
+
+/// An HTTP front end that forwards every request to Nuclio's Python async
+/// wrapper, many connections per worker.
+#[derive(Debug, Parser)]
+#[command(name = "nuclio_gateway", version)]
+struct Args {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// The wrapper script, `_nuclio_async_wrapper.py` of a Nuclio installation.
+    #[arg(long, env = "GATEWAY_WRAPPER", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nuclio_peer/_nuclio_async_wrapper.py"))]
+    wrapper: PathBuf,
+
+    /// The handler, as module:function.
+    #[arg(long, env = "GATEWAY_HANDLER", default_value = "peer_handlers:echo")]
+    handler: String,
+
+    /// Directory the handler's module is imported from.
+    #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nuclio_handlers"))]
+    handler_path: PathBuf,
+
+    /// The Python interpreter, one with nuclio-sdk and msgpack installed.
+    #[arg(long, env = "GATEWAY_PYTHON", default_value = "python3")]
+    python: String,
+
+    /// A Nuclio function configuration in JSON to take the pool settings from.
+    #[arg(long, env = "GATEWAY_SPEC")]
+    spec: Option<PathBuf>,
+
+    /// The trigger of --spec to use; also the trigger name the handler sees.
+    #[arg(long, env = "GATEWAY_TRIGGER", default_value = "http")]
+    trigger: String,
+
+    /// Worker processes, without --spec.
+    #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 1)]
+    workers: usize,
+
+    /// Connections to each worker, without --spec.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1000)]
+    max_connections: usize,
+
+    /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+struct Gateway {
+    pool: GatewayPool,
+    durations: HandlerDurations,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("nuclio_gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pool_config(args: &Args) -> Result<PoolConfig, String> {
+    let Some(path) = &args.spec else {
+        let mut config = PoolConfig::default();
+        config.num_workers = args.workers;
+        config.max_connections = args.max_connections;
+        return Ok(config);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let spec =
+        NuclioSpec::from_json(&text).map_err(|error| match std::error::Error::source(&error) {
+            Some(source) => format!("{}: {error}: {source}", path.display()),
+            None => format!("{}: {error}", path.display()),
+        })?;
+    spec.pool_config(&args.trigger)
+        .map_err(|error| format!("{}: {error}", path.display()))
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let config = pool_config(&args)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let wanted = config.capacity() as u64 + 1024;
+    if let Ok(limit) = async_worker_pool::net::raise_fd_limit(wanted) {
+        if limit < wanted {
+            tracing::warn!(
+                limit,
+                wanted,
+                "the open-file limit is below what the connections need"
+            );
+        }
+    }
+    let launcher = NuclioLauncher::builder(&args.wrapper, &args.handler)
+        .python(&args.python)
+        .handler_path(&args.handler_path)
+        .trigger("http", &args.trigger)
+        .build()
+        .map_err(|error| format!("cannot prepare the workers: {error}"))?;
+    let transport = NuclioTransport::new();
+    let durations = transport.handler_durations();
+    let establish = config.establish_connection_timeout;
+    let pool = Pool::builder(transport, launcher)
+        .config(config)
+        .build()
+        .map_err(|error| error.to_string())?;
+    wait_until_full(&pool, 2 * establish).await?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let stats = pool.stats();
+    println!(
+        "nuclio_gateway: listening on http://{address} ({} workers x {} connections, handler {})",
+        stats.workers.len(),
+        stats.capacity / stats.workers.len().max(1),
+        args.handler
+    );
+
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(forward)
+        .layer(DefaultBodyLimit::max(
+            async_worker_pool::nuclio::DEFAULT_MAX_EVENT_BYTES / 2,
+        ))
+        .with_state(Arc::new(Gateway {
+            pool: pool.clone(),
+            durations,
+        }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        }
+    });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let result = tokio::select! {
+        result = serve => result.map_err(|e| format!("HTTP server failed: {e}")),
+        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => Ok(()),
+    };
+    pool.shutdown(args.shutdown_grace).await;
+    println!("nuclio_gateway: stopped");
+    result
+}
+
+/// Waits until every connection is up, so that a wrapper or handler that does
+/// not load is reported at start, not on the first request.
+async fn wait_until_full(pool: &GatewayPool, limit: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let stats = pool.stats();
+        if stats.idle == stats.capacity {
+            return Ok(());
+        }
+        if let Some(worker) = stats.workers.iter().find(|w| w.last_error.is_some()) {
+            let reason = worker.last_error.clone().unwrap_or_default();
+            pool.shutdown(Duration::ZERO).await;
+            return Err(format!("worker {} did not start: {reason}", worker.id));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            pool.shutdown(Duration::ZERO).await;
+            return Err(format!(
+                "the workers did not open their connections in time ({} of {} ready)",
+                stats.idle, stats.capacity
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every other request: one event to a wrapper.
+async fn forward(
+    State(gateway): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    // Nuclio keeps one value per header name; a repeated header keeps its last.
+    let headers: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_string(), value)
+        })
+        .collect();
+    let mut event = NuclioEvent::http(method.as_str(), path, headers, body);
+    event.url = uri.to_string();
+    match gateway.pool.dispatch(event).await {
+        Ok(response) => from_response(response),
+        Err(error) => from_error(error),
+    }
+}
+
+fn from_response(response: NuclioResponse) -> Response {
+    let Ok(status) = StatusCode::from_u16(response.status_code) else {
+        let text = format!(
+            "the handler returned an invalid status {}\n",
+            response.status_code
+        );
+        return (StatusCode::BAD_GATEWAY, text).into_response();
+    };
+    // A streamed body was read whole by the transport; its chunks go out in order.
+    let body = match response.body {
+        async_worker_pool::nuclio::NuclioBody::Streamed(chunks) => Body::from_stream(
+            futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>)),
+        ),
+        other => Body::from(other.to_bytes()),
+    };
+    let mut http = Response::new(body);
+    *http.status_mut() = status;
+    if let Ok(value) = HeaderValue::try_from(response.content_type.as_str()) {
+        http.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    for (name, value) in response.headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                http.headers_mut().insert(name, value);
+            }
+            _ => tracing::warn!(
+                name,
+                "dropping a header the handler returned that HTTP cannot carry"
+            ),
+        }
+    }
+    http
+}
+
+/// 503 when no connection is free, 504 for an event timeout, 502 when the
+/// wrapper broke or went away.
+fn from_error(error: PoolError) -> Response {
+    let status = match &error {
+        PoolError::AcquireTimeout { .. } | PoolError::QueueFull { .. } => {
+            let mut response =
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        PoolError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PoolError::NoWorkerAvailable | PoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let detail = match std::error::Error::source(&error) {
+        Some(source) => format!("{error}: {source}\n"),
+        None => format!("{error}\n"),
+    };
+    (status, detail).into_response()
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let stats = gateway.pool.stats();
+    let mut text = prometheus::render(&stats);
+    text.push_str(&prometheus::render_nuclio(&stats));
+    text.push_str(&gateway.durations.snapshot().render_prometheus());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// 200 while at least one worker serves, else 503.
+async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
+    let stats = gateway.pool.stats();
+    let running = stats
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Running)
+        .count();
+    let status = if running > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let text = format!("{running} of {} workers running\n", stats.workers.len());
+    (status, text).into_response()
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,355 @@
+//! [`NuclioTransport`]: the [`Transport`] that speaks the async wrapper's
+//! protocol, and [`NuclioConn`], one connection it opened.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{Instant, sleep};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use super::durations::HandlerDurations;
+use super::error::NuclioError;
+use super::event::NuclioEvent;
+use super::packet::{self, Packet};
+use super::response::{NuclioBody, NuclioResponse, WireResponse, decode_base64};
+use crate::launcher::{Endpoint, WorkerId, WorkerInfo};
+use crate::transport::Transport;
+
+/// The maximum line length unless [`NuclioTransport::max_line_bytes`] says
+/// otherwise: 16 MiB, room for a 12 MiB body in base64.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The maximum encoded event unless [`NuclioTransport::max_event_bytes`] says
+/// otherwise: 16 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The maximum streamed body unless [`NuclioTransport::max_stream_bytes`] says
+/// otherwise: 64 MiB.
+pub const DEFAULT_MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
+
+/// How often a refused connection is tried again while the wrapper starts to listen.
+const REFUSED_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A [`Transport`] to Nuclio's Python async wrapper over TCP.
+///
+/// Each connection waits for the wrapper's `s` packet before it counts as
+/// ready. An event goes out as a 4-byte big-endian length and a msgpack map;
+/// the answer comes back as lines: `l` log records are forwarded to `tracing`
+/// (target `async_worker_pool::nuclio::handler`, field `worker`, at the record's
+/// level), `m` metrics are added to [`handler_durations`](Self::handler_durations),
+/// and the `r` response, or a streamed `c`, `b`…, `e` response, is returned.
+///
+/// # Limits
+///
+/// No line the wrapper sends may be longer than
+/// [`max_line_bytes`](Self::max_line_bytes), no event longer than
+/// [`max_event_bytes`](Self::max_event_bytes), and no streamed body longer than
+/// [`max_stream_bytes`](Self::max_stream_bytes); beyond them the exchange fails
+/// with a typed error before more is buffered.
+///
+/// Clones share the duration counters.
+#[derive(Debug, Clone)]
+pub struct NuclioTransport {
+    max_line_bytes: usize,
+    max_event_bytes: usize,
+    max_stream_bytes: usize,
+    refused_retry: Duration,
+    durations: HandlerDurations,
+}
+
+impl Default for NuclioTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NuclioTransport {
+    /// A transport with the default limits.
+    pub fn new() -> Self {
+        Self {
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
+            refused_retry: Duration::from_secs(5),
+            durations: HandlerDurations::default(),
+        }
+    }
+
+    /// Sets the longest line accepted from the wrapper, newline not counted.
+    #[must_use]
+    pub fn max_line_bytes(mut self, limit: usize) -> Self {
+        self.max_line_bytes = limit;
+        self
+    }
+
+    /// Sets the longest encoded event (the msgpack map) sent to the wrapper.
+    #[must_use]
+    pub fn max_event_bytes(mut self, limit: usize) -> Self {
+        self.max_event_bytes = limit.min(u32::MAX as usize);
+        self
+    }
+
+    /// Sets the longest streamed response body, all chunks together.
+    #[must_use]
+    pub fn max_stream_bytes(mut self, limit: usize) -> Self {
+        self.max_stream_bytes = limit;
+        self
+    }
+
+    /// How long a refused connection is retried; default 5 s. The wrapper starts
+    /// to listen only after it has reported `wrapperInitialized`, so the first
+    /// connections can come a moment too early.
+    #[must_use]
+    pub fn refused_retry(mut self, window: Duration) -> Self {
+        self.refused_retry = window;
+        self
+    }
+
+    /// The handler durations reported in `m` packets on this transport's
+    /// connections (and its clones'), live.
+    pub fn handler_durations(&self) -> HandlerDurations {
+        self.durations.clone()
+    }
+
+    /// Opens a connection to `endpoint` for `worker` and resolves once the
+    /// wrapper has sent `s` on it.
+    ///
+    /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for
+    /// hosts (and tests) that drive a wrapper without a pool.
+    ///
+    /// # Errors
+    ///
+    /// [`NuclioError::UnsupportedEndpoint`] unless `endpoint` is TCP;
+    /// [`NuclioError::Io`] if the socket cannot be opened;
+    /// [`NuclioError::ClosedBeforeReady`] or [`NuclioError::NotReady`] if the
+    /// wrapper does not start with `s`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing has been sent when it is dropped.
+    pub async fn connect_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        worker: WorkerId,
+    ) -> Result<NuclioConn, NuclioError> {
+        let Endpoint::Tcp(addr) = endpoint else {
+            return Err(NuclioError::UnsupportedEndpoint(endpoint.to_string()));
+        };
+        let deadline = Instant::now() + self.refused_retry;
+        let stream = loop {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => break stream,
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    sleep(REFUSED_RETRY_INTERVAL).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        // Small packets each way: Nagle would only add latency.
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let mut conn = NuclioConn {
+            lines: FramedRead::new(read, LinesCodec::new_with_max_length(self.max_line_bytes)),
+            write,
+            worker,
+            limit: self.max_line_bytes,
+            scratch: Vec::new(),
+            usable: true,
+        };
+        match conn.next_line().await {
+            Ok(Some(line)) => match Packet::parse(&line)? {
+                Packet::Start => Ok(conn),
+                other => Err(NuclioError::NotReady { kind: other.kind() }),
+            },
+            Ok(None) | Err(NuclioError::Closed) => Err(NuclioError::ClosedBeforeReady),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends `event` on `conn` and reads its answer; see [`Transport::call`].
+    async fn exchange(
+        &self,
+        conn: &mut NuclioConn,
+        event: &NuclioEvent,
+    ) -> Result<NuclioResponse, NuclioError> {
+        conn.scratch.clear();
+        event.encode(&mut conn.scratch, self.max_event_bytes)?;
+        conn.write.write_all(&conn.scratch).await?;
+        // Give back a large event's buffer; small ones keep theirs for the next.
+        if conn.scratch.capacity() > 64 * 1024 {
+            conn.scratch = Vec::new();
+        }
+        let mut stream: Option<(NuclioResponse, Vec<bytes::Bytes>, usize)> = None;
+        loop {
+            let Some(line) = conn.next_line().await? else {
+                return Err(NuclioError::Closed);
+            };
+            let packet = Packet::parse(&line)?;
+            match (packet, &mut stream) {
+                (Packet::Log(text), _) => packet::forward_log(conn.worker, text)?,
+                (Packet::Metric(text), _) => {
+                    if let Some(duration) = packet::metric_duration(text)? {
+                        self.durations.record(duration);
+                    }
+                }
+                (Packet::Response(text), None) => {
+                    let wire: WireResponse = packet::json('r', text)?;
+                    let (mut response, body) = wire.into_parts()?;
+                    response.body = NuclioBody::Full(body);
+                    return Ok(response);
+                }
+                (Packet::StreamStart(text), None) => {
+                    let wire: WireResponse = packet::json('c', text)?;
+                    let (response, first) = wire.into_parts()?;
+                    let len = first.len();
+                    self.check_stream(len)?;
+                    stream = Some((response, vec![first], len));
+                }
+                (Packet::Chunk(text), Some((_, chunks, len))) => {
+                    let chunk = decode_base64(text)?;
+                    *len += chunk.len();
+                    self.check_stream(*len)?;
+                    chunks.push(chunk);
+                }
+                (Packet::End, Some(_)) => {
+                    let (mut response, chunks, _) = stream
+                        .take()
+                        .unwrap_or_else(|| unreachable!("matched Some just above"));
+                    response.body = NuclioBody::Streamed(chunks);
+                    return Ok(response);
+                }
+                (other, None) => {
+                    return Err(NuclioError::UnexpectedPacket {
+                        kind: other.kind(),
+                        expected: "`l`, `m`, `r` or `c`",
+                    });
+                }
+                (other, Some(_)) => {
+                    return Err(NuclioError::UnexpectedPacket {
+                        kind: other.kind(),
+                        expected: "`l`, `m`, `b` or `e` in a streamed response",
+                    });
+                }
+            }
+        }
+    }
+
+    fn check_stream(&self, len: usize) -> Result<(), NuclioError> {
+        if len > self.max_stream_bytes {
+            return Err(NuclioError::StreamTooLarge {
+                limit: self.max_stream_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Transport for NuclioTransport {
+    type Conn = NuclioConn;
+    type Request = NuclioEvent;
+    type Response = NuclioResponse;
+    type Error = NuclioError;
+
+    /// Connects to `worker.endpoint`; see [`NuclioTransport::connect_endpoint`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes the half-open socket.
+    async fn connect(&self, worker: &WorkerInfo) -> Result<NuclioConn, NuclioError> {
+        self.connect_endpoint(&worker.endpoint, worker.id).await
+    }
+
+    /// Sends `event` and reads every packet up to its response; see
+    /// [`NuclioConn::call`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call leaves the connection unusable.
+    async fn call(
+        &self,
+        conn: &mut NuclioConn,
+        event: NuclioEvent,
+    ) -> Result<NuclioResponse, NuclioError> {
+        conn.call(self, &event).await
+    }
+
+    fn is_disconnect(&self, error: &NuclioError) -> bool {
+        match error {
+            NuclioError::Closed | NuclioError::ClosedBeforeReady => true,
+            NuclioError::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// One open connection to a wrapper, ready for events. Dropping it closes it.
+#[derive(Debug)]
+pub struct NuclioConn {
+    lines: FramedRead<OwnedReadHalf, LinesCodec>,
+    write: OwnedWriteHalf,
+    worker: WorkerId,
+    limit: usize,
+    /// Where events are encoded.
+    scratch: Vec<u8>,
+    /// False from the start of an exchange until it finishes cleanly.
+    usable: bool,
+}
+
+impl NuclioConn {
+    /// Whether the connection can carry another event: false once an exchange
+    /// failed or was dropped before it finished.
+    pub fn is_usable(&self) -> bool {
+        self.usable
+    }
+
+    /// Sends `event` and reads every packet up to its response, with the limits
+    /// and counters of `transport`.
+    ///
+    /// # Errors
+    ///
+    /// Any [`NuclioError`]; after one the connection is unusable.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future part way leaves the connection
+    /// unusable, since its answer may still arrive.
+    pub async fn call(
+        &mut self,
+        transport: &NuclioTransport,
+        event: &NuclioEvent,
+    ) -> Result<NuclioResponse, NuclioError> {
+        if !self.usable {
+            return Err(NuclioError::Unusable);
+        }
+        self.usable = false;
+        let response = transport.exchange(self, event).await?;
+        self.usable = true;
+        Ok(response)
+    }
+
+    /// The next line, `None` at end of stream.
+    async fn next_line(&mut self) -> Result<Option<String>, NuclioError> {
+        match self.lines.next().await {
+            None => Ok(None),
+            Some(Ok(line)) => Ok(Some(line)),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Err(NuclioError::LineTooLong { limit: self.limit })
+            }
+            Some(Err(LinesCodecError::Io(error))) => Err(error.into()),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+"""Handlers for the crate's nuclio tests, in Nuclio's handler style."""
+
+import asyncio
+
+import nuclio_sdk
+
+drained = False
+
+
+def init_context(context):
+    def on_drain():
+        global drained
+        drained = True
+
+    context.platform.set_drain_callback(on_drain)
+    context.logger.info_with("initialized", worker=context.worker_id)
+
+
+async def echo(context, event):
+    """The body back, as text or bytes, with what the handler saw in headers."""
+    context.logger.debug("echo of %d bytes", len(event.body))
+    body = event.body
+    if event.get_header("x-as-text"):
+        body = body.decode()
+    return context.Response(
+        body=body,
+        content_type=event.content_type,
+        headers={
+            "x-method": event.method,
+            "x-path": event.path,
+            "x-trigger": f"{event.trigger.kind}/{event.trigger.name}",
+            "x-header": event.get_header("x-test") or "",
+            "x-size": event.size,
+        },
+        status_code=int(event.get_header("x-status") or 200),
+    )
+
+
+async def chatty(context, event):
+    """Interleaves logs of every level with the work, then answers."""
+    context.logger.debug("first")
+    await asyncio.sleep(0.01)
+    context.logger.info_with("second", step=2)
+    context.logger.warn("third")
+    context.logger.error("fourth")
+    return "done"
+
+
+async def raising(context, event):
+    raise ValueError("no such thing")
+
+
+async def streaming(context, event):
+    async def chunks():
+        for part in ("alpha,", "beta,", "gamma"):
+            await asyncio.sleep(0.01)
+            yield part
+
+    return nuclio_sdk.Response(body=chunks(), content_type="text/csv", status_code=206)
+
+
+async def slow(context, event):
+    """Sleeps for the body's seconds, then says whether a drain was seen."""
+    await asyncio.sleep(float(event.body.decode() or "0.5"))
+    return f"slept; drained={drained}"
