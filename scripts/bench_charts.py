@@ -24,6 +24,8 @@ COLOURS = {
 }
 ROUNDS = 100  # acquires per task in the contended groups (benches/contended.rs)
 REPO = Path(__file__).resolve().parent.parent
+# Groups whose baseline is a raw-socket client, not the pools above.
+SOCKET_GROUPS = ["socket_dispatch"]
 
 
 def load(criterion_dir):
@@ -52,7 +54,11 @@ def ratio_table(medians):
         "|---|---|---|---|---|---|",
     ]
     cases = sorted(
-        {(g, p) for (g, f, p) in medians if f == "async-worker-pool"},
+        {
+            (g, p)
+            for (g, f, p) in medians
+            if f == "async-worker-pool" and g not in SOCKET_GROUPS
+        },
         key=lambda gp: (
             ["acquire_release", "contended", "concurrency", "scaling"].index(gp[0])
             if gp[0] in ["acquire_release", "contended", "concurrency", "scaling"]
@@ -72,6 +78,26 @@ def ratio_table(medians):
         lines.append(
             f"| {group} | {param or '—'} | {fmt_ns(ours)} | " + " | ".join(cells) + " |"
         )
+    return "\n".join(lines)
+
+
+def socket_table(medians):
+    """Markdown: events per second through the pool and the raw client."""
+    lines = [
+        "| group | body | async-worker-pool | raw-socket | this ÷ raw |",
+        "|---|---|---|---|---|",
+    ]
+    for group in SOCKET_GROUPS:
+        for body in ["64B", "64KiB"]:
+            ours = medians.get((group, "async-worker-pool", body))
+            raw = medians.get((group, "raw-socket", body))
+            if ours is None or raw is None:
+                continue
+            # One iteration is one event, so the median is ns per event.
+            lines.append(
+                f"| {group} | {body} | {1e9 / ours:,.0f} events/s | "
+                f"{1e9 / raw:,.0f} events/s | {raw / ours:.2f}× |"
+            )
     return "\n".join(lines)
 
 
@@ -192,6 +218,8 @@ def main():
         },
     )
     print(ratio_table(medians))
+    print()
+    print(socket_table(medians))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 use std::io;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
@@ -20,6 +20,9 @@ use crate::transport::Transport;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// The length prefix is 4 bytes, so no frame can be longer than this.
+const PREFIX_LEN: usize = 4;
+
+/// The largest payload a 4-byte length prefix can announce.
 const LARGEST_FRAME: usize = u32::MAX as usize;
 
 /// A [`Transport`] over Unix or TCP sockets, speaking the protocol of
@@ -121,7 +124,6 @@ impl SocketTransport {
             framed,
             ready,
             limit,
-            scratch: BytesMut::new(),
             usable: true,
         })
     }
@@ -173,9 +175,6 @@ pub struct SocketConn {
     framed: Framed<Stream, LengthDelimitedCodec>,
     ready: Ready,
     limit: usize,
-    /// Where events are encoded; its allocation is reclaimed on the next call
-    /// once the codec has copied the previous frame out.
-    scratch: BytesMut,
     /// False from the start of an exchange until it finishes cleanly.
     usable: bool,
 }
@@ -223,18 +222,28 @@ impl SocketConn {
                 limit: self.limit,
             });
         }
-        event.encode(&mut self.scratch);
-        let payload = self.scratch.split().freeze();
-        if payload.len() > self.limit {
+        // Encode the frame straight into the codec's write buffer, so that the
+        // body is copied once on its way to the socket instead of twice. The
+        // buffer is empty here: every exchange that got this far flushed it, and
+        // one that did not left the connection unusable.
+        let buffer = self.framed.write_buffer_mut();
+        let start = buffer.len();
+        buffer.put_u32(0); // the length prefix, patched once the payload is known
+        event.encode(buffer);
+        let payload_len = buffer.len() - start - PREFIX_LEN;
+        if payload_len > self.limit {
+            buffer.truncate(start);
             return Err(NetError::EventTooLarge {
-                len: payload.len(),
+                len: payload_len,
                 limit: self.limit,
             });
         }
+        // Within the limit, which is at most `u32::MAX`.
+        let prefix = u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes();
+        buffer[start..start + PREFIX_LEN].copy_from_slice(&prefix);
         // Armed before the first await: a call dropped midway leaves it unusable.
         self.usable = false;
-        self.framed
-            .send(payload)
+        SinkExt::<Bytes>::flush(&mut self.framed)
             .await
             .map_err(|err| closed_or_io(err, NetError::Closed))?;
         let frame = match self.framed.next().await {
