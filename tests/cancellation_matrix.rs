@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_worker_pool::PoolError;
+use async_worker_pool::{PoolError, WorkerExit};
 use support::{Harness, Req, harness, settle};
 use tokio::time::sleep;
 
@@ -297,6 +297,91 @@ async fn slot_call_cut_at_every_poll() {
         drop(slot);
         assert_whole(&h, &format!("slot call, cut at {n}")).await;
         report
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dispatch_whose_worker_exits_mid_call_cut_at_every_poll() {
+    // The worker process dies 10 ms into a 1 s event: the uncut run ends in
+    // WorkerExited, and the cuts land before, during and after the exit.
+    matrix("dispatch, worker exits mid-call", |n| async move {
+        let h = harness(|b| b.num_workers(2).max_connections(1)).await;
+        let killer = {
+            let (pool, launcher) = (h.pool.clone(), h.launcher.clone());
+            tokio::spawn(async move {
+                sleep(Duration::from_millis(10)).await;
+                let stats = pool.stats();
+                if let Some(busy) = stats.workers.iter().position(|w| w.busy == 1) {
+                    launcher.kill(busy, WorkerExit::signal(9));
+                }
+            })
+        };
+        let ran = cut_at(n, h.pool.dispatch(Req::reply(6, Duration::from_secs(1)))).await;
+        if let Ran::Completed(result, _) = &ran {
+            assert!(
+                matches!(result, Err(PoolError::WorkerExited { .. })),
+                "{result:?}"
+            );
+        }
+        killer.await.unwrap();
+        assert_whole(&h, &format!("dispatch, worker exits, cut at {n}")).await;
+        report(&ran)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_cut_at_every_poll_still_stops_everything() {
+    // A cut shutdown aborts the supervisors, which drops their processes; a
+    // second, uncut shutdown then closes every slot. Nothing may be left.
+    matrix("shutdown", |n| async move {
+        let h = harness(|b| b.num_workers(2).max_connections(2)).await;
+        let in_flight = {
+            let pool = h.pool.clone();
+            tokio::spawn(async move {
+                pool.dispatch(Req::reply(8, Duration::from_millis(50)))
+                    .await
+            })
+        };
+        settle().await;
+        let ran = cut_at(n, h.pool.shutdown(Duration::from_secs(1))).await;
+        let stats = h.pool.stats();
+        assert_eq!(
+            stats.idle + stats.busy + stats.reconnecting + stats.down + stats.closed,
+            stats.capacity,
+            "shutdown cut at {n}: {stats:?}"
+        );
+        match in_flight.await.unwrap() {
+            Ok(resp) => assert_eq!(resp.id, 8),
+            Err(error) => assert!(matches!(error, PoolError::Closed), "{error:?}"),
+        }
+        if n > 1 {
+            // Shutdown began: no new event is admitted.
+            assert!(matches!(
+                h.pool.dispatch(Req::now(9)).await,
+                Err(PoolError::Closed)
+            ));
+        }
+        h.pool.shutdown(Duration::from_secs(1)).await;
+        settle().await;
+        let stats = h.pool.stats();
+        assert_eq!(
+            stats.closed, stats.capacity,
+            "shutdown cut at {n}: {stats:?}"
+        );
+        assert_eq!(stats.waiters, 0);
+        assert_eq!(
+            h.launcher.alive.load(SeqCst),
+            0,
+            "a process outlived the pool"
+        );
+        assert_eq!(
+            h.transport.live.load(SeqCst),
+            0,
+            "a connection outlived the pool"
+        );
+        report(&ran)
     })
     .await;
 }
