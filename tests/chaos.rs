@@ -11,6 +11,8 @@
 //! ```sh
 //! CHAOS_SECS=300 CHAOS_SEED=1234 cargo test --test chaos -- --nocapture
 //! ```
+//!
+//! `CHAOS_TCP=1` runs it over loopback TCP instead of Unix sockets.
 
 mod real_support;
 
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_worker_pool::net::{Event, NetError, Reply, SocketTransport};
-use async_worker_pool::{Pool, PoolError, ProcessLauncher, RestartPolicy};
+use async_worker_pool::{EndpointKind, Pool, PoolError, ProcessLauncher, RestartPolicy};
 use nix::sys::signal::Signal;
 use real_support::{RealPool, is_alive, test_worker, until_full, wait_for};
 use tokio::task::JoinSet;
@@ -159,9 +161,17 @@ fn record(
 }
 
 fn chaos_pool() -> RealPool {
+    // Unix sockets by default, as the pool's own default; CHAOS_TCP=1 runs the
+    // same chaos over loopback TCP, where a killed worker resets connections.
+    let endpoints = if std::env::var_os("CHAOS_TCP").is_some() {
+        EndpointKind::Tcp
+    } else {
+        EndpointKind::Unix
+    };
     let launcher = ProcessLauncher::builder("python3")
         .arg(test_worker("chaos_worker.py"))
         .connections(CONNECTIONS)
+        .endpoint_kind(endpoints)
         .build()
         .unwrap();
     // Restart quickly and without limit: the injector kills a worker every few
