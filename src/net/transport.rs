@@ -72,6 +72,20 @@ impl SocketTransport {
         self.max_frame_bytes
     }
 
+    /// The codec that frames this transport's connections: a 4-byte big-endian
+    /// length prefix and the maximum frame length in force.
+    ///
+    /// For the fuzz targets and the tests, which must decode exactly as a
+    /// connection does; not part of the stable API.
+    #[doc(hidden)]
+    pub fn frame_codec(&self) -> LengthDelimitedCodec {
+        LengthDelimitedCodec::builder()
+            .length_field_length(4)
+            .big_endian()
+            .max_frame_length(self.max_frame_bytes)
+            .new_codec()
+    }
+
     /// Opens a connection to `endpoint` and resolves once the worker has sent a
     /// valid ready frame on it.
     ///
@@ -102,12 +116,7 @@ impl SocketTransport {
             Endpoint::Named(_) => return Err(NetError::UnsupportedEndpoint(endpoint.to_string())),
         };
         let limit = self.max_frame_bytes;
-        let codec = LengthDelimitedCodec::builder()
-            .length_field_length(4)
-            .big_endian()
-            .max_frame_length(limit)
-            .new_codec();
-        let mut framed = Framed::new(stream, codec);
+        let mut framed = Framed::new(stream, self.frame_codec());
         let frame = match framed.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(err)) => return Err(read_error(err, limit, NetError::ClosedBeforeReady)),
