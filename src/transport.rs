@@ -53,3 +53,15 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 }
+
+/// Whether an I/O error means the peer closed the connection: the kinds a
+/// socket reports when the process at its other end has died.
+pub(crate) fn is_disconnect_io(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+    )
+}

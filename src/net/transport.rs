@@ -166,13 +166,7 @@ impl Transport for SocketTransport {
     fn is_disconnect(&self, error: &NetError) -> bool {
         match error {
             NetError::Closed | NetError::ClosedBeforeReady => true,
-            NetError::Io(io) => matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            ),
+            NetError::Io(io) => crate::transport::is_disconnect_io(io),
             _ => false,
         }
     }

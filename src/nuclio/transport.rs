@@ -284,13 +284,7 @@ impl Transport for NuclioTransport {
     fn is_disconnect(&self, error: &NuclioError) -> bool {
         match error {
             NuclioError::Closed | NuclioError::ClosedBeforeReady => true,
-            NuclioError::Io(io) => matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            ),
+            NuclioError::Io(io) => crate::transport::is_disconnect_io(io),
             _ => false,
         }
     }
