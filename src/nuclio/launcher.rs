@@ -17,7 +17,9 @@ use super::control;
 use super::worker::NuclioWorker;
 use crate::error::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
-use crate::process::{SocketDir, Started, drain_stderr, free_tcp_port, start, worker_command};
+use crate::process::{
+    SocketDir, Started, drain_stderr, free_tcp_port, start, with_stderr_tail, worker_command,
+};
 
 /// A [`Launcher`] for Nuclio's own Python async wrapper
 /// (`_nuclio_async_wrapper.py`), run unchanged.
@@ -145,20 +147,11 @@ impl NuclioLauncher {
     }
 
     fn exited_error(&self, worker: WorkerId, exit: WorkerExit, stderr: &[String]) -> LaunchError {
-        let mut message = format!(
+        let message = format!(
             "Nuclio wrapper of worker {worker} ({}) exited during start-up with {exit}",
             self.wrapper.display()
         );
-        if stderr.is_empty() {
-            message.push_str("; it wrote nothing on stderr");
-        } else {
-            message.push_str("; last lines on stderr:");
-            for line in stderr {
-                message.push_str("\n  ");
-                message.push_str(line);
-            }
-        }
-        LaunchError::new(message)
+        LaunchError::new(with_stderr_tail(message, stderr))
     }
 }
 

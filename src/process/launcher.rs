@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 
 use super::builder::{EndpointKind, ProcessLauncherBuilder};
-use super::output::{StderrTail, forward_stderr, forward_stdout};
+use super::output::{StderrTail, forward_stderr, forward_stdout, with_stderr_tail};
 use super::socket_dir::SocketDir;
 use super::worker::ProcessWorker;
 use super::{ENDPOINT_ENV, WORKER_ID_ENV};
@@ -192,18 +192,9 @@ impl ProcessLauncher {
             (true, Some(1)) => " (it could not listen on its endpoint)",
             _ => "",
         };
-        let mut message =
+        let message =
             format!("worker {worker} ({program}) exited during start-up with {exit}{hint}");
-        if stderr.is_empty() {
-            message.push_str("; it wrote nothing on stderr");
-        } else {
-            message.push_str("; last lines on stderr:");
-            for line in stderr {
-                message.push_str("\n  ");
-                message.push_str(line);
-            }
-        }
-        LaunchError::new(message)
+        LaunchError::new(with_stderr_tail(message, stderr))
     }
 }
 

@@ -47,6 +47,8 @@ pub use launcher::ProcessLauncher;
 #[cfg(feature = "nuclio")]
 pub(crate) use launcher::{Started, drain_stderr, free_tcp_port, start, worker_command};
 #[cfg(feature = "nuclio")]
+pub(crate) use output::with_stderr_tail;
+#[cfg(feature = "nuclio")]
 pub(crate) use socket_dir::SocketDir;
 pub use worker::ProcessWorker;
 

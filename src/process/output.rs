@@ -94,3 +94,18 @@ async fn forward_lines(pipe: impl AsyncRead + Unpin, mut on_line: impl FnMut(Str
         }
     }
 }
+
+/// `message`, followed by what the worker wrote last on stderr: the first thing
+/// to read when a worker dies during start-up.
+pub(crate) fn with_stderr_tail(mut message: String, stderr: &[String]) -> String {
+    if stderr.is_empty() {
+        message.push_str("; it wrote nothing on stderr");
+    } else {
+        message.push_str("; last lines on stderr:");
+        for line in stderr {
+            message.push_str("\n  ");
+            message.push_str(line);
+        }
+    }
+    message
+}
