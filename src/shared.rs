@@ -344,7 +344,8 @@ impl<T: Transport> Shared<T> {
     /// worker still serves the generation it was made for.
     pub(crate) fn install(&self, slot: u32, generation: u64, conn: T::Conn, was_restart: bool) {
         let mut core = self.lock();
-        let worker = &core.workers[core.worker_index(slot)];
+        let w = core.worker_index(slot);
+        let worker = &core.workers[w];
         let current = worker.serving && worker.generation == generation;
         if core.closed || !current || core.slots[slot as usize] != SlotState::Reconnecting {
             drop(core);
@@ -354,7 +355,7 @@ impl<T: Transport> Shared<T> {
         if was_restart {
             core.connection_restarts.ok += 1;
         }
-        let after = core.make_available(slot, generation, conn);
+        let after = core.make_available(w, slot, generation, conn);
         drop(core);
         self.finish(after);
     }
@@ -566,9 +567,10 @@ impl<C> Core<C> {
         })
     }
 
-    /// A usable connection: to the oldest waiter if there is one, else idle.
+    /// A usable connection of worker `w`: to the oldest waiter if there is one,
+    /// else idle.
     #[inline]
-    fn make_available(&mut self, slot: u32, generation: u64, conn: C) -> Aftermath<C> {
+    fn make_available(&mut self, w: usize, slot: u32, generation: u64, conn: C) -> Aftermath<C> {
         let mut after = Aftermath::none();
         let granted = Outcome::Granted {
             slot,
@@ -581,7 +583,6 @@ impl<C> Core<C> {
                 after.wake = waker;
             }
             Err(Outcome::Granted { conn, .. }) => {
-                let w = self.worker_index(slot);
                 self.workers[w].idle.push((slot, conn));
                 self.idle_index.increment(w);
                 self.set_state(slot, SlotState::Idle);
@@ -604,7 +605,7 @@ impl<C> Core<C> {
         let current = serving && worker_generation == generation;
         let mut after = match conn {
             Some(conn) if clean && current && !self.closed => {
-                self.make_available(slot, generation, conn)
+                self.make_available(w, slot, generation, conn)
             }
             conn => {
                 let mut after = Aftermath::none();
