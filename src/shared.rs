@@ -572,23 +572,29 @@ impl<C> Core<C> {
     #[inline]
     fn make_available(&mut self, w: usize, slot: u32, generation: u64, conn: C) -> Aftermath<C> {
         let mut after = Aftermath::none();
-        let granted = Outcome::Granted {
-            slot,
-            generation,
-            conn,
+        // Most releases find nobody waiting: skip building an outcome for them.
+        let conn = if self.waiters.is_empty() {
+            conn
+        } else {
+            let granted = Outcome::Granted {
+                slot,
+                generation,
+                conn,
+            };
+            match self.waiters.pop_front(granted) {
+                Ok(waker) => {
+                    self.set_state(slot, SlotState::Busy);
+                    after.wake = waker;
+                    return after;
+                }
+                Err(Outcome::Granted { conn, .. }) => conn,
+                // pop_front hands back the outcome it was given.
+                Err(_) => return after,
+            }
         };
-        match self.waiters.pop_front(granted) {
-            Ok(waker) => {
-                self.set_state(slot, SlotState::Busy);
-                after.wake = waker;
-            }
-            Err(Outcome::Granted { conn, .. }) => {
-                self.workers[w].idle.push((slot, conn));
-                self.idle_index.increment(w);
-                self.set_state(slot, SlotState::Idle);
-            }
-            Err(_) => {}
-        }
+        self.workers[w].idle.push((slot, conn));
+        self.idle_index.increment(w);
+        self.set_state(slot, SlotState::Idle);
         after
     }
 

@@ -80,7 +80,6 @@ impl<C> WaitQueue<C> {
     }
 
     #[inline]
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
