@@ -36,7 +36,10 @@ use tokio::net::TcpListener;
 use async_worker_pool::nuclio::{
     HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioSpec, NuclioTransport,
 };
-use async_worker_pool::{Pool, PoolConfig, PoolError, WorkerState, prometheus};
+use async_worker_pool::{Pool, PoolConfig, prometheus};
+
+#[path = "common/mod.rs"]
+mod common;
 
 type GatewayPool = Pool<NuclioTransport, NuclioLauncher>;
 
@@ -153,7 +156,7 @@ async fn run(args: Args) -> Result<(), String> {
         .config(config)
         .build()
         .map_err(|error| error.to_string())?;
-    wait_until_full(&pool, 2 * establish).await?;
+    common::wait_until_full(&pool, 2 * establish).await?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let stats = pool.stats();
     println!(
@@ -178,7 +181,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            shutdown_signal().await;
+            common::shutdown_signal().await;
             tracing::info!("shutting down");
             stop.cancel();
         }
@@ -193,31 +196,6 @@ async fn run(args: Args) -> Result<(), String> {
     result
 }
 
-/// Waits until every connection is up, so that a wrapper or handler that does
-/// not load is reported at start, not on the first request.
-async fn wait_until_full(pool: &GatewayPool, limit: Duration) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let stats = pool.stats();
-        if stats.idle == stats.capacity {
-            return Ok(());
-        }
-        if let Some(worker) = stats.workers.iter().find(|w| w.last_error.is_some()) {
-            let reason = worker.last_error.clone().unwrap_or_default();
-            pool.shutdown(Duration::ZERO).await;
-            return Err(format!("worker {} did not start: {reason}", worker.id));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            pool.shutdown(Duration::ZERO).await;
-            return Err(format!(
-                "the workers did not open their connections in time ({} of {} ready)",
-                stats.idle, stats.capacity
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Every other request: one event to a wrapper.
 async fn forward(
     State(gateway): State<Arc<Gateway>>,
@@ -226,22 +204,14 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    let path = common::request_target(&uri);
     // Nuclio keeps one value per header name; a repeated header keeps its last.
-    let headers: BTreeMap<String, String> = headers
-        .iter()
-        .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_string(), value)
-        })
-        .collect();
+    let headers: BTreeMap<String, String> = common::header_pairs(&headers).collect();
     let mut event = NuclioEvent::http(method.as_str(), path, headers, body);
     event.url = uri.to_string();
     match gateway.pool.dispatch(event).await {
         Ok(response) => from_response(response),
-        Err(error) => from_error(error),
+        Err(error) => common::from_pool_error(error),
     }
 }
 
@@ -282,29 +252,6 @@ fn from_response(response: NuclioResponse) -> Response {
     http
 }
 
-/// 503 when no connection is free, 504 for an event timeout, 502 when the
-/// wrapper broke or went away.
-fn from_error(error: PoolError) -> Response {
-    let status = match &error {
-        PoolError::AcquireTimeout { .. } | PoolError::QueueFull { .. } => {
-            let mut response =
-                (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        }
-        PoolError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        PoolError::NoWorkerAvailable | PoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    let detail = match std::error::Error::source(&error) {
-        Some(source) => format!("{error}: {source}\n"),
-        None => format!("{error}\n"),
-    };
-    (status, detail).into_response()
-}
-
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let stats = gateway.pool.stats();
     let mut text = prometheus::render(&stats);
@@ -315,30 +262,5 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 
 /// 200 while at least one worker serves, else 503.
 async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
-    let stats = gateway.pool.stats();
-    let running = stats
-        .workers
-        .iter()
-        .filter(|w| w.state == WorkerState::Running)
-        .count();
-    let status = if running > 0 {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let text = format!("{running} of {} workers running\n", stats.workers.len());
-    (status, text).into_response()
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    common::health(&gateway.pool.stats())
 }

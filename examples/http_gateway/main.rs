@@ -12,23 +12,24 @@
 //! leaving no worker process behind. `--help` lists every setting.
 
 mod args;
+#[path = "../common/mod.rs"]
+mod common;
 mod responses;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
 use tokio::net::TcpListener;
 
 use async_worker_pool::net::{Event, SocketTransport};
-use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, WorkerState, prometheus};
+use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
 
 use args::Args;
 
@@ -86,7 +87,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            shutdown_signal().await;
+            common::shutdown_signal().await;
             tracing::info!("shutting down");
             stop.cancel();
         }
@@ -143,26 +144,8 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     let pool = builder.build().map_err(|error| error.to_string())?;
 
     // One launch plus one full round of connects, each bounded by the same timeout.
-    let deadline = tokio::time::Instant::now() + 2 * args.establish_connection_timeout;
-    loop {
-        let stats = pool.stats();
-        if stats.idle == stats.capacity {
-            return Ok(pool);
-        }
-        if let Some(worker) = stats.workers.iter().find(|w| w.last_error.is_some()) {
-            let reason = worker.last_error.clone().unwrap_or_default();
-            pool.shutdown(Duration::ZERO).await;
-            return Err(format!("worker {} did not start: {reason}", worker.id));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            pool.shutdown(Duration::ZERO).await;
-            return Err(format!(
-                "the workers did not open their connections in time ({} of {} ready)",
-                stats.idle, stats.capacity
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_full(&pool, 2 * args.establish_connection_timeout).await?;
+    Ok(pool)
 }
 
 /// Every other request: one event to a worker.
@@ -173,20 +156,11 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
-    let headers = headers
-        .iter()
-        .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_string(), value)
-        })
-        .collect();
-    let event = Event::http(method.as_str(), path, headers, body);
+    let headers = common::header_pairs(&headers).collect();
+    let event = Event::http(method.as_str(), common::request_target(&uri), headers, body);
     match pool.dispatch(event).await {
         Ok(reply) => responses::from_reply(reply),
-        Err(error) => responses::from_error(error),
+        Err(error) => common::from_pool_error(error),
     }
 }
 
@@ -200,40 +174,5 @@ async fn metrics(State(pool): State<Arc<GatewayPool>>) -> Response {
 
 /// 200 while at least one worker serves, else 503.
 async fn healthz(State(pool): State<Arc<GatewayPool>>) -> Response {
-    let stats = pool.stats();
-    let running = stats
-        .workers
-        .iter()
-        .filter(|w| w.state == WorkerState::Running)
-        .count();
-    let status = if running > 0 {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let text = format!(
-        "{} of {} workers running; {} of {} connections idle, {} busy\n",
-        running,
-        stats.workers.len(),
-        stats.idle,
-        stats.capacity,
-        stats.busy
-    );
-    (status, text).into_response()
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    common::health(&pool.stats())
 }

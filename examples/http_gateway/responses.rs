@@ -1,11 +1,13 @@
-//! How a worker's answer, or the pool's error, becomes an HTTP response.
+//! How a worker's answer becomes an HTTP response (the pool's errors are
+//! mapped in `common`).
 
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
 
-use async_worker_pool::PoolError;
-use async_worker_pool::net::{NetError, Reply};
+use async_worker_pool::net::Reply;
+
+use crate::common::plain;
 
 /// A worker's reply: what the handler returned, or a 500 if it raised.
 pub fn from_reply(reply: Reply) -> Response {
@@ -55,42 +57,4 @@ pub fn from_reply(reply: Reply) -> Response {
             format!("unexpected reply from the worker: {other:?}\n"),
         ),
     }
-}
-
-/// The pool's error: 503 when no connection is free (with Retry-After), 504 for an
-/// event timeout, 502 when the worker broke or went away.
-pub fn from_error(error: PoolError) -> Response {
-    let status = match &error {
-        PoolError::AcquireTimeout { .. } | PoolError::QueueFull { .. } => {
-            let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"));
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        }
-        PoolError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        PoolError::NoWorkerAvailable | PoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-        PoolError::Transport { source, .. } => {
-            if let Some(NetError::EventTooLarge { .. }) = source.downcast_ref::<NetError>() {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_GATEWAY
-            }
-        }
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    let detail = match std::error::Error::source(&error) {
-        Some(source) => format!("{error}: {source}\n"),
-        None => format!("{error}\n"),
-    };
-    plain(status, detail)
-}
-
-fn plain(status: StatusCode, text: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        text,
-    )
-        .into_response()
 }

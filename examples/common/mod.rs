@@ -1,0 +1,132 @@
+//! What both HTTP gateway examples share: waiting for the workers at start, the
+//! mapping of pool errors to HTTP answers, `/healthz`, request headers as
+//! strings, and the shutdown signal. Included by each example with `#[path]`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use async_worker_pool::net::NetError;
+use async_worker_pool::{Launcher, Pool, PoolError, Stats, Transport, WorkerState};
+
+/// Waits until every connection is up, so that a worker that cannot start (a
+/// handler that does not import, a missing interpreter) is reported at start
+/// with the reason the pool recorded, not on the first request. On failure the
+/// pool is shut down.
+pub async fn wait_until_full<T: Transport, L: Launcher>(
+    pool: &Pool<T, L>,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let stats = pool.stats();
+        if stats.idle == stats.capacity {
+            return Ok(());
+        }
+        if let Some(worker) = stats.workers.iter().find(|w| w.last_error.is_some()) {
+            let reason = worker.last_error.clone().unwrap_or_default();
+            pool.shutdown(Duration::ZERO).await;
+            return Err(format!("worker {} did not start: {reason}", worker.id));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            pool.shutdown(Duration::ZERO).await;
+            return Err(format!(
+                "the workers did not open their connections in time ({} of {} ready)",
+                stats.idle, stats.capacity
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pool's error: 503 when no connection is free (with Retry-After), 504 for
+/// an event timeout, 413 for an event over the frame limit, 502 when the worker
+/// broke or went away.
+pub fn from_pool_error(error: PoolError) -> Response {
+    let status = match &error {
+        PoolError::AcquireTimeout { .. } | PoolError::QueueFull { .. } => {
+            let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        PoolError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PoolError::NoWorkerAvailable | PoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        PoolError::Transport { source, .. } => {
+            if let Some(NetError::EventTooLarge { .. }) = source.downcast_ref::<NetError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let detail = match std::error::Error::source(&error) {
+        Some(source) => format!("{error}: {source}\n"),
+        None => format!("{error}\n"),
+    };
+    plain(status, detail)
+}
+
+/// `/healthz`: 200 while at least one worker serves, else 503, with the counts.
+pub fn health(stats: &Stats) -> Response {
+    let running = stats
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Running)
+        .count();
+    let status = if running > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let text = format!(
+        "{} of {} workers running; {} of {} connections idle, {} busy\n",
+        running,
+        stats.workers.len(),
+        stats.idle,
+        stats.capacity,
+        stats.busy
+    );
+    (status, text).into_response()
+}
+
+/// The request's path with its query, as the worker should see it.
+pub fn request_target(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
+}
+
+/// The request's headers as strings; a value that is not UTF-8 is decoded lossily.
+pub fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
+    headers.iter().map(|(name, value)| {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        (name.as_str().to_string(), value)
+    })
+}
+
+/// A plain-text answer.
+pub fn plain(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        tracing::warn!("cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
