@@ -76,6 +76,10 @@ struct WorkerLink {
     /// The newest generation of this worker that has ended; in-flight calls of
     /// that generation or older stop waiting for their answer.
     ended: watch::Sender<u64>,
+    /// Never read: cloned for each call. Holding one receiver for good keeps
+    /// the count of receivers above zero, so that dropping a call's clone does
+    /// not wake the sender's (unused) `closed()` waiters through their lock.
+    ended_rx: watch::Receiver<u64>,
 }
 
 struct WorkerEntry<C> {
@@ -134,9 +138,11 @@ impl<T: Transport> Shared<T> {
             .map(|_| {
                 let (reconnect, rx) = mpsc::unbounded_channel();
                 receivers.push(rx);
+                let (ended, ended_rx) = watch::channel(0);
                 WorkerLink {
                     reconnect,
-                    ended: watch::Sender::new(0),
+                    ended,
+                    ended_rx,
                 }
             })
             .collect();
@@ -495,7 +501,7 @@ impl<T: Transport> Shared<T> {
 
     /// Watches for the end of `worker`'s generations.
     pub(crate) fn ended(&self, worker: WorkerId) -> watch::Receiver<u64> {
-        self.links[worker.index()].ended.subscribe()
+        self.links[worker.index()].ended_rx.clone()
     }
 
     pub(crate) fn stats(&self) -> Stats {
