@@ -45,6 +45,10 @@ pub struct RestartPolicy {
     /// Time a worker gets to exit after it is asked to terminate for a restart,
     /// before it is killed. Default 5 s.
     pub terminate_grace: Duration,
+    /// Time an unresponsive worker (one that failed its liveness probe) gets to
+    /// exit before it is killed. Short, because a blocked event loop cannot
+    /// drain. Default 500 ms.
+    pub unresponsive_grace: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -57,6 +61,7 @@ impl Default for RestartPolicy {
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
             terminate_grace: Duration::from_secs(5),
+            unresponsive_grace: Duration::from_millis(500),
         }
     }
 }
@@ -92,6 +97,30 @@ impl RestartPolicy {
 /// | `reconnect_attempts` | (3, fixed) | 3 |
 /// | `establish_connection_timeout` | `async.establishConnectionTimeout` | 30 s |
 /// | `max_waiters` | — | none (unbounded) |
+/// | `probe_timeout` | — | 1 s |
+/// | `probe_interval` | — | 5 s |
+///
+/// # Liveness
+///
+/// A worker whose event loop is blocked (a handler that calls `time.sleep`, a
+/// CPU-bound loop) stalls every connection to it, and Nuclio only notices after
+/// its reconnects time out, about 90 s later. The pool probes the worker instead
+/// (see [`Transport::probe`](crate::Transport::probe)): at once when one of its
+/// events runs past `event_timeout`, and every `probe_interval` otherwise. While a
+/// probe triggered by a timeout is outstanding, or a heartbeat probe is overdue,
+/// the worker is [`WorkerState::Suspect`](crate::WorkerState::Suspect) and gets
+/// no new events. A probe that fails or takes longer than `probe_timeout` makes
+/// the worker *unresponsive*: it is terminated with
+/// [`RestartPolicy::unresponsive_grace`], killed, and relaunched like a worker
+/// that exited, and its events in flight fail with
+/// [`PoolError::WorkerUnresponsive`](crate::PoolError::WorkerUnresponsive).
+///
+/// The trade-off: a loop that lags longer than `probe_timeout` is treated as
+/// blocked. The defaults find a blocked worker within about 1 s of an event
+/// timeout (within about 6 s with no event timeout configured) and give a loop
+/// busy with a thousand events a full second to accept one more connection.
+/// Raise `probe_timeout` for handlers that hold the loop for long stretches on
+/// purpose; `None` turns probing off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -118,6 +147,14 @@ pub struct PoolConfig {
     pub max_waiters: Option<usize>,
     /// Backoff and limits for reconnects and worker restarts.
     pub restart: RestartPolicy,
+    /// How long a liveness probe may take before the worker is declared
+    /// unresponsive. `None` turns liveness probes off altogether (including the
+    /// heartbeat). See [Liveness](#liveness).
+    pub probe_timeout: Option<Duration>,
+    /// How often each running worker is probed when nothing else gave reason
+    /// to: the heartbeat that finds a blocked worker when no `event_timeout` is
+    /// set. `None` probes only after an event timeout.
+    pub probe_interval: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -132,9 +169,17 @@ impl Default for PoolConfig {
             establish_connection_timeout: Duration::from_secs(30),
             max_waiters: None,
             restart: RestartPolicy::default(),
+            probe_timeout: Some(DEFAULT_PROBE_TIMEOUT),
+            probe_interval: Some(DEFAULT_PROBE_INTERVAL),
         }
     }
 }
+
+/// The default [`PoolConfig::probe_timeout`].
+const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default [`PoolConfig::probe_interval`].
+const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl PoolConfig {
     /// Total slots: `num_workers × max_connections`, the most events in flight at once.
@@ -188,6 +233,25 @@ impl PoolConfig {
             return bad(
                 "max_waiters",
                 "must be at least 1; use a zero connection_availability_timeout to never wait"
+                    .into(),
+            );
+        }
+        if self.probe_timeout == Some(Duration::ZERO) {
+            return bad(
+                "probe_timeout",
+                "must be above zero; use None to turn liveness probes off".into(),
+            );
+        }
+        if self.probe_interval == Some(Duration::ZERO) {
+            return bad(
+                "probe_interval",
+                "must be above zero; use None for no heartbeat".into(),
+            );
+        }
+        if self.probe_interval.is_some() && self.probe_timeout.is_none() {
+            return bad(
+                "probe_interval",
+                "needs a probe_timeout; set probe_interval to None as well to turn probes off"
                     .into(),
             );
         }

@@ -44,6 +44,19 @@ pub enum PoolError {
         /// The process generation that went away.
         generation: u64,
     },
+    /// The worker stopped answering its liveness probe (its event loop was
+    /// blocked or wedged) while the event was in flight, and is being restarted.
+    /// See [Liveness](crate::PoolConfig#liveness).
+    #[error(
+        "worker {worker} (generation {generation}) stopped answering its liveness probe \
+         and was restarted while the event was in flight"
+    )]
+    WorkerUnresponsive {
+        /// The worker the event ran on.
+        worker: WorkerId,
+        /// The process generation that was found unresponsive.
+        generation: u64,
+    },
     /// The transport failed the exchange; the connection is being restarted.
     #[error("transport error on worker {worker}")]
     Transport {

@@ -94,6 +94,23 @@ impl IdleIndex {
         }
     }
 
+    /// Sets a worker's idle count to `count` (a suspect worker's connections
+    /// come back into play).
+    pub(crate) fn set(&mut self, worker: usize, count: u32) {
+        if self.single {
+            self.count[worker] = count;
+            return;
+        }
+        let old = self.count[worker];
+        self.unlink(worker, old);
+        self.link(worker, count);
+        self.count[worker] = count;
+        self.top = self.top.max(count);
+        while self.top > 0 && self.head[self.top as usize] == NIL {
+            self.top -= 1;
+        }
+    }
+
     fn link(&mut self, worker: usize, bucket: u32) {
         if bucket == 0 {
             return;
@@ -143,8 +160,9 @@ mod tests {
             let mut rng = fastrand::Rng::with_seed(7);
             for _ in 0..20_000 {
                 let w = rng.usize(..workers);
-                match rng.u8(..10) {
+                match rng.u8(..11) {
                     0 => index.clear(w),
+                    10 => index.set(w, rng.u32(..=conns as u32)),
                     1..=5 if index.idle(w) < conns as u32 => index.increment(w),
                     _ if index.idle(w) > 0 => index.decrement(w),
                     _ => {}

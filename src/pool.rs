@@ -234,6 +234,18 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
+    /// See [`PoolConfig::probe_timeout`]; `None` turns liveness probes off.
+    pub fn probe_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.probe_timeout = timeout.into();
+        self
+    }
+
+    /// See [`PoolConfig::probe_interval`]; `None` probes only after an event timeout.
+    pub fn probe_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.config.probe_interval = interval.into();
+        self
+    }
+
     /// See [`PoolConfig::restart`].
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;
@@ -258,12 +270,12 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         let supervisors = receivers
             .into_iter()
             .enumerate()
-            .map(|(index, reconnects)| {
+            .map(|(index, requests)| {
                 let supervisor = Supervisor {
                     shared: shared.clone(),
                     launcher: launcher.clone(),
                     worker: WorkerId::new(index as u32),
-                    reconnects,
+                    requests,
                     shutdown: shutdown.clone(),
                 };
                 AbortOnDropHandle::new(runtime.spawn(supervisor.run()))

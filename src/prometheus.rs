@@ -93,6 +93,25 @@ pub fn render(stats: &Stats) -> String {
         "Worker process relaunches, all workers together.",
     );
     metric.sample("worker_restarts_total", "", stats.worker_restarts);
+    metric.header(
+        "worker_restart_reasons_total",
+        "counter",
+        "Why worker processes stopped serving: exited, reconnect_failed, unresponsive \
+         (failed a liveness probe) or launch_failed.",
+    );
+    let reasons = &stats.restart_reasons;
+    for (reason, count) in [
+        ("exited", reasons.exited),
+        ("reconnect_failed", reasons.reconnect_failed),
+        ("unresponsive", reasons.unresponsive),
+        ("launch_failed", reasons.launch_failed),
+    ] {
+        metric.sample(
+            "worker_restart_reasons_total",
+            &format!("reason=\"{reason}\""),
+            count,
+        );
+    }
 
     metric.header(
         "worker_state",
@@ -103,6 +122,7 @@ pub fn render(stats: &Stats) -> String {
         for state in [
             WorkerState::Starting,
             WorkerState::Running,
+            WorkerState::Suspect,
             WorkerState::Restarting,
             WorkerState::Failed,
             WorkerState::Stopped,
@@ -204,6 +224,7 @@ fn state_name(state: WorkerState) -> &'static str {
     match state {
         WorkerState::Starting => "starting",
         WorkerState::Running => "running",
+        WorkerState::Suspect => "suspect",
         WorkerState::Restarting => "restarting",
         WorkerState::Failed => "failed",
         WorkerState::Stopped => "stopped",
@@ -260,6 +281,11 @@ mod tests {
             },
             connection_restarts: crate::stats::ConnectionRestartStats { ok: 2, failed: 0 },
             worker_restarts: 1,
+            restart_reasons: crate::stats::RestartReasons {
+                exited: 1,
+                unresponsive: 2,
+                ..Default::default()
+            },
             workers: vec![WorkerStats {
                 id: WorkerId::new(0),
                 state: WorkerState::Running,
@@ -287,6 +313,10 @@ mod tests {
             "async_worker_pool_events_total{result=\"timeout\"} 1",
             "async_worker_pool_connection_restarts_total{result=\"ok\"} 2",
             "async_worker_pool_worker_restarts_total 1",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"exited\"} 1",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"unresponsive\"} 2",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"reconnect_failed\"} 0",
+            "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"running\"} 1",
             "async_worker_pool_worker_state{worker=\"0\",state=\"failed\"} 0",
             "async_worker_pool_worker_generation{worker=\"0\"} 2",
@@ -310,7 +340,7 @@ mod tests {
                 assert_eq!(declared.last().map(String::as_str), Some(name), "{line}");
             }
         }
-        assert_eq!(declared.len(), 11);
+        assert_eq!(declared.len(), 12);
     }
 
     #[test]

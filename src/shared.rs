@@ -22,8 +22,8 @@ use crate::error::PoolError;
 use crate::idle_index::IdleIndex;
 use crate::launcher::WorkerId;
 use crate::stats::{
-    AllocationStats, ConnectionRestartStats, EventCounters, SlotCounts, SlotState, Stats,
-    WorkerState, WorkerStats,
+    AllocationStats, ConnectionRestartStats, EventCounters, RestartReasons, SlotCounts, SlotState,
+    Stats, WorkerState, WorkerStats,
 };
 use crate::transport::Transport;
 use crate::wait_queue::{Outcome, WaitQueue};
@@ -43,18 +43,37 @@ pub(crate) enum Begin<C> {
     Refused(PoolError),
 }
 
-/// A slot whose connection must be re-established, for the worker's supervisor.
+/// What a worker's supervisor is asked to do.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Reconnect {
-    pub(crate) slot: u32,
+pub(crate) enum Request {
+    /// Re-establish this slot's connection.
+    Reconnect { slot: u32, generation: u64 },
+    /// Probe the worker: an event of this generation ran past its timeout.
+    Probe { generation: u64 },
+}
+
+/// The newest generation of a worker that has ended, and whether it ended
+/// because it stopped answering its liveness probe.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ended {
     pub(crate) generation: u64,
+    pub(crate) unresponsive: bool,
+}
+
+/// Why a generation of a worker stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    Exited,
+    ReconnectFailed,
+    Unresponsive,
+    Shutdown,
 }
 
 /// What a release leaves to do once the lock is gone.
 #[must_use]
 struct Aftermath<C> {
     wake: Option<Waker>,
-    reconnect: Option<(usize, Reconnect)>,
+    reconnect: Option<(usize, Request)>,
     close: Option<C>,
     drained: bool,
 }
@@ -72,14 +91,14 @@ impl<C> Aftermath<C> {
 
 /// The per-worker channels that live outside the lock.
 struct WorkerLink {
-    reconnect: mpsc::UnboundedSender<Reconnect>,
+    requests: mpsc::UnboundedSender<Request>,
     /// The newest generation of this worker that has ended; in-flight calls of
     /// that generation or older stop waiting for their answer.
-    ended: watch::Sender<u64>,
+    ended: watch::Sender<Ended>,
     /// Never read: cloned for each call. Holding one receiver for good keeps
     /// the count of receivers above zero, so that dropping a call's clone does
     /// not wake the sender's (unused) `closed()` waiters through their lock.
-    ended_rx: watch::Receiver<u64>,
+    ended_rx: watch::Receiver<Ended>,
 }
 
 struct WorkerEntry<C> {
@@ -87,6 +106,9 @@ struct WorkerEntry<C> {
     idle: Vec<(u32, C)>,
     generation: u64,
     serving: bool,
+    /// It may be blocked: its idle connections are kept out of the idle index
+    /// and no waiter is handed one, until its probe answers.
+    suspect: bool,
     state: WorkerState,
     pid: Option<u32>,
     restarts: u64,
@@ -102,6 +124,7 @@ struct Core<C> {
     allocations: AllocationStats,
     connection_restarts: ConnectionRestartStats,
     worker_restarts: u64,
+    restart_reasons: RestartReasons,
     failed_workers: usize,
     /// Shutdown began: no new events.
     closing: bool,
@@ -131,16 +154,16 @@ impl<T: Transport> Shared<T> {
     pub(crate) fn new(
         transport: Arc<T>,
         config: PoolConfig,
-    ) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Reconnect>>) {
+    ) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Request>>) {
         let (workers, conns) = (config.num_workers, config.max_connections);
         let mut receivers = Vec::with_capacity(workers);
         let links = (0..workers)
             .map(|_| {
-                let (reconnect, rx) = mpsc::unbounded_channel();
+                let (requests, rx) = mpsc::unbounded_channel();
                 receivers.push(rx);
-                let (ended, ended_rx) = watch::channel(0);
+                let (ended, ended_rx) = watch::channel(Ended::default());
                 WorkerLink {
-                    reconnect,
+                    requests,
                     ended,
                     ended_rx,
                 }
@@ -153,6 +176,7 @@ impl<T: Transport> Shared<T> {
                     idle: Vec::with_capacity(conns),
                     generation: 0,
                     serving: false,
+                    suspect: false,
                     state: WorkerState::Starting,
                     pid: None,
                     restarts: 0,
@@ -165,6 +189,7 @@ impl<T: Transport> Shared<T> {
             allocations: AllocationStats::default(),
             connection_restarts: ConnectionRestartStats::default(),
             worker_restarts: 0,
+            restart_reasons: RestartReasons::default(),
             failed_workers: 0,
             closing: false,
             closed: false,
@@ -340,7 +365,7 @@ impl<T: Transport> Shared<T> {
         if let Some((worker, request)) = after.reconnect {
             // The supervisor outlives every slot guard unless the pool was dropped,
             // in which case there is nothing left to reconnect.
-            let _ = self.links[worker].reconnect.send(request);
+            let _ = self.links[worker].requests.send(request);
         }
         if after.drained {
             self.drained.notify_waiters();
@@ -384,6 +409,7 @@ impl<T: Transport> Shared<T> {
         let entry = &mut core.workers[worker.index()];
         entry.generation = generation;
         entry.serving = true;
+        entry.suspect = false;
         entry.state = WorkerState::Running;
         entry.pid = pid;
         let mut connecting = Vec::new();
@@ -398,12 +424,20 @@ impl<T: Transport> Shared<T> {
 
     /// The worker's current process is gone or going: its idle connections are
     /// closed, its slots go down, and its in-flight calls stop waiting.
-    pub(crate) fn end_generation(&self, worker: WorkerId, next_state: WorkerState) {
+    pub(crate) fn end_generation(&self, worker: WorkerId, next_state: WorkerState, why: EndReason) {
         let mut core = self.lock();
         let core_ref = &mut *core;
+        let reasons = &mut core_ref.restart_reasons;
+        match why {
+            EndReason::Exited => reasons.exited += 1,
+            EndReason::ReconnectFailed => reasons.reconnect_failed += 1,
+            EndReason::Unresponsive => reasons.unresponsive += 1,
+            EndReason::Shutdown => {}
+        }
         let w = worker.index();
         let entry = &mut core_ref.workers[w];
         entry.serving = false;
+        entry.suspect = false;
         entry.state = next_state;
         entry.pid = None;
         let generation = entry.generation;
@@ -419,7 +453,83 @@ impl<T: Transport> Shared<T> {
         }
         drop(core);
         drop(idle);
-        self.links[w].ended.send_replace(generation);
+        self.links[w].ended.send_replace(Ended {
+            generation,
+            unresponsive: why == EndReason::Unresponsive,
+        });
+    }
+
+    /// An event of `worker`'s `generation` ran past its timeout: unless probes
+    /// are off, the worker gets no new events until its supervisor has probed it.
+    pub(crate) fn suspect_after_timeout(&self, worker: WorkerId, generation: u64) {
+        if self.config.probe_timeout.is_none() {
+            return;
+        }
+        if self.mark_suspect(worker, generation) {
+            let request = Request::Probe { generation };
+            // Only a pool being dropped has no supervisor to ask.
+            let _ = self.links[worker.index()].requests.send(request);
+        }
+    }
+
+    /// Takes `worker` out of service while its probe is outstanding; true if
+    /// it was not suspect already.
+    pub(crate) fn mark_suspect(&self, worker: WorkerId, generation: u64) -> bool {
+        let mut core = self.lock();
+        let w = worker.index();
+        let entry = &mut core.workers[w];
+        if !entry.serving || entry.generation != generation || entry.suspect {
+            return false;
+        }
+        entry.suspect = true;
+        entry.state = WorkerState::Suspect;
+        core.idle_index.clear(w);
+        true
+    }
+
+    /// `worker`'s probe answered: it is back in service, and its idle
+    /// connections go to the events that waited meanwhile.
+    pub(crate) fn clear_suspect(&self, worker: WorkerId, generation: u64) {
+        let mut guard = self.lock();
+        let core = &mut *guard;
+        let w = worker.index();
+        let entry = &mut core.workers[w];
+        if !entry.serving || entry.generation != generation || !entry.suspect {
+            return;
+        }
+        entry.suspect = false;
+        entry.state = WorkerState::Running;
+        let mut wake = Vec::new();
+        while !core.waiters.is_empty() {
+            let Some((slot, conn)) = core.workers[w].idle.pop() else {
+                break;
+            };
+            match core.waiters.pop_front(Outcome::Granted {
+                slot,
+                generation,
+                conn,
+            }) {
+                Ok(waker) => {
+                    core.set_state(slot, SlotState::Busy);
+                    wake.extend(waker);
+                }
+                Err(Outcome::Granted { slot, conn, .. }) => {
+                    core.workers[w].idle.push((slot, conn));
+                    break;
+                }
+                // pop_front hands back the outcome it was given.
+                Err(_) => break,
+            }
+        }
+        let idle = core.workers[w].idle.len() as u32;
+        core.idle_index.set(w, idle);
+        drop(guard);
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// A launch of `worker` failed, for the restart reasons in Stats.
+    pub(crate) fn count_launch_failed(&self) {
+        self.lock().restart_reasons.launch_failed += 1;
     }
 
     /// Remembers why the worker's last launch or process failed, for Stats.
@@ -500,7 +610,7 @@ impl<T: Transport> Shared<T> {
     }
 
     /// Watches for the end of `worker`'s generations.
-    pub(crate) fn ended(&self, worker: WorkerId) -> watch::Receiver<u64> {
+    pub(crate) fn ended(&self, worker: WorkerId) -> watch::Receiver<Ended> {
         self.links[worker.index()].ended_rx.clone()
     }
 
@@ -537,6 +647,7 @@ impl<T: Transport> Shared<T> {
             events: self.events.snapshot(),
             connection_restarts: core.connection_restarts,
             worker_restarts: core.worker_restarts,
+            restart_reasons: core.restart_reasons,
             workers,
         }
     }
@@ -580,8 +691,10 @@ impl<C> Core<C> {
     #[inline]
     fn make_available(&mut self, w: usize, slot: u32, generation: u64, conn: C) -> Aftermath<C> {
         let mut after = Aftermath::none();
+        let suspect = self.workers[w].suspect;
         // Most releases find nobody waiting: skip building an outcome for them.
-        let conn = if self.waiters.is_empty() {
+        // A suspect worker's connection waits idle, outside the index, for its probe.
+        let conn = if self.waiters.is_empty() || suspect {
             conn
         } else {
             let granted = Outcome::Granted {
@@ -601,7 +714,9 @@ impl<C> Core<C> {
             }
         };
         self.workers[w].idle.push((slot, conn));
-        self.idle_index.increment(w);
+        if !suspect {
+            self.idle_index.increment(w);
+        }
         self.set_state(slot, SlotState::Idle);
         after
     }
@@ -629,7 +744,7 @@ impl<C> Core<C> {
                 } else if serving {
                     self.set_state(slot, SlotState::Reconnecting);
                     let generation = worker_generation;
-                    after.reconnect = Some((w, Reconnect { slot, generation }));
+                    after.reconnect = Some((w, Request::Reconnect { slot, generation }));
                 } else {
                     self.set_state(slot, SlotState::Down);
                 }

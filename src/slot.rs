@@ -94,7 +94,7 @@ impl<'a, T: Transport> Slot<'a, T> {
         };
         let gone = async {
             // An error here means the pool itself is gone; either way stop waiting.
-            let _ = ended.wait_for(|&last| last >= generation).await;
+            let _ = ended.wait_for(|last| last.generation >= generation).await;
         };
         let result = tokio::select! {
             biased;
@@ -112,11 +112,11 @@ impl<'a, T: Transport> Slot<'a, T> {
                 // so a disconnect is often the first sign of the exit: give the
                 // supervisor a moment to notice before blaming the connection.
                 // Other errors (a broken frame, say) are reported at once.
-                let exited = *ended.borrow() >= generation
+                let exited = ended.borrow().generation >= generation
                     || (shared.transport.is_disconnect(&source)
                         && tokio::time::timeout(
                             EXIT_NOTICE,
-                            ended.wait_for(|&last| last >= generation),
+                            ended.wait_for(|last| last.generation >= generation),
                         )
                         .await
                         .is_ok_and(|seen| seen.is_ok()));
@@ -133,6 +133,8 @@ impl<'a, T: Transport> Slot<'a, T> {
             }
             Err(error @ PoolError::EventTimeout { .. }) => {
                 shared.events.timed_out();
+                // A blocked event loop shows first as an event that never ends.
+                shared.suspect_after_timeout(worker, generation);
                 Err(error)
             }
             Err(error) => {
@@ -143,8 +145,14 @@ impl<'a, T: Transport> Slot<'a, T> {
     }
 
     fn worker_gone(&self, worker: WorkerId) -> PoolError {
+        let ended = *self.shared.ended(worker).borrow();
         if self.shared.is_closing() {
             PoolError::Closed
+        } else if ended.unresponsive && ended.generation == self.generation {
+            PoolError::WorkerUnresponsive {
+                worker,
+                generation: self.generation,
+            }
         } else {
             PoolError::WorkerExited {
                 worker,

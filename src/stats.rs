@@ -31,6 +31,10 @@ pub enum WorkerState {
     Starting,
     /// Its process is up and its slots are served.
     Running,
+    /// Its process is up but may be blocked: one of its events ran past the
+    /// event timeout, or a heartbeat probe is overdue. It gets no new events
+    /// until its liveness probe answers; if the probe fails it is restarted.
+    Suspect,
     /// Its process ended; a new one will be launched after a backoff.
     Restarting,
     /// It restarted too often and is left down.
@@ -78,6 +82,22 @@ pub struct ConnectionRestartStats {
     pub ok: u64,
     /// Every attempt failed, which restarts the worker.
     pub failed: u64,
+}
+
+/// Why worker processes stopped serving and were replaced, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestartReasons {
+    /// The process exited by itself (a crash, an OOM kill, a `sys.exit`).
+    pub exited: u64,
+    /// Connections marked for restart could not be re-established, so the
+    /// process was terminated.
+    pub reconnect_failed: u64,
+    /// The process failed a liveness probe (its event loop was blocked or
+    /// wedged) and was terminated.
+    pub unresponsive: u64,
+    /// A launch failed, hung or panicked before the process served.
+    pub launch_failed: u64,
 }
 
 /// One worker, as the snapshot saw it.
@@ -129,6 +149,8 @@ pub struct Stats {
     pub connection_restarts: ConnectionRestartStats,
     /// Worker process relaunches, all workers together.
     pub worker_restarts: u64,
+    /// Why worker processes stopped serving, all workers together.
+    pub restart_reasons: RestartReasons,
     /// Per worker, in id order.
     pub workers: Vec<WorkerStats>,
 }

@@ -6,19 +6,26 @@
 //! `reconnect_attempts` tries) → terminate the process with a grace period and
 //! relaunch it (exponential backoff that resets after a stable run) → after more
 //! than `max_restarts` within `restart_window`, report the worker failed and stop.
+//!
+//! Beside the ladder, the supervisor probes its worker's liveness (see
+//! [`Transport::probe`]) after an event timeout and on a heartbeat; a worker
+//! that does not answer in time is terminated with a short grace and relaunched
+//! the same way.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::launcher::{Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
-use crate::shared::{Reconnect, Shared};
+use crate::shared::{EndReason, Request, Shared};
 use crate::stats::WorkerState;
 use crate::transport::Transport;
 
@@ -26,8 +33,17 @@ use crate::transport::Transport;
 enum End {
     Exited(WorkerExit),
     ReconnectFailed,
+    /// Its liveness probe failed, for the reason given.
+    Unresponsive(String),
     Shutdown,
 }
+
+/// A liveness probe in progress: `Err` says why the worker is unresponsive.
+type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// How long a failed probe attempt waits before the next one, within the
+/// probe's time: a refused connect is retried rather than believed at once.
+const PROBE_RETRY: Duration = Duration::from_millis(20);
 
 /// What a connect task reports: a connection, or `None` once every attempt failed.
 struct Connected<C> {
@@ -40,7 +56,7 @@ pub(crate) struct Supervisor<T: Transport, L: Launcher> {
     pub(crate) shared: Arc<Shared<T>>,
     pub(crate) launcher: Arc<L>,
     pub(crate) worker: WorkerId,
-    pub(crate) reconnects: mpsc::UnboundedReceiver<Reconnect>,
+    pub(crate) requests: mpsc::UnboundedReceiver<Request>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -81,6 +97,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             let Some(mut process) = launched else {
                 // The next try counts as a restart like any other, so a launcher
                 // that always fails ends in Failed, not in a tight loop.
+                self.shared.count_launch_failed();
                 self.shared
                     .set_worker_state(worker, WorkerState::Restarting);
                 continue;
@@ -93,13 +110,18 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             }
             match end {
                 End::Shutdown => {
-                    self.shared.end_generation(worker, WorkerState::Stopped);
+                    self.shared
+                        .end_generation(worker, WorkerState::Stopped, EndReason::Shutdown);
                     let grace = self.shared.shutdown_grace.get().copied();
                     process.terminate(grace.unwrap_or_default()).await;
                     return;
                 }
                 End::ReconnectFailed => {
-                    self.shared.end_generation(worker, WorkerState::Restarting);
+                    self.shared.end_generation(
+                        worker,
+                        WorkerState::Restarting,
+                        EndReason::ReconnectFailed,
+                    );
                     let exit = process.terminate(policy.terminate_grace).await;
                     tracing::warn!(%worker, generation, %exit, "connections could not be re-established; worker terminated");
                     self.shared.set_last_error(
@@ -109,8 +131,23 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                         ),
                     );
                 }
+                End::Unresponsive(reason) => {
+                    // Its events in flight fail now: a blocked loop will not answer them.
+                    self.shared.end_generation(
+                        worker,
+                        WorkerState::Restarting,
+                        EndReason::Unresponsive,
+                    );
+                    let exit = process.terminate(policy.unresponsive_grace).await;
+                    tracing::warn!(%worker, generation, %exit, reason, "worker unresponsive; terminated");
+                    self.shared.set_last_error(
+                        worker,
+                        format!("unresponsive: {reason}; process terminated ({exit})"),
+                    );
+                }
                 End::Exited(exit) => {
-                    self.shared.end_generation(worker, WorkerState::Restarting);
+                    self.shared
+                        .end_generation(worker, WorkerState::Restarting, EndReason::Exited);
                     tracing::warn!(%worker, generation, %exit, "worker process exited");
                     self.shared
                         .set_last_error(worker, format!("process exited ({exit})"));
@@ -169,7 +206,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             .begin_generation(self.worker, generation, info.pid);
         let connector = Connector {
             transport: self.shared.transport.clone(),
-            info,
+            info: info.clone(),
             attempts: self.shared.config.reconnect_attempts,
             per_attempt: self.shared.config.establish_connection_timeout,
             backoff: self.shared.config.restart.clone(),
@@ -179,18 +216,53 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         for slot in slots {
             connects.spawn(connector.clone().connect(slot, false));
         }
+        let (probe_timeout, probe_interval) = (
+            self.shared.config.probe_timeout,
+            self.shared.config.probe_interval,
+        );
+        let mut probe: Option<Probe> = None;
+        let heartbeat_after = |from: Instant| probe_interval.map(|every| from + every);
+        let mut next_heartbeat = heartbeat_after(Instant::now());
+        // A deadline that never comes, for a disabled heartbeat branch.
+        let never = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return End::Shutdown,
                 exit = process.wait() => return End::Exited(exit),
-                Some(request) = self.reconnects.recv() => {
+                Some(outcome) = async {
+                    match probe.as_mut() {
+                        Some(probe) => Some(probe.await),
+                        None => None,
+                    }
+                } => {
+                    probe = None;
+                    match outcome {
+                        Ok(()) => self.shared.clear_suspect(self.worker, generation),
+                        Err(reason) => return End::Unresponsive(reason),
+                    }
+                    next_heartbeat = heartbeat_after(Instant::now());
+                }
+                () = sleep_until(next_heartbeat.unwrap_or(never)), if probe.is_none() && next_heartbeat.is_some() => {
+                    if let Some(limit) = probe_timeout {
+                        probe = Some(self.probe(&info, limit));
+                    }
+                    next_heartbeat = None;
+                }
+                Some(request) = self.requests.recv() => match request {
                     // Requests for an older generation are stale: its slots went
                     // down with it and this generation connects them afresh.
-                    if request.generation == generation {
-                        connects.spawn(connector.clone().connect(request.slot, true));
+                    Request::Reconnect { slot, generation: of } if of == generation => {
+                        connects.spawn(connector.clone().connect(slot, true));
                     }
-                }
+                    // The worker is suspect already; a probe in progress decides.
+                    Request::Probe { generation: of } if of == generation && probe.is_none() => {
+                        if let Some(limit) = probe_timeout {
+                            probe = Some(self.probe(&info, limit));
+                        }
+                    }
+                    _ => {}
+                },
                 Some(joined) = connects.join_next() => match joined {
                     Ok(Connected { slot, conn: Some(conn), was_restart }) => {
                         self.shared.install(slot, generation, conn, was_restart);
@@ -205,6 +277,56 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 },
             }
         }
+    }
+}
+
+impl<T: Transport, L: Launcher> Supervisor<T, L> {
+    /// Probes the worker until a probe succeeds or `limit` is up, taking it out
+    /// of service (suspect) once a quarter of `limit` has passed without an
+    /// answer. A probe triggered by an event timeout finds it suspect already.
+    fn probe(&self, info: &Arc<WorkerInfo>, limit: Duration) -> Probe {
+        let (shared, info) = (self.shared.clone(), info.clone());
+        Box::pin(async move {
+            let deadline = Instant::now() + limit;
+            let overdue = Instant::now() + limit / 4;
+            let last_error = parking_lot::Mutex::new(None);
+            let attempts = async {
+                loop {
+                    let (transport, target) = (shared.transport.clone(), info.clone());
+                    // A task per attempt, so that a panicking probe is one failed attempt.
+                    let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                        transport.probe(&target).await
+                    }));
+                    let error = match task.await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_panic) => "the probe panicked".to_owned(),
+                    };
+                    tracing::debug!(worker = %info.id, error, "liveness probe attempt failed");
+                    *last_error.lock() = Some(error);
+                    sleep(PROBE_RETRY).await;
+                }
+            };
+            tokio::pin!(attempts);
+            let answered = tokio::select! {
+                () = &mut attempts => true,
+                () = sleep_until(overdue) => false,
+            };
+            if !answered {
+                shared.mark_suspect(info.id, info.generation);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if timeout(left, attempts).await.is_err() {
+                    let reason = match last_error.lock().take() {
+                        Some(error) => format!(
+                            "no liveness probe succeeded within {limit:?} (last error: {error})"
+                        ),
+                        None => format!("no answer to a liveness probe within {limit:?}"),
+                    };
+                    return Err(reason);
+                }
+            }
+            Ok(())
+        })
     }
 }
 

@@ -41,6 +41,31 @@ pub trait Transport: Send + Sync + 'static {
         request: Self::Request,
     ) -> Result<Self::Response, Self::Error>;
 
+    /// Checks that `worker` still serves: resolves `Ok` once the worker has
+    /// shown that its event loop runs.
+    ///
+    /// The pool probes a worker when one of its events runs past the event
+    /// timeout, and every `probe_interval` otherwise, and bounds each probe with
+    /// `probe_timeout`; a probe that fails or runs out of time gets the worker
+    /// restarted (see [Liveness](crate::PoolConfig#liveness)). A probe must be
+    /// something only a running event loop can answer: a TCP or Unix connect
+    /// alone is not, since the kernel completes it from the listen backlog.
+    ///
+    /// The default opens a fresh connection with [`connect`](Self::connect)
+    /// and closes it, which is such a probe for every transport whose
+    /// connection is ready only once the worker has said so (the built-in
+    /// socket transport waits for the worker's ready frame). Override it where a
+    /// cheaper ping exists, or where closing a connection would upset the
+    /// worker.
+    ///
+    /// # Cancel safety
+    ///
+    /// The pool runs each probe in a task of its own and aborts it once
+    /// `probe_timeout` is up, so an implementation need not be cancel safe.
+    async fn probe(&self, worker: &WorkerInfo) -> Result<(), Self::Error> {
+        self.connect(worker).await.map(drop)
+    }
+
     /// Whether `error` means the worker closed the connection (end of stream,
     /// reset, broken pipe), as it does when its process dies.
     ///

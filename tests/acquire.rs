@@ -153,10 +153,14 @@ async fn a_timed_out_waiter_does_not_take_the_next_free_slot() {
 #[tokio::test(start_paused = true)]
 async fn late_binding_serves_every_event_from_the_healthy_worker_while_one_is_stuck() {
     const CONNS: usize = 4;
+    // Probes off: late binding alone, as in Nuclio's model where nothing
+    // replaces a blocked worker (tests/liveness.rs has the probes).
     let h = harness(|b| {
         b.num_workers(2)
             .max_connections(CONNS)
             .connection_availability_timeout(Duration::from_secs(60))
+            .probe_timeout(None)
+            .probe_interval(None)
     })
     .await;
     h.transport.set_stuck(0, true);

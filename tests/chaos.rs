@@ -90,8 +90,10 @@ impl Act {
 }
 
 /// Outcomes any event may get from a killed or frozen worker, or a full pool.
-const PROCESS_FAULT_OUTCOMES: [&str; 5] = [
+/// A worker frozen longer than the probe timeout is rightly found unresponsive.
+const PROCESS_FAULT_OUTCOMES: [&str; 6] = [
     "worker_exited",
+    "worker_unresponsive",
     "event_timeout",
     "closed",
     "io_error",
@@ -134,6 +136,7 @@ fn classify(
         Ok(other) => panic!("{body}: an unknown reply {other:?}"),
         Err(PoolError::EventTimeout { .. }) => "event_timeout",
         Err(PoolError::WorkerExited { .. }) => "worker_exited",
+        Err(PoolError::WorkerUnresponsive { .. }) => "worker_unresponsive",
         Err(PoolError::AcquireTimeout { .. }) => "acquire_timeout",
         Err(PoolError::Transport { source, .. }) => match source.downcast_ref::<NetError>() {
             Some(NetError::Protocol(_)) => "protocol_error",
@@ -396,6 +399,16 @@ async fn no_event_is_lost_under_load_while_workers_are_killed_frozen_and_misbeha
         stats.allocations.timeout,
         outcomes.get("acquire_timeout").copied().unwrap_or(0)
     );
+    // No false positive: hung handlers (whose loops run) are probed after
+    // their event timeouts and must pass; only a SIGSTOP (a truly frozen
+    // process, for longer than the probe timeout) may cost a worker its
+    // process, once per freeze at most.
+    assert!(
+        stats.restart_reasons.unresponsive <= process_faults["stop"],
+        "{} workers found unresponsive, but only {} were frozen: {stats:#?}",
+        stats.restart_reasons.unresponsive,
+        process_faults["stop"]
+    );
 
     pool.shutdown(Duration::from_secs(2)).await;
     watcher.abort();
@@ -438,12 +451,14 @@ async fn no_event_is_lost_under_load_while_workers_are_killed_frozen_and_misbeha
     println!(
         "chaos summary: seed={seed} secs={secs} events={sent} offered={offered:.0}/s \
          answered={answered:.0}/s outcomes[{}] faults[{}] restarts[worker={} connection={} \
-         reconnect_failed={}] processes={} recovered_in={:.0?}",
+         reconnect_failed={} unresponsive={} exited={}] processes={} recovered_in={:.0?}",
         list(&outcomes),
         list(&faults),
         stats.worker_restarts,
         stats.connection_restarts.ok,
         stats.connection_restarts.failed,
+        stats.restart_reasons.unresponsive,
+        stats.restart_reasons.exited,
         pids.len(),
         recovery,
     );

@@ -21,6 +21,8 @@ fn defaults_match_nuclio_and_the_design() {
     assert_eq!(config.reconnect_attempts, 3);
     assert_eq!(config.establish_connection_timeout, Duration::from_secs(30));
     assert_eq!(config.max_waiters, None);
+    assert_eq!(config.probe_timeout, Some(Duration::from_secs(1)));
+    assert_eq!(config.probe_interval, Some(Duration::from_secs(5)));
     assert_eq!(config.capacity(), 1000);
     assert_eq!(config.validate(), Ok(()));
 }
@@ -34,6 +36,7 @@ fn restart_policy_defaults_are_the_documented_ones() {
     assert_eq!(policy.max_restarts, 5);
     assert_eq!(policy.restart_window, Duration::from_secs(60));
     assert_eq!(policy.terminate_grace, Duration::from_secs(5));
+    assert_eq!(policy.unresponsive_grace, Duration::from_millis(500));
 }
 
 #[tokio::test(start_paused = true)]
@@ -74,6 +77,16 @@ async fn invalid_configs_fail_at_build_naming_the_field() {
             Box::new(|c| c.establish_connection_timeout = Duration::ZERO),
         ),
         ("max_waiters", Box::new(|c| c.max_waiters = Some(0))),
+        (
+            "probe_timeout",
+            Box::new(|c| c.probe_timeout = Some(Duration::ZERO)),
+        ),
+        (
+            "probe_interval",
+            Box::new(|c| c.probe_interval = Some(Duration::ZERO)),
+        ),
+        // A heartbeat with probes turned off is a contradiction.
+        ("probe_interval", Box::new(|c| c.probe_timeout = None)),
         (
             "restart.max_backoff",
             Box::new(|c| c.restart.max_backoff = Duration::from_millis(1)),

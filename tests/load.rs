@@ -42,8 +42,10 @@ async fn a_hundred_thousand_events_ten_thousand_at_a_time_all_accounted_for() {
         "the open-file limit is {limit}, {wanted} needed"
     );
     let pool = python_pool("echo:handler", WORKERS, CONNECTIONS, |b| {
+        // Heartbeats every 500 ms, so that many probes meet the full load.
         b.connection_availability_timeout(Duration::from_secs(10))
             .event_timeout(Duration::from_secs(30))
+            .probe_interval(Duration::from_millis(500))
     });
     let pids = worker_pids(&until_full(&pool).await);
     let rss_before = status_kib("VmRSS");
@@ -94,6 +96,8 @@ async fn a_hundred_thousand_events_ten_thousand_at_a_time_all_accounted_for() {
     assert_eq!(stats.allocations.timeout, timed_out);
     assert_eq!(stats.events.error + stats.events.timed_out, 0, "{stats:?}");
     assert_eq!(stats.worker_restarts, 0);
+    // Busy workers are probed like idle ones and must never fail a probe.
+    assert_eq!(stats.restart_reasons, Default::default(), "{stats:?}");
     assert_eq!((stats.idle, stats.waiters), (stats.capacity, 0));
     assert!(
         peak_kib < RSS_BOUND_KIB,

@@ -47,11 +47,13 @@ fn keep_echoing(pool: &RealPool, tasks: usize, stop: &Arc<AtomicBool>) -> JoinSe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocked_worker_is_restarted_while_the_other_keeps_serving() {
+async fn with_probes_off_a_blocked_worker_is_restarted_by_the_reconnect_ladder() {
     // One connection per worker: once the blocking event holds worker W's only
     // slot, every other event can only go to the other worker, so none of them
     // can land on the blocked loop. The blocking event takes its slot through
-    // `acquire`, which says which worker it got.
+    // `acquire`, which says which worker it got. Liveness probes are off: this
+    // is the ladder alone, Nuclio's way (tests/real_worker_liveness.rs has the
+    // probes, which find the blocked worker much sooner).
     let mut policy = RestartPolicy::default();
     policy.terminate_grace = Duration::from_millis(300);
     let pool = python_pool("faulty:handler", 2, 1, |b| {
@@ -59,6 +61,8 @@ async fn blocked_worker_is_restarted_while_the_other_keeps_serving() {
             .establish_connection_timeout(Duration::from_secs(2))
             .connection_availability_timeout(Duration::from_secs(30))
             .restart_policy(policy)
+            .probe_timeout(None)
+            .probe_interval(None)
     });
     let pids = worker_pids(&until_full(&pool).await);
 

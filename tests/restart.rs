@@ -19,7 +19,16 @@ fn hang(id: u64) -> Req {
 
 #[tokio::test(start_paused = true)]
 async fn an_event_past_event_timeout_fails_and_its_connection_is_closed_and_replaced() {
-    let h = harness(|b| b.max_connections(2).event_timeout(Duration::from_secs(1))).await;
+    // Liveness probes off: a hung reconnect is what a blocked worker looks like,
+    // and this test is about the connection ladder alone (tests/liveness.rs has
+    // the probes).
+    let h = harness(|b| {
+        b.max_connections(2)
+            .event_timeout(Duration::from_secs(1))
+            .probe_timeout(None)
+            .probe_interval(None)
+    })
+    .await;
     // Hold the replacement connect so that the slot can be seen reconnecting.
     h.transport.set_connect(None, None, ConnectRule::Hang);
     let started = Instant::now();
@@ -103,10 +112,13 @@ async fn failed_reconnects_restart_the_worker_exactly_once_for_hundreds_of_conne
 
 #[tokio::test(start_paused = true)]
 async fn each_reconnect_attempt_is_bounded_by_establish_connection_timeout() {
+    // Probes off, so that the ladder alone restarts the worker.
     let h = harness(|b| {
         b.max_connections(1)
             .event_timeout(Duration::from_secs(1))
             .establish_connection_timeout(Duration::from_secs(2))
+            .probe_timeout(None)
+            .probe_interval(None)
     })
     .await;
     h.transport.set_connect(Some(0), Some(1), ConnectRule::Hang);

@@ -281,6 +281,23 @@ impl Transport for NuclioTransport {
         conn.call(self, &event).await
     }
 
+    /// Answers `Ok` at once: Nuclio's wrapper offers no probe it tolerates.
+    ///
+    /// It writes its `s` packet from its event loop, so a fresh connection
+    /// would be a true probe, but the early-2025 wrapper exits when any of its
+    /// connections closes, and it accepts about one connection per 0.2 s, so a
+    /// probe would also queue behind a start-up's connects. In Nuclio mode a
+    /// blocked wrapper is therefore found as in Nuclio itself: its events time
+    /// out, their reconnects fail, and the reconnect ladder restarts it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it does nothing.
+    async fn probe(&self, worker: &WorkerInfo) -> Result<(), NuclioError> {
+        let _ = worker;
+        Ok(())
+    }
+
     fn is_disconnect(&self, error: &NuclioError) -> bool {
         match error {
             NuclioError::Closed | NuclioError::ClosedBeforeReady => true,

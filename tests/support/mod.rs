@@ -65,6 +65,8 @@ pub struct Resp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectRule {
     Ok,
+    /// Succeeds after this long.
+    After(Duration),
     Fail,
     Hang,
     Panic,
@@ -153,8 +155,13 @@ impl Transport for MemTransport {
     async fn connect(&self, info: &WorkerInfo) -> Result<MemConn, io::Error> {
         let (worker, generation) = (info.id.index(), info.generation);
         self.state.connect_attempts.fetch_add(1, SeqCst);
+        // A blocked worker answers no connect either: its loop cannot say ready.
+        if self.state.is_stuck(worker) {
+            std::future::pending::<()>().await;
+        }
         match self.state.connect_rule(worker, generation) {
             ConnectRule::Ok => {}
+            ConnectRule::After(delay) => tokio::time::sleep(delay).await,
             ConnectRule::Fail => return Err(io::Error::other("connection refused (scripted)")),
             ConnectRule::Hang => std::future::pending::<()>().await,
             ConnectRule::Panic => panic!("connect panicked (scripted)"),
