@@ -38,6 +38,14 @@ closed at once, and the process exits with status 0.
 Exit status: 0 after a drain, 1 if the endpoint cannot be opened, 2 for a usage
 error or a handler that cannot be loaded.
 
+Dying with the host: when the environment variable ``ASYNC_WORKER_POOL_LIFELINE``
+is ``stdin`` (the host's launcher sets it), stdin is a pipe the host holds open
+and never writes to. A thread of its own reads it, so that even a blocked event
+loop cannot keep the worker alive: at end of file the host is gone, and the
+worker removes its socket file (and the launcher's directory named by
+``ASYNC_WORKER_POOL_SOCKET_DIR``, once nothing else is in it) and kills its own
+process group, handler subprocesses included.
+
 Handler contract
 ----------------
 The handler is a coroutine function taking ``(context, event)``, in Nuclio's
@@ -93,6 +101,7 @@ import signal
 import stat
 import struct
 import sys
+import threading
 import traceback
 
 try:
@@ -101,6 +110,8 @@ except ImportError:  # not on every platform; the fd limit is then left alone
     resource = None
 
 PROG = "async_pool_worker"
+LIFELINE_ENV = "ASYNC_WORKER_POOL_LIFELINE"
+SOCKET_DIR_ENV = "ASYNC_WORKER_POOL_SOCKET_DIR"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 # Room for an `X` answer with its type and a trimmed message.
 MIN_FRAME_BYTES = 512
@@ -420,6 +431,42 @@ def _remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+def watch_lifeline(on_host_gone, fd: int = 0) -> threading.Thread:
+    """Call `on_host_gone()` on a daemon thread once `fd` reaches end of file.
+
+    A thread rather than the event loop, so that a handler blocking the loop
+    cannot keep an orphaned worker alive.
+    """
+    def watch():
+        try:
+            while os.read(fd, 4096):
+                pass  # the host never writes; anything read is ignored
+        except OSError:
+            pass
+        on_host_gone()
+
+    thread = threading.Thread(target=watch, name="lifeline", daemon=True)
+    thread.start()
+    return thread
+
+
+def remove_launcher_dir(directory) -> None:
+    """Remove the launcher's private directory once it holds nothing but this
+    script: the last worker of a dead host to get here removes it."""
+    if not directory:
+        return
+    script = os.path.join(directory, os.path.basename(__file__))
+    try:
+        if os.path.samefile(script, __file__):
+            os.unlink(script)
+    except OSError:
+        pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # other workers' sockets are still there, or it is gone already
+
+
 def parse_tcp_address(text: str) -> tuple:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
@@ -553,6 +600,25 @@ class Worker:
             self.server.close()
         self.cleanup_socket()
 
+    def host_gone(self) -> None:
+        """The lifeline broke: the host died without stopping us. Runs on the
+        lifeline thread; nothing is left to drain for, so clean up and die."""
+        try:
+            # stderr was a pipe to the host: with the host gone, writing to it
+            # fails, and nothing may stop the clean-up below.
+            _warn("worker %d: the host is gone (its lifeline closed); exiting" % self.worker_id)
+        except OSError:
+            pass
+        try:
+            self.cleanup_socket()
+            remove_launcher_dir(os.environ.get(SOCKET_DIR_ENV))
+        finally:
+            if os.getpgrp() == os.getpid():
+                # Our own process group (the launcher makes one): take the
+                # handler's subprocesses with us.
+                os.killpg(0, signal.SIGKILL)
+            os._exit(3)
+
     def cleanup_socket(self) -> None:
         """Remove our Unix socket file, unless someone else has replaced it."""
         if not self.args.unix or self.socket_inode is None:
@@ -670,6 +736,8 @@ def main(argv=None) -> int:
     raise_fd_limit(args.connections)
     _check_somaxconn(args.connections)
     worker = Worker(args, handler)
+    if os.environ.get(LIFELINE_ENV) == "stdin":
+        watch_lifeline(worker.host_gone)
     try:
         return asyncio.run(worker.run())
     except OSError as exc:

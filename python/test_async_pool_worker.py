@@ -30,6 +30,7 @@ IO_TIMEOUT = 5.0
 # Handlers used only by the tests; written into each test's temporary directory.
 PROBE_MODULE = textwrap.dedent('''
     import json
+    import time
     from async_pool_worker import Response
 
     async def describe(context, event):
@@ -61,6 +62,10 @@ PROBE_MODULE = textwrap.dedent('''
 
     async def returns(context, event):
         return RESULTS[event.body]()
+
+    async def block(context, event):
+        time.sleep(60)  # blocks the event loop, as a stray sync call would
+        return b"late"
 
     def sync_handler(context, event):
         return b"never"
@@ -113,8 +118,9 @@ def assert_closed(test, sock):
 class WorkerProcess:
     """The worker as a subprocess; stderr goes to a file so it can never fill a pipe."""
 
-    def __init__(self, tmpdir, handler, extra=(), handler_paths=(EXAMPLES,), tcp=False):
-        self.path = os.path.join(tmpdir, "w.sock")
+    def __init__(self, tmpdir, handler, extra=(), handler_paths=(EXAMPLES,), tcp=False,
+                 env=None, socket_dir=None, own_group=False):
+        self.path = os.path.join(socket_dir or tmpdir, "w.sock")
         self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
         self.endpoint = ["--tcp", "127.0.0.1:0"] if tcp else ["--unix", self.path]
         args = [sys.executable, WORKER, "--handler", handler, *self.endpoint,
@@ -122,8 +128,11 @@ class WorkerProcess:
         for path in handler_paths:
             args += ["--handler-path", path]
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     cwd=tmpdir)
+        # stdin is a pipe, as the host's launcher makes it: the lifeline.
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, cwd=tmpdir,
+                                     env=None if env is None else {**os.environ, **env},
+                                     start_new_session=own_group)
         self.tcp_address = None
 
     def wait_listening(self):
@@ -173,6 +182,7 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(IO_TIMEOUT)
+        self.proc.stdin.close()
         self.proc.stdout.close()
         self._stderr.close()
 
@@ -185,9 +195,11 @@ class WorkerTestCase(unittest.TestCase):
         with open(os.path.join(self.tmpdir, "probe.py"), "w") as f:
             f.write(PROBE_MODULE)
 
-    def start(self, handler="echo:handler", extra=(), tcp=False):
+    def start(self, handler="echo:handler", extra=(), tcp=False, env=None, socket_dir=None,
+              own_group=False):
         worker = WorkerProcess(self.tmpdir, handler, extra,
-                               handler_paths=(EXAMPLES, self.tmpdir), tcp=tcp)
+                               handler_paths=(EXAMPLES, self.tmpdir), tcp=tcp, env=env,
+                               socket_dir=socket_dir, own_group=own_group)
         self.addCleanup(worker.stop)
         worker.wait_listening()
         return worker
@@ -505,3 +517,61 @@ class ConcurrencyAndDrainTest(WorkerTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LifelineTest(WorkerTestCase):
+    """The worker dies with its host: end of file on stdin, even mid-block."""
+
+    def test_blocked_worker_exits_and_cleans_up_when_its_lifeline_closes(self):
+        socket_dir = os.path.join(self.tmpdir, "run")
+        os.mkdir(socket_dir)
+        # In a process group of its own, as the launcher starts it: the worker
+        # then kills its whole group.
+        worker = self.start("probe:block", socket_dir=socket_dir, own_group=True,
+                            env={apw.LIFELINE_ENV: "stdin", apw.SOCKET_DIR_ENV: socket_dir})
+        sock = worker.connect()
+        self.addCleanup(sock.close)
+        sock.sendall(frame(envelope(b"E", {}, b"x")))
+        time.sleep(0.2)  # the handler now blocks the event loop
+        started = time.monotonic()
+        worker.proc.stdin.close()
+        worker.wait(timeout=5)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(worker.proc.returncode, -signal.SIGKILL)
+        self.assertIn("the host is gone", worker.stderr())
+        self.assertFalse(os.path.exists(worker.path), "socket file left behind")
+        self.assertFalse(os.path.exists(socket_dir), "empty launcher directory left behind")
+
+    def test_without_the_variable_stdin_is_not_watched(self):
+        worker = self.start()
+        worker.proc.stdin.close()
+        time.sleep(0.3)
+        self.assertIsNone(worker.proc.poll())
+        sock = worker.connect()
+        self.addCleanup(sock.close)
+        self.assertEqual(self.call(sock, b"still here")[2], b"still here")
+
+    def test_a_directory_with_other_files_is_left(self):
+        worker = self.start(env={apw.LIFELINE_ENV: "stdin", apw.SOCKET_DIR_ENV: self.tmpdir})
+        worker.proc.stdin.close()
+        # Not a group leader here: it exits alone, with status 3.
+        self.assertEqual(worker.wait(timeout=5), 3)
+        self.assertFalse(os.path.exists(worker.path))
+        self.assertTrue(os.path.exists(os.path.join(self.tmpdir, "probe.py")))
+
+    def test_exits_when_its_output_pipes_died_with_the_host(self):
+        # A dead host closes the read ends of the worker's stdout and stderr
+        # too, so the worker's last words cannot be written: it must exit anyway.
+        socket_path = os.path.join(self.tmpdir, "p.sock")
+        proc = subprocess.Popen(
+            [sys.executable, WORKER, "--handler", "echo:handler", "--unix", socket_path,
+             "--worker-id", "1", "--handler-path", EXAMPLES],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, apw.LIFELINE_ENV: "stdin"}, start_new_session=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        self.assertIn(b"listening", proc.stdout.readline())
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.stdin.close()
+        self.assertEqual(proc.wait(timeout=5), -signal.SIGKILL)
+        self.assertFalse(os.path.exists(socket_path))

@@ -18,7 +18,7 @@ use super::builder::{EndpointKind, ProcessLauncherBuilder};
 use super::output::{StderrTail, forward_stderr, forward_stdout, with_stderr_tail};
 use super::socket_dir::SocketDir;
 use super::worker::ProcessWorker;
-use super::{ENDPOINT_ENV, WORKER_ID_ENV};
+use super::{ENDPOINT_ENV, LIFELINE_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
 use crate::error::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
 
@@ -138,7 +138,9 @@ impl ProcessLauncher {
         command
             .envs(self.envs.iter().map(|(key, value)| (key, value)))
             .env(WORKER_ID_ENV, worker.to_string())
-            .env(ENDPOINT_ENV, endpoint.to_string());
+            .env(ENDPOINT_ENV, endpoint.to_string())
+            .env(LIFELINE_ENV, "stdin")
+            .env(SOCKET_DIR_ENV, self.socket_dir.path());
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
@@ -267,10 +269,11 @@ pub(crate) fn start(
         return Ok(None);
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let lifeline = child.stdin.take();
     let tail = StderrTail::default();
     // From here the handle is the guard: if the caller's future is dropped, its
     // Drop kills the group.
-    let process = ProcessWorker::new(worker, endpoint, pid, child, tail.clone());
+    let process = ProcessWorker::new(worker, endpoint, pid, child, tail.clone(), lifeline);
     if let Some(stdout) = stdout {
         forward_stdout(stdout, worker, pid);
     }
@@ -282,12 +285,14 @@ pub(crate) fn start(
     }))
 }
 
-/// The settings every worker process gets: no stdin, piped output for
-/// forwarding, a process group of its own (so that killpg reaches whatever it
-/// starts), and killed if its handle is dropped, whatever else happens.
+/// The settings every worker process gets: a pipe as stdin that only the host
+/// writes to (the lifeline: it reaches end of file when the host dies, however
+/// it dies), piped output for forwarding, a process group of its own (so that
+/// killpg reaches whatever it starts), and killed if its handle is dropped,
+/// whatever else happens.
 pub(crate) fn worker_command(command: &mut Command) {
     command
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)

@@ -16,8 +16,22 @@
 //! Nothing a worker starts outlives its handle: terminating, dropping, or seeing
 //! the worker exit kills what is left of its process group. Because each worker
 //! has its own group, a Ctrl-C at the terminal reaches the host only, which then
-//! shuts the pool down. (A host killed with `SIGKILL` cannot clean up; its
-//! workers then stay until they are killed.)
+//! shuts the pool down.
+//!
+//! # Workers die with their host
+//!
+//! A host killed with `SIGKILL` (the OOM killer, a crash) cannot clean up. So
+//! each worker's stdin is a pipe that the host holds open and never writes to,
+//! the *lifeline*: when the host dies, however it dies, the kernel closes it
+//! and the worker reads end of file. The environment variable
+//! [`LIFELINE_ENV`] (`stdin`) tells the worker to watch for that; the reference
+//! Python worker then removes its socket file (and the launcher's directory,
+//! once empty) and kills its process group within moments. Another worker
+//! program should do the same: read stdin on a thread of its own, so that a
+//! blocked event loop does not keep it alive. A program that ignores stdin is
+//! not stopped by a dead host. This needs no `unsafe` code in the host (a
+//! parent-death signal would need `prctl` between fork and exec) and works for
+//! any way the host can die.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -58,3 +72,13 @@ pub const WORKER_ID_ENV: &str = "ASYNC_WORKER_POOL_WORKER_ID";
 /// The environment variable that holds the worker's endpoint: `unix:PATH` or
 /// `tcp:HOST:PORT`.
 pub const ENDPOINT_ENV: &str = "ASYNC_WORKER_POOL_ENDPOINT";
+
+/// The environment variable that tells the worker how to learn that its host
+/// has died: `stdin`, which reaches end of file then. See
+/// [Workers die with their host](self#workers-die-with-their-host).
+pub const LIFELINE_ENV: &str = "ASYNC_WORKER_POOL_LIFELINE";
+
+/// The environment variable that holds the launcher's private directory (its
+/// Unix sockets and the embedded Python worker), which a worker whose host has
+/// died may remove once it is empty.
+pub const SOCKET_DIR_ENV: &str = "ASYNC_WORKER_POOL_SOCKET_DIR";

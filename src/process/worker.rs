@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use tokio::process::Child;
+use tokio::process::{Child, ChildStdin};
 
 use super::output::StderrTail;
 use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
@@ -31,6 +31,9 @@ pub struct ProcessWorker {
     stderr_tail: StderrTail,
     /// What `terminate` sends first: `SIGTERM` unless a launcher says otherwise.
     stop_signal: Signal,
+    /// The write end of the worker's stdin, never written: the worker sees end
+    /// of file once it is closed, which happens when the host process dies.
+    _lifeline: Option<ChildStdin>,
 }
 
 impl ProcessWorker {
@@ -40,6 +43,7 @@ impl ProcessWorker {
         pid: u32,
         child: Child,
         stderr_tail: StderrTail,
+        lifeline: Option<ChildStdin>,
     ) -> Self {
         Self {
             worker,
@@ -49,6 +53,7 @@ impl ProcessWorker {
             exit: None,
             stderr_tail,
             stop_signal: Signal::SIGTERM,
+            _lifeline: lifeline,
         }
     }
 
