@@ -5,7 +5,7 @@
 //! (`cargo build --examples`).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,10 +46,16 @@ fn gateway_binary() -> PathBuf {
 }
 
 fn start(args: &[&str]) -> Gateway {
+    start_with_env(args, &[])
+}
+
+/// Starts the gateway with extra environment variables.
+fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Gateway {
     let mut child = Command::new(gateway_binary())
         .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -81,11 +87,17 @@ fn children(pid: u32) -> Vec<i32> {
     pids
 }
 
-fn stop(mut gateway: Gateway) {
+fn stop(gateway: Gateway) {
+    stop_with(gateway, Signal::SIGTERM);
+}
+
+/// Stops the gateway with `signal` and checks that it exits cleanly, leaving
+/// no worker behind.
+fn stop_with(mut gateway: Gateway, signal: Signal) {
     let pid = gateway.child.id();
     let workers = children(pid);
     assert!(!workers.is_empty(), "the gateway runs worker processes");
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    kill(Pid::from_raw(pid as i32), signal).unwrap();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = gateway.child.try_wait().unwrap() {
@@ -93,7 +105,7 @@ fn stop(mut gateway: Gateway) {
         }
         assert!(
             started.elapsed() < Duration::from_secs(15),
-            "no exit after SIGTERM"
+            "no exit after {signal}"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -322,4 +334,71 @@ fn gateway_names_a_missing_python() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no-such-python3 not found"), "{stderr}");
+}
+
+/// The Unix socket files under `dir`, at any depth.
+fn socket_files(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            found.extend(socket_files(&entry.path()));
+        } else if kind.is_socket() {
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
+#[test]
+fn workers_and_their_socket_files_go_within_two_seconds_of_a_gateway_sigkill() {
+    // The gateway makes its socket directory under TMPDIR: a fresh one here,
+    // so that what is left behind can be counted.
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = start_with_env(
+        &["--workers", "2", "--max-connections", "10"],
+        &[("TMPDIR", tmp.path())],
+    );
+    let pid = gateway.child.id();
+    let workers = children(pid);
+    assert_eq!(workers.len(), 2, "two worker processes: {workers:?}");
+    assert_eq!(socket_files(tmp.path()).len(), 2);
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    loop {
+        let alive: Vec<_> = workers
+            .iter()
+            .filter(|&&worker| is_alive(worker as u32))
+            .collect();
+        let sockets = socket_files(tmp.path());
+        if alive.is_empty() && sockets.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "2 s after the gateway's SIGKILL: workers {alive:?} alive, sockets {sockets:?} left"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "liveness: workers and socket files gone {:?} after the gateway's SIGKILL",
+        killed.elapsed()
+    );
+    // The launcher's directory went with the last worker.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(gateway);
+}
+
+#[test]
+fn sighup_stops_the_gateway_gracefully_with_its_workers() {
+    let gateway = start(&["--workers", "2", "--max-connections", "10"]);
+    stop_with(gateway, Signal::SIGHUP);
 }

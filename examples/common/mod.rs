@@ -53,6 +53,8 @@ pub fn from_pool_error(error: PoolError) -> Response {
             return response;
         }
         PoolError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        // The worker blocked its event loop; the event ran out of time with it.
+        PoolError::WorkerUnresponsive { .. } => StatusCode::GATEWAY_TIMEOUT,
         PoolError::NoWorkerAvailable | PoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         PoolError::Transport { source, .. } => {
             if let Some(NetError::EventTooLarge { .. }) = source.downcast_ref::<NetError>() {
@@ -117,16 +119,29 @@ pub fn plain(status: StatusCode, text: String) -> Response {
         .into_response()
 }
 
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        tracing::warn!("cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Ctrl-C, SIGTERM or SIGHUP. A hangup would otherwise end the gateway at once,
+/// with no drain.
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled, so that a signal sent as soon as the gateway says it listens
+/// is not lost to the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let hangup = signal(SignalKind::hangup());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut hangup), Ok(mut interrupt)) = (term, hangup, interrupt) else {
+            tracing::warn!(
+                "cannot listen for SIGTERM, SIGHUP or SIGINT; only Ctrl-C stops the gateway"
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+            _ = hangup.recv() => {}
+        }
     }
 }

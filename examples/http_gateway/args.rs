@@ -48,6 +48,16 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_ESTABLISH_CONNECTION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub establish_connection_timeout: Duration,
 
+    /// How long a worker's liveness probe may take before the worker counts as
+    /// blocked and is restarted; `off` turns probes off.
+    #[arg(long, env = "GATEWAY_PROBE_TIMEOUT", default_value = "1s", value_parser = optional_duration)]
+    pub probe_timeout: OrOff,
+
+    /// How often each worker is probed when no event timeout gave reason to;
+    /// `off` probes only after an event timeout.
+    #[arg(long, env = "GATEWAY_PROBE_INTERVAL", default_value = "5s", value_parser = optional_duration)]
+    pub probe_interval: OrOff,
+
     /// At most this many requests wait for a connection; beyond it, a 503 at once.
     #[arg(long, env = "GATEWAY_MAX_WAITERS")]
     pub max_waiters: Option<usize>,
@@ -65,7 +75,18 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_TCP")]
     pub tcp: bool,
 
-    /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
+    /// On Ctrl-C, SIGTERM or SIGHUP, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// A duration, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+pub struct OrOff(pub Option<Duration>);
+
+fn optional_duration(text: &str) -> Result<OrOff, humantime::DurationError> {
+    match text {
+        "off" | "none" => Ok(OrOff(None)),
+        _ => humantime::parse_duration(text).map(|d| OrOff(Some(d))),
+    }
 }

@@ -8,8 +8,9 @@
 //! Every request becomes one event on a free connection to a worker; the worker's
 //! handler (`examples/handlers/hello.py` unless `--handler` says otherwise) answers
 //! it. `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
-//! says whether any worker serves. Ctrl-C or SIGTERM shut it down gracefully,
-//! leaving no worker process behind. `--help` lists every setting.
+//! says whether any worker serves. Ctrl-C, SIGTERM or SIGHUP shut it down
+//! gracefully, leaving no worker process behind; workers also die with the
+//! gateway if it is killed outright (their lifeline, see `process`). `--help` lists every setting.
 
 mod args;
 #[path = "../common/mod.rs"]
@@ -70,6 +71,8 @@ async fn run(args: Args) -> Result<(), String> {
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
     let pool = start_pool(&args).await?;
+    // Listening for signals from before the address is printed on.
+    let signalled = common::shutdown_signal();
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
         "http_gateway: listening on http://{address} ({} workers x {} connections, handler {})",
@@ -87,7 +90,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            common::shutdown_signal().await;
+            signalled.await;
             tracing::info!("shutting down");
             stop.cancel();
         }
@@ -134,7 +137,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     .num_workers(args.workers)
     .max_connections(args.max_connections)
     .connection_availability_timeout(args.connection_availability_timeout)
-    .establish_connection_timeout(args.establish_connection_timeout);
+    .establish_connection_timeout(args.establish_connection_timeout)
+    .probe_timeout(args.probe_timeout.0)
+    .probe_interval(args.probe_interval.0);
     if let Some(timeout) = args.event_timeout {
         builder = builder.event_timeout(timeout);
     }
