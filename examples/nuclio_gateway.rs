@@ -41,7 +41,7 @@ use async_worker_pool::{Pool, PoolConfig, prometheus};
 #[path = "common/mod.rs"]
 mod common;
 
-type GatewayPool = Pool<NuclioTransport, NuclioLauncher>;
+type GatewayPool = Pool<NuclioTransport>;
 
 /// An HTTP front end that forwards every request to Nuclio's Python async
 /// wrapper, many connections per worker.

@@ -175,6 +175,12 @@ impl Default for PoolConfig {
     }
 }
 
+/// The most slots a pool may have: 2^20, the default per-process limit on open
+/// files in Linux (`fs.nr_open`), since every slot is a connection. The slot
+/// table is allocated when the pool is built, so a larger value would only
+/// allocate memory that no connection could use (or fail to allocate it).
+pub const MAX_CAPACITY: usize = 1 << 20;
+
 /// The default [`PoolConfig::probe_timeout`].
 const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -205,15 +211,13 @@ impl PoolConfig {
                 ),
             );
         }
-        // Slot indices are u32 and leave u32::MAX free as a list terminator.
-        if self.capacity() >= u32::MAX as usize {
+        // The slot table is allocated up front, and every slot is a socket.
+        if self.capacity() > MAX_CAPACITY {
             return bad(
                 "max_connections",
                 format!(
-                    "num_workers × max_connections must be below {} (got {} × {})",
-                    u32::MAX,
-                    self.num_workers,
-                    self.max_connections
+                    "num_workers × max_connections must be at most {MAX_CAPACITY} (got {} × {})",
+                    self.num_workers, self.max_connections
                 ),
             );
         }

@@ -57,7 +57,9 @@ pub enum PoolError {
         /// The process generation that was found unresponsive.
         generation: u64,
     },
-    /// The transport failed the exchange; the connection is being restarted.
+    /// The transport failed the exchange; the connection is being restarted
+    /// (unless the transport refused the event before sending any of it). See
+    /// [`PoolError::transport_error`] to read the transport's own error.
     #[error("transport error on worker {worker}")]
     Transport {
         /// The worker the event ran on.
@@ -83,6 +85,42 @@ pub enum PoolError {
     Closed,
 }
 
+/// Why [`Pool::ready`](crate::Pool::ready) gave up waiting for full capacity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadyError {
+    /// A worker's first launch failed: its program is missing, its handler does
+    /// not import, it exited during start-up, and so on.
+    #[error("worker {worker} could not be launched: {reason}")]
+    LaunchFailed {
+        /// The worker.
+        worker: WorkerId,
+        /// The launcher's error, with the stderr tail where it has one.
+        reason: String,
+    },
+    /// A worker restarted too often and was left failed.
+    #[error("worker {worker} failed: {reason}")]
+    WorkerFailed {
+        /// The worker.
+        worker: WorkerId,
+        /// Why its last process ended or its last launch failed.
+        reason: String,
+    },
+    /// Not every connection was up in time.
+    #[error("{connected} of {capacity} connections were up after {waited:?}")]
+    Timeout {
+        /// Connections up (idle or busy) when the time ran out.
+        connected: usize,
+        /// `num_workers × max_connections`.
+        capacity: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The pool was shut down.
+    #[error("the pool is closed")]
+    Closed,
+}
+
 /// A configuration field with a value the pool cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid pool config: `{field}` {reason}")]
@@ -104,6 +142,48 @@ impl ConfigError {
     /// What is wrong with it.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+}
+
+impl PoolError {
+    /// A short name for the kind of error, as the `outcome` of an event's
+    /// tracing span or a metric label: `acquire_timeout`, `queue_full`,
+    /// `event_timeout`, `worker_exited`, `worker_unresponsive`, `transport`,
+    /// `connection_unusable`, `no_worker_available` or `closed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AcquireTimeout { .. } => "acquire_timeout",
+            Self::QueueFull { .. } => "queue_full",
+            Self::EventTimeout { .. } => "event_timeout",
+            Self::WorkerExited { .. } => "worker_exited",
+            Self::WorkerUnresponsive { .. } => "worker_unresponsive",
+            Self::Transport { .. } => "transport",
+            Self::ConnectionUnusable { .. } => "connection_unusable",
+            Self::NoWorkerAvailable => "no_worker_available",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// The transport's own error, when this is [`PoolError::Transport`] and the
+    /// transport's error type is `E`.
+    ///
+    /// `PoolError` stays one type whatever the transport, so that a host with
+    /// several pools (and [`AsyncWorkerPool`](crate::AsyncWorkerPool) objects)
+    /// handles errors in one place; this reads the typed error back without a
+    /// downcast at every call site:
+    ///
+    /// ```
+    /// # use async_worker_pool::PoolError;
+    /// # use async_worker_pool::net::NetError;
+    /// fn too_large(error: &PoolError) -> bool {
+    ///     matches!(error.transport_error::<NetError>(), Some(NetError::EventTooLarge { .. }))
+    /// }
+    /// ```
+    pub fn transport_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Transport { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
+        }
     }
 }
 

@@ -71,6 +71,20 @@ pub struct WorkerInfo {
     pub pid: Option<u32>,
 }
 
+impl WorkerInfo {
+    /// Generation `generation` of worker `id`, listening on `endpoint`, with
+    /// process id `pid` where it has one. The pool builds these itself; this is
+    /// for tests of a [`Transport`](crate::Transport) and for custom pools.
+    pub fn new(id: WorkerId, generation: u64, endpoint: Endpoint, pid: Option<u32>) -> Self {
+        Self {
+            id,
+            generation,
+            endpoint,
+            pid,
+        }
+    }
+}
+
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerExit {

@@ -23,8 +23,8 @@ mod wait_queue;
 
 pub use api::AsyncWorkerPool;
 pub use async_trait::async_trait;
-pub use config::{Mode, PoolConfig, RestartPolicy};
-pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError};
+pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
+pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError, ReadyError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
@@ -33,4 +33,4 @@ pub use slot::Slot;
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, SlotState, Stats, WorkerState, WorkerStats,
 };
-pub use transport::Transport;
+pub use transport::{Transport, is_disconnect_io};

@@ -11,7 +11,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::AsyncWorkerPool;
 use crate::config::{Mode, PoolConfig, RestartPolicy};
-use crate::error::{BuildError, PoolError};
+use crate::error::{BuildError, PoolError, ReadyError};
 use crate::launcher::{Launcher, WorkerId};
 use crate::shared::Shared;
 use crate::slot::{Slot, acquire};
@@ -25,20 +25,23 @@ use crate::transport::Transport;
 /// Cloning is cheap and every clone drives the same pool. When the last clone is
 /// dropped without [`shutdown`](Self::shutdown), the supervisors are aborted and
 /// every worker process is dropped, which kills it.
-pub struct Pool<T: Transport, L: Launcher> {
-    inner: Arc<Inner<T, L>>,
+///
+/// The launcher is not part of the type: only the supervisors use it, and they
+/// own it, so a `Pool<MyTransport>` can be named and stored whatever starts its
+/// workers.
+pub struct Pool<T: Transport> {
+    inner: Arc<Inner<T>>,
 }
 
-struct Inner<T: Transport, L: Launcher> {
+struct Inner<T: Transport> {
     shared: Arc<Shared<T>>,
     supervisors: Mutex<Vec<AbortOnDropHandle<()>>>,
     /// Fails waiters whose `connection_availability_timeout` is up; ends on close.
     _sweeper: AbortOnDropHandle<()>,
     shutdown: CancellationToken,
-    _launcher: std::marker::PhantomData<fn() -> L>,
 }
 
-impl<T: Transport, L: Launcher> Drop for Inner<T, L> {
+impl<T: Transport> Drop for Inner<T> {
     fn drop(&mut self) {
         // Dropping the handles aborts the supervisors; their connect tasks and
         // processes are dropped with them.
@@ -46,7 +49,7 @@ impl<T: Transport, L: Launcher> Drop for Inner<T, L> {
     }
 }
 
-impl<T: Transport, L: Launcher> Clone for Pool<T, L> {
+impl<T: Transport> Clone for Pool<T> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -54,7 +57,7 @@ impl<T: Transport, L: Launcher> Clone for Pool<T, L> {
     }
 }
 
-impl<T: Transport, L: Launcher> fmt::Debug for Pool<T, L> {
+impl<T: Transport> fmt::Debug for Pool<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("config", &self.inner.shared.config)
@@ -62,10 +65,10 @@ impl<T: Transport, L: Launcher> fmt::Debug for Pool<T, L> {
     }
 }
 
-impl<T: Transport, L: Launcher> Pool<T, L> {
+impl<T: Transport> Pool<T> {
     /// Starts configuring a pool that connects with `transport` to processes
     /// started by `launcher`.
-    pub fn builder(transport: T, launcher: L) -> PoolBuilder<T, L> {
+    pub fn builder<L: Launcher>(transport: T, launcher: L) -> PoolBuilder<T, L> {
         PoolBuilder {
             transport,
             launcher,
@@ -94,12 +97,73 @@ impl<T: Transport, L: Launcher> Pool<T, L> {
 
     /// Sends one event through a free slot and returns the worker's answer.
     ///
+    /// # Tracing
+    ///
+    /// Each event runs in a `debug` span named `event`, with the fields
+    /// `worker`, `generation`, `waited_us` (the time it waited for a slot) and
+    /// `outcome` (`ok`, or the error's kind such as `event_timeout`), so that a
+    /// host's tracing or OpenTelemetry pipeline sees waiting apart from
+    /// running. With no subscriber interested in it, the span costs nothing.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future loses no slot; a connection whose exchange was cut
     /// short is restarted instead of reused.
     pub async fn dispatch(&self, request: T::Request) -> Result<T::Response, PoolError> {
-        self.acquire().await?.call(request).await
+        use tracing::Instrument;
+        let span = tracing::debug_span!(
+            "event",
+            worker = tracing::field::Empty,
+            generation = tracing::field::Empty,
+            waited_us = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.acquire().await?.call(request).await;
+        }
+        let traced = async {
+            let started = tokio::time::Instant::now();
+            let result = match self.acquire().await {
+                Ok(mut slot) => {
+                    let span = tracing::Span::current();
+                    span.record("worker", slot.worker().index());
+                    span.record("generation", slot.generation());
+                    span.record("waited_us", started.elapsed().as_micros() as u64);
+                    slot.call(request).await
+                }
+                Err(error) => Err(error),
+            };
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(error) => error.kind(),
+            };
+            tracing::Span::current().record("outcome", outcome);
+            result
+        };
+        traced.instrument(span).await
+    }
+
+    /// Waits until every connection of every worker is up, for at most
+    /// `timeout`.
+    ///
+    /// A pool starts its workers in the background, so `build` succeeds even
+    /// when a worker cannot start; this is the place to find out, at start-up
+    /// rather than on the first event.
+    ///
+    /// # Errors
+    ///
+    /// As soon as it knows that full capacity will not come:
+    /// [`ReadyError::LaunchFailed`] when a worker's first launch failed (the
+    /// launcher's error, with the stderr tail of a process that died),
+    /// [`ReadyError::WorkerFailed`] when a worker restarted too often,
+    /// [`ReadyError::Closed`] when the pool was shut down; otherwise
+    /// [`ReadyError::Timeout`] once `timeout` is up.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), ReadyError> {
+        self.inner.shared.ready(timeout).await
     }
 
     /// A consistent snapshot of slots, waiters, counters and workers.
@@ -143,7 +207,7 @@ impl<T: Transport, L: Launcher> Pool<T, L> {
 }
 
 #[async_trait]
-impl<T: Transport, L: Launcher> AsyncWorkerPool for Pool<T, L> {
+impl<T: Transport> AsyncWorkerPool for Pool<T> {
     type Request = T::Request;
     type Response = T::Response;
 
@@ -261,7 +325,7 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
     ///
     /// [`BuildError::Config`] names the first invalid field;
     /// [`BuildError::NoRuntime`] if called outside a tokio runtime.
-    pub fn build(self) -> Result<Pool<T, L>, BuildError> {
+    pub fn build(self) -> Result<Pool<T>, BuildError> {
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
@@ -291,7 +355,6 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
                 supervisors: Mutex::new(supervisors),
                 _sweeper: sweeper,
                 shutdown,
-                _launcher: std::marker::PhantomData,
             }),
         })
     }

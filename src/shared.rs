@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::PoolConfig;
-use crate::error::PoolError;
+use crate::error::{PoolError, ReadyError};
 use crate::idle_index::IdleIndex;
 use crate::launcher::WorkerId;
 use crate::stats::{
@@ -33,6 +33,8 @@ pub(crate) struct Taken<C> {
     pub(crate) slot: u32,
     pub(crate) generation: u64,
     pub(crate) conn: C,
+    /// How long the acquire waited for it, if it waited.
+    pub(crate) waited: Option<Duration>,
 }
 
 /// How an acquire begins.
@@ -113,6 +115,8 @@ struct WorkerEntry<C> {
     pid: Option<u32>,
     restarts: u64,
     last_error: Option<String>,
+    /// A launch failed before any generation served: `ready` reports it.
+    never_launched: bool,
 }
 
 struct Core<C> {
@@ -147,6 +151,9 @@ pub(crate) struct Shared<T: Transport> {
     drained: Notify,
     /// Wakes the parked timeout sweeper: a waiter joined, or the pool closes.
     sweep: Notify,
+    /// Wakes `ready`: a slot connected, a launch failed, a worker failed, or the
+    /// pool closes.
+    progress: Notify,
 }
 
 impl<T: Transport> Shared<T> {
@@ -181,6 +188,7 @@ impl<T: Transport> Shared<T> {
                     pid: None,
                     restarts: 0,
                     last_error: None,
+                    never_launched: false,
                 })
                 .collect(),
             idle_index: IdleIndex::new(workers, conns),
@@ -205,6 +213,7 @@ impl<T: Transport> Shared<T> {
             links,
             drained: Notify::new(),
             sweep: Notify::new(),
+            progress: Notify::new(),
         };
         (Arc::new(shared), receivers)
     }
@@ -225,9 +234,10 @@ impl<T: Transport> Shared<T> {
     /// to be woken with `waker` (registered now, so that waiting costs no second
     /// trip through the lock before the slot is granted).
     #[inline]
-    pub(crate) fn begin_acquire(&self, waker: &Waker) -> Begin<T::Conn> {
+    pub(crate) fn begin_acquire(&self, waker: &Waker, first_try: bool) -> Begin<T::Conn> {
         let mut core = self.lock();
-        core.allocations.count += 1;
+        // An acquire that retries after a broken connection is still one acquire.
+        core.allocations.count += u64::from(first_try);
         if core.closing {
             return Begin::Refused(PoolError::Closed);
         }
@@ -276,12 +286,14 @@ impl<T: Transport> Shared<T> {
                 generation,
                 conn,
             }) => {
+                let waited = since.elapsed();
                 core.allocations.after_wait += 1;
-                core.allocations.wait_duration_sum += since.elapsed();
+                core.allocations.wait_duration_sum += waited;
                 Poll::Ready(Ok(Taken {
                     slot,
                     generation,
                     conn,
+                    waited: Some(waited),
                 }))
             }
             Some(Outcome::Closed) => Poll::Ready(Err(PoolError::Closed)),
@@ -289,6 +301,21 @@ impl<T: Transport> Shared<T> {
             Some(Outcome::TimedOut) => Poll::Ready(Err(PoolError::AcquireTimeout {
                 waited: since.elapsed(),
             })),
+        }
+    }
+
+    /// Takes back the success counted for an acquire whose connection turned
+    /// out broken: it tries again, and only its final outcome counts.
+    pub(crate) fn retract_allocation(&self, waited: Option<Duration>) {
+        let mut core = self.lock();
+        let allocations = &mut core.allocations;
+        match waited {
+            None => allocations.immediate -= 1,
+            Some(waited) => {
+                allocations.after_wait -= 1;
+                allocations.wait_duration_sum =
+                    allocations.wait_duration_sum.saturating_sub(waited);
+            }
         }
     }
 
@@ -391,6 +418,7 @@ impl<T: Transport> Shared<T> {
         let after = core.make_available(w, slot, generation, conn);
         drop(core);
         self.finish(after);
+        self.progress.notify_waiters();
     }
 
     pub(crate) fn count_reconnect_failed(&self) {
@@ -527,9 +555,74 @@ impl<T: Transport> Shared<T> {
         wake.into_iter().for_each(Waker::wake);
     }
 
-    /// A launch of `worker` failed, for the restart reasons in Stats.
-    pub(crate) fn count_launch_failed(&self) {
-        self.lock().restart_reasons.launch_failed += 1;
+    /// A launch of `worker` failed, for the restart reasons in Stats and for
+    /// `ready`, which reports a worker that never came up at all.
+    pub(crate) fn count_launch_failed(&self, worker: WorkerId) {
+        let mut core = self.lock();
+        core.restart_reasons.launch_failed += 1;
+        let entry = &mut core.workers[worker.index()];
+        if entry.generation == 0 {
+            entry.never_launched = true;
+        }
+        drop(core);
+        self.progress.notify_waiters();
+    }
+
+    /// Resolves once every slot is connected, or with the first reason it
+    /// will not be: a worker whose first launch failed, a failed worker, a
+    /// closed pool. Cancel safe.
+    pub(crate) async fn ready(&self, timeout: Duration) -> Result<(), ReadyError> {
+        let started = Instant::now();
+        let deadline = started.checked_add(timeout);
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let connected = {
+                let core = self.lock();
+                if core.closing {
+                    return Err(ReadyError::Closed);
+                }
+                for (w, entry) in core.workers.iter().enumerate() {
+                    let worker = WorkerId::new(w as u32);
+                    let reason = || entry.last_error.clone().unwrap_or_default();
+                    if entry.state == WorkerState::Failed {
+                        return Err(ReadyError::WorkerFailed {
+                            worker,
+                            reason: reason(),
+                        });
+                    }
+                    if entry.never_launched {
+                        return Err(ReadyError::LaunchFailed {
+                            worker,
+                            reason: reason(),
+                        });
+                    }
+                }
+                let connected = core.counts.get(SlotState::Idle) + core.counts.get(SlotState::Busy);
+                if connected == core.slots.len() {
+                    return Ok(());
+                }
+                connected
+            };
+            let timed_out = match deadline {
+                Some(deadline) => tokio::select! {
+                    () = notified => false,
+                    () = tokio::time::sleep_until(deadline) => true,
+                },
+                None => {
+                    notified.await;
+                    false
+                }
+            };
+            if timed_out {
+                return Err(ReadyError::Timeout {
+                    connected,
+                    capacity: self.config.capacity(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
     }
 
     /// Remembers why the worker's last launch or process failed, for Stats.
@@ -560,6 +653,7 @@ impl<T: Transport> Shared<T> {
         };
         drop(core);
         wakers.into_iter().for_each(Waker::wake);
+        self.progress.notify_waiters();
     }
 
     /// Stops admitting events and fails every waiter with `Closed`.
@@ -571,6 +665,7 @@ impl<T: Transport> Shared<T> {
         wakers.into_iter().for_each(Waker::wake);
         // The sweeper sees `closing` and ends, whether it slept or was parked.
         self.sweep.notify_one();
+        self.progress.notify_waiters();
     }
 
     /// After the supervisors stopped: every slot not held by a caller is closed.
@@ -683,6 +778,7 @@ impl<C> Core<C> {
             slot,
             generation,
             conn,
+            waited: None,
         })
     }
 

@@ -107,6 +107,15 @@ impl<'a, T: Transport> Slot<'a, T> {
                 shared.events.ok();
                 Ok(response)
             }
+            Ok(Err(source)) if shared.transport.is_unsent(&source) => {
+                // Refused before a byte went out: the connection is as good as before.
+                self.clean = true;
+                shared.events.error();
+                Err(PoolError::Transport {
+                    worker,
+                    source: source.into(),
+                })
+            }
             Ok(Err(source)) => {
                 // A dying process closes its sockets before its exit can be seen,
                 // so a disconnect is often the first sign of the exit: give the
@@ -125,7 +134,7 @@ impl<'a, T: Transport> Slot<'a, T> {
                 } else {
                     PoolError::Transport {
                         worker,
-                        source: Box::new(source),
+                        source: source.into(),
                     }
                 };
                 shared.events.error();
@@ -206,14 +215,36 @@ impl<T: Transport> fmt::Debug for Slot<'_, T> {
 /// Takes a slot, waiting for one up to `connection_availability_timeout`.
 ///
 /// The first poll takes a free slot or joins the queue with its waker, in one
-/// trip through the pool's lock; a waiter's next poll finds its outcome.
+/// trip through the pool's lock; a waiter's next poll finds its outcome. A
+/// connection the transport reports broken ([`Transport::is_broken`]) is
+/// restarted, and the acquire tries again.
 #[inline]
 pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_, T>, PoolError> {
+    let mut first_try = true;
+    loop {
+        let mut taken = take(shared, first_try).await?;
+        if !shared.transport.is_broken(&mut taken.conn) {
+            return Ok(Slot::new(shared, taken));
+        }
+        let worker = shared.worker_of(taken.slot);
+        tracing::debug!(%worker, "connection broken before use; restarting it");
+        shared.retract_allocation(taken.waited);
+        shared.release(taken.slot, taken.generation, Some(taken.conn), false);
+        first_try = false;
+    }
+}
+
+/// One try at a slot.
+#[inline]
+async fn take<T: Transport>(
+    shared: &Shared<T>,
+    first_try: bool,
+) -> Result<Taken<T::Conn>, PoolError> {
     // The pool's sweeper fails the waiter once its time is up (see
     // `Shared::expire_waiters`), so no timer is set per waiter.
     let mut waiter: Option<Waiter<'_, T>> = None;
-    let taken = std::future::poll_fn(|cx| match &mut waiter {
-        None => match shared.begin_acquire(cx.waker()) {
+    std::future::poll_fn(|cx| match &mut waiter {
+        None => match shared.begin_acquire(cx.waker(), first_try) {
             Begin::Taken(taken) => Poll::Ready(Ok(taken)),
             Begin::Refused(error) => Poll::Ready(Err(error)),
             Begin::Wait(key, since) => {
@@ -228,8 +259,7 @@ pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_,
         },
         Some(waiter) => waiter.poll(cx),
     })
-    .await?;
-    Ok(Slot::new(shared, taken))
+    .await
 }
 
 /// A place in the wait queue. Dropping it before it is served leaves the queue

@@ -123,8 +123,28 @@ pub struct WorkerStats {
     pub last_error: Option<String>,
 }
 
+impl WorkerStats {
+    /// A worker in `state` with nothing else to report yet: generation 0, no
+    /// pid, no slot, no restart, no error. For hosts that build stats in tests.
+    pub fn new(id: WorkerId, state: WorkerState) -> Self {
+        Self {
+            id,
+            state,
+            generation: 0,
+            pid: None,
+            idle: 0,
+            busy: 0,
+            restarts: 0,
+            last_error: None,
+        }
+    }
+}
+
 /// A consistent snapshot of the pool, taken under its lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Stats::default()` is an empty snapshot (no slot, no worker), for hosts
+/// that build one in their own tests, field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// `num_workers × max_connections`.

@@ -97,7 +97,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             let Some(mut process) = launched else {
                 // The next try counts as a restart like any other, so a launcher
                 // that always fails ends in Failed, not in a tight loop.
-                self.shared.count_launch_failed();
+                self.shared.count_launch_failed(worker);
                 self.shared
                     .set_worker_state(worker, WorkerState::Restarting);
                 continue;
@@ -221,7 +221,9 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             self.shared.config.probe_interval,
         );
         let mut probe: Option<Probe> = None;
-        let heartbeat_after = |from: Instant| probe_interval.map(|every| from + every);
+        // An interval too long to represent means no heartbeat.
+        let heartbeat_after =
+            |from: Instant| probe_interval.and_then(|every| from.checked_add(every));
         let mut next_heartbeat = heartbeat_after(Instant::now());
         // A deadline that never comes, for a disabled heartbeat branch.
         let never = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -287,8 +289,13 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
     fn probe(&self, info: &Arc<WorkerInfo>, limit: Duration) -> Probe {
         let (shared, info) = (self.shared.clone(), info.clone());
         Box::pin(async move {
-            let deadline = Instant::now() + limit;
-            let overdue = Instant::now() + limit / 4;
+            let now = Instant::now();
+            // A limit too long to represent is a year: nothing waits that long.
+            let far = |after: Duration| {
+                now.checked_add(after)
+                    .unwrap_or(now + Duration::from_secs(365 * 86_400))
+            };
+            let (deadline, overdue) = (far(limit), far(limit / 4));
             let last_error = parking_lot::Mutex::new(None);
             let attempts = async {
                 loop {
@@ -299,7 +306,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     }));
                     let error = match task.await {
                         Ok(Ok(())) => return,
-                        Ok(Err(error)) => error.to_string(),
+                        Ok(Err(error)) => error.into().to_string(),
                         Err(_panic) => "the probe panicked".to_owned(),
                     };
                     tracing::debug!(worker = %info.id, error, "liveness probe attempt failed");
@@ -388,7 +395,8 @@ impl<T: Transport> Connector<T> {
                     };
                 }
                 Ok(Ok(Err(error))) => {
-                    let error: &dyn std::error::Error = &error;
+                    let error: crate::BoxError = error.into();
+                    let error: &dyn std::error::Error = &*error;
                     tracing::debug!(%worker, slot, attempt, error, "connect failed");
                 }
                 Ok(Err(_panic)) => tracing::warn!(%worker, slot, attempt, "connect panicked"),

@@ -21,8 +21,12 @@ pub trait Transport: Send + Sync + 'static {
     type Request: Send + 'static;
     /// A worker's answer to one event.
     type Response: Send + 'static;
-    /// What a failed connect or exchange reports.
-    type Error: std::error::Error + Send + Sync + 'static;
+    /// What a failed connect or exchange reports: any error type, or
+    /// [`BoxError`](crate::BoxError) itself. The pool keeps it, boxed, as the
+    /// source of [`PoolError::Transport`](crate::PoolError::Transport);
+    /// [`PoolError::transport_error`](crate::PoolError::transport_error) reads
+    /// it back.
+    type Error: Into<crate::BoxError> + Send + 'static;
 
     /// Opens one connection to `worker` and resolves once the worker serves it.
     ///
@@ -66,6 +70,29 @@ pub trait Transport: Send + Sync + 'static {
         self.connect(worker).await.map(drop)
     }
 
+    /// Whether `conn`, idle until now, is known to be dead, so that no event is
+    /// put on it: the worker (or a server such as uvicorn, which closes idle
+    /// keep-alive connections) has closed it, or sent something unasked.
+    ///
+    /// Asked each time a slot is handed out, so it must be cheap and must not
+    /// block: look at state the connection already has (a socket's cached read
+    /// readiness, an end of file already seen). A broken connection is
+    /// restarted and the event takes another slot. The default, `false`,
+    /// trusts every idle connection.
+    fn is_broken(&self, conn: &mut Self::Conn) -> bool {
+        let _ = conn;
+        false
+    }
+
+    /// Whether `error` refused the event before any of it was sent (an event
+    /// over a size limit, say), leaving the connection as it was. The pool then
+    /// keeps the connection for the next event instead of restarting it. The
+    /// default, `false`, restarts the connection after every error.
+    fn is_unsent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Whether `error` means the worker closed the connection (end of stream,
     /// reset, broken pipe), as it does when its process dies.
     ///
@@ -80,8 +107,10 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// Whether an I/O error means the peer closed the connection: the kinds a
-/// socket reports when the process at its other end has died.
-pub(crate) fn is_disconnect_io(error: &std::io::Error) -> bool {
+/// socket reports when the process at its other end has died (reset, aborted,
+/// broken pipe, unexpected end of file). For [`Transport::is_disconnect`]
+/// implementations over sockets.
+pub fn is_disconnect_io(error: &std::io::Error) -> bool {
     matches!(
         error.kind(),
         std::io::ErrorKind::ConnectionReset

@@ -102,12 +102,43 @@ async fn invalid_configs_fail_at_build_naming_the_field() {
                 c.max_connections = 1 << 16;
             }),
         ),
+        // Nuclio's maxConnectionsNumber of 4e9 would allocate gigabytes.
+        (
+            "max_connections",
+            Box::new(|c| c.max_connections = 4_000_000_000),
+        ),
     ];
     for (field, break_it) in cases {
         let mut config = PoolConfig::default();
         break_it(&mut config);
         assert_refused(config, field);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn durations_too_long_to_represent_neither_panic_nor_fire() {
+    let h = harness(|b| {
+        let mut policy = RestartPolicy::default();
+        policy.max_backoff = Duration::MAX;
+        policy.stable_after = Duration::MAX;
+        policy.restart_window = Duration::MAX;
+        policy.terminate_grace = Duration::MAX;
+        policy.unresponsive_grace = Duration::MAX;
+        policy.reconnect_backoff = Duration::MAX;
+        b.max_connections(2)
+            .connection_availability_timeout(Duration::MAX)
+            .event_timeout(Duration::MAX)
+            .establish_connection_timeout(Duration::MAX)
+            .probe_timeout(Duration::MAX)
+            .probe_interval(Duration::MAX)
+            .restart_policy(policy)
+    })
+    .await;
+    let resp = h.pool.dispatch(support::Req::now(1)).await.unwrap();
+    assert_eq!(resp.id, 1);
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert_eq!(h.pool.stats().worker_restarts, 0);
+    h.pool.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test(start_paused = true)]

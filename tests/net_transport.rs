@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use async_worker_pool::Endpoint;
 use async_worker_pool::net::{
     DEFAULT_MAX_FRAME_BYTES, Event, NetError, ProtocolError, Reply, SocketTransport,
 };
+use async_worker_pool::{Endpoint, Transport};
 use bytes::Bytes;
 use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,6 +29,9 @@ enum Script {
     ReplyBeforeReady,
     /// Closes the connection before sending `R`.
     CloseBeforeReady,
+    /// Sends `R`, then closes the idle connection, as a server whose
+    /// keep-alive timeout is up does.
+    CloseAfterReady,
     /// Answers with a length prefix announcing 1 GiB, then stays silent.
     HugeHeader,
     /// Answers with a frame that is not an envelope.
@@ -132,6 +135,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, script: Script)
         _ => {}
     }
     write_frame(&mut stream, &ready).await;
+    if let Script::CloseAfterReady = script {
+        return;
+    }
     while let Some(payload) = read_frame(&mut stream).await {
         let (meta, body) = open_event(&payload);
         match script {
@@ -327,6 +333,40 @@ async fn event_over_the_limit_is_refused_before_sending() {
     // Nothing was sent, so the connection is still in step.
     assert!(conn.is_usable());
     assert!(conn.call(&Event::plain(vec![1; 900])).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_worker_closed_is_broken_and_a_live_one_is_not() {
+    let transport = SocketTransport::new();
+    for closes in [true, false] {
+        let script = if closes {
+            Script::CloseAfterReady
+        } else {
+            Script::Echo
+        };
+        for worker in [TestWorker::unix(script), TestWorker::tcp(script).await] {
+            let mut conn = transport.connect_endpoint(&worker.endpoint).await.unwrap();
+            // Checked only after a second of idleness, so that the hot path pays
+            // no system call.
+            assert!(!transport.is_broken(&mut conn));
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert_eq!(transport.is_broken(&mut conn), closes, "{script:?}");
+            if !closes {
+                assert!(conn.call(&Event::plain("still here")).await.is_ok());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_event_over_the_limit_counts_as_unsent() {
+    let worker = TestWorker::unix(Script::Echo);
+    let transport = SocketTransport::new().max_frame_bytes(1024);
+    let mut conn = transport.connect_endpoint(&worker.endpoint).await.unwrap();
+    let err = conn.call(&Event::plain(vec![0; 2000])).await.unwrap_err();
+    assert!(transport.is_unsent(&err));
+    let err = NetError::Closed;
+    assert!(!transport.is_unsent(&err));
 }
 
 #[tokio::test]

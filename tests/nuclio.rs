@@ -24,7 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep};
 
-type NuclioPool = Pool<NuclioTransport, NuclioLauncher>;
+type NuclioPool = Pool<NuclioTransport>;
 
 const STARTUP: Duration = Duration::from_secs(20);
 

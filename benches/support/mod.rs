@@ -36,7 +36,7 @@ impl Transport for Echo {
     }
 }
 
-pub type WorkerPool = Pool<Echo, InProcessLauncher>;
+pub type WorkerPool = Pool<Echo>;
 
 /// Builds a pool of `workers` x `connections` slots and waits until every slot
 /// is connected and idle, so that no acquire waits for a connect.

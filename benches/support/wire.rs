@@ -163,7 +163,7 @@ impl Launcher for Listening {
     }
 }
 
-pub type SocketPool = Pool<SocketTransport, Listening>;
+pub type SocketPool = Pool<SocketTransport>;
 
 /// A pool of one worker at `path` with `connections` connections, once every
 /// connection is open and idle.

@@ -8,36 +8,31 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use async_worker_pool::net::NetError;
-use async_worker_pool::{Launcher, Pool, PoolError, Stats, Transport, WorkerState};
+use async_worker_pool::{Pool, PoolError, ReadyError, Stats, Transport, WorkerState};
 
 /// Waits until every connection is up, so that a worker that cannot start (a
 /// handler that does not import, a missing interpreter) is reported at start
 /// with the reason the pool recorded, not on the first request. On failure the
 /// pool is shut down.
-pub async fn wait_until_full<T: Transport, L: Launcher>(
-    pool: &Pool<T, L>,
-    limit: Duration,
-) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let stats = pool.stats();
-        if stats.idle == stats.capacity {
-            return Ok(());
+pub async fn wait_until_full<T: Transport>(pool: &Pool<T>, limit: Duration) -> Result<(), String> {
+    let Err(error) = pool.ready(limit).await else {
+        return Ok(());
+    };
+    pool.shutdown(Duration::ZERO).await;
+    Err(match error {
+        ReadyError::LaunchFailed { worker, reason }
+        | ReadyError::WorkerFailed { worker, reason } => {
+            format!("worker {worker} did not start: {reason}")
         }
-        if let Some(worker) = stats.workers.iter().find(|w| w.last_error.is_some()) {
-            let reason = worker.last_error.clone().unwrap_or_default();
-            pool.shutdown(Duration::ZERO).await;
-            return Err(format!("worker {} did not start: {reason}", worker.id));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            pool.shutdown(Duration::ZERO).await;
-            return Err(format!(
-                "the workers did not open their connections in time ({} of {} ready)",
-                stats.idle, stats.capacity
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ReadyError::Timeout {
+            connected,
+            capacity,
+            ..
+        } => format!(
+            "the workers did not open their connections in time ({connected} of {capacity} ready)"
+        ),
+        other => other.to_string(),
+    })
 }
 
 /// The pool's error: 503 when no connection is free (with Retry-After), 504 for
@@ -56,13 +51,10 @@ pub fn from_pool_error(error: PoolError) -> Response {
         // The worker blocked its event loop; the event ran out of time with it.
         PoolError::WorkerUnresponsive { .. } => StatusCode::GATEWAY_TIMEOUT,
         PoolError::NoWorkerAvailable | PoolError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-        PoolError::Transport { source, .. } => {
-            if let Some(NetError::EventTooLarge { .. }) = source.downcast_ref::<NetError>() {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_GATEWAY
-            }
-        }
+        PoolError::Transport { .. } => match error.transport_error::<NetError>() {
+            Some(NetError::EventTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_GATEWAY,
+        },
         _ => StatusCode::BAD_GATEWAY,
     };
     let detail = match std::error::Error::source(&error) {

@@ -34,7 +34,7 @@ use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
 
 use args::Args;
 
-type GatewayPool = Pool<SocketTransport, ProcessLauncher>;
+type GatewayPool = Pool<SocketTransport>;
 
 #[tokio::main]
 async fn main() -> ExitCode {

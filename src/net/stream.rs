@@ -15,6 +15,20 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
 }
 
+impl Stream {
+    /// Whether the peer has closed the socket or sent something: a read that
+    /// does not block. It consumes what it reads, so use it only to decide
+    /// that a connection is done with.
+    pub(crate) fn closed_or_readable(&self) -> bool {
+        let mut byte = [0; 1];
+        let read = match self {
+            Self::Unix(stream) => stream.try_read(&mut byte),
+            Self::Tcp(stream) => stream.try_read(&mut byte),
+        };
+        !matches!(read, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

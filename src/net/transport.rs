@@ -2,6 +2,7 @@
 //! or TCP sockets, and [`SocketConn`], one connection it opened.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes};
@@ -18,6 +19,11 @@ use crate::transport::Transport;
 /// The maximum frame length unless [`SocketTransport::max_frame_bytes`] says
 /// otherwise: 16 MiB, the reference worker's default too.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// A connection idle this long is checked for a worker that closed it before
+/// it is used again; one used more recently is trusted, so that the hot path
+/// pays no system call.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The length prefix is 4 bytes, so no frame can be longer than this.
 const PREFIX_LEN: usize = 4;
@@ -134,6 +140,7 @@ impl SocketTransport {
             ready,
             limit,
             usable: true,
+            last_used: Instant::now(),
         })
     }
 }
@@ -163,6 +170,19 @@ impl Transport for SocketTransport {
         conn.call(&event).await
     }
 
+    /// A connection idle for a second or more is broken if the worker closed it
+    /// or sent something unasked meanwhile (one non-blocking read); one used
+    /// more recently is trusted.
+    fn is_broken(&self, conn: &mut SocketConn) -> bool {
+        conn.last_used.elapsed() >= IDLE_CHECK_AFTER
+            && (!conn.framed.read_buffer().is_empty() || conn.framed.get_ref().closed_or_readable())
+    }
+
+    /// [`NetError::EventTooLarge`] is refused before a byte is sent.
+    fn is_unsent(&self, error: &NetError) -> bool {
+        matches!(error, NetError::EventTooLarge { .. })
+    }
+
     fn is_disconnect(&self, error: &NetError) -> bool {
         match error {
             NetError::Closed | NetError::ClosedBeforeReady => true,
@@ -180,6 +200,8 @@ pub struct SocketConn {
     limit: usize,
     /// False from the start of an exchange until it finishes cleanly.
     usable: bool,
+    /// When it was connected or last finished an exchange.
+    last_used: Instant,
 }
 
 impl SocketConn {
@@ -256,6 +278,7 @@ impl SocketConn {
         };
         let reply = Reply::decode(frame.freeze())?;
         self.usable = true;
+        self.last_used = Instant::now();
         Ok(reply)
     }
 }

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::time::{Instant, sleep};
 
 /// A pool of real worker processes over the built-in socket transport.
-pub type RealPool = Pool<SocketTransport, ProcessLauncher>;
+pub type RealPool = Pool<SocketTransport>;
 
 /// How long a pool of Python workers may take to connect all its slots: a
 /// thousand connections to a fresh interpreter on a busy 2-core machine.

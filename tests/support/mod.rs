@@ -30,6 +30,8 @@ pub enum Action {
     Hang,
     /// `call` panics.
     Panic,
+    /// `call` refuses the event before sending it (`is_unsent`).
+    Refuse,
 }
 
 /// One event: an id the answer echoes, and what the worker should do.
@@ -92,6 +94,9 @@ pub struct MemState {
     pub dropped: AtomicUsize,
     /// Events the simulated workers received.
     pub received: AtomicUsize,
+    /// Idle connections die after this long, as a server's keep-alive timeout
+    /// closes them; `is_broken` tells.
+    idle_death: Mutex<Option<Duration>>,
 }
 
 impl MemState {
@@ -119,6 +124,10 @@ impl MemState {
         }
     }
 
+    pub fn set_idle_death(&self, after: Option<Duration>) {
+        *self.idle_death.lock().unwrap() = after;
+    }
+
     fn is_stuck(&self, worker: usize) -> bool {
         self.stuck.lock().unwrap().contains(&worker)
     }
@@ -133,6 +142,7 @@ pub struct MemTransport {
 /// One simulated connection: requests go to a worker task, answers come back.
 pub struct MemConn {
     pub id: u64,
+    last_used: tokio::time::Instant,
     to_worker: mpsc::UnboundedSender<Req>,
     from_worker: mpsc::UnboundedReceiver<Resp>,
     state: Arc<MemState>,
@@ -201,6 +211,7 @@ impl Transport for MemTransport {
         self.state.connects.fetch_add(1, SeqCst);
         Ok(MemConn {
             id,
+            last_used: tokio::time::Instant::now(),
             to_worker,
             from_worker,
             state: self.state.clone(),
@@ -211,15 +222,37 @@ impl Transport for MemTransport {
         match req.action {
             Action::Fail => return Err(io::Error::other("broken pipe (scripted)")),
             Action::Panic => panic!("call panicked (scripted)"),
+            Action::Refuse => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
             Action::Reply(_) | Action::Hang => {}
+        }
+        if self.idle_dead(conn) {
+            return Err(io::Error::from(io::ErrorKind::ConnectionReset));
         }
         conn.to_worker
             .send(req)
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        conn.from_worker
+        let resp = conn
+            .from_worker
             .recv()
             .await
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof));
+        conn.last_used = tokio::time::Instant::now();
+        resp
+    }
+
+    fn is_broken(&self, conn: &mut MemConn) -> bool {
+        self.idle_dead(conn)
+    }
+
+    fn is_unsent(&self, error: &io::Error) -> bool {
+        error.kind() == io::ErrorKind::InvalidInput
+    }
+}
+
+impl MemTransport {
+    fn idle_dead(&self, conn: &MemConn) -> bool {
+        let after = *self.state.idle_death.lock().unwrap();
+        after.is_some_and(|after| conn.last_used.elapsed() >= after)
     }
 }
 
@@ -364,7 +397,7 @@ impl WorkerProcess for FakeProcess {
     }
 }
 
-pub type TestPool = Pool<MemTransport, FakeLauncher>;
+pub type TestPool = Pool<MemTransport>;
 
 /// A pool over the test doubles, and handles on both.
 pub struct Harness {
