@@ -58,3 +58,11 @@ pub const WORKER_ID_ENV: &str = "ASYNC_WORKER_POOL_WORKER_ID";
 /// The environment variable that holds the worker's endpoint: `unix:PATH` or
 /// `tcp:HOST:PORT`.
 pub const ENDPOINT_ENV: &str = "ASYNC_WORKER_POOL_ENDPOINT";
+
+/// The environment variable that holds the worker's
+/// [`WorkerSecret`](crate::net::WorkerSecret), fresh for each launch, as 64 hex
+/// digits. A worker that checks it serves a connection only once the host has
+/// answered its handshake challenge (`docs/protocol.md`, "Handshake"); it should
+/// remove it from its environment before it runs anything else, so that the
+/// processes it starts do not inherit it.
+pub const SECRET_ENV: &str = "ASYNC_WORKER_POOL_SECRET";

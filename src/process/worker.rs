@@ -14,6 +14,7 @@ use tokio::process::Child;
 
 use super::output::StderrTail;
 use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
+use crate::net::{SecretRegistration, WorkerSecret};
 
 /// A worker process started by [`ProcessLauncher`](super::ProcessLauncher), the
 /// leader of a process group of its own.
@@ -31,6 +32,9 @@ pub struct ProcessWorker {
     stderr_tail: StderrTail,
     /// What `terminate` sends first: `SIGTERM` unless a launcher says otherwise.
     stop_signal: Signal,
+    /// The secret the process was given, registered for its endpoint while the
+    /// handle lives.
+    secret: Option<(WorkerSecret, SecretRegistration)>,
 }
 
 impl ProcessWorker {
@@ -49,7 +53,21 @@ impl ProcessWorker {
             exit: None,
             stderr_tail,
             stop_signal: Signal::SIGTERM,
+            secret: None,
         }
+    }
+
+    /// Keeps the process's secret, and its registration, as long as the handle.
+    pub(crate) fn hold_secret(&mut self, secret: WorkerSecret, registration: SecretRegistration) {
+        self.secret = Some((secret, registration));
+    }
+
+    /// The secret the process was given in
+    /// [`SECRET_ENV`](super::SECRET_ENV), for
+    /// [`SocketTransport::connect_authenticated`](crate::net::SocketTransport::connect_authenticated);
+    /// `None` for a process started without one (a Nuclio wrapper).
+    pub fn secret(&self) -> Option<&WorkerSecret> {
+        self.secret.as_ref().map(|(secret, _)| secret)
     }
 
     /// Makes [`terminate`](WorkerProcess::terminate) ask the process to stop with
