@@ -41,6 +41,16 @@ const LARGEST_FRAME: usize = u32::MAX as usize;
 /// read, before any of it is buffered; a longer event fails with
 /// [`NetError::EventTooLarge`] before anything is sent. Give the worker the same
 /// limit (`--max-frame-bytes`).
+///
+/// # Handshake
+///
+/// A worker that has a secret opens every connection with a challenge; the
+/// transport answers it with the [`WorkerSecret`] registered for the endpoint
+/// ([`WorkerSecret::register`], which [`ProcessLauncher`](crate::ProcessLauncher)
+/// does for every launch) before it waits for the ready frame, so a pool of
+/// launched workers needs no setting for it. The cost is one more round trip
+/// per connection, none per event. A worker without a secret sends its ready
+/// frame at once and is served as before.
 #[derive(Debug, Clone)]
 pub struct SocketTransport {
     max_frame_bytes: usize,

@@ -147,8 +147,9 @@ impl ProcessLauncherBuilder {
     /// `--tcp HOST:PORT`, then `--worker-id N` and `--connections N`; default
     /// true. Without them a program finds its endpoint in the environment
     /// variable [`ENDPOINT_ENV`](super::ENDPOINT_ENV) (`unix:PATH` or
-    /// `tcp:HOST:PORT`), which is always set, as is
-    /// [`WORKER_ID_ENV`](super::WORKER_ID_ENV).
+    /// `tcp:HOST:PORT`), which is always set, as are
+    /// [`WORKER_ID_ENV`](super::WORKER_ID_ENV) and the worker's secret,
+    /// [`SECRET_ENV`](super::SECRET_ENV).
     pub fn endpoint_args(mut self, on: bool) -> Self {
         self.endpoint_args = on;
         self
