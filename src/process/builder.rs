@@ -122,7 +122,9 @@ impl ProcessLauncherBuilder {
 
     /// How many connections the pool opens to each worker, passed to it as
     /// `--connections N` so it can size its backlog and file limit; default 1000.
-    /// Set it to the pool's `max_connections`.
+    /// Set it to the pool's `max_connections`: the reference worker serves at
+    /// most N + 4 connections at once (the 4 for liveness probes) and refuses
+    /// the rest.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;
         self
