@@ -41,7 +41,9 @@ fn main() {
     runtime.block_on(async {
         let launcher = ProcessLauncher::python_worker("echo:handler")
             .handler_path(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handlers"))
-            .connections(most)
+            // Pool and raw client hold `most` connections each at once, and the
+            // worker serves no more than it is told (plus probe room).
+            .connections(2 * most)
             .build()
             .expect("the Python worker's launcher");
         let mut worker = launcher
@@ -64,7 +66,7 @@ fn main() {
         for connections in CONNECTIONS {
             let pool = wire::socket_pool(&path, connections).await;
             let mut pool_callers = wire::pool_callers(&pool, connections, &body);
-            let conns = wire::raw_conns(&path, connections).await;
+            let conns = wire::raw_conns(&path, connections, worker.secret()).await;
             let mut raw_callers = wire::raw_callers(conns, &body);
             let warm_up = Stop::Elapsed(Duration::from_millis(500));
             (pool_callers, _) = wire::drive(pool_callers, warm_up, false).await;

@@ -89,7 +89,7 @@ fn socket_dispatch(c: &mut Criterion) {
         bench_callers(&mut group, &runtime, "async-worker-pool", label, callers);
         runtime.block_on(pool.shutdown(Duration::ZERO));
 
-        let conns = runtime.block_on(wire::raw_conns(&path, IN_FLIGHT));
+        let conns = runtime.block_on(wire::raw_conns(&path, IN_FLIGHT, None));
         let callers = wire::raw_callers(conns, &body);
         bench_callers(&mut group, &runtime, "raw-socket", label, callers);
     }

@@ -75,7 +75,8 @@ fn measure(len: usize, seconds: Duration) -> (Run, Run) {
     let result = runtime.block_on(async {
         let pool = wire::socket_pool(&path, IN_FLIGHT).await;
         let mut pool_callers = wire::pool_callers(&pool, IN_FLIGHT, &body);
-        let mut raw_callers = wire::raw_callers(wire::raw_conns(&path, IN_FLIGHT).await, &body);
+        let mut raw_callers =
+            wire::raw_callers(wire::raw_conns(&path, IN_FLIGHT, None).await, &body);
         // Warm-up: first-use allocations and the echo process's own start.
         (pool_callers, _) = wire::drive(pool_callers, Stop::Elapsed(seconds / 3), false).await;
         (raw_callers, _) = wire::drive(raw_callers, Stop::Elapsed(seconds / 3), false).await;

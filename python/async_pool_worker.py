@@ -14,6 +14,9 @@ Command line
     python3 async_pool_worker.py --handler module:function
         (--unix PATH | --tcp HOST:PORT) --worker-id N
         [--connections N] [--max-frame-bytes N] [--handler-path DIR ...]
+        [--handshake-timeout SECONDS] [--no-auth]
+
+with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
 
 ``--handler``          the handler, as ``module:function`` (``function`` may be a
                        dotted attribute path). The directories given with
@@ -24,10 +27,34 @@ Command line
 ``--tcp HOST:PORT``    listen on this TCP address instead (port 0 picks a free one;
                        the listening line shows which).
 ``--worker-id N``      this worker's number, given to the handler and sent in ``R``.
-``--connections N``    how many connections the host will open (default 1000). The
-                       listen backlog is at least N and the RLIMIT_NOFILE soft limit
-                       is raised to N + 64 when the hard limit allows it.
+``--connections N``    how many connections the host will open (default 1000). At
+                       most N + 4 connections are served at once (the 4 for the
+                       host's liveness probes), and at most as many may be in their
+                       handshake; more are closed at once. The listen backlog is at
+                       least N and the RLIMIT_NOFILE soft limit is raised to
+                       2 (N + 4) + 64 when the hard limit allows it.
 ``--max-frame-bytes N`` largest frame accepted or sent (default 16 MiB, at least 512).
+``--handshake-timeout SECONDS`` how long a new connection may take to answer the
+                       handshake challenge before it is closed (default 3).
+``--no-auth``          serve every connection without a handshake, and run without
+                       a secret. Only for a host that cannot answer the handshake:
+                       any local process that reaches the endpoint can then run
+                       events.
+
+The secret
+----------
+The host passes a fresh secret, 32 to 128 hex digits, in
+``ASYNC_WORKER_POOL_SECRET`` (never on the command line, which every user can
+read). The worker removes it from its environment at start-up, so that the
+handler and whatever it starts do not inherit it, and refuses to start without
+it (exit status 2) unless ``--no-auth`` is given.
+
+On every connection the worker first sends a challenge, ``C``, version byte 1 and
+a fresh 32-byte nonce, and nothing else until the host answers with ``A``,
+version byte 1 and HMAC-SHA256(secret, context + nonce), which is compared in
+constant time. A wrong answer, a malformed one or none within the deadline closes
+the connection: the peer never sees the ready frame (and with it the pid) and
+never gets an event run. See ``docs/protocol.md``, "Handshake".
 
 When it is listening, the worker prints one line to stdout, e.g.
 ``async_pool_worker: worker 0 listening on unix:/tmp/w0.sock (pid 1234)``.
@@ -92,11 +119,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import importlib
 import inspect
 import json
 import logging
 import os
+import secrets
 import signal
 import stat
 import struct
@@ -122,6 +152,22 @@ SPARE_DESCRIPTORS = 64
 
 _LENGTH = struct.Struct(">I")
 _HEADER_LEN = 1 + _LENGTH.size  # kind byte + meta length
+
+# The handshake (docs/protocol.md, "Handshake").
+SECRET_ENV = "ASYNC_WORKER_POOL_SECRET"
+MIN_SECRET_BYTES = 16
+MAX_SECRET_BYTES = 64
+HANDSHAKE_VERSION = 1
+NONCE_LEN = 32
+_MAC_LEN = 32
+_ANSWER_LEN = 2 + _MAC_LEN  # kind byte + version byte + HMAC-SHA256
+# Put before the nonce in the MAC, so that a tag made for this handshake version
+# means nothing anywhere else.
+_MAC_CONTEXT = b"async-worker-pool handshake v1: host answer\0"
+DEFAULT_HANDSHAKE_TIMEOUT = 3.0
+# Connections served beyond --connections: room for the host's liveness probes,
+# each a fresh connection that completes the handshake and closes.
+PROBE_CONNECTIONS = 4
 
 log = logging.getLogger(PROG)
 
@@ -179,6 +225,37 @@ def encode_envelope(kind: bytes, meta: dict, body: bytes = b"") -> bytes:
     """Build an envelope payload (without the frame length)."""
     meta_bytes = json.dumps(meta, separators=(",", ":")).encode("utf-8")
     return b"".join((kind, _LENGTH.pack(len(meta_bytes)), meta_bytes, body))
+
+
+def encode_challenge(nonce: bytes) -> bytes:
+    """Build a `C` challenge payload (without the frame length)."""
+    return b"C" + bytes((HANDSHAKE_VERSION,)) + nonce
+
+
+def expected_answer(secret: bytes, nonce: bytes) -> bytes:
+    """The MAC the host must send back for `nonce`."""
+    return hmac.new(secret, _MAC_CONTEXT + nonce, hashlib.sha256).digest()
+
+
+def check_answer(secret: bytes, nonce: bytes, payload: bytes) -> bool:
+    """Whether `payload` is the host's `A` answer to `nonce`, in constant time.
+
+    Never raises: a payload of another kind, version or length is simply wrong.
+    """
+    if len(payload) != _ANSWER_LEN or payload[0:1] != b"A" or payload[1] != HANDSHAKE_VERSION:
+        return False
+    return hmac.compare_digest(payload[2:], expected_answer(secret, nonce))
+
+
+def parse_secret(text: str) -> bytes:
+    """Decode the hex secret from the environment; ValueError if it is unfit."""
+    if not 2 * MIN_SECRET_BYTES <= len(text) <= 2 * MAX_SECRET_BYTES:
+        raise ValueError("must be %d to %d hex digits, not %d characters"
+                         % (2 * MIN_SECRET_BYTES, 2 * MAX_SECRET_BYTES, len(text)))
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("is not hexadecimal") from None
 
 
 def parse_event(payload: bytes) -> Event:
@@ -387,7 +464,8 @@ def raise_fd_limit(connections: int) -> None:
     """Raise the RLIMIT_NOFILE soft limit to fit `connections` sockets."""
     if resource is None:
         return
-    needed = connections + SPARE_DESCRIPTORS
+    # Every connection served, as many again in their handshake, and the rest.
+    needed = 2 * (connections + PROBE_CONNECTIONS) + SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
@@ -493,6 +571,33 @@ def _frame_limit(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("%r must be positive" % text)
+    return value
+
+
+def _take_secret(parser, args) -> None:
+    """Move the secret from the environment into `args.secret` (None with --no-auth)."""
+    # Removed from the environment whatever happens, so that nothing the handler
+    # starts inherits it.
+    text = os.environ.pop(SECRET_ENV, None)
+    args.secret = None
+    if args.no_auth:
+        return
+    if text is None:
+        parser.error("the environment variable %s must hold the secret the host "
+                     "answers the handshake with (or pass --no-auth)" % SECRET_ENV)
+    try:
+        args.secret = parse_secret(text)
+    except ValueError as exc:
+        parser.error("%s %s" % (SECRET_ENV, exc))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Reference worker for the async-worker-pool crate.")
@@ -509,7 +614,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar="N", help="largest frame accepted or sent (default %(default)s)")
     parser.add_argument("--handler-path", action="append", default=[], metavar="DIR",
                         help="directory to search for the handler module (repeatable)")
-    return parser.parse_args(argv)
+    parser.add_argument("--handshake-timeout", type=_positive_float,
+                        default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="SECONDS",
+                        help="close a connection that has not answered the handshake "
+                             "by then (default %(default)s)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve every connection without a handshake (insecure)")
+    args = parser.parse_args(argv)
+    _take_secret(parser, args)
+    return args
 
 
 # --------------------------------------------------------------------------
@@ -520,7 +633,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 class _Connection:
     """Book-keeping for one host connection."""
 
-    __slots__ = ("number", "task", "busy")
+    __slots__ = ("number", "task", "busy", "serving")
 
     def __init__(self, number, task):
         self.number = number
@@ -528,6 +641,8 @@ class _Connection:
         # True from the moment an event's length has been read until its answer
         # is written: a drain must let such a connection finish.
         self.busy = False
+        # True once the handshake is done and the connection holds a place.
+        self.serving = False
 
 
 class Worker:
@@ -537,7 +652,12 @@ class Worker:
         self.worker_id = args.worker_id
         self.max_frame = args.max_frame_bytes
         self.context = Context(logging.getLogger("worker.%d" % args.worker_id), args.worker_id)
+        self.secret = args.secret
+        self.handshake_timeout = args.handshake_timeout
+        # At most this many connections served, and as many in their handshake.
+        self.capacity = args.connections + PROBE_CONNECTIONS
         self.connections = set()
+        self.serving = 0
         self.accepted = 0
         self.draining = False
         self.server = None
@@ -635,9 +755,18 @@ class Worker:
     async def _serve_connection(self, reader, writer) -> None:
         self.accepted += 1
         conn = _Connection(self.accepted, asyncio.current_task())
+        if len(self.connections) - self.serving >= self.capacity or self.serving >= self.capacity:
+            # Over the cap: refused before a byte is sent or read.
+            log.warning("worker %d: refusing connection %d: %d served, %d in handshake",
+                        self.worker_id, conn.number, self.serving,
+                        len(self.connections) - self.serving)
+            await self._close(writer)
+            return
         self.connections.add(conn)
         try:
-            if not self.draining:
+            if not self.draining and await self._authenticate(conn, reader, writer):
+                conn.serving = True
+                self.serving += 1
                 await self._send(writer, encode_envelope(
                     b"R", {"pid": os.getpid(), "worker_id": self.worker_id}))
                 await self._event_loop(conn, reader, writer)
@@ -653,8 +782,57 @@ class Worker:
             # A bug here must cost one connection, not the whole worker.
             log.exception("worker %d: connection %d failed", self.worker_id, conn.number)
         finally:
+            if conn.serving:
+                self.serving -= 1
             self.connections.discard(conn)
             await self._close(writer)
+
+    async def _authenticate(self, conn, reader, writer) -> bool:
+        """Run the handshake; True if the host answered it in time, and there is room.
+
+        Nothing but the challenge is sent before it succeeds: not the pid, not
+        the ready frame.
+        """
+        if self.secret is None:
+            return self.serving < self.capacity
+        nonce = secrets.token_bytes(NONCE_LEN)
+        try:
+            answer = await asyncio.wait_for(
+                self._exchange_challenge(reader, writer, nonce), self.handshake_timeout)
+        except asyncio.TimeoutError:
+            log.warning("worker %d: closing connection %d: no handshake answer within %gs",
+                        self.worker_id, conn.number, self.handshake_timeout)
+            return False
+        if answer is None:
+            # Closed before answering: the launcher's readiness check does that.
+            log.debug("worker %d: connection %d closed during the handshake",
+                      self.worker_id, conn.number)
+            return False
+        if not check_answer(self.secret, nonce, answer):
+            log.warning("worker %d: closing connection %d: wrong handshake answer",
+                        self.worker_id, conn.number)
+            return False
+        if self.serving >= self.capacity:
+            log.warning("worker %d: refusing connection %d: all %d places are taken",
+                        self.worker_id, conn.number, self.capacity)
+            return False
+        return True
+
+    async def _exchange_challenge(self, reader, writer, nonce):
+        """Send the challenge and read the answer's payload; None if the peer closed."""
+        await self._send(writer, encode_challenge(nonce))
+        try:
+            header = await reader.readexactly(_LENGTH.size)
+        except asyncio.IncompleteReadError:
+            return None
+        (length,) = _LENGTH.unpack(header)
+        if length != _ANSWER_LEN:
+            # Not an answer; refused without reading what it announces.
+            return b""
+        try:
+            return await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            return None
 
     async def _event_loop(self, conn, reader, writer) -> None:
         # The draining check and the next read happen without an await in between,

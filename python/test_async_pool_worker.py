@@ -5,6 +5,8 @@ Run from the repository root:
     python3 -m unittest discover -s python -p 'test_*.py'
 """
 
+import hashlib
+import hmac
 import json
 import os
 import select
@@ -30,6 +32,7 @@ IO_TIMEOUT = 5.0
 # Handlers used only by the tests; written into each test's temporary directory.
 PROBE_MODULE = textwrap.dedent('''
     import json
+    import os
     import time
     from async_pool_worker import Response
 
@@ -66,6 +69,15 @@ PROBE_MODULE = textwrap.dedent('''
     async def block(context, event):
         time.sleep(60)  # blocks the event loop, as a stray sync call would
         return b"late"
+
+    async def record(context, event):
+        # Leaves a trace of every event it runs, for the handshake tests.
+        with open("ran.log", "ab") as f:
+            f.write(event.body + b"\\n")
+        return event.body
+
+    async def environment(context, event):
+        return json.dumps(sorted(os.environ))
 
     def sync_handler(context, event):
         return b"never"
@@ -106,6 +118,16 @@ def recv_envelope(sock):
     return payload[:1], json.loads(payload[5:5 + meta_len]), payload[5 + meta_len:]
 
 
+def handshake(sock, secret):
+    """Answer the worker's challenge with `secret`; return the nonce."""
+    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+    challenge = recv_exactly(sock, length)
+    assert challenge[:2] == b"C\x01" and len(challenge) == 34, challenge
+    nonce = challenge[2:]
+    sock.sendall(frame(b"A\x01" + apw.expected_answer(secret, nonce)))
+    return nonce
+
+
 def assert_closed(test, sock):
     """The worker closed this connection (EOF or reset, not a timeout)."""
     try:
@@ -119,8 +141,15 @@ class WorkerProcess:
     """The worker as a subprocess; stderr goes to a file so it can never fill a pipe."""
 
     def __init__(self, tmpdir, handler, extra=(), handler_paths=(EXAMPLES,), tcp=False,
-                 env=None, socket_dir=None, own_group=False):
+                 env=None, socket_dir=None, own_group=False, secret=None):
         self.path = os.path.join(socket_dir or tmpdir, "w.sock")
+        # A fresh secret per worker, in the environment as the launcher passes it;
+        # None with --no-auth.
+        self.secret = None if "--no-auth" in extra else (secret or os.urandom(32))
+        env = {**os.environ, **(env or {})}
+        env.pop(apw.SECRET_ENV, None)
+        if self.secret is not None:
+            env[apw.SECRET_ENV] = self.secret.hex()
         self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
         self.endpoint = ["--tcp", "127.0.0.1:0"] if tcp else ["--unix", self.path]
         args = [sys.executable, WORKER, "--handler", handler, *self.endpoint,
@@ -130,8 +159,7 @@ class WorkerProcess:
         self._stderr = open(self.stderr_path, "wb")
         # stdin is a pipe, as the host's launcher makes it: the lifeline.
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, cwd=tmpdir,
-                                     env=None if env is None else {**os.environ, **env},
+                                     stderr=self._stderr, cwd=tmpdir, env=env,
                                      start_new_session=own_group)
         self.tcp_address = None
 
@@ -149,15 +177,22 @@ class WorkerProcess:
             self.tcp_address = (host, int(port))
         return line
 
-    def connect(self, read_ready=True):
-        if self.tcp_address:
-            sock = socket.create_connection(self.tcp_address, timeout=IO_TIMEOUT)
-        else:
-            sock = self._unix_socket()
+    def connect(self, read_ready=True, authenticate=True):
+        """A connection that has answered the handshake (unless told not to) and
+        read the ready frame (likewise)."""
+        sock = self.connect_raw()
+        if authenticate and self.secret is not None:
+            handshake(sock, self.secret)
         if read_ready:
             kind, meta, body = recv_envelope(sock)
             assert kind == b"R" and body == b"", (kind, meta, body)
         return sock
+
+    def connect_raw(self):
+        """A bare connection, as any local process could open."""
+        if self.tcp_address:
+            return socket.create_connection(self.tcp_address, timeout=IO_TIMEOUT)
+        return self._unix_socket()
 
     def _unix_socket(self):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -204,10 +239,10 @@ class WorkerTestCase(unittest.TestCase):
         worker.wait_listening()
         return worker
 
-    def run_to_exit(self, handler, extra=()):
+    def run_to_exit(self, handler, extra=(), secret=None):
         """Start a worker expected to exit at once; return (status, stderr)."""
         worker = WorkerProcess(self.tmpdir, handler, extra,
-                               handler_paths=(EXAMPLES, self.tmpdir))
+                               handler_paths=(EXAMPLES, self.tmpdir), secret=secret)
         self.addCleanup(worker.stop)
         status = worker.wait()
         return status, worker.stderr()
@@ -420,7 +455,7 @@ class StartupTest(WorkerTestCase):
     def test_fd_limit_raised(self):
         import resource
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = 3000 + 64
+        wanted = 2 * (3000 + apw.PROBE_CONNECTIONS) + 64
         worker = self.start(extra=["--connections", "3000"])
         with open("/proc/%d/limits" % worker.proc.pid) as f:
             line = next(l for l in f if l.startswith("Max open files"))
@@ -468,6 +503,199 @@ class BadInputTest(WorkerTestCase):
             sock.sendall(struct.pack(">I", 100) + b"E\x00")
         with worker.connect() as sock:
             self.assertEqual(self.call(sock, b"fine")[2], b"fine")
+
+
+class HandshakeUnitTest(unittest.TestCase):
+    def test_answer_is_hmac_sha256_over_context_and_nonce(self):
+        # RFC 4231's key and message with the context in front; the Rust host's
+        # tests check the same value (src/net/secret.rs).
+        self.assertEqual(
+            apw.expected_answer(b"Jefe", b"what do ya want for nothing?").hex(),
+            "8ac176022ead97dac62bba1c55b1492fef11f741d17946310396e43af9834816")
+
+    def test_check_answer_accepts_only_the_exact_answer(self):
+        secret, nonce = os.urandom(32), os.urandom(apw.NONCE_LEN)
+        good = b"A\x01" + apw.expected_answer(secret, nonce)
+        self.assertTrue(apw.check_answer(secret, nonce, good))
+        flipped = good[:-1] + bytes((good[-1] ^ 1,))
+        bad = {
+            "flipped bit": flipped,
+            "other secret": b"A\x01" + apw.expected_answer(os.urandom(32), nonce),
+            "other nonce (a replay)": b"A\x01" + apw.expected_answer(secret, os.urandom(32)),
+            "version 2": b"A\x02" + good[2:],
+            "kind": b"E\x01" + good[2:],
+            "short": good[:-1],
+            "long": good + b"\x00",
+            "empty": b"",
+        }
+        for name, payload in bad.items():
+            with self.subTest(name):
+                self.assertFalse(apw.check_answer(secret, nonce, payload))
+
+    def test_fuzzed_answers_never_raise_and_never_pass(self):
+        rng = __import__("random").Random(15)
+        secret, nonce = os.urandom(32), os.urandom(apw.NONCE_LEN)
+        good = b"A\x01" + apw.expected_answer(secret, nonce)
+        for _ in range(5000):
+            payload = bytearray(good[:rng.randrange(len(good) + 2)])
+            for _ in range(rng.randrange(1, 4)):
+                if payload:
+                    payload[rng.randrange(len(payload))] ^= 1 << rng.randrange(8)
+            if bytes(payload) != good:
+                self.assertFalse(apw.check_answer(secret, nonce, bytes(payload)))
+
+    def test_parse_secret(self):
+        self.assertEqual(apw.parse_secret("ab" * 16), b"\xab" * 16)
+        for bad in ("", "ab" * 15, "ab" * 65, "zz" * 16, "abc" * 11):
+            with self.subTest(bad=bad):
+                with self.assertRaises(ValueError):
+                    apw.parse_secret(bad)
+
+
+class HandshakeTest(WorkerTestCase):
+    """Local processes without the secret: none learns the pid or runs an event."""
+
+    def start_recording(self, **kwargs):
+        return self.start("probe:record", **kwargs)
+
+    def ran(self):
+        try:
+            with open(os.path.join(self.tmpdir, "ran.log"), "rb") as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def assert_only_challenge_then_closed(self, sock, send):
+        """The worker sends the challenge and nothing more, whatever
+        `send(sock, nonce)` does."""
+        (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+        self.assertEqual(length, 2 + apw.NONCE_LEN)
+        challenge = recv_exactly(sock, length)
+        self.assertEqual(challenge[:2], b"C\x01")
+        send(sock, challenge[2:])
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+        self.assertEqual(data, b"", "the worker sent more than its challenge")
+
+    def check_foreign_clients(self, worker):
+        event = frame(envelope(b"E", {}, b"foreign"))
+        wrong = os.urandom(32)
+        clients = {
+            "no secret, sends an event": lambda sock, nonce: sock.sendall(event),
+            "no secret, sends a ready frame": lambda sock, nonce: sock.sendall(
+                frame(envelope(b"R", {"pid": 1, "worker_id": 0}))),
+            "wrong secret": lambda sock, nonce: sock.sendall(
+                frame(b"A\x01" + apw.expected_answer(wrong, nonce)) + event),
+            "answer announcing 1 GiB": lambda sock, nonce: sock.sendall(
+                struct.pack(">I", 1 << 30)),
+        }
+        with worker.connect() as bystander:
+            for name, send in clients.items():
+                with self.subTest(name):
+                    with worker.connect_raw() as sock:
+                        self.assert_only_challenge_then_closed(sock, send)
+                    self.assertEqual(self.call(bystander, b"bystander")[2], b"bystander")
+        self.assertEqual(self.ran(), [b"bystander"] * len(clients))
+        self.assertIsNone(worker.proc.poll())
+
+    def test_foreign_clients_over_unix_get_no_pid_and_run_nothing(self):
+        self.check_foreign_clients(self.start_recording())
+
+    def test_foreign_clients_over_tcp_get_no_pid_and_run_nothing(self):
+        self.check_foreign_clients(self.start_recording(tcp=True))
+
+    def test_a_replayed_answer_is_refused(self):
+        worker = self.start_recording()
+        # Record a genuine answer on one connection...
+        with worker.connect_raw() as sock:
+            nonce = handshake(sock, worker.secret)
+            self.assertEqual(recv_envelope(sock)[0], b"R")
+        answer = b"A\x01" + apw.expected_answer(worker.secret, nonce)
+        # ...and replay it on another, whose nonce is a fresh one.
+        with worker.connect_raw() as sock:
+            self.assert_only_challenge_then_closed(
+                sock, lambda s, _nonce: s.sendall(
+                    frame(answer) + frame(envelope(b"E", {}, b"replayed"))))
+        self.assertEqual(self.ran(), [])
+
+    def test_a_silent_client_is_closed_after_the_deadline(self):
+        worker = self.start_recording(extra=["--handshake-timeout", "0.3"])
+        with worker.connect_raw() as silent:
+            started = time.monotonic()
+            self.assert_only_challenge_then_closed(silent, lambda sock, nonce: None)
+            waited = time.monotonic() - started
+        self.assertGreaterEqual(waited, 0.25)
+        self.assertLess(waited, IO_TIMEOUT - 1)
+        with worker.connect() as sock:
+            self.assertEqual(self.call(sock, b"after")[2], b"after")
+        self.assertIn("no handshake answer within", worker.stderr())
+
+    def test_connections_beyond_the_cap_are_refused_and_silent_ones_hold_no_place(self):
+        # --connections 2: 2 + 4 places for the host, the rest refused.
+        worker = self.start_recording(extra=["--connections", "2", "--handshake-timeout", "0.3"])
+        capacity = 2 + apw.PROBE_CONNECTIONS
+        # Silent clients first: once closed at their deadline they hold nothing.
+        silent = [worker.connect_raw() for _ in range(capacity)]
+        for sock in silent:
+            self.assert_only_challenge_then_closed(sock, lambda s, nonce: None)
+            sock.close()
+        served = [worker.connect() for _ in range(capacity)]
+        try:
+            extra = worker.connect_raw()
+            with extra:
+                # Refused before the handshake: not even a challenge.
+                assert_closed(self, extra)
+            for i, sock in enumerate(served):
+                self.assertEqual(self.call(sock, b"%d" % i)[2], b"%d" % i)
+        finally:
+            for sock in served:
+                sock.close()
+        self.assertIn("refusing connection", worker.stderr())
+        # Places come back once connections close.
+        deadline = time.monotonic() + IO_TIMEOUT
+        while True:
+            try:
+                with worker.connect() as sock:
+                    self.assertEqual(self.call(sock, b"again")[2], b"again")
+                break
+            except (AssertionError, EOFError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def test_the_secret_is_required_and_kept_from_the_handler(self):
+        status, stderr = self.run_to_exit("echo:handler", secret=b"short")
+        self.assertEqual(status, 2)
+        self.assertIn(apw.SECRET_ENV, stderr)
+        worker = self.start("probe:environment")
+        with worker.connect() as sock:
+            names = json.loads(self.call(sock, b"")[2])
+        self.assertNotIn(apw.SECRET_ENV, names)
+        self.assertIn("PATH", names)
+
+    def test_without_a_secret_the_worker_refuses_to_start(self):
+        env = {k: v for k, v in os.environ.items() if k != apw.SECRET_ENV}
+        proc = subprocess.run(
+            [sys.executable, WORKER, "--handler", "echo:handler", "--unix",
+             os.path.join(self.tmpdir, "x.sock"), "--worker-id", "0",
+             "--handler-path", EXAMPLES],
+            env=env, capture_output=True, timeout=START_TIMEOUT)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"--no-auth", proc.stderr)
+
+    def test_no_auth_serves_without_a_handshake(self):
+        worker = self.start(extra=["--no-auth"])
+        with worker.connect_raw() as sock:
+            kind, meta, _ = recv_envelope(sock)
+            self.assertEqual((kind, meta["pid"]), (b"R", worker.proc.pid))
+            self.assertEqual(self.call(sock, b"open")[2], b"open")
 
 
 class ConcurrencyAndDrainTest(WorkerTestCase):
@@ -565,7 +793,7 @@ class LifelineTest(WorkerTestCase):
         socket_path = os.path.join(self.tmpdir, "p.sock")
         proc = subprocess.Popen(
             [sys.executable, WORKER, "--handler", "echo:handler", "--unix", socket_path,
-             "--worker-id", "1", "--handler-path", EXAMPLES],
+             "--worker-id", "1", "--handler-path", EXAMPLES, "--no-auth"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, apw.LIFELINE_ENV: "stdin"}, start_new_session=True)
         self.addCleanup(lambda: proc.poll() is None and proc.kill())

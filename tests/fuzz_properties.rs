@@ -1,13 +1,16 @@
 //! The fuzz targets of `fuzz/` as seeded property tests, so that `cargo test`
 //! checks the same properties on stable Rust: whatever bytes a worker sends,
-//! the frame decoder and the envelope parsers return (no panic, no hang), and
-//! they never allocate more than the frame limit allows; a frame that announces
-//! 1 GiB is refused from its length prefix.
+//! the frame decoder, the envelope parsers and the handshake parser return (no
+//! panic, no hang), and they never allocate more than the frame limit allows;
+//! a frame that announces 1 GiB is refused from its length prefix; only a
+//! well-formed version-1 challenge passes the handshake parser.
 
 mod alloc_counter;
 
 use alloc_counter::peak_during;
-use async_worker_pool::net::{Ready, Reply, SocketTransport};
+use async_worker_pool::net::{
+    Challenge, ProtocolError, Ready, Reply, SocketTransport, WorkerSecret,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
@@ -41,7 +44,15 @@ fn valid_envelopes() -> Vec<Vec<u8>> {
         envelope(b'X', r#"{"type":"ValueError","message":"m"}"#, b"Traceback"),
         envelope(b'R', r#"{"pid":12,"worker_id":0}"#, b""),
         envelope(b'E', "{}", b"event"),
+        challenge(1),
     ]
+}
+
+/// A handshake challenge of `version` with a nonce of 32 counting bytes.
+fn challenge(version: u8) -> Vec<u8> {
+    let mut out = vec![b'C', version];
+    out.extend(0..32);
+    out
 }
 
 fn random_bytes(rng: &mut fastrand::Rng, max: usize) -> Vec<u8> {
@@ -83,7 +94,7 @@ fn payload(rng: &mut fastrand::Rng, valid: &[Vec<u8>]) -> Vec<u8> {
             let meta: Vec<u8> = (0..len)
                 .map(|_| alphabet[rng.usize(..alphabet.len())])
                 .collect();
-            let mut bytes = vec![*b"ROXEZ".get(rng.usize(..5)).unwrap()];
+            let mut bytes = vec![*b"ROXEZC".get(rng.usize(..6)).unwrap()];
             let claimed = if rng.bool() {
                 meta.len() as u32
             } else {
@@ -100,6 +111,7 @@ fn payload(rng: &mut fastrand::Rng, valid: &[Vec<u8>]) -> Vec<u8> {
 fn decode_envelope(input: &[u8]) {
     let _ = Reply::decode(Bytes::copy_from_slice(input));
     let _ = Ready::decode(input);
+    let _ = Challenge::decode(input);
 }
 
 /// What the `frame_decoder` fuzz target does with one input: the stream after
@@ -235,4 +247,76 @@ fn a_frame_at_the_limit_is_accepted_and_one_byte_over_is_refused() {
     let mut over = BytesMut::new();
     over.put_u32(LIMIT as u32 + 1);
     assert!(codec.decode(&mut over).is_err());
+}
+
+/// What the `handshake` fuzz target checks for one input; returns whether the
+/// input was accepted as a challenge.
+fn check_challenge(input: &[u8], secret: &WorkerSecret) -> Result<(), ProtocolError> {
+    let challenge = Challenge::decode(input)?;
+    assert_eq!(input.len(), 34, "accepted {input:?}");
+    assert_eq!(&input[..2], b"C\x01", "accepted {input:?}");
+    assert_eq!(&challenge.nonce()[..], &input[2..]);
+    let mut answer = BytesMut::new();
+    challenge.encode_answer(secret, &mut answer);
+    assert_eq!(&answer[..2], b"A\x01");
+    assert!(secret.verify(challenge.nonce(), &answer[2..]));
+    Ok(())
+}
+
+#[test]
+fn handshake_parser_accepts_only_version_1_challenges_of_34_bytes() {
+    let mut rng = fastrand::Rng::with_seed(SEED ^ 3);
+    let secret = WorkerSecret::generate().unwrap();
+    let valid = valid_envelopes();
+    let (mut accepted, mut other_version, mut bad_length, mut worst) = (0, 0, 0, 0);
+    for round in 0..30_000 {
+        let input = match round % 3 {
+            // A challenge of any version, cut or grown, with bits flipped.
+            0 => {
+                let mut bytes = challenge(*[0, 1, 1, 2].get(rng.usize(..4)).unwrap());
+                if rng.bool() {
+                    bytes.truncate(rng.usize(..=bytes.len()));
+                }
+                if rng.u8(..4) == 0 {
+                    bytes.extend(random_bytes(&mut rng, 4));
+                }
+                if rng.bool() && !bytes.is_empty() {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] ^= 1 << rng.u8(0..8);
+                }
+                bytes
+            }
+            1 => payload(&mut rng, &valid),
+            _ => random_bytes(&mut rng, 64),
+        };
+        let (result, peak) = peak_during(|| check_challenge(&input, &secret));
+        match result {
+            Ok(()) => accepted += 1,
+            Err(ProtocolError::UnsupportedHandshakeVersion { version }) => {
+                assert_ne!(version, 1);
+                other_version += 1;
+            }
+            Err(ProtocolError::ChallengeLength { len }) => {
+                assert_ne!(len, 34);
+                bad_length += 1;
+            }
+            Err(_) => {}
+        }
+        // Parsing allocates nothing; the answer needs its 34 bytes.
+        assert!(
+            peak <= 256,
+            "{peak} bytes for a {}-byte payload",
+            input.len()
+        );
+        worst = worst.max(peak);
+    }
+    // The generator must reach every outcome, or the test proves little.
+    assert!(
+        accepted > 500 && other_version > 500 && bad_length > 500,
+        "accepted {accepted}, other version {other_version}, bad length {bad_length}"
+    );
+    println!(
+        "handshake parser: {accepted} accepted, {other_version} of another version, \
+         {bad_length} of a bad length, at most {worst} bytes allocated"
+    );
 }

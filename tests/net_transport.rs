@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_worker_pool::net::{
-    DEFAULT_MAX_FRAME_BYTES, Event, NetError, ProtocolError, Reply, SocketTransport,
+    DEFAULT_MAX_FRAME_BYTES, Event, NetError, ProtocolError, Reply, SocketTransport, WorkerSecret,
 };
+use async_worker_pool::process::SECRET_ENV;
 use async_worker_pool::{Endpoint, Transport};
 use bytes::Bytes;
 use tempfile::TempDir;
@@ -42,6 +43,16 @@ enum Script {
     CloseMidFrame,
     /// Answers with `X`, as for a handler that raised.
     Raise,
+    /// Opens with a handshake challenge and, once it is answered with
+    /// [`test_secret`], behaves as `Echo`; closes on a wrong answer.
+    Authenticated,
+    /// Opens with a challenge of version 2, which no host speaks yet.
+    ChallengeVersion2,
+}
+
+/// The secret of the `Authenticated` test worker.
+fn test_secret() -> WorkerSecret {
+    WorkerSecret::from_hex(&"5e".repeat(32)).unwrap()
 }
 
 /// An in-process worker listening on a Unix socket or loopback TCP.
@@ -126,6 +137,24 @@ fn open_event(payload: &[u8]) -> (String, Vec<u8>) {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, script: Script) {
     let ready = envelope(b'R', r#"{"pid":1234,"worker_id":0}"#, b"");
     match script {
+        Script::Authenticated => {
+            let nonce: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
+            write_frame(&mut stream, &[&b"C\x01"[..], &nonce].concat()).await;
+            let Some(answer) = read_frame(&mut stream).await else {
+                return;
+            };
+            let right = answer.len() == 34
+                && answer[..2] == *b"A\x01"
+                && test_secret().verify(&nonce, &answer[2..]);
+            if !right {
+                return;
+            }
+        }
+        Script::ChallengeVersion2 => {
+            write_frame(&mut stream, &[b'C', 2, 0, 0, 0]).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
         Script::CloseBeforeReady => return,
         Script::ReplyBeforeReady => {
             write_frame(&mut stream, &envelope(b'O', "{}", b"")).await;
@@ -447,6 +476,8 @@ async fn raised_answer_is_ok_and_keeps_the_connection() {
 /// The reference Python worker, killed when dropped.
 struct PythonWorker {
     endpoint: Endpoint,
+    /// The secret it was started with; not registered, so connects pass it.
+    secret: WorkerSecret,
     _child: tokio::process::Child,
     _dir: TempDir,
 }
@@ -456,8 +487,10 @@ impl PythonWorker {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.sock");
+        let secret = WorkerSecret::generate().unwrap();
         let child = tokio::process::Command::new("python3")
             .current_dir(root)
+            .env(SECRET_ENV, secret.to_hex())
             .arg("python/async_pool_worker.py")
             .args(["--handler", handler, "--handler-path", "examples/handlers"])
             .arg("--unix")
@@ -477,6 +510,7 @@ impl PythonWorker {
         }
         Self {
             endpoint: Endpoint::Unix(path),
+            secret,
             _child: child,
             _dir: dir,
         }
@@ -487,7 +521,7 @@ impl PythonWorker {
 async fn real_python_worker_echoes_plain_and_http_events() {
     let worker = PythonWorker::start("echo:handler").await;
     let mut conn = SocketTransport::new()
-        .connect_endpoint(&worker.endpoint)
+        .connect_authenticated(&worker.endpoint, &worker.secret)
         .await
         .unwrap();
     assert_eq!(conn.ready().worker_id(), 0);
@@ -513,7 +547,7 @@ async fn real_python_worker_echoes_plain_and_http_events() {
 async fn real_python_worker_reports_a_raising_handler_as_raised() {
     let worker = PythonWorker::start("faulty:handler").await;
     let mut conn = SocketTransport::new()
-        .connect_endpoint(&worker.endpoint)
+        .connect_authenticated(&worker.endpoint, &worker.secret)
         .await
         .unwrap();
     let reply = conn.call(&Event::plain("raise")).await.unwrap();
@@ -531,4 +565,83 @@ async fn real_python_worker_reports_a_raising_handler_as_raised() {
     // The connection survives a raising handler.
     let reply = conn.call(&Event::plain("fine")).await.unwrap();
     assert!(matches!(reply, Reply::Returned { body, .. } if body == "fine"));
+}
+
+#[tokio::test]
+async fn the_handshake_is_answered_with_the_secret_registered_for_the_endpoint() {
+    for worker in [
+        TestWorker::unix(Script::Authenticated),
+        TestWorker::tcp(Script::Authenticated).await,
+    ] {
+        let _registration = test_secret().register(worker.endpoint.clone());
+        check_round_trips(&worker.endpoint).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_asks_for_a_secret_nobody_registered_fails_connect_with_no_secret() {
+    let worker = TestWorker::unix(Script::Authenticated);
+    let err = SocketTransport::new()
+        .connect_endpoint(&worker.endpoint)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, NetError::NoSecret { endpoint } if *endpoint == worker.endpoint.to_string()),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_rejected_and_a_right_one_passed_directly_works() {
+    let worker = TestWorker::unix(Script::Authenticated);
+    let wrong = WorkerSecret::generate().unwrap();
+    let err = SocketTransport::new()
+        .connect_authenticated(&worker.endpoint, &wrong)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Rejected), "{err:?}");
+    let mut conn = SocketTransport::new()
+        .connect_authenticated(&worker.endpoint, &test_secret())
+        .await
+        .unwrap();
+    assert_eq!(conn.ready().pid(), 1234);
+    assert!(conn.call(&Event::plain("x")).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_challenge_of_an_unknown_version_fails_connect_with_a_handshake_error() {
+    let worker = TestWorker::unix(Script::ChallengeVersion2);
+    let err = SocketTransport::new()
+        .connect_authenticated(&worker.endpoint, &test_secret())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::Handshake(ProtocolError::UnsupportedHandshakeVersion { version: 2 })
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn real_python_worker_refuses_a_host_without_its_secret() {
+    let worker = PythonWorker::start("echo:handler").await;
+    let err = SocketTransport::new()
+        .connect_endpoint(&worker.endpoint)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::NoSecret { .. }), "{err:?}");
+    let wrong = WorkerSecret::generate().unwrap();
+    let err = SocketTransport::new()
+        .connect_authenticated(&worker.endpoint, &wrong)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Rejected), "{err:?}");
+    // And it still serves its host.
+    let mut conn = SocketTransport::new()
+        .connect_authenticated(&worker.endpoint, &worker.secret)
+        .await
+        .unwrap();
+    assert!(conn.call(&Event::plain("x")).await.is_ok());
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod real_support;
 
-use async_worker_pool::process::ENDPOINT_ENV;
+use async_worker_pool::process::{ENDPOINT_ENV, SECRET_ENV};
 use async_worker_pool::{
     Endpoint, EndpointKind, LaunchError, Launcher, Pool, ProcessLauncher, ProcessLauncherBuilder,
     ProcessWorker, Transport, WorkerId, WorkerInfo, WorkerProcess, async_trait,
@@ -343,6 +343,46 @@ async fn workers_see_their_endpoint_in_the_environment() {
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), expected);
     assert_eq!(ENDPOINT_ENV, "ASYNC_WORKER_POOL_ENDPOINT");
     worker.terminate(Duration::ZERO).await;
+}
+
+/// The NUL-separated strings of `/proc/PID/<file>`.
+fn proc_strings(pid: u32, file: &str) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .split(|&byte| byte == 0)
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_launch_gets_a_fresh_secret_in_its_environment_never_in_its_arguments() {
+    let launcher = echo_worker().build().unwrap();
+    let mut secrets = Vec::new();
+    for _ in 0..2 {
+        let mut worker = launch(&launcher, 0).await;
+        let pid = worker.pid().unwrap();
+        let secret = worker
+            .secret()
+            .expect("a launched worker has a secret")
+            .to_hex();
+        assert_eq!(secret.len(), 64);
+        // Every user can read the command line; only the host's user the
+        // environment, where the worker's initial copy stays (SECURITY.md).
+        let cmdline = proc_strings(pid, "cmdline").join(" ");
+        assert!(
+            !cmdline.contains(&secret),
+            "the secret is in argv: {cmdline}"
+        );
+        assert!(cmdline.contains("--handler"), "{cmdline}");
+        let environ = proc_strings(pid, "environ");
+        assert!(
+            environ.contains(&format!("{SECRET_ENV}={secret}")),
+            "no {SECRET_ENV} in the worker's environment"
+        );
+        secrets.push(secret);
+        worker.terminate(Duration::ZERO).await;
+    }
+    assert_ne!(secrets[0], secrets[1], "a relaunch reused the secret");
 }
 
 /// A transport that only connects: enough for the pool to fill its slots.

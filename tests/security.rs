@@ -1,8 +1,9 @@
 //! What a host can rely on when a worker, or another user of the machine, is
 //! not to be trusted: the Unix sockets live in a private directory that is gone
-//! after shutdown, TCP workers listen on loopback only, an oversized frame is
-//! refused without being allocated, and no bytes from a worker can make a call
-//! panic or hang.
+//! after shutdown, TCP workers listen on loopback only, a local client without
+//! the worker's secret runs no event and learns no pid while the pool keeps
+//! serving, an oversized frame is refused without being allocated, and no bytes
+//! from a worker can make a call panic or hang.
 
 mod alloc_counter;
 mod real_support;
@@ -13,11 +14,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use alloc_counter::peak_during;
-use async_worker_pool::net::{Event, NetError, SocketTransport};
+use async_worker_pool::net::{Event, NetError, SocketTransport, WorkerSecret};
 use async_worker_pool::{Endpoint, EndpointKind, Launcher, Pool, WorkerId, WorkerProcess};
 use real_support::{is_alive, python_worker, returned_body, until_full, worker_pids};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::time::{Instant, timeout};
 
 fn ready_frame() -> Vec<u8> {
     let meta = br#"{"pid":1,"worker_id":0}"#;
@@ -216,4 +218,157 @@ async fn random_bytes_from_a_worker_end_every_call_with_an_error_in_bounded_time
     worker.await.unwrap();
     println!("{refused_at_connect} connects refused, {failed_calls} calls failed");
     assert_eq!(refused_at_connect + failed_calls, ROUNDS);
+}
+
+/// The loopback TCP port process `pid` listens on, from /proc: the inode of
+/// each of its sockets, matched against the listening sockets of /proc/net/tcp.
+fn listening_port(pid: u32) -> u16 {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let ports: Vec<u16> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state (0A is LISTEN), field 9 the inode.
+            (fields[3] == "0A" && inodes.iter().any(|inode| inode == fields[9]))
+                .then(|| u16::from_str_radix(fields[1].rsplit(':').next().unwrap(), 16).unwrap())
+        })
+        .collect();
+    assert_eq!(ports.len(), 1, "worker {pid} listens on {ports:?}");
+    ports[0]
+}
+
+/// A frame around `payload`, as any client could write it.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An event envelope with `body`, as a foreign client would send it.
+fn foreign_event(body: &str) -> Vec<u8> {
+    let mut payload = vec![b'E'];
+    payload.extend_from_slice(&2u32.to_be_bytes());
+    payload.extend_from_slice(b"{}");
+    payload.extend_from_slice(body.as_bytes());
+    frame(&payload)
+}
+
+/// What a foreign client does once connected, given the challenge it read.
+#[derive(Debug, Clone, Copy)]
+enum Foreign {
+    /// Knows nothing of the handshake: sends an event straight away.
+    NoSecret,
+    /// Answers the challenge with a secret of its own, then sends an event.
+    WrongSecret,
+    /// Reads the challenge and says nothing.
+    Silent,
+}
+
+/// Connects to `port` as `kind`; returns everything the worker sent after
+/// its challenge until it closed the connection, and how long that took.
+async fn foreign_client(port: u16, kind: Foreign) -> (Vec<u8>, Duration) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    let mut challenge = [0; 4 + 34];
+    stream.read_exact(&mut challenge).await.unwrap();
+    assert_eq!(
+        challenge[..6],
+        [0, 0, 0, 34, b'C', 1],
+        "the worker opened with something else than its challenge"
+    );
+    match kind {
+        Foreign::NoSecret => stream.write_all(&foreign_event("FOREIGN")).await.unwrap(),
+        Foreign::WrongSecret => {
+            let mut answer = vec![b'A', 1];
+            answer.extend(WorkerSecret::generate().unwrap().answer(&challenge[6..]));
+            let mut bytes = frame(&answer);
+            bytes.extend(foreign_event("FOREIGN"));
+            stream.write_all(&bytes).await.unwrap();
+        }
+        Foreign::Silent => {}
+    }
+    let mut rest = Vec::new();
+    // A reset counts as closed; what matters is what arrived before it.
+    let _ = timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the worker kept a foreign connection open for 10 s");
+    (rest, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_client_without_the_secret_runs_no_event_and_learns_no_pid() {
+    let launcher = python_worker("record:handler", 2)
+        .endpoint_kind(EndpointKind::Tcp)
+        .args(["--handshake-timeout", "0.5"])
+        .build()
+        .unwrap();
+    let pool = Pool::builder(SocketTransport::new(), launcher)
+        .num_workers(1)
+        .max_connections(2)
+        .build()
+        .unwrap();
+    let pid = worker_pids(&until_full(&pool).await)[0];
+    let port = listening_port(pid);
+
+    // The pool serves all along, on both of its connections.
+    let serving = async {
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut served = 0;
+        while Instant::now() < deadline {
+            let (a, b) = tokio::join!(
+                pool.dispatch(Event::plain("host")),
+                pool.dispatch(Event::plain("host"))
+            );
+            a.unwrap();
+            b.unwrap();
+            served += 2;
+        }
+        served
+    };
+    let attacks = async {
+        tokio::join!(
+            foreign_client(port, Foreign::NoSecret),
+            foreign_client(port, Foreign::WrongSecret),
+            foreign_client(port, Foreign::Silent),
+        )
+    };
+    let (served, (no_secret, wrong_secret, silent)) = tokio::join!(serving, attacks);
+
+    for (kind, (rest, _)) in [
+        (Foreign::NoSecret, &no_secret),
+        (Foreign::WrongSecret, &wrong_secret),
+        (Foreign::Silent, &silent),
+    ] {
+        assert!(
+            rest.is_empty(),
+            "{kind:?} was sent {rest:?} after the challenge"
+        );
+    }
+    // The silent client was closed at the deadline, not left to hold a place.
+    assert!(
+        silent.1 >= Duration::from_millis(400) && silent.1 < Duration::from_secs(3),
+        "the silent client was closed after {:?}",
+        silent.1
+    );
+    let reply = pool.dispatch(Event::plain("last")).await.unwrap();
+    let ran: Vec<String> = serde_json::from_slice(&returned_body(reply)).unwrap();
+    assert_eq!(ran.len(), served + 1, "{ran:?}");
+    assert!(
+        ran.iter().all(|body| body == "host" || body == "last"),
+        "{ran:?}"
+    );
+    let stats = pool.stats();
+    assert_eq!(stats.events.error, 0, "{stats:#?}");
+    assert_eq!(stats.worker_restarts, 0, "{stats:#?}");
+    println!("the pool served {served} events while three foreign clients were turned away");
+    pool.shutdown(Duration::from_secs(2)).await;
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_worker_pool::net::{Event, Reply, SocketTransport};
+use async_worker_pool::net::{Challenge, Event, Reply, SocketTransport, WorkerSecret};
 use async_worker_pool::{
     Endpoint, LaunchError, Launcher, Pool, WorkerExit, WorkerId, WorkerProcess, async_trait,
 };
@@ -94,12 +94,20 @@ fn kind_and_body(frame: &[u8]) -> io::Result<(u8, &[u8])> {
 /// The echo worker: for every connection, an `R` frame, then an `O` frame with
 /// meta `{}` echoing the body of each `E` frame. Runs until the task is dropped.
 pub async fn serve_echo(listener: UnixListener) {
+    serve_echo_with(listener, None).await;
+}
+
+/// The echo worker, opening every connection with the handshake of
+/// `docs/protocol.md` when it has a `secret`: a challenge with a fresh nonce
+/// from the OS, and the answer checked before the `R` frame.
+pub async fn serve_echo_with(listener: UnixListener, secret: Option<WorkerSecret>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let secret = secret.clone();
                 tokio::spawn(async move {
                     // A host that goes away mid-event is no concern of the bench.
-                    let _ = echo_connection(stream).await;
+                    let _ = echo_connection(stream, secret).await;
                 });
             }
             Err(err) => eprintln!("echo worker: accept failed: {err}"),
@@ -107,7 +115,22 @@ pub async fn serve_echo(listener: UnixListener) {
     }
 }
 
-async fn echo_connection(mut stream: UnixStream) -> io::Result<()> {
+async fn echo_connection(mut stream: UnixStream, secret: Option<WorkerSecret>) -> io::Result<()> {
+    if let Some(secret) = secret {
+        let mut nonce = [0; 32];
+        getrandom::fill(&mut nonce).map_err(io::Error::other)?;
+        let mut challenge = vec![0, 0, 0, 34, b'C', 1];
+        challenge.extend_from_slice(&nonce);
+        stream.write_all(&challenge).await?;
+        let mut answer = [0; 4 + 34];
+        stream.read_exact(&mut answer).await?;
+        if answer[..6] != [0, 0, 0, 34, b'A', 1] || !secret.verify(&nonce, &answer[6..]) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "wrong answer",
+            ));
+        }
+    }
     let mut out = Vec::with_capacity(8 * 1024);
     let ready = format!(r#"{{"pid":{},"worker_id":0}}"#, std::process::id());
     put_frame(&mut out, b'R', ready.as_bytes(), b"");
@@ -200,14 +223,28 @@ pub struct RawConn {
 }
 
 impl RawConn {
-    /// Connects and waits for the worker's ready frame.
-    pub async fn connect(path: &Path) -> io::Result<Self> {
+    /// Connects, answers the worker's handshake challenge with `secret` if it
+    /// sends one, and waits for its ready frame.
+    pub async fn connect(path: &Path, secret: Option<&WorkerSecret>) -> io::Result<Self> {
         let mut conn = Self {
             stream: UnixStream::connect(path).await?,
             buf: Vec::with_capacity(8 * 1024),
         };
         if !read_frame(&mut conn.stream, &mut conn.buf).await? {
             return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if conn.buf.get(PREFIX) == Some(&b'C') {
+            let challenge = Challenge::decode(&conn.buf[PREFIX..])
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+            let secret = secret.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::PermissionDenied, "a challenge and no secret")
+            })?;
+            let mut answer = bytes::BytesMut::from(&[0, 0, 0, 34][..]);
+            challenge.encode_answer(secret, &mut answer);
+            conn.stream.write_all(&answer).await?;
+            if !read_frame(&mut conn.stream, &mut conn.buf).await? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
         }
         if kind_and_body(&conn.buf)?.0 != b'R' {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "no ready frame"));
@@ -230,11 +267,16 @@ impl RawConn {
     }
 }
 
-/// Opens `count` raw connections to the worker at `path`.
-pub async fn raw_conns(path: &Path, count: usize) -> Vec<RawConn> {
+/// Opens `count` raw connections to the worker at `path`, answering its
+/// handshake with `secret` if it asks.
+pub async fn raw_conns(path: &Path, count: usize, secret: Option<&WorkerSecret>) -> Vec<RawConn> {
     let mut conns = Vec::with_capacity(count);
     for _ in 0..count {
-        conns.push(RawConn::connect(path).await.expect("a raw connection"));
+        conns.push(
+            RawConn::connect(path, secret)
+                .await
+                .expect("a raw connection"),
+        );
     }
     conns
 }

@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use async_worker_pool::net::{Ready, Reply, SocketTransport};
+use async_worker_pool::net::{Challenge, Ready, Reply, SocketTransport};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
@@ -29,6 +29,7 @@ fuzz_target!(|input: &[u8]| {
             match codec.decode(&mut buffer) {
                 Ok(Some(frame)) => {
                     assert!(frame.len() <= LIMIT, "a frame over the limit was yielded");
+                    let _ = Challenge::decode(&frame);
                     let _ = Ready::decode(&frame);
                     let _ = Reply::decode(frame.freeze());
                 }

@@ -74,6 +74,18 @@ pub enum ProtocolError {
         #[source]
         source: serde_json::Error,
     },
+    /// A handshake challenge (`C`) of a version this host does not speak.
+    #[error("the worker's handshake is version {version}; this host speaks version 1")]
+    UnsupportedHandshakeVersion {
+        /// The version byte received.
+        version: u8,
+    },
+    /// A version-1 handshake challenge that is not exactly 34 bytes long.
+    #[error("a handshake challenge of {len} bytes; version 1 has 34")]
+    ChallengeLength {
+        /// The payload's length.
+        len: usize,
+    },
     /// An `O` reply with a status outside `100..=999`.
     #[error("status {status} is outside 100..=999")]
     StatusOutOfRange {
@@ -121,6 +133,26 @@ pub enum NetError {
     /// The worker's first frame was a well-formed frame, but not a valid ready frame.
     #[error("the worker's first frame was not a valid ready frame")]
     NotReady(#[source] ProtocolError),
+    /// The worker's first frame was a handshake challenge that cannot be answered.
+    #[error("the worker's handshake challenge is malformed or of another version")]
+    Handshake(#[source] ProtocolError),
+    /// The worker asks the host to prove that it knows the worker's secret, and
+    /// none is registered for its endpoint (see
+    /// [`WorkerSecret::register`](super::WorkerSecret::register)).
+    #[error(
+        "the worker at `{endpoint}` asks for its secret, and none is registered for that endpoint"
+    )]
+    NoSecret {
+        /// The endpoint connected to.
+        endpoint: String,
+    },
+    /// The worker closed the connection after the host answered its challenge:
+    /// the secret is wrong, the answer came after the worker's deadline, or the
+    /// worker has all the connections it accepts.
+    #[error(
+        "the worker closed the connection after the handshake: wrong secret, too late, or no connection left"
+    )]
+    Rejected,
     /// The endpoint is not one the socket transport can connect to.
     #[error("the socket transport cannot connect to endpoint `{0}`")]
     UnsupportedEndpoint(String),

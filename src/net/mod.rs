@@ -13,6 +13,12 @@
 //!   misbehaving worker cannot make the host allocate what it announces.
 //! - [`NetError`] tells a worker that closed the connection, one that broke the
 //!   protocol ([`ProtocolError`]) and a failing socket apart.
+//! - Every connection opens with a handshake when the worker has a
+//!   [`WorkerSecret`]: the worker sends a [`Challenge`], and serves the
+//!   connection only once the host has answered it with an HMAC that only the
+//!   holder of the secret can compute. The transport finds the secret of an
+//!   endpoint in the table [`WorkerSecret::register`] fills, as
+//!   [`ProcessLauncher`](crate::ProcessLauncher) does for every launch.
 //!
 //! ```no_run
 //! use async_worker_pool::Endpoint;
@@ -37,10 +43,14 @@
 mod envelope;
 mod error;
 mod fd_limit;
+mod handshake;
+mod secret;
 mod stream;
 mod transport;
 
 pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
 pub use fd_limit::raise_fd_limit;
+pub use handshake::{Challenge, HANDSHAKE_VERSION, NONCE_LEN};
+pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, SecretRegistration, WorkerSecret};
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};

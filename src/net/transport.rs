@@ -12,6 +12,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 
 use super::envelope::{Event, Ready, Reply};
 use super::error::NetError;
+use super::handshake::{CHALLENGE, Challenge};
+use super::secret::WorkerSecret;
 use super::stream::Stream;
 use crate::launcher::{Endpoint, WorkerInfo};
 use crate::transport::Transport;
@@ -45,6 +47,16 @@ const LARGEST_FRAME: usize = u32::MAX as usize;
 /// read, before any of it is buffered; a longer event fails with
 /// [`NetError::EventTooLarge`] before anything is sent. Give the worker the same
 /// limit (`--max-frame-bytes`).
+///
+/// # Handshake
+///
+/// A worker that has a secret opens every connection with a challenge; the
+/// transport answers it with the [`WorkerSecret`] registered for the endpoint
+/// ([`WorkerSecret::register`], which [`ProcessLauncher`](crate::ProcessLauncher)
+/// does for every launch) before it waits for the ready frame, so a pool of
+/// launched workers needs no setting for it. The cost is one more round trip
+/// per connection, none per event. A worker without a secret sends its ready
+/// frame at once and is served as before.
 #[derive(Debug, Clone)]
 pub struct SocketTransport {
     max_frame_bytes: usize,
@@ -95,6 +107,12 @@ impl SocketTransport {
     /// Opens a connection to `endpoint` and resolves once the worker has sent a
     /// valid ready frame on it.
     ///
+    /// If the worker opens with a handshake challenge, it is answered with the
+    /// secret registered for `endpoint` (see [`WorkerSecret::register`]; a
+    /// [`ProcessLauncher`](crate::ProcessLauncher) registers the secret of every
+    /// worker it launches). A worker that sends its ready frame at once, having
+    /// no secret, is served without a handshake.
+    ///
     /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for hosts
     /// (and tests) that drive a worker without a pool.
     ///
@@ -103,14 +121,47 @@ impl SocketTransport {
     /// [`NetError::UnsupportedEndpoint`] for an [`Endpoint::Named`];
     /// [`NetError::Io`] if the socket cannot be opened;
     /// [`NetError::ClosedBeforeReady`] if the worker closes it first;
-    /// [`NetError::FrameTooLarge`] or [`NetError::NotReady`] if the first frame
-    /// is not a valid ready frame.
+    /// [`NetError::Handshake`] for a challenge this host cannot answer,
+    /// [`NetError::NoSecret`] if no secret is registered for `endpoint`, and
+    /// [`NetError::Rejected`] if the worker closes the connection after the
+    /// answer; [`NetError::FrameTooLarge`] or [`NetError::NotReady`] if the
+    /// worker's frame is not a valid ready frame.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: dropping the future closes the half-open socket, and nothing
-    /// has been sent on it.
+    /// Cancel safe: dropping the future closes the half-open socket, and no
+    /// event has been sent on it.
     pub async fn connect_endpoint(&self, endpoint: &Endpoint) -> Result<SocketConn, NetError> {
+        let secret = WorkerSecret::registered_for(endpoint);
+        self.open(endpoint, secret.as_ref()).await
+    }
+
+    /// Like [`connect_endpoint`](Self::connect_endpoint), but answers a
+    /// challenge with `secret` instead of looking one up: for hosts that keep
+    /// their workers' secrets themselves.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_endpoint`](Self::connect_endpoint), without
+    /// [`NetError::NoSecret`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes the half-open socket, and no
+    /// event has been sent on it.
+    pub async fn connect_authenticated(
+        &self,
+        endpoint: &Endpoint,
+        secret: &WorkerSecret,
+    ) -> Result<SocketConn, NetError> {
+        self.open(endpoint, Some(secret)).await
+    }
+
+    async fn open(
+        &self,
+        endpoint: &Endpoint,
+        secret: Option<&WorkerSecret>,
+    ) -> Result<SocketConn, NetError> {
         let stream = match endpoint {
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
             Endpoint::Tcp(addr) => {
@@ -123,16 +174,39 @@ impl SocketTransport {
         };
         let limit = self.max_frame_bytes;
         let mut framed = Framed::new(stream, self.frame_codec());
-        let frame = match framed.next().await {
+        let mut frame = match framed.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(err)) => return Err(read_error(err, limit, NetError::ClosedBeforeReady)),
             None => return Err(NetError::ClosedBeforeReady),
         };
+        if frame.first() == Some(&CHALLENGE) {
+            let challenge = Challenge::decode(&frame).map_err(NetError::Handshake)?;
+            let Some(secret) = secret else {
+                return Err(NetError::NoSecret {
+                    endpoint: endpoint.to_string(),
+                });
+            };
+            let buffer = framed.write_buffer_mut();
+            let start = buffer.len();
+            buffer.put_u32(0);
+            challenge.encode_answer(secret, buffer);
+            let answer_len = u32::try_from(buffer.len() - start - PREFIX_LEN).unwrap_or(u32::MAX);
+            buffer[start..start + PREFIX_LEN].copy_from_slice(&answer_len.to_be_bytes());
+            SinkExt::<Bytes>::flush(&mut framed)
+                .await
+                .map_err(|err| closed_or_io(err, NetError::Rejected))?;
+            frame = match framed.next().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(err)) => return Err(read_error(err, limit, NetError::Rejected)),
+                None => return Err(NetError::Rejected),
+            };
+        }
         let ready = Ready::decode(&frame).map_err(NetError::NotReady)?;
         tracing::debug!(
             %endpoint,
             pid = ready.pid(),
             worker_id = ready.worker_id(),
+            authenticated = secret.is_some(),
             "connected to worker"
         );
         Ok(SocketConn {
@@ -185,7 +259,7 @@ impl Transport for SocketTransport {
 
     fn is_disconnect(&self, error: &NetError) -> bool {
         match error {
-            NetError::Closed | NetError::ClosedBeforeReady => true,
+            NetError::Closed | NetError::ClosedBeforeReady | NetError::Rejected => true,
             NetError::Io(io) => crate::transport::is_disconnect_io(io),
             _ => false,
         }

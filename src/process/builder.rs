@@ -122,7 +122,9 @@ impl ProcessLauncherBuilder {
 
     /// How many connections the pool opens to each worker, passed to it as
     /// `--connections N` so it can size its backlog and file limit; default 1000.
-    /// Set it to the pool's `max_connections`.
+    /// Set it to the pool's `max_connections`: the reference worker serves at
+    /// most N + 4 connections at once (the 4 for liveness probes) and refuses
+    /// the rest.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;
         self
@@ -147,8 +149,9 @@ impl ProcessLauncherBuilder {
     /// `--tcp HOST:PORT`, then `--worker-id N` and `--connections N`; default
     /// true. Without them a program finds its endpoint in the environment
     /// variable [`ENDPOINT_ENV`](super::ENDPOINT_ENV) (`unix:PATH` or
-    /// `tcp:HOST:PORT`), which is always set, as is
-    /// [`WORKER_ID_ENV`](super::WORKER_ID_ENV).
+    /// `tcp:HOST:PORT`), which is always set, as are
+    /// [`WORKER_ID_ENV`](super::WORKER_ID_ENV) and the worker's secret,
+    /// [`SECRET_ENV`](super::SECRET_ENV).
     pub fn endpoint_args(mut self, on: bool) -> Self {
         self.endpoint_args = on;
         self

@@ -18,9 +18,10 @@ use super::builder::{EndpointKind, ProcessLauncherBuilder};
 use super::output::{StderrTail, forward_stderr, forward_stdout, with_stderr_tail};
 use super::socket_dir::SocketDir;
 use super::worker::ProcessWorker;
-use super::{ENDPOINT_ENV, LIFELINE_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
+use super::{ENDPOINT_ENV, LIFELINE_ENV, SECRET_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
 use crate::error::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
+use crate::net::WorkerSecret;
 
 /// How often a starting worker's endpoint is tried.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -207,6 +208,12 @@ impl Launcher for ProcessLauncher {
     /// Starts the program for `worker` and resolves once its endpoint accepts a
     /// connection.
     ///
+    /// Each launch makes a fresh [`WorkerSecret`], gives it to the program in
+    /// [`SECRET_ENV`] and registers it for the endpoint (for as long as the
+    /// returned [`ProcessWorker`] lives), so that a
+    /// [`SocketTransport`](crate::net::SocketTransport) answers the worker's
+    /// handshake. A program that ignores the variable serves without one.
+    ///
     /// # Errors
     ///
     /// If the program cannot be started, or exits before it accepts a connection
@@ -217,7 +224,15 @@ impl Launcher for ProcessLauncher {
     /// Cancel safe: dropping the future kills the process group it started.
     async fn launch(&self, worker: WorkerId) -> Result<ProcessWorker, LaunchError> {
         let endpoint = self.endpoint_for(worker)?;
-        let command = self.command(worker, &endpoint);
+        let secret = WorkerSecret::generate().map_err(|error| {
+            LaunchError::with_source(
+                format!("cannot make a secret for worker {worker}: {error}"),
+                error,
+            )
+        })?;
+        let mut command = self.command(worker, &endpoint);
+        // In the environment, not the arguments: /proc/PID/cmdline is world-readable.
+        command.env(SECRET_ENV, secret.to_hex());
         let Started {
             mut process,
             stderr_forwarder,
@@ -231,6 +246,7 @@ impl Launcher for ProcessLauncher {
                     self.program.to_string_lossy()
                 ))
             })?;
+        process.hold_secret(secret.clone(), secret.register(endpoint.clone()));
         let pid = process.pid().unwrap_or_default();
         tracing::debug!(%worker, pid, %endpoint, "worker process started");
 

@@ -82,3 +82,10 @@ pub const LIFELINE_ENV: &str = "ASYNC_WORKER_POOL_LIFELINE";
 /// Unix sockets and the embedded Python worker), which a worker whose host has
 /// died may remove once it is empty.
 pub const SOCKET_DIR_ENV: &str = "ASYNC_WORKER_POOL_SOCKET_DIR";
+/// The environment variable that holds the worker's
+/// [`WorkerSecret`](crate::net::WorkerSecret), fresh for each launch, as 64 hex
+/// digits. A worker that checks it serves a connection only once the host has
+/// answered its handshake challenge (`docs/protocol.md`, "Handshake"); it should
+/// remove it from its environment before it runs anything else, so that the
+/// processes it starts do not inherit it.
+pub const SECRET_ENV: &str = "ASYNC_WORKER_POOL_SECRET";

@@ -14,6 +14,7 @@ use tokio::process::{Child, ChildStdin};
 
 use super::output::StderrTail;
 use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
+use crate::net::{SecretRegistration, WorkerSecret};
 
 /// A worker process started by [`ProcessLauncher`](super::ProcessLauncher), the
 /// leader of a process group of its own.
@@ -34,6 +35,9 @@ pub struct ProcessWorker {
     /// The write end of the worker's stdin, never written: the worker sees end
     /// of file once it is closed, which happens when the host process dies.
     _lifeline: Option<ChildStdin>,
+    /// The secret the process was given, registered for its endpoint while the
+    /// handle lives.
+    secret: Option<(WorkerSecret, SecretRegistration)>,
 }
 
 impl ProcessWorker {
@@ -54,7 +58,21 @@ impl ProcessWorker {
             stderr_tail,
             stop_signal: Signal::SIGTERM,
             _lifeline: lifeline,
+            secret: None,
         }
+    }
+
+    /// Keeps the process's secret, and its registration, as long as the handle.
+    pub(crate) fn hold_secret(&mut self, secret: WorkerSecret, registration: SecretRegistration) {
+        self.secret = Some((secret, registration));
+    }
+
+    /// The secret the process was given in
+    /// [`SECRET_ENV`](super::SECRET_ENV), for
+    /// [`SocketTransport::connect_authenticated`](crate::net::SocketTransport::connect_authenticated);
+    /// `None` for a process started without one (a Nuclio wrapper).
+    pub fn secret(&self) -> Option<&WorkerSecret> {
+        self.secret.as_ref().map(|(secret, _)| secret)
     }
 
     /// Makes [`terminate`](WorkerProcess::terminate) ask the process to stop with
