@@ -633,11 +633,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 class _Connection:
     """Book-keeping for one host connection."""
 
-    __slots__ = ("number", "task", "busy", "serving")
+    __slots__ = ("number", "task", "reader", "busy", "serving")
 
-    def __init__(self, number, task):
+    def __init__(self, number, task, reader):
         self.number = number
         self.task = task
+        self.reader = reader
         # True from the moment an event's length has been read until its answer
         # is written: a drain must let such a connection finish.
         self.busy = False
@@ -754,8 +755,8 @@ class Worker:
 
     async def _serve_connection(self, reader, writer) -> None:
         self.accepted += 1
-        conn = _Connection(self.accepted, asyncio.current_task())
-        if len(self.connections) - self.serving >= self.capacity or self.serving >= self.capacity:
+        conn = _Connection(self.accepted, asyncio.current_task(), reader)
+        if len(self.connections) - self.serving >= self.capacity or self._full():
             # Over the cap: refused before a byte is sent or read.
             log.warning("worker %d: refusing connection %d: %d served, %d in handshake",
                         self.worker_id, conn.number, self.serving,
@@ -787,6 +788,19 @@ class Worker:
             self.connections.discard(conn)
             await self._close(writer)
 
+    def _full(self) -> bool:
+        """Whether every place is taken.
+
+        A connection the host has closed no longer holds a place, even while
+        its handler still runs: the host closes the connection of an event that
+        ran past its timeout and opens a new one at once, and that one must get
+        in. The count is only taken when the cheap one says full.
+        """
+        if self.serving < self.capacity:
+            return False
+        live = sum(1 for c in self.connections if c.serving and not c.reader.at_eof())
+        return live >= self.capacity
+
     async def _authenticate(self, conn, reader, writer) -> bool:
         """Run the handshake; True if the host answered it in time, and there is room.
 
@@ -794,7 +808,7 @@ class Worker:
         the ready frame.
         """
         if self.secret is None:
-            return self.serving < self.capacity
+            return not self._full()
         nonce = secrets.token_bytes(NONCE_LEN)
         try:
             answer = await asyncio.wait_for(
@@ -812,7 +826,7 @@ class Worker:
             log.warning("worker %d: closing connection %d: wrong handshake answer",
                         self.worker_id, conn.number)
             return False
-        if self.serving >= self.capacity:
+        if self._full():
             log.warning("worker %d: refusing connection %d: all %d places are taken",
                         self.worker_id, conn.number, self.capacity)
             return False

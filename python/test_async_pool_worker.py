@@ -670,6 +670,26 @@ class HandshakeTest(WorkerTestCase):
                     raise
                 time.sleep(0.05)
 
+    def test_a_connection_the_host_gave_up_on_frees_its_place_while_its_handler_runs(self):
+        # The host closes the connection of an event past its timeout and
+        # connects again at once; the handler is still sleeping then.
+        worker = self.start("sleepy:handler", extra=["--connections", "2"])
+        capacity = 2 + apw.PROBE_CONNECTIONS
+        abandoned = [worker.connect() for _ in range(capacity)]
+        for sock in abandoned:
+            sock.sendall(frame(envelope(b"E", {}, b"5")))
+        time.sleep(0.2)
+        for sock in abandoned:
+            sock.close()
+        time.sleep(0.2)
+        fresh = [worker.connect() for _ in range(capacity)]
+        try:
+            for i, sock in enumerate(fresh):
+                self.assertEqual(self.call(sock, b"0")[2], b"0", "connection %d" % i)
+        finally:
+            for sock in fresh:
+                sock.close()
+
     def test_the_secret_is_required_and_kept_from_the_handler(self):
         status, stderr = self.run_to_exit("echo:handler", secret=b"short")
         self.assertEqual(status, 2)
