@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use super::launcher::ProcessLauncher;
 use super::socket_dir::SocketDir;
+use super::template;
 use crate::error::LaunchError;
 
 /// The reference worker, embedded so that the crate works without a checkout.
@@ -86,6 +87,32 @@ impl ProcessLauncherBuilder {
     ///
     /// Arguments come after those of the Python worker and before the endpoint
     /// arguments (see [`endpoint_args`](Self::endpoint_args)).
+    ///
+    /// # Placeholders
+    ///
+    /// In arguments and environment values, these are replaced for each launch,
+    /// so that any server program can be told where to listen in its own words
+    /// (with [`endpoint_args(false)`](Self::endpoint_args)):
+    ///
+    /// | placeholder | replaced with |
+    /// |---|---|
+    /// | `{endpoint}` | `unix:PATH` or `tcp:HOST:PORT` |
+    /// | `{host}`, `{port}` | the TCP address's parts ([`EndpointKind::Tcp`] only) |
+    /// | `{path}` | the Unix socket's path ([`EndpointKind::Unix`] only) |
+    /// | `{worker_id}` | the worker's index |
+    /// | `{connections}` | [`connections`](Self::connections) |
+    ///
+    /// A placeholder the endpoint kind cannot fill fails [`build`](Self::build).
+    /// Such a program is ready once its endpoint accepts a connection.
+    ///
+    /// ```no_run
+    /// # use async_worker_pool::{EndpointKind, ProcessLauncher};
+    /// let uvicorn = ProcessLauncher::builder("uvicorn")
+    ///     .args(["app:app", "--host", "{host}", "--port", "{port}"])
+    ///     .endpoint_kind(EndpointKind::Tcp)
+    ///     .endpoint_args(false)
+    ///     .build();
+    /// ```
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
         self
@@ -202,6 +229,12 @@ impl ProcessLauncherBuilder {
         }
         if self.program.is_empty() {
             return Err(LaunchError::new("the worker program is empty"));
+        }
+        for arg in &self.args {
+            template::check(arg, self.endpoint_kind, "the argument")?;
+        }
+        for (_, value) in &self.envs {
+            template::check(value, self.endpoint_kind, "the environment value")?;
         }
         if let Some(dir) = &self.current_dir {
             if !dir.is_dir() {

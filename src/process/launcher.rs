@@ -3,36 +3,22 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::net::{TcpStream, UnixStream};
 use tokio::process::Command;
-use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout};
 
 use super::builder::{EndpointKind, ProcessLauncherBuilder};
-use super::output::{StderrTail, forward_stderr, forward_stdout, with_stderr_tail};
+use super::output::with_stderr_tail;
 use super::socket_dir::SocketDir;
+use super::spawn::{Started, drain_stderr, free_tcp_port, start, wait_until_ready, worker_command};
+use super::template::Values;
 use super::worker::ProcessWorker;
 use super::{ENDPOINT_ENV, LIFELINE_ENV, SECRET_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
 use crate::error::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
 use crate::net::WorkerSecret;
-
-/// How often a starting worker's endpoint is tried.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
-
-/// How long one connection attempt may take; a listener with a full backlog can
-/// leave a connect pending, and the next attempt should not wait behind it.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long a failed launch waits for the stderr forwarder to read what the
-/// worker wrote before it died, so the error can quote it.
-const STDERR_DRAIN: Duration = Duration::from_millis(200);
 
 /// A [`Launcher`] that runs a program per worker and hands it an endpoint to
 /// listen on: a Unix socket in a private directory, or a free loopback TCP port.
@@ -121,8 +107,9 @@ impl ProcessLauncher {
     }
 
     fn command(&self, worker: WorkerId, endpoint: &Endpoint) -> Command {
+        let values = Values::new(endpoint, worker, self.connections);
         let mut command = Command::new(&self.program);
-        command.args(&self.args);
+        command.args(self.args.iter().map(|arg| values.expand(arg)));
         if self.endpoint_args {
             match endpoint {
                 Endpoint::Unix(path) => command.arg("--unix").arg(path),
@@ -137,7 +124,11 @@ impl ProcessLauncher {
                 .arg(self.connections.to_string());
         }
         command
-            .envs(self.envs.iter().map(|(key, value)| (key, value)))
+            .envs(
+                self.envs
+                    .iter()
+                    .map(|(key, value)| (key, values.expand(value))),
+            )
             .env(WORKER_ID_ENV, worker.to_string())
             .env(ENDPOINT_ENV, endpoint.to_string())
             .env(LIFELINE_ENV, "stdin")
@@ -256,116 +247,5 @@ impl Launcher for ProcessLauncher {
         };
         drain_stderr(stderr_forwarder).await;
         Err(self.exited_error(worker, exit, &tail.lines()))
-    }
-}
-
-/// A worker process just spawned by [`start`], with its output forwarded.
-pub(crate) struct Started {
-    /// The handle, which kills the process group if dropped.
-    pub(crate) process: ProcessWorker,
-    /// The task forwarding stderr, to wait for before quoting the tail.
-    pub(crate) stderr_forwarder: Option<JoinHandle<()>>,
-    /// The last lines the process wrote on stderr.
-    pub(crate) stderr_tail: StderrTail,
-}
-
-/// Spawns `command` as worker `worker` listening on `endpoint`, in a process
-/// group of its own and killed on drop, and forwards its stdout and stderr to
-/// `tracing`. `Ok(None)` if the child has no pid, which only a reaped child has.
-///
-/// The command's stdout and stderr must be piped for them to be forwarded;
-/// [`worker_command`] sets that up.
-pub(crate) fn start(
-    mut command: Command,
-    worker: WorkerId,
-    endpoint: Endpoint,
-) -> io::Result<Option<Started>> {
-    let mut child = command.spawn()?;
-    let Some(pid) = child.id() else {
-        return Ok(None);
-    };
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let lifeline = child.stdin.take();
-    let tail = StderrTail::default();
-    // From here the handle is the guard: if the caller's future is dropped, its
-    // Drop kills the group.
-    let process = ProcessWorker::new(worker, endpoint, pid, child, tail.clone(), lifeline);
-    if let Some(stdout) = stdout {
-        forward_stdout(stdout, worker, pid);
-    }
-    let stderr_forwarder = stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone()));
-    Ok(Some(Started {
-        process,
-        stderr_forwarder,
-        stderr_tail: tail,
-    }))
-}
-
-/// The settings every worker process gets: a pipe as stdin that only the host
-/// writes to (the lifeline: it reaches end of file when the host dies, however
-/// it dies), piped output for forwarding, a process group of its own (so that
-/// killpg reaches whatever it starts), and killed if its handle is dropped,
-/// whatever else happens.
-pub(crate) fn worker_command(command: &mut Command) {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-}
-
-/// Gives the stderr forwarder of a worker that died a moment to read what it
-/// wrote last, so that an error can quote it.
-pub(crate) async fn drain_stderr(forwarder: Option<JoinHandle<()>>) {
-    if let Some(forwarder) = forwarder {
-        let _ = timeout(STDERR_DRAIN, forwarder).await;
-    }
-}
-
-/// A free TCP port on `host`, for a worker to listen on.
-///
-/// It binds port 0 to let the kernel pick a free port, then releases it for the
-/// worker. Another process could take it in between; the worker then exits
-/// during start-up and the launch fails with its error.
-pub(crate) fn free_tcp_port(host: IpAddr) -> Result<SocketAddr, LaunchError> {
-    let cannot = |error: io::Error| {
-        LaunchError::with_source(
-            format!("cannot find a free TCP port on {host}: {error}"),
-            error,
-        )
-    };
-    let listener = TcpListener::bind((host, 0)).map_err(cannot)?;
-    listener.local_addr().map_err(cannot)
-}
-
-/// Tries the endpoint every [`POLL_INTERVAL`] until it accepts a connection
-/// (`None`) or the process exits (`Some`).
-async fn wait_until_ready(process: &mut ProcessWorker, endpoint: &Endpoint) -> Option<WorkerExit> {
-    loop {
-        tokio::select! {
-            biased;
-            exit = process.wait() => return Some(exit),
-            accepted = timeout(PROBE_TIMEOUT, probe(endpoint)) => {
-                if matches!(accepted, Ok(Ok(()))) {
-                    return None;
-                }
-            }
-        }
-        tokio::select! {
-            exit = process.wait() => return Some(exit),
-            () = sleep(POLL_INTERVAL) => {}
-        }
-    }
-}
-
-/// Opens a connection and closes it at once: the worker is ready when it accepts.
-async fn probe(endpoint: &Endpoint) -> io::Result<()> {
-    match endpoint {
-        Endpoint::Unix(path) => UnixStream::connect(path).await.map(drop),
-        Endpoint::Tcp(addr) => TcpStream::connect(addr).await.map(drop),
-        Endpoint::Named(name) => Err(io::Error::other(format!(
-            "cannot probe the endpoint {name}"
-        ))),
     }
 }

@@ -54,16 +54,18 @@ mod builder;
 mod launcher;
 mod output;
 mod socket_dir;
+mod spawn;
+mod template;
 mod worker;
 
 pub use builder::{EndpointKind, ProcessLauncherBuilder};
 pub use launcher::ProcessLauncher;
 #[cfg(feature = "nuclio")]
-pub(crate) use launcher::{Started, drain_stderr, free_tcp_port, start, worker_command};
-#[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
 #[cfg(feature = "nuclio")]
 pub(crate) use socket_dir::SocketDir;
+#[cfg(feature = "nuclio")]
+pub(crate) use spawn::{Started, drain_stderr, free_tcp_port, start, worker_command};
 pub use worker::ProcessWorker;
 
 /// The environment variable that holds the worker's index in the pool.
