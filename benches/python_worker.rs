@@ -14,7 +14,7 @@ mod wire;
 
 use std::time::Duration;
 
-use async_worker_pool::net::raise_fd_limit;
+use async_worker_pool::process::raise_fd_limit;
 use async_worker_pool::{Endpoint, Launcher, ProcessLauncher, WorkerId, WorkerProcess};
 use bytes::Bytes;
 use wire::{Run, Stop};

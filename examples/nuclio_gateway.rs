@@ -134,7 +134,7 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let wanted = config.capacity() as u64 + 1024;
-    if let Ok(limit) = async_worker_pool::net::raise_fd_limit(wanted) {
+    if let Ok(limit) = async_worker_pool::process::raise_fd_limit(wanted) {
         if limit < wanted {
             tracing::warn!(
                 limit,

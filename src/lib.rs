@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
@@ -8,16 +9,20 @@ mod error;
 mod idle_index;
 mod in_process;
 mod launcher;
+#[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "nuclio")]
 pub mod nuclio;
 mod pool;
+#[cfg(feature = "process")]
 pub mod process;
+#[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod shared;
 mod slot;
 mod stats;
 mod supervisor;
+mod task;
 mod transport;
 mod wait_queue;
 
@@ -28,6 +33,7 @@ pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError, Ready
 pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
+#[cfg(feature = "process")]
 pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 pub use slot::Slot;
 pub use stats::{

@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::task::AbortOnDropHandle;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::AsyncWorkerPool;
 use crate::config::{Mode, PoolConfig, RestartPolicy};

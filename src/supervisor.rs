@@ -18,11 +18,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::task::AbortOnDropHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::launcher::{Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
 use crate::shared::{EndReason, Request, Shared};

@@ -8,7 +8,8 @@ mod real_support;
 use std::time::Duration;
 
 use async_worker_pool::PoolError;
-use async_worker_pool::net::{Event, raise_fd_limit};
+use async_worker_pool::net::Event;
+use async_worker_pool::process::raise_fd_limit;
 use real_support::{is_alive, python_pool, returned_body, until_full, worker_pids};
 use tokio::task::JoinSet;
 use tokio::time::Instant;

@@ -61,7 +61,7 @@ async fn run(args: Args) -> Result<(), String> {
     })?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
     let wanted = (args.workers * args.max_connections) as u64 + 1024;
-    match async_worker_pool::net::raise_fd_limit(wanted) {
+    match async_worker_pool::process::raise_fd_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
             wanted,

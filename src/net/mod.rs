@@ -42,7 +42,6 @@
 
 mod envelope;
 mod error;
-mod fd_limit;
 mod handshake;
 mod secret;
 mod stream;
@@ -50,7 +49,6 @@ mod transport;
 
 pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
-pub use fd_limit::raise_fd_limit;
 pub use handshake::{Challenge, HANDSHAKE_VERSION, NONCE_LEN};
 pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, SecretRegistration, WorkerSecret};
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};

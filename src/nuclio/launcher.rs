@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::task::AbortOnDropHandle;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use tokio::net::UnixListener;
 use tokio::process::Command;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::control;
 use super::worker::NuclioWorker;

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::task::AbortOnDropHandle;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
 use crate::process::ProcessWorker;

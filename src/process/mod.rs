@@ -51,6 +51,7 @@
 //! ```
 
 mod builder;
+mod fd_limit;
 mod launcher;
 mod output;
 mod socket_dir;
@@ -59,6 +60,7 @@ mod template;
 mod worker;
 
 pub use builder::{EndpointKind, ProcessLauncherBuilder};
+pub use fd_limit::raise_fd_limit;
 pub use launcher::ProcessLauncher;
 #[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
