@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::launcher::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// A boxed error from a [`Transport`](crate::Transport) or [`Launcher`](crate::Launcher),
 /// kept as the `source` of the pool's own error.
@@ -197,31 +197,4 @@ pub enum BuildError {
     /// `build` was called outside a tokio runtime, so the supervisors cannot run.
     #[error("the pool must be built inside a tokio runtime")]
     NoRuntime,
-}
-
-/// A [`Launcher`](crate::Launcher) could not start a worker process.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct LaunchError {
-    message: String,
-    #[source]
-    source: Option<BoxError>,
-}
-
-impl LaunchError {
-    /// A launch error that says what went wrong.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// A launch error caused by `source`.
-    pub fn with_source(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(source.into()),
-        }
-    }
 }

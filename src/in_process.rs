@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::LaunchError;
+use crate::launcher::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
 
 /// A [`Launcher`] whose workers are not processes: launching one always succeeds

@@ -8,32 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::LaunchError;
-
-/// The index of a worker in its pool, from 0 to `num_workers - 1`.
-///
-/// It stays the same across restarts; [`WorkerInfo::generation`] tells the
-/// processes apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId(u32);
-
-impl WorkerId {
-    /// The worker with index `index`.
-    pub const fn new(index: u32) -> Self {
-        Self(index)
-    }
-
-    /// Its index in the pool.
-    pub const fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use crate::error::BoxError;
+pub use crate::worker_id::WorkerId;
 
 /// Where a worker process accepts connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -82,6 +58,51 @@ impl WorkerInfo {
             endpoint,
             pid,
         }
+    }
+}
+
+/// A [`Launcher`] could not start a worker process.
+///
+/// Its message says what went wrong and what to fix; a cause it wraps (an I/O
+/// error, say) is its [`source`](std::error::Error::source), not repeated in
+/// the message. [`LaunchError::chain`] writes both.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct LaunchError {
+    message: String,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl LaunchError {
+    /// A launch error that says what went wrong.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A launch error caused by `source`; `message` says what was being done,
+    /// without repeating `source`.
+    pub fn with_source(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The message and every cause after it, joined by `: `, as a log line or
+    /// `Stats::last_error` shows them.
+    pub fn chain(&self) -> String {
+        let mut text = self.message.clone();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            cause = error.source();
+        }
+        text
     }
 }
 
@@ -175,4 +196,22 @@ pub trait Launcher: Send + Sync + 'static {
     /// The pool bounds it with `establish_connection_timeout` and runs it in a task
     /// of its own; a launch that fails, hangs or panics counts as a failed restart.
     async fn launch(&self, worker: WorkerId) -> Result<Self::Process, LaunchError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_error_says_its_cause_once() {
+        let cause = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let error = LaunchError::with_source("cannot write the script", cause);
+        assert_eq!(error.to_string(), "cannot write the script");
+        assert_eq!(
+            std::error::Error::source(&error).map(ToString::to_string),
+            Some("permission denied".to_owned())
+        );
+        assert_eq!(error.chain(), "cannot write the script: permission denied");
+        assert_eq!(LaunchError::new("plain").chain(), "plain");
+    }
 }

@@ -25,13 +25,16 @@ mod supervisor;
 mod task;
 mod transport;
 mod wait_queue;
+mod worker_id;
 
 pub use api::AsyncWorkerPool;
 pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
-pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError, ReadyError};
+pub use error::{BoxError, BuildError, ConfigError, PoolError, ReadyError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
-pub use launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
+pub use launcher::{
+    Endpoint, LaunchError, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess,
+};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
 pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};

@@ -167,7 +167,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         match timeout(limit, task).await {
             Ok(Ok(Ok(process))) => Some(process),
             Ok(Ok(Err(error))) => {
-                let message = format!("launch failed: {error}");
+                let message = format!("launch failed: {}", error.chain());
                 let error: &dyn std::error::Error = &error;
                 tracing::warn!(%worker, error, "worker launch failed");
                 self.shared.set_last_error(worker, message);

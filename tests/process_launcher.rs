@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod real_support;
 
-use async_worker_pool::process::{ENDPOINT_ENV, SECRET_ENV};
+use async_worker_pool::process::{ENDPOINT_ENV, PythonWorker, SECRET_ENV};
 use async_worker_pool::{
     Endpoint, EndpointKind, LaunchError, Launcher, Pool, ProcessLauncher, ProcessLauncherBuilder,
     ProcessWorker, Transport, WorkerId, WorkerInfo, WorkerProcess, async_trait,
@@ -18,7 +18,7 @@ use real_support::is_alive;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, sleep, timeout};
 
-fn echo_worker() -> ProcessLauncherBuilder {
+fn echo_worker() -> ProcessLauncherBuilder<PythonWorker> {
     ProcessLauncher::python_worker("echo:handler").handler_path(handlers_dir())
 }
 
@@ -183,15 +183,6 @@ async fn missing_program_fails_launch_naming_it() {
         "{message}"
     );
     assert!(message.contains("python(...)"), "{message}");
-}
-
-#[tokio::test]
-async fn python_only_settings_on_another_program_fail_build() {
-    let error = ProcessLauncher::builder("sh")
-        .handler_path("handlers")
-        .build()
-        .unwrap_err();
-    assert!(error.to_string().contains("handler_path"), "{error}");
 }
 
 #[tokio::test]

@@ -129,7 +129,7 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
         .arg("--max-frame-bytes")
         .arg(args.max_frame_bytes.to_string())
         .build()
-        .map_err(|error| format!("cannot prepare the workers: {error}"))?;
+        .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let mut builder = Pool::builder(
         SocketTransport::new().max_frame_bytes(args.max_frame_bytes),
         launcher,

@@ -15,7 +15,7 @@ use tokio::process::Command;
 
 use super::control;
 use super::worker::NuclioWorker;
-use crate::error::LaunchError;
+use crate::launcher::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
 use crate::process::{
     SocketDir, Started, drain_stderr, free_tcp_port, start, with_stderr_tail, worker_command,

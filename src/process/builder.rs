@@ -5,36 +5,47 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use super::launcher::ProcessLauncher;
+use super::launcher::{EndpointKind, ProcessLauncher};
+use super::python_worker::{AnyProgram, Program, PythonWorker};
 use super::socket_dir::SocketDir;
 use super::template;
-use crate::error::LaunchError;
+use crate::launcher::LaunchError;
 
-/// The reference worker, embedded so that the crate works without a checkout.
-const PYTHON_WORKER_SCRIPT: &str = include_str!("../../python/async_pool_worker.py");
+impl ProcessLauncher {
+    /// Starts configuring a launcher that runs `program` for every worker.
+    ///
+    /// `program` is looked up on `PATH` unless it contains a `/`.
+    pub fn builder(program: impl Into<OsString>) -> ProcessLauncherBuilder {
+        ProcessLauncherBuilder::new(program.into(), AnyProgram)
+    }
 
-/// Its file name in the socket directory. It must stay `async_pool_worker.py`:
-/// handlers import `Response` from the module of that name.
-const PYTHON_WORKER_FILE: &str = "async_pool_worker.py";
-
-/// Where a worker process accepts connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum EndpointKind {
-    /// A Unix socket `worker-N.sock` in the launcher's private directory: no port
-    /// to collide with, and only the host's user can connect.
-    #[default]
-    Unix,
-    /// A free TCP port on [`tcp_host`](ProcessLauncherBuilder::tcp_host),
-    /// loopback unless told otherwise.
-    Tcp,
+    /// Starts configuring a launcher for the reference Python asyncio worker,
+    /// serving `handler` (`module:function`).
+    ///
+    /// It runs `python3 -u <script> --handler HANDLER`, where the script is the
+    /// `python/async_pool_worker.py` this crate embeds, written into the
+    /// launcher's socket directory by [`build`](ProcessLauncherBuilder::build);
+    /// no checkout of the repository is needed. Add the handler's directory with
+    /// [`handler_path`](ProcessLauncherBuilder::handler_path), and choose another
+    /// interpreter with [`python`](ProcessLauncherBuilder::python); only this
+    /// builder has those two.
+    pub fn python_worker(handler: &str) -> ProcessLauncherBuilder<PythonWorker> {
+        ProcessLauncherBuilder::new("python3".into(), PythonWorker::new(handler))
+    }
 }
 
 /// Configures a [`ProcessLauncher`]; see [`ProcessLauncher::builder`] and
-/// [`ProcessLauncher::python_worker`].
+/// [`ProcessLauncher::python_worker`]. `P` is the kind of program: any program
+/// ([`AnyProgram`]), or the embedded Python worker ([`PythonWorker`]), whose
+/// own settings only its builder has:
+///
+/// ```compile_fail
+/// // A handler path means nothing to another program, so it does not compile.
+/// async_worker_pool::ProcessLauncher::builder("sh").handler_path("handlers");
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
-pub struct ProcessLauncherBuilder {
+pub struct ProcessLauncherBuilder<P = AnyProgram> {
     program: OsString,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
@@ -44,20 +55,11 @@ pub struct ProcessLauncherBuilder {
     socket_dir_parent: Option<PathBuf>,
     tcp_host: IpAddr,
     endpoint_args: bool,
-    python: Option<PythonWorker>,
-    /// A Python-only setting used on a builder for another program, reported by build().
-    misused: Option<&'static str>,
+    kind: P,
 }
 
-/// The settings only the embedded Python worker has.
-#[derive(Debug, Clone)]
-struct PythonWorker {
-    handler: String,
-    handler_paths: Vec<PathBuf>,
-}
-
-impl ProcessLauncherBuilder {
-    pub(super) fn new(program: OsString) -> Self {
+impl<P: Program> ProcessLauncherBuilder<P> {
+    fn new(program: OsString, kind: P) -> Self {
         Self {
             program,
             args: Vec::new(),
@@ -68,18 +70,7 @@ impl ProcessLauncherBuilder {
             socket_dir_parent: None,
             tcp_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             endpoint_args: true,
-            python: None,
-            misused: None,
-        }
-    }
-
-    pub(super) fn python_worker(handler: &str) -> Self {
-        Self {
-            python: Some(PythonWorker {
-                handler: handler.to_owned(),
-                handler_paths: Vec::new(),
-            }),
-            ..Self::new("python3".into())
+            kind,
         }
     }
 
@@ -184,44 +175,17 @@ impl ProcessLauncherBuilder {
         self
     }
 
-    /// For [`ProcessLauncher::python_worker`]: a directory to import the handler
-    /// from (`--handler-path DIR`); may be given several times. A relative path is
-    /// taken from the worker's working directory.
-    pub fn handler_path(mut self, dir: impl Into<PathBuf>) -> Self {
-        match &mut self.python {
-            Some(python) => python.handler_paths.push(dir.into()),
-            None => self.misused = Some("handler_path"),
-        }
-        self
-    }
-
-    /// For [`ProcessLauncher::python_worker`]: the Python interpreter to run,
-    /// instead of `python3` from `PATH`.
-    pub fn python(mut self, program: impl Into<OsString>) -> Self {
-        if self.python.is_some() {
-            self.program = program.into();
-        } else {
-            self.misused = Some("python");
-        }
-        self
-    }
-
     /// Checks the settings, creates the private socket directory (mode 0700) and,
     /// for the Python worker, writes the embedded script into it.
     ///
     /// # Errors
     ///
-    /// A [`LaunchError`] that names the setting or path to fix: a Python-only
-    /// setting on another program, `connections` of 0, an empty program, a
+    /// A [`LaunchError`] that names the setting or path to fix: `connections`
+    /// of 0, an empty program, a
     /// handler not of the form `module:function`, a working directory that does
     /// not exist, a socket directory that cannot be created or whose socket paths
     /// would be too long, or a script that cannot be written.
     pub fn build(self) -> Result<ProcessLauncher, LaunchError> {
-        if let Some(setting) = self.misused {
-            return Err(LaunchError::new(format!(
-                "ProcessLauncherBuilder::{setting} only applies to ProcessLauncher::python_worker"
-            )));
-        }
         if self.connections == 0 {
             return Err(LaunchError::new(
                 "ProcessLauncherBuilder::connections must be at least 1",
@@ -247,32 +211,7 @@ impl ProcessLauncherBuilder {
         let parent = self.socket_dir_parent.unwrap_or_else(std::env::temp_dir);
         let socket_dir = SocketDir::create(&parent, self.endpoint_kind == EndpointKind::Unix)?;
 
-        let mut args = Vec::new();
-        if let Some(python) = &self.python {
-            let (module, function) = python.handler.split_once(':').unwrap_or_default();
-            if module.is_empty() || function.is_empty() {
-                return Err(LaunchError::new(format!(
-                    "the handler {:?} must be of the form module:function",
-                    python.handler
-                )));
-            }
-            let script = socket_dir.path().join(PYTHON_WORKER_FILE);
-            std::fs::write(&script, PYTHON_WORKER_SCRIPT).map_err(|error| {
-                LaunchError::with_source(
-                    format!(
-                        "cannot write the Python worker script to {}: {error}",
-                        script.display()
-                    ),
-                    error,
-                )
-            })?;
-            // -u: unbuffered, so its output reaches the log as it is written.
-            args.extend(["-u".into(), script.into_os_string()]);
-            args.extend(["--handler".into(), python.handler.clone().into()]);
-            for dir in &python.handler_paths {
-                args.extend(["--handler-path".into(), dir.clone().into_os_string()]);
-            }
-        }
+        let mut args = self.kind.arguments(socket_dir.path())?;
         args.extend(self.args);
 
         Ok(ProcessLauncher {
@@ -284,8 +223,24 @@ impl ProcessLauncherBuilder {
             connections: self.connections,
             tcp_host: self.tcp_host,
             endpoint_args: self.endpoint_args,
-            is_python_worker: self.python.is_some(),
+            is_python_worker: P::IS_PYTHON_WORKER,
             socket_dir,
         })
+    }
+}
+
+impl ProcessLauncherBuilder<PythonWorker> {
+    /// A directory to import the handler from (`--handler-path DIR`); may be
+    /// given several times. A relative path is taken from the worker's working
+    /// directory.
+    pub fn handler_path(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.kind.handler_paths.push(dir.into());
+        self
+    }
+
+    /// The Python interpreter to run, instead of `python3` from `PATH`.
+    pub fn python(mut self, program: impl Into<OsString>) -> Self {
+        self.program = program.into();
+        self
     }
 }

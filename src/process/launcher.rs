@@ -9,16 +9,29 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::process::Command;
 
-use super::builder::{EndpointKind, ProcessLauncherBuilder};
 use super::output::with_stderr_tail;
 use super::socket_dir::SocketDir;
 use super::spawn::{Started, drain_stderr, free_tcp_port, start, wait_until_ready, worker_command};
 use super::template::Values;
 use super::worker::ProcessWorker;
 use super::{ENDPOINT_ENV, LIFELINE_ENV, SECRET_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
-use crate::error::LaunchError;
+use crate::launcher::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
 use crate::net::WorkerSecret;
+
+/// Where a worker process accepts connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndpointKind {
+    /// A Unix socket `worker-N.sock` in the launcher's private directory: no port
+    /// to collide with, and only the host's user can connect.
+    #[default]
+    Unix,
+    /// A free TCP port on
+    /// [`tcp_host`](super::ProcessLauncherBuilder::tcp_host), loopback unless
+    /// told otherwise.
+    Tcp,
+}
 
 /// A [`Launcher`] that runs a program per worker and hands it an endpoint to
 /// listen on: a Unix socket in a private directory, or a free loopback TCP port.
@@ -46,26 +59,6 @@ pub struct ProcessLauncher {
 }
 
 impl ProcessLauncher {
-    /// Starts configuring a launcher that runs `program` for every worker.
-    ///
-    /// `program` is looked up on `PATH` unless it contains a `/`.
-    pub fn builder(program: impl Into<OsString>) -> ProcessLauncherBuilder {
-        ProcessLauncherBuilder::new(program.into())
-    }
-
-    /// Starts configuring a launcher for the reference Python asyncio worker,
-    /// serving `handler` (`module:function`).
-    ///
-    /// It runs `python3 -u <script> --handler HANDLER`, where the script is the
-    /// `python/async_pool_worker.py` this crate embeds, written into the
-    /// launcher's socket directory by [`build`](ProcessLauncherBuilder::build);
-    /// no checkout of the repository is needed. Add the handler's directory with
-    /// [`handler_path`](ProcessLauncherBuilder::handler_path), and choose another
-    /// interpreter with [`python`](ProcessLauncherBuilder::python).
-    pub fn python_worker(handler: &str) -> ProcessLauncherBuilder {
-        ProcessLauncherBuilder::python_worker(handler)
-    }
-
     /// The private directory (mode 0700) holding the Unix sockets and the
     /// embedded worker script; removed when the launcher is dropped.
     pub fn socket_dir(&self) -> &Path {
@@ -89,10 +82,7 @@ impl ProcessLauncher {
                     Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                     Err(error) => {
                         return Err(LaunchError::with_source(
-                            format!(
-                                "cannot remove the stale socket file {}: {error}",
-                                path.display()
-                            ),
+                            format!("cannot remove the stale socket file {}", path.display()),
                             error,
                         ));
                     }
@@ -171,7 +161,7 @@ impl ProcessLauncher {
                 "worker program {program} cannot be executed (permission denied): \
                  check that it is an executable file"
             ),
-            _ => format!("cannot start worker program {program}: {error}"),
+            _ => format!("cannot start worker program {program}"),
         };
         LaunchError::with_source(message, error)
     }
@@ -216,10 +206,7 @@ impl Launcher for ProcessLauncher {
     async fn launch(&self, worker: WorkerId) -> Result<ProcessWorker, LaunchError> {
         let endpoint = self.endpoint_for(worker)?;
         let secret = WorkerSecret::generate().map_err(|error| {
-            LaunchError::with_source(
-                format!("cannot make a secret for worker {worker}: {error}"),
-                error,
-            )
+            LaunchError::with_source(format!("cannot make a secret for worker {worker}"), error)
         })?;
         let mut command = self.command(worker, &endpoint);
         // In the environment, not the arguments: /proc/PID/cmdline is world-readable.

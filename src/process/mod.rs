@@ -54,16 +54,18 @@ mod builder;
 mod fd_limit;
 mod launcher;
 mod output;
+mod python_worker;
 mod socket_dir;
 mod spawn;
 mod template;
 mod worker;
 
-pub use builder::{EndpointKind, ProcessLauncherBuilder};
+pub use builder::ProcessLauncherBuilder;
 pub use fd_limit::raise_fd_limit;
-pub use launcher::ProcessLauncher;
+pub use launcher::{EndpointKind, ProcessLauncher};
 #[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
+pub use python_worker::{AnyProgram, Program, PythonWorker};
 #[cfg(feature = "nuclio")]
 pub(crate) use socket_dir::SocketDir;
 #[cfg(feature = "nuclio")]

@@ -6,7 +6,7 @@ use std::fs::{self, Permissions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::LaunchError;
+use crate::launcher::LaunchError;
 use crate::launcher::WorkerId;
 
 /// The longest socket path every Unix accepts (`sun_path` is 104 bytes on the
@@ -33,8 +33,8 @@ impl SocketDir {
             .map_err(|error| {
                 LaunchError::with_source(
                     format!(
-                        "cannot create the socket directory in {}: {error}; \
-                         set ProcessLauncherBuilder::socket_dir_parent to a writable directory",
+                        "cannot create the socket directory in {} (set \
+                         ProcessLauncherBuilder::socket_dir_parent to a writable directory)",
                         parent.display()
                     ),
                     error,
@@ -59,7 +59,7 @@ impl SocketDir {
             Err(error) => {
                 return Err(LaunchError::with_source(
                     format!(
-                        "cannot restrict the socket directory {} to mode 700: {error}",
+                        "cannot restrict the socket directory {} to mode 700",
                         path.display()
                     ),
                     error,

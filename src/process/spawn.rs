@@ -15,7 +15,7 @@ use tokio::time::{sleep, timeout};
 
 use super::output::{StderrTail, forward_stderr, forward_stdout};
 use super::worker::ProcessWorker;
-use crate::error::LaunchError;
+use crate::launcher::LaunchError;
 use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
 
 /// How often a starting worker's endpoint is tried.
@@ -100,10 +100,7 @@ pub(crate) async fn drain_stderr(forwarder: Option<JoinHandle<()>>) {
 /// during start-up and the launch fails with its error.
 pub(crate) fn free_tcp_port(host: IpAddr) -> Result<SocketAddr, LaunchError> {
     let cannot = |error: io::Error| {
-        LaunchError::with_source(
-            format!("cannot find a free TCP port on {host}: {error}"),
-            error,
-        )
+        LaunchError::with_source(format!("cannot find a free TCP port on {host}"), error)
     };
     let listener = TcpListener::bind((host, 0)).map_err(cannot)?;
     listener.local_addr().map_err(cannot)

@@ -6,8 +6,8 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use super::builder::EndpointKind;
-use crate::error::LaunchError;
+use super::launcher::EndpointKind;
+use crate::launcher::LaunchError;
 use crate::launcher::{Endpoint, WorkerId};
 
 /// The placeholders, and the endpoint kind each needs (`None`: any).

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_worker_pool::net::{Reply, SocketTransport};
+use async_worker_pool::process::PythonWorker;
 use async_worker_pool::{Pool, PoolBuilder, ProcessLauncher, ProcessLauncherBuilder, Stats};
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -43,7 +44,7 @@ pub fn test_worker(name: &str) -> PathBuf {
 
 /// The reference Python worker serving `handler`, found among the example and
 /// the test handlers, told to expect `connections` connections.
-pub fn python_worker(handler: &str, connections: usize) -> ProcessLauncherBuilder {
+pub fn python_worker(handler: &str, connections: usize) -> ProcessLauncherBuilder<PythonWorker> {
     ProcessLauncher::python_worker(handler)
         .handler_path(example_handlers())
         .handler_path(test_handlers())
