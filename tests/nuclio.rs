@@ -426,6 +426,28 @@ async fn a_batch_response_is_answered_with_its_first_and_carries_them_all() {
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
+#[tokio::test]
+async fn an_http_request_reaches_the_handler_as_nuclios_http_trigger_gives_it() {
+    let pool = pool_with("peer_handlers:http_view", 1, |b| b).await;
+    let headers = [
+        ("x-h5".to_owned(), "five".to_owned()),
+        ("content-type".to_owned(), "text/plain".to_owned()),
+    ];
+    let event =
+        NuclioEvent::from_http_request("PATCH", "/items/7?color=dark+red&n=%31", headers, "x");
+    let seen = json_body(&pool.dispatch(event).await.unwrap());
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["path"], "/items/7");
+    assert_eq!(seen["url"], "/items/7?color=dark+red&n=%31");
+    assert_eq!(
+        seen["fields"],
+        serde_json::json!({"color": "dark red", "n": "1"})
+    );
+    assert_eq!(seen["x_h5"], "five");
+    assert_eq!(seen["content_type"], "text/plain");
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Runs `body` with `tracing` captured, and returns what was written.
 async fn capture_logs(body: impl std::future::Future<Output = ()>) -> String {
     let captured = Captured::default();
@@ -511,14 +533,15 @@ async fn stdout_json_logs_reach_tracing_at_their_level() {
 
 #[tokio::test]
 async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
-    // One accept per 50 ms, and an exit as soon as any connection closes, as
-    // Nuclio's early-2025 wrapper does: 40 connections take 2 s, four times
-    // the connect timeout.
+    // One accept per 100 ms, and an exit as soon as any connection closes, as
+    // Nuclio's early-2025 wrapper does: 80 connections take 8 s, more than the
+    // three connect attempts of 2 s a slot has. (The timeout also bounds the
+    // wrapper's start, so it cannot be much shorter on a busy machine.)
     let mut config = PoolConfig::default();
-    config.max_connections = 40;
-    config.establish_connection_timeout = Duration::from_millis(500);
+    config.max_connections = 80;
+    config.establish_connection_timeout = Duration::from_secs(2);
     let launcher = launcher("peer_handlers:echo")
-        .env("PEER_ACCEPT_INTERVAL", "0.05")
+        .env("PEER_ACCEPT_INTERVAL", "0.1")
         .env("PEER_EXIT_ON_CLOSE", "1")
         .build()
         .unwrap();
@@ -531,7 +554,7 @@ async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
     let response = pool.dispatch(NuclioEvent::new("early")).await.unwrap();
     assert_eq!(response.body.to_bytes(), "early");
     assert!(
-        pool.stats().idle < 40,
+        pool.stats().idle < 80,
         "served only once every connection was up"
     );
     let full = wait_for(&pool, "every slot", |s| s.idle == s.capacity).await;

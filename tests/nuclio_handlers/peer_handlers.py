@@ -79,6 +79,18 @@ async def strings(context, event):
     }
 
 
+async def http_view(context, event):
+    """The event as an HTTP trigger's handler sees it."""
+    return {
+        "method": event.method,
+        "path": event.path,
+        "url": event.url,
+        "fields": event.fields,
+        "x_h5": event.get_header("X-H5"),
+        "content_type": event.get_header("Content-Type"),
+    }
+
+
 async def batch(context, event):
     """A batch response: a list of responses."""
     return [
