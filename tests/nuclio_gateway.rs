@@ -11,8 +11,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// A running gateway, killed when the test ends.
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A running gateway, stopped with SIGTERM when the test ends, so that it
+/// stops its wrappers (a gateway killed outright would leave them running).
 struct Gateway {
     child: Child,
     base: String,
@@ -20,6 +25,14 @@ struct Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
