@@ -621,3 +621,39 @@ async fn terminate_lets_the_event_in_flight_finish_before_it_stops_the_wrapper()
         "terminate took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn an_event_timeout_does_not_close_the_connection_under_the_wrapper() {
+    // Nuclio's early-2025 wrapper exits when any connection closes; the peer
+    // does so too when asked. A timed-out event's connection must therefore
+    // be kept open until its late answer has come, then be used again.
+    let mut config = PoolConfig::default();
+    config.max_connections = 2;
+    config.event_timeout = Some(Duration::from_millis(300));
+    let launcher = launcher("peer_handlers:slow")
+        .env("PEER_EXIT_ON_CLOSE", "1")
+        .build()
+        .unwrap();
+    let pool = Pool::builder(NuclioTransport::new(), launcher)
+        .config(config)
+        .build()
+        .unwrap();
+    let first = wait_for(&pool, "every slot", |s| s.idle == s.capacity).await;
+    let pid = first.workers[0].pid;
+    let late = pool.dispatch(NuclioEvent::new("0.8")).await.unwrap_err();
+    assert!(
+        matches!(late, async_worker_pool::PoolError::EventTimeout { .. }),
+        "{late:?}"
+    );
+    let response = pool.dispatch(NuclioEvent::new("0")).await.unwrap();
+    assert_eq!(response.status_code, 200);
+    // The late answer comes at 0.8 s; the slot is back by then.
+    sleep(Duration::from_millis(1000)).await;
+    wait_for(&pool, "every slot again", |s| s.idle == s.capacity).await;
+    let response = pool.dispatch(NuclioEvent::new("0")).await.unwrap();
+    assert_eq!(response.status_code, 200);
+    let after = pool.stats();
+    assert_eq!(after.worker_restarts, 0, "{after:#?}");
+    assert_eq!(after.workers[0].pid, pid);
+    pool.shutdown(Duration::from_secs(5)).await;
+}

@@ -188,12 +188,10 @@ impl NuclioTransport {
         };
         drop(turn);
         Ok(NuclioConn {
-            lines: started.lines,
-            write: started.write,
+            io: Some(started),
             worker,
-            limit: started.limit,
             scratch: Vec::new(),
-            usable: true,
+            state: ConnState::Ready,
             endpoint: endpoint_state,
         })
     }
@@ -206,7 +204,9 @@ impl NuclioTransport {
     ) -> Result<NuclioResponse, NuclioError> {
         conn.scratch.clear();
         event.encode(&mut conn.scratch, self.max_event_bytes)?;
-        conn.write.write_all(&conn.scratch).await?;
+        let io = conn.io.as_mut().ok_or(NuclioError::Unusable)?;
+        io.write.write_all(&conn.scratch).await?;
+        conn.state = ConnState::Sent;
         // Give back a large event's buffer; small ones keep theirs for the next.
         if conn.scratch.capacity() > 64 * 1024 {
             conn.scratch = Vec::new();
@@ -316,26 +316,90 @@ impl Transport for NuclioTransport {
     }
 }
 
-/// One open connection to a wrapper, ready for events. Dropping it closes it.
+/// One open connection to a wrapper, ready for events.
+///
+/// Dropping it closes it, with one exception: dropped after its event was sent
+/// whole and before the answer came (the event timed out, or its caller went
+/// away), it stays open until the late answer has been read to its end, then
+/// goes, in step again, to the next connect to the same wrapper. Nuclio's
+/// early-2025 wrapper exits when any of its connections closes, so closing it
+/// would restart the worker and fail every other event on it. It counts as an
+/// event in flight meanwhile. Anything unexpected closes it.
 #[derive(Debug)]
 pub struct NuclioConn {
-    lines: FramedRead<OwnedReadHalf, LinesCodec>,
-    write: OwnedWriteHalf,
+    /// The socket; taken only by `Drop`.
+    io: Option<Started>,
     worker: WorkerId,
-    limit: usize,
     /// Where events are encoded.
     scratch: Vec<u8>,
-    /// False from the start of an exchange until it finishes cleanly.
-    usable: bool,
+    state: ConnState,
     /// Shared with the wrapper's other connections and its launcher.
     endpoint: Arc<EndpointState>,
+}
+
+/// Where a connection is in its exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Ready for an event.
+    Ready,
+    /// An event is being sent.
+    Sending,
+    /// An event has been sent whole; its answer is being read.
+    Sent,
+    /// An exchange failed: the connection is out of step or gone.
+    Failed,
+}
+
+impl Drop for NuclioConn {
+    /// A connection dropped while its event's answer is still to come (the
+    /// event timed out, or its caller went away) is not closed at once: Nuclio's
+    /// early-2025 wrapper exits when any connection closes. A task reads the
+    /// late answer to its end and then leaves the connection, in step again,
+    /// for the next connect to the wrapper; it counts as an event in flight
+    /// until then. Anything unexpected on the way closes it.
+    fn drop(&mut self) {
+        if self.state != ConnState::Sent {
+            return;
+        }
+        let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let endpoint = self.endpoint.clone();
+        let in_flight = endpoint.event_in_flight();
+        let worker = self.worker;
+        runtime.spawn(async move {
+            if let Some(io) = read_late_answer(io, worker).await {
+                endpoint.stash(io);
+            }
+            drop(in_flight);
+        });
+    }
+}
+
+/// Reads the rest of an answer nobody waits for; the connection if it ended
+/// cleanly, with nothing after it.
+async fn read_late_answer(mut io: Started, worker: WorkerId) -> Option<Started> {
+    loop {
+        let line = next_line(&mut io.lines, io.limit).await.ok()??;
+        match Packet::parse(&line).ok()? {
+            Packet::Response(_) | Packet::End => {
+                return io.lines.read_buffer().is_empty().then_some(io);
+            }
+            Packet::Log(text) => {
+                let _ = packet::forward_log(worker, text);
+            }
+            Packet::Metric(_) | Packet::StreamStart(_) | Packet::Chunk(_) => {}
+            Packet::Start => return None,
+        }
+    }
 }
 
 impl NuclioConn {
     /// Whether the connection can carry another event: false once an exchange
     /// failed or was dropped before it finished.
     pub fn is_usable(&self) -> bool {
-        self.usable
+        self.state == ConnState::Ready
     }
 
     /// Sends `event` and reads every packet up to its response, with the limits
@@ -354,14 +418,21 @@ impl NuclioConn {
         transport: &NuclioTransport,
         event: &NuclioEvent,
     ) -> Result<NuclioResponse, NuclioError> {
-        if !self.usable {
+        if self.state != ConnState::Ready {
             return Err(NuclioError::Unusable);
         }
-        self.usable = false;
+        self.state = ConnState::Sending;
         let _in_flight = self.endpoint.event_in_flight();
-        let response = transport.exchange(self, event).await?;
-        self.usable = true;
-        Ok(response)
+        match transport.exchange(self, event).await {
+            Ok(response) => {
+                self.state = ConnState::Ready;
+                Ok(response)
+            }
+            Err(error) => {
+                self.state = ConnState::Failed;
+                Err(error)
+            }
+        }
     }
 
     /// Acknowledges what was read at once, unless more is buffered (then the
@@ -369,15 +440,18 @@ impl NuclioConn {
     /// [`NuclioTransport`]. A failure only costs latency, so it is ignored.
     fn acknowledge_now(&self) {
         #[cfg(target_os = "linux")]
-        if self.lines.read_buffer().is_empty() {
-            let socket = socket2::SockRef::from(self.lines.get_ref().as_ref());
-            let _ = socket.set_tcp_quickack(true);
+        if let Some(io) = &self.io {
+            if io.lines.read_buffer().is_empty() {
+                let socket = socket2::SockRef::from(io.lines.get_ref().as_ref());
+                let _ = socket.set_tcp_quickack(true);
+            }
         }
     }
 
     /// The next line, `None` at end of stream.
     async fn next_line(&mut self) -> Result<Option<String>, NuclioError> {
-        next_line(&mut self.lines, self.limit).await
+        let io = self.io.as_mut().ok_or(NuclioError::Unusable)?;
+        next_line(&mut io.lines, io.limit).await
     }
 }
 
