@@ -52,6 +52,17 @@ impl EndpointState {
         state
     }
 
+    /// A fresh state for a wrapper just started at `addr`, in place of any
+    /// left by an earlier one at the same port (whose stashed connections
+    /// would be dead).
+    pub(crate) fn fresh(addr: SocketAddr) -> Arc<Self> {
+        let mut endpoints = ENDPOINTS.lock();
+        endpoints.retain(|_, state| state.strong_count() > 0);
+        let state = Arc::new(Self::default());
+        endpoints.insert(addr, Arc::downgrade(&state));
+        state
+    }
+
     /// Waits for this connection's turn to be accepted.
     ///
     /// # Cancel safety
@@ -111,5 +122,9 @@ mod tests {
         let fresh = EndpointState::of(addr);
         let _guard = fresh.event_in_flight();
         assert_eq!(EndpointState::of(addr).in_flight(), 1);
+        // A new wrapper at the same port starts from nothing.
+        let replaced = EndpointState::fresh(addr);
+        assert!(!Arc::ptr_eq(&fresh, &replaced));
+        assert_eq!(EndpointState::of(addr).in_flight(), 0);
     }
 }
