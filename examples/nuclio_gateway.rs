@@ -12,12 +12,17 @@
 //! which need a Python with `msgpack` and `nuclio-sdk` (`sh
 //! scripts/nuclio-venv.sh` prints one). `--spec function.json --trigger NAME`
 //! takes the pool settings from a Nuclio function configuration in JSON;
-//! otherwise `--workers` and `--max-connections` set them. `/metrics` serves
+//! otherwise `--workers`, `--max-connections` and `--event-timeout` set them
+//! (`--event-timeout` also overrides the spec's `eventTimeout`). Requests
+//! reach the handler as Nuclio's HTTP trigger gives them: `event.path`
+//! without the query, the query's parameters in `event.fields`, header names
+//! in canonical form. It serves as soon as every worker has a connection and
+//! the others keep coming (Nuclio's early-2025 wrapper accepts about five a
+//! second). `/metrics` serves
 //! the pool's numbers under the crate's names, Nuclio's names and the handler
 //! durations; `/healthz` says whether a worker serves. Ctrl-C or SIGTERM stop
 //! it gracefully.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +43,10 @@ use async_worker_pool::nuclio::{
 };
 use async_worker_pool::{Pool, PoolConfig, prometheus};
 
+// This gateway starts serving before every connection is up, so it does not
+// use the shared wait for a full pool.
 #[path = "common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 type GatewayPool = Pool<NuclioTransport>;
@@ -84,6 +92,11 @@ struct Args {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1000)]
     max_connections: usize,
 
+    /// How long an event may run before it fails with 504 (Nuclio's
+    /// spec.eventTimeout); overrides --spec's. No limit unless given.
+    #[arg(long, env = "GATEWAY_EVENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    event_timeout: Option<Duration>,
+
     /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -111,6 +124,14 @@ async fn main() -> ExitCode {
 }
 
 fn pool_config(args: &Args) -> Result<PoolConfig, String> {
+    let mut config = spec_config(args)?;
+    if args.event_timeout.is_some() {
+        config.event_timeout = args.event_timeout;
+    }
+    Ok(config)
+}
+
+fn spec_config(args: &Args) -> Result<PoolConfig, String> {
     let Some(path) = &args.spec else {
         let mut config = PoolConfig::default();
         config.num_workers = args.workers;
@@ -148,7 +169,7 @@ async fn run(args: Args) -> Result<(), String> {
         .handler_path(&args.handler_path)
         .trigger("http", &args.trigger)
         .build()
-        .map_err(|error| format!("cannot prepare the workers: {error}"))?;
+        .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let transport = NuclioTransport::new();
     let durations = transport.handler_durations();
     let establish = config.establish_connection_timeout;
@@ -156,13 +177,14 @@ async fn run(args: Args) -> Result<(), String> {
         .config(config)
         .build()
         .map_err(|error| error.to_string())?;
-    common::wait_until_full(&pool, 2 * establish).await?;
+    wait_until_serving(&pool, 2 * establish).await?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let stats = pool.stats();
     println!(
-        "nuclio_gateway: listening on http://{address} ({} workers x {} connections, handler {})",
+        "nuclio_gateway: listening on http://{address} ({} workers x {} connections, {} open so far, handler {})",
         stats.workers.len(),
         stats.capacity / stats.workers.len().max(1),
+        stats.idle + stats.busy,
         args.handler
     );
 
@@ -196,6 +218,32 @@ async fn run(args: Args) -> Result<(), String> {
     result
 }
 
+/// Waits until every worker serves at least one connection; the pool keeps
+/// connecting the rest meanwhile. A worker that cannot start is reported with
+/// the reason the pool recorded; on failure the pool is shut down.
+async fn wait_until_serving(pool: &GatewayPool, limit: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let stats = pool.stats();
+        if stats.workers.iter().all(|w| w.idle + w.busy > 0) {
+            return Ok(());
+        }
+        if let Some(worker) = stats.workers.iter().find(|w| w.last_error.is_some()) {
+            let reason = worker.last_error.clone().unwrap_or_default();
+            pool.shutdown(Duration::ZERO).await;
+            return Err(format!("worker {} did not start: {reason}", worker.id));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            pool.shutdown(Duration::ZERO).await;
+            return Err(format!(
+                "not every worker opened a connection within {limit:?} ({} of {} connections ready)",
+                stats.idle, stats.capacity
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every other request: one event to a wrapper.
 async fn forward(
     State(gateway): State<Arc<Gateway>>,
@@ -204,11 +252,10 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = common::request_target(&uri);
+    let target = common::request_target(&uri);
     // Nuclio keeps one value per header name; a repeated header keeps its last.
-    let headers: BTreeMap<String, String> = common::header_pairs(&headers).collect();
-    let mut event = NuclioEvent::http(method.as_str(), path, headers, body);
-    event.url = uri.to_string();
+    let headers = common::header_pairs(&headers);
+    let event = NuclioEvent::from_http_request(method.as_str(), &target, headers, body);
     match gateway.pool.dispatch(event).await {
         Ok(response) => from_response(response),
         Err(error) => common::from_pool_error(error),

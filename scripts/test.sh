@@ -27,5 +27,6 @@ if NUCLIO_TEST_PYTHON=$(sh scripts/nuclio-venv.sh); then
 else
     echo "test.sh: no Python with msgpack and nuclio-sdk; the nuclio tests will fail" >&2
 fi
-$run_tests --features nuclio,prometheus-client --lib --test nuclio
+cargo build --features nuclio --example nuclio_gateway
+$run_tests --features nuclio,prometheus-client --lib --test nuclio --test nuclio_gateway
 cargo test --features nuclio,prometheus-client --doc

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::task::AbortOnDropHandle;
@@ -210,6 +211,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             attempts: self.shared.config.reconnect_attempts,
             per_attempt: self.shared.config.establish_connection_timeout,
             backoff: self.shared.config.restart.clone(),
+            established: Arc::default(),
         };
         // Dropping the set when this generation ends aborts its pending connects.
         let mut connects = JoinSet::new();
@@ -360,6 +362,8 @@ struct Connector<T> {
     attempts: u32,
     per_attempt: Duration,
     backoff: crate::RestartPolicy,
+    /// Connections this generation has established so far, all slots together.
+    established: Arc<AtomicU64>,
 }
 
 impl<T> Clone for Connector<T> {
@@ -370,6 +374,7 @@ impl<T> Clone for Connector<T> {
             attempts: self.attempts,
             per_attempt: self.per_attempt,
             backoff: self.backoff.clone(),
+            established: self.established.clone(),
         }
     }
 }
@@ -377,17 +382,24 @@ impl<T> Clone for Connector<T> {
 impl<T: Transport> Connector<T> {
     async fn connect(self, slot: u32, was_restart: bool) -> Connected<T::Conn> {
         let worker = self.info.id;
-        for attempt in 1..=self.attempts {
-            let pause = self.backoff.reconnect_delay(attempt);
-            if !pause.is_zero() {
-                sleep(pause).await;
+        let mut attempt = 0;
+        let mut retry_at_once = false;
+        while attempt < self.attempts || retry_at_once {
+            if !std::mem::take(&mut retry_at_once) {
+                attempt += 1;
+                let pause = self.backoff.reconnect_delay(attempt);
+                if !pause.is_zero() {
+                    sleep(pause).await;
+                }
             }
+            let established = self.established.load(Ordering::Relaxed);
             let (transport, info) = (self.transport.clone(), self.info.clone());
             // A task per attempt, so that a panicking connect is one failed attempt.
             let task =
                 AbortOnDropHandle::new(tokio::spawn(async move { transport.connect(&info).await }));
             match timeout(self.per_attempt, task).await {
                 Ok(Ok(Ok(conn))) => {
+                    self.established.fetch_add(1, Ordering::Relaxed);
                     return Connected {
                         slot,
                         conn: Some(conn),
@@ -400,6 +412,13 @@ impl<T: Transport> Connector<T> {
                     tracing::debug!(%worker, slot, attempt, error, "connect failed");
                 }
                 Ok(Err(_panic)) => tracing::warn!(%worker, slot, attempt, "connect panicked"),
+                // A worker that accepts connections one at a time, slowly, has
+                // the last of them wait long: while it keeps establishing
+                // others, a wait that timed out is not held against the slot.
+                Err(_elapsed) if self.established.load(Ordering::Relaxed) > established => {
+                    tracing::debug!(%worker, slot, attempt, "connect timed out while the worker made progress; trying again");
+                    retry_at_once = true;
+                }
                 Err(_elapsed) => tracing::debug!(%worker, slot, attempt, "connect timed out"),
             }
         }

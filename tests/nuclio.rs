@@ -1,7 +1,11 @@
 //! The `nuclio` feature against a peer wrapper written for these tests
 //! (`tests/nuclio_peer/_nuclio_async_wrapper.py`, on msgpack and nuclio-sdk from
 //! PyPI): readiness, bodies, headers, errors, logs and metrics, streaming, drain
-//! and terminate.
+//! and terminate; and what Nuclio's real wrappers do that the crate must cope
+//! with, which the peer reproduces: raw strings unless `--decode-event-strings`,
+//! logs on stdout or the control socket, batch responses, `m` and `r` in two
+//! sends with Nagle's algorithm on, slow accept with exit on a closed
+//! connection, and SIGUSR1 ignored.
 //!
 //! The peer needs a Python with msgpack and nuclio-sdk, named by the environment
 //! variable `NUCLIO_TEST_PYTHON`; `scripts/test.sh` makes one. Without it every
@@ -18,7 +22,7 @@ use std::time::Duration;
 use async_worker_pool::nuclio::{
     NuclioBody, NuclioEvent, NuclioLauncher, NuclioLauncherBuilder, NuclioSpec, NuclioTransport,
 };
-use async_worker_pool::{Launcher, Pool, Stats, WorkerId, WorkerProcess};
+use async_worker_pool::{Launcher, Pool, PoolConfig, Stats, WorkerId, WorkerProcess};
 use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -328,5 +332,328 @@ async fn drain_lets_the_events_in_flight_finish() {
     assert_eq!(response.status_code, 200);
     let stats = pool.stats();
     assert_eq!(stats.worker_restarts, 0, "{stats:#?}");
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A pool of one worker with `connections` slots on the peer, the launcher
+/// adjusted by `adjust`, full before it is returned.
+async fn pool_with(
+    handler: &str,
+    connections: usize,
+    adjust: impl FnOnce(NuclioLauncherBuilder) -> NuclioLauncherBuilder,
+) -> NuclioPool {
+    let mut config = PoolConfig::default();
+    config.max_connections = connections;
+    let pool = Pool::builder(
+        NuclioTransport::new(),
+        adjust(launcher(handler)).build().unwrap(),
+    )
+    .config(config)
+    .build()
+    .unwrap();
+    wait_for(&pool, "every slot to be idle", |s| s.idle == s.capacity).await;
+    pool
+}
+
+fn json_body(response: &async_worker_pool::nuclio::NuclioResponse) -> serde_json::Value {
+    assert_eq!(response.status_code, 200, "{response:?}");
+    serde_json::from_slice(&response.body.to_bytes()).unwrap()
+}
+
+fn strings_event() -> NuclioEvent {
+    let mut headers = BTreeMap::new();
+    headers.insert("X-H5".to_owned(), "five".to_owned());
+    NuclioEvent::http("GET", "/s", headers, "")
+}
+
+#[tokio::test]
+async fn event_strings_are_decoded_as_nuclio_does_unless_turned_off() {
+    let pool = pool_with("peer_handlers:strings", 1, |b| b).await;
+    let seen = json_body(&pool.dispatch(strings_event()).await.unwrap());
+    assert_eq!(seen["method"], "str");
+    assert_eq!(seen["path"], "str");
+    assert_eq!(seen["header_names"], serde_json::json!(["str"]));
+    assert_eq!(seen["x_h5"], "'five'");
+    pool.shutdown(Duration::from_secs(5)).await;
+
+    for off in [
+        launcher("peer_handlers:strings").decode_event_strings(false),
+        launcher("peer_handlers:strings").env("NUCLIO_PYTHON_DECODE_EVENT_STRINGS", "disabled"),
+    ] {
+        let launcher = off.build().unwrap();
+        assert!(!launcher.decodes_event_strings());
+        let pool = Pool::builder(NuclioTransport::new(), launcher)
+            .config(PoolConfig::default())
+            .build()
+            .unwrap();
+        wait_for(&pool, "a slot", |s| s.idle > 0).await;
+        let seen = json_body(&pool.dispatch(strings_event()).await.unwrap());
+        assert_eq!(seen["method"], "bytes");
+        assert_eq!(seen["header_names"], serde_json::json!(["bytes"]));
+        assert_eq!(seen["x_h5"], "None");
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn answers_are_not_held_back_by_delayed_acknowledgements() {
+    // The peer writes `m` and `r` in two sends with Nagle's algorithm on, as
+    // Nuclio's wrapper does: unless the host acknowledges `m` at once, `r`
+    // waits for the delayed acknowledgement, about 40 ms on Linux.
+    let pool = pool_with("peer_handlers:trivial", 1, |b| b).await;
+    let mut took = Vec::new();
+    for _ in 0..60 {
+        let started = Instant::now();
+        let response = pool.dispatch(NuclioEvent::new("")).await.unwrap();
+        took.push(started.elapsed());
+        assert_eq!(response.body.to_bytes(), "ok");
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_millis(15),
+        "median {median:?}; all: {took:?}"
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_batch_response_is_answered_with_its_first_and_carries_them_all() {
+    let pool = pool_with("peer_handlers:batch", 1, |b| b).await;
+    let response = pool.dispatch(NuclioEvent::new("")).await.unwrap();
+    assert_eq!(response.status_code, 201);
+    assert_eq!(response.body.to_bytes(), "first");
+    assert_eq!(response.event_id, "e1");
+    assert_eq!(response.batch.len(), 2);
+    assert_eq!(response.batch[1].body.to_bytes(), "second");
+    assert_eq!(response.batch[1].status_code, 200);
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_http_request_reaches_the_handler_as_nuclios_http_trigger_gives_it() {
+    let pool = pool_with("peer_handlers:http_view", 1, |b| b).await;
+    let headers = [
+        ("x-h5".to_owned(), "five".to_owned()),
+        ("content-type".to_owned(), "text/plain".to_owned()),
+    ];
+    let event =
+        NuclioEvent::from_http_request("PATCH", "/items/7?color=dark+red&n=%31", headers, "x");
+    let seen = json_body(&pool.dispatch(event).await.unwrap());
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["path"], "/items/7");
+    assert_eq!(seen["url"], "/items/7?color=dark+red&n=%31");
+    assert_eq!(
+        seen["fields"],
+        serde_json::json!({"color": "dark red", "n": "1"})
+    );
+    assert_eq!(seen["x_h5"], "five");
+    assert_eq!(seen["content_type"], "text/plain");
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Runs `body` with `tracing` captured, and returns what was written.
+async fn capture_logs(body: impl std::future::Future<Output = ()>) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    body.await;
+    drop(guard);
+    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+}
+
+fn has_line(text: &str, parts: &[&str]) -> bool {
+    text.lines()
+        .any(|line| parts.iter().all(|part| line.contains(part)))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn control_socket_logs_reach_tracing_at_their_level_even_before_initialization() {
+    let text = capture_logs(async {
+        let pool = pool_with("peer_handlers:chatty", 1, |b| b).await;
+        pool.dispatch(NuclioEvent::new("")).await.unwrap();
+        pool.shutdown(Duration::from_secs(5)).await;
+    })
+    .await;
+    // init_context logs before the wrapper reports wrapperInitialized.
+    assert!(
+        has_line(
+            &text,
+            &[
+                " INFO ",
+                "async_worker_pool::nuclio::handler",
+                "via=\"control socket\"",
+                "initialized",
+                r#"{\"worker\":"#
+            ]
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &[" WARN ", "via=\"event socket\"", "third"]),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stdout_json_logs_reach_tracing_at_their_level() {
+    let text = capture_logs(async {
+        let pool = pool_with("peer_handlers:chatty", 1, |b| b.env("PEER_LOGS", "stdout")).await;
+        pool.dispatch(NuclioEvent::new("")).await.unwrap();
+        // The stdout pipe is read by a task of its own; give it a moment.
+        sleep(Duration::from_millis(200)).await;
+        pool.shutdown(Duration::from_secs(5)).await;
+    })
+    .await;
+    for (level, message) in [
+        (" INFO ", "initialized"),
+        ("DEBUG ", "first"),
+        (" WARN ", "third"),
+        ("ERROR ", "fourth"),
+    ] {
+        assert!(
+            has_line(
+                &text,
+                &[
+                    level,
+                    "async_worker_pool::nuclio::handler",
+                    "via=\"stdout\"",
+                    message
+                ]
+            ),
+            "no {level} {message} from stdout in\n{text}"
+        );
+    }
+    assert!(
+        !has_line(&text, &["async_worker_pool::worker", "\"message\""]),
+        "a JSON log record was forwarded as plain stdout:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
+    // One accept per 100 ms, and an exit as soon as any connection closes, as
+    // Nuclio's early-2025 wrapper does: 150 connections take 15 s, more than
+    // the three connect attempts of 4 s (and 0.3 s of backoff) a slot has.
+    // The timeout also bounds the wrapper's start, which takes seconds on a
+    // busy machine, so it cannot be much shorter.
+    let mut config = PoolConfig::default();
+    config.max_connections = 150;
+    config.establish_connection_timeout = Duration::from_secs(4);
+    let launcher = launcher("peer_handlers:echo")
+        .env("PEER_ACCEPT_INTERVAL", "0.1")
+        .env("PEER_EXIT_ON_CLOSE", "1")
+        .build()
+        .unwrap();
+    let pool = Pool::builder(NuclioTransport::new(), launcher)
+        .config(config)
+        .build()
+        .unwrap();
+    let first = wait_for(&pool, "a first slot", |s| s.idle > 0).await;
+    let pid = first.workers[0].pid;
+    let response = pool.dispatch(NuclioEvent::new("early")).await.unwrap();
+    assert_eq!(response.body.to_bytes(), "early");
+    assert!(
+        pool.stats().idle < 150,
+        "served only once every connection was up"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let full = loop {
+        let stats = pool.stats();
+        if stats.idle == stats.capacity {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "not full in 60 s: {stats:#?}");
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(full.worker_restarts, 0, "{full:#?}");
+    assert_eq!(full.workers[0].last_error, None, "{full:#?}");
+    assert_eq!(full.workers[0].pid, pid);
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_idle_wrapper_that_ignores_sigusr1_is_stopped_within_two_seconds() {
+    let pool = pool_with("peer_handlers:echo", 4, |b| {
+        b.env("PEER_IGNORE_SIGUSR1", "1")
+    })
+    .await;
+    let pid = pool.stats().workers[0].pid.unwrap();
+    pool.dispatch(NuclioEvent::new("x")).await.unwrap();
+    let started = Instant::now();
+    pool.shutdown(Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    assert!(
+        kill(Pid::from_raw(pid as i32), None).is_err(),
+        "the wrapper is still there"
+    );
+}
+
+#[tokio::test]
+async fn terminate_lets_the_event_in_flight_finish_before_it_stops_the_wrapper() {
+    let launcher = launcher("peer_handlers:slow")
+        .env("PEER_IGNORE_SIGUSR1", "1")
+        .build()
+        .unwrap();
+    let mut worker = launcher.launch(WorkerId::new(0)).await.unwrap();
+    let transport = NuclioTransport::new();
+    let mut conn = transport
+        .connect_endpoint(&worker.endpoint(), WorkerId::new(0))
+        .await
+        .unwrap();
+    let in_flight =
+        tokio::spawn(async move { conn.call(&transport, &NuclioEvent::new("0.8")).await });
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(worker.events_in_flight(), 1);
+    let started = Instant::now();
+    worker.terminate(Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.body.to_bytes(), "slept; drained=False");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "terminate took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_timeout_does_not_close_the_connection_under_the_wrapper() {
+    // Nuclio's early-2025 wrapper exits when any connection closes; the peer
+    // does so too when asked. A timed-out event's connection must therefore
+    // be kept open until its late answer has come, then be used again.
+    let mut config = PoolConfig::default();
+    config.max_connections = 2;
+    config.event_timeout = Some(Duration::from_millis(300));
+    let launcher = launcher("peer_handlers:slow")
+        .env("PEER_EXIT_ON_CLOSE", "1")
+        .build()
+        .unwrap();
+    let pool = Pool::builder(NuclioTransport::new(), launcher)
+        .config(config)
+        .build()
+        .unwrap();
+    let first = wait_for(&pool, "every slot", |s| s.idle == s.capacity).await;
+    let pid = first.workers[0].pid;
+    let late = pool.dispatch(NuclioEvent::new("0.8")).await.unwrap_err();
+    assert!(
+        matches!(late, async_worker_pool::PoolError::EventTimeout { .. }),
+        "{late:?}"
+    );
+    let response = pool.dispatch(NuclioEvent::new("0")).await.unwrap();
+    assert_eq!(response.status_code, 200);
+    // The late answer comes at 0.8 s; the slot is back by then.
+    sleep(Duration::from_millis(1000)).await;
+    wait_for(&pool, "every slot again", |s| s.idle == s.capacity).await;
+    let response = pool.dispatch(NuclioEvent::new("0")).await.unwrap();
+    assert_eq!(response.status_code, 200);
+    let after = pool.stats();
+    assert_eq!(after.worker_restarts, 0, "{after:#?}");
+    assert_eq!(after.workers[0].pid, pid);
     pool.shutdown(Duration::from_secs(5)).await;
 }

@@ -1,12 +1,15 @@
 //! The control socket: the wrapper connects to it at start, reports
 //! `wrapperInitialized` once its `init_context` is done, and may send further
-//! control messages (explicit acks, logs) for as long as it runs.
+//! control messages (explicit acks, logs) for as long as it runs. Newer
+//! wrappers send their own logger's records here as `log` messages, from the
+//! start (`init_context`'s among them): those go to `tracing` at their level.
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
+use super::logs;
 use crate::launcher::WorkerId;
 
 /// Control messages are small; a longer line is a broken wrapper.
@@ -17,6 +20,16 @@ type ControlLines = FramedRead<UnixStream, LinesCodec>;
 #[derive(Deserialize)]
 struct ControlMessage {
     kind: String,
+    #[serde(default)]
+    attributes: serde_json::Value,
+}
+
+/// Forwards a `log` message to `tracing`; shows any other at `debug`.
+fn handle(worker: WorkerId, message: ControlMessage, line: &str) {
+    if message.kind == "log" && logs::forward_control(worker, message.attributes) {
+        return;
+    }
+    tracing::debug!(%worker, kind = message.kind, message = line, "control message");
 }
 
 /// Accepts the wrapper's connection on `listener` and reads control messages
@@ -49,9 +62,7 @@ pub(crate) async fn wait_initialized(
         };
         match serde_json::from_str::<ControlMessage>(&line) {
             Ok(message) if message.kind == "wrapperInitialized" => return Ok(lines),
-            Ok(message) => {
-                tracing::debug!(%worker, kind = message.kind, "control message before initialization");
-            }
+            Ok(message) => handle(worker, message, &line),
             Err(error) => {
                 tracing::warn!(%worker, %error, "ignoring a control line that is not a control message");
             }
@@ -60,11 +71,17 @@ pub(crate) async fn wait_initialized(
 }
 
 /// Reads the rest of the control connection, so the wrapper never blocks on
-/// it, and shows each message at `debug`. Ends when the wrapper closes it.
+/// it: `log` messages go to `tracing` at their level, others at `debug`. Ends
+/// when the wrapper closes it.
 pub(crate) async fn follow(mut lines: ControlLines, worker: WorkerId) {
     while let Some(line) = lines.next().await {
         match line {
-            Ok(line) => tracing::debug!(%worker, message = line, "control message"),
+            Ok(line) => match serde_json::from_str::<ControlMessage>(&line) {
+                Ok(message) => handle(worker, message, &line),
+                Err(_) => {
+                    tracing::debug!(%worker, message = line, "control line that is not a control message")
+                }
+            },
             Err(error) => {
                 tracing::debug!(%worker, %error, "no longer reading the control socket");
                 return;

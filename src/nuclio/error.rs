@@ -64,6 +64,9 @@ pub enum NuclioError {
         #[source]
         source: serde_json::Error,
     },
+    /// A batch response (an `r` packet holding a list) with no response in it.
+    #[error("the wrapper answered with an empty batch response")]
+    EmptyBatch,
     /// A body the wrapper said was base64 is not.
     #[error("a body or body chunk is not valid base64")]
     InvalidBase64(#[source] base64::DecodeError),

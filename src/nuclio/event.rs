@@ -55,7 +55,8 @@ pub struct NuclioEvent {
     pub id: String,
     /// The HTTP method, for HTTP events.
     pub method: String,
-    /// The path (with its query), for HTTP events.
+    /// The path, for HTTP events; Nuclio's HTTP trigger gives it without the
+    /// query (see [`NuclioEvent::from_http_request`]).
     pub path: String,
     /// When it arrived, in Unix seconds.
     pub timestamp: u64,
@@ -112,6 +113,32 @@ impl NuclioEvent {
         event
     }
 
+    /// An HTTP event as Nuclio's HTTP trigger makes it from a request:
+    /// `target` is the request target (path and query). The path without the
+    /// query goes to [`path`](Self::path), the query's parameters
+    /// (percent-decoded, `+` read as a space, the last of a repeated name kept)
+    /// to [`fields`](Self::fields), the target to [`url`](Self::url), and header
+    /// names are put in canonical form (`x-h5` becomes `X-H5`,
+    /// `content-type` `Content-Type`), since the handler's
+    /// `event.get_header` looks them up by exact name. The content type comes
+    /// from the `Content-Type` header, if there is one.
+    pub fn from_http_request(
+        method: impl Into<String>,
+        target: &str,
+        headers: impl IntoIterator<Item = (String, String)>,
+        body: impl Into<Bytes>,
+    ) -> Self {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| (canonical_header_name(&name), value))
+            .collect();
+        let mut event = Self::http(method, path, headers, body);
+        event.fields = query_fields(query);
+        event.url = target.to_owned();
+        event
+    }
+
     /// Appends the event's frame to `out`: the 4-byte big-endian length, then
     /// the msgpack map.
     ///
@@ -160,6 +187,69 @@ impl NuclioEvent {
             }
         }
     }
+}
+
+/// A header name in canonical form, as Go's `net/textproto` (and so Nuclio)
+/// writes it: the first letter and each letter after a `-` upper case, the
+/// rest lower case. A name with a byte that is not a token character is left
+/// as it is, as Go leaves it.
+fn canonical_header_name(name: &str) -> String {
+    let is_token = |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
+    if !name.bytes().all(is_token) {
+        return name.to_owned();
+    }
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// The parameters of a query string, percent-decoded; of a repeated name, the last.
+fn query_fields(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
+}
+
+/// `%XX` as its byte and `+` as a space; a `%` not followed by two hex digits
+/// stays as it is, and bytes that are not UTF-8 are replaced.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|pair| std::str::from_utf8(pair).ok())
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn now() -> u64 {
@@ -230,6 +320,46 @@ mod tests {
         assert_eq!(decoded.r#type, "upload");
         assert_eq!(decoded.method, "POST");
         assert_eq!(decoded.body.as_slice(), &[0, 159, 146, 150]);
+    }
+
+    #[test]
+    fn an_http_request_is_split_as_nuclios_http_trigger_splits_it() {
+        let headers = [
+            ("x-h5".to_owned(), "five".to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("x-weird header".to_owned(), "kept".to_owned()),
+        ];
+        let event = NuclioEvent::from_http_request(
+            "GET",
+            "/a/b?x=1&name=J%C3%BCrgen+M&flag&x=2&bad=%zz%4",
+            headers,
+            "{}",
+        );
+        assert_eq!(event.path, "/a/b");
+        assert_eq!(event.url, "/a/b?x=1&name=J%C3%BCrgen+M&flag&x=2&bad=%zz%4");
+        assert_eq!(event.fields["x"], "2");
+        assert_eq!(event.fields["name"], "Jürgen M");
+        assert_eq!(event.fields["flag"], "");
+        assert_eq!(event.fields["bad"], "%zz%4");
+        assert_eq!(event.headers["X-H5"], "five");
+        assert_eq!(event.headers["Content-Type"], "application/json");
+        assert_eq!(event.headers["x-weird header"], "kept");
+        assert_eq!(event.content_type, "application/json");
+        let bare = NuclioEvent::from_http_request("GET", "/", [], "");
+        assert_eq!(bare.path, "/");
+        assert!(bare.fields.is_empty());
+    }
+
+    #[test]
+    fn header_names_take_gos_canonical_form() {
+        assert_eq!(canonical_header_name("x-request-id"), "X-Request-Id");
+        assert_eq!(canonical_header_name("ACCEPT"), "Accept");
+        assert_eq!(
+            canonical_header_name("www-authenticate"),
+            "Www-Authenticate"
+        );
+        assert_eq!(canonical_header_name("bad name"), "bad name");
+        assert_eq!(canonical_header_name(""), "");
     }
 
     #[test]

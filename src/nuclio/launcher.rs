@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use crate::task::AbortOnDropHandle;
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use tokio::net::UnixListener;
 use tokio::process::Command;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::control;
+use super::endpoint::EndpointState;
+use super::logs;
 use super::worker::NuclioWorker;
 use crate::launcher::LaunchError;
 use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
@@ -31,19 +35,30 @@ use crate::process::{
 /// ```text
 /// python3 -u WRAPPER --handler MODULE:FUNCTION --event-socket-path 127.0.0.1:PORT
 ///     --control-socket-path PATH --platform-kind local --namespace NS
-///     --worker-id N --trigger-kind KIND --trigger-name NAME
+///     --worker-id N --trigger-kind KIND --trigger-name NAME --decode-event-strings
 /// ```
+///
+/// as Nuclio's Python runtime does. `--decode-event-strings` makes the
+/// handler see the event's method, path, headers and other strings as `str`,
+/// not `bytes`; it is left out when
+/// [`decode_event_strings(false)`](NuclioLauncherBuilder::decode_event_strings)
+/// says so or, unless that is set, when the environment variable
+/// `NUCLIO_PYTHON_DECODE_EVENT_STRINGS` (the wrapper's, from
+/// [`env`](NuclioLauncherBuilder::env), or else the host's) is `no`, `false`,
+/// `disable` or `disabled`, as in Nuclio.
 ///
 /// with `PYTHONPATH` holding the wrapper's directory and the handler
 /// directories. The launch succeeds once the wrapper sends `wrapperInitialized`
 /// on the control socket; a wrapper that exits first fails it with its exit
 /// status and last stderr lines.
 ///
-/// Each wrapper runs in a process group of its own, its output is forwarded to
-/// `tracing` (target `async_worker_pool::worker`), and
-/// [`terminate`](WorkerProcess::terminate) sends `SIGUSR1` (the wrapper's
-/// terminate signal) before it kills the group. [`NuclioWorker::drain`] sends
-/// `SIGUSR2`, [`NuclioWorker::resume`] `SIGCONT`.
+/// Each wrapper runs in a process group of its own. Its log records reach
+/// `tracing` at their own level under the target
+/// `async_worker_pool::nuclio::handler`, whichever way its version sends them:
+/// JSON lines on stdout (the early-2025 wrapper), `log` messages on the control
+/// socket (newer ones, `init_context`'s included) or `l` packets on an event
+/// connection. Other output goes to target `async_worker_pool::worker`, stdout
+/// at `info`, stderr at `warn`. See [`NuclioWorker`] for how it is stopped.
 #[derive(Debug)]
 pub struct NuclioLauncher {
     python: OsString,
@@ -56,6 +71,7 @@ pub struct NuclioLauncher {
     trigger_name: String,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    decode_event_strings: bool,
     host: IpAddr,
     ready_timeout: Duration,
     dir: SocketDir,
@@ -75,6 +91,7 @@ pub struct NuclioLauncherBuilder {
     trigger_name: String,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    decode_event_strings: Option<bool>,
     socket_dir_parent: Option<PathBuf>,
     ready_timeout: Duration,
 }
@@ -95,6 +112,7 @@ impl NuclioLauncher {
             trigger_name: "http".to_owned(),
             args: Vec::new(),
             envs: Vec::new(),
+            decode_event_strings: None,
             socket_dir_parent: None,
             ready_timeout: Duration::from_secs(30),
         }
@@ -104,6 +122,11 @@ impl NuclioLauncher {
     /// when the launcher is dropped.
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Whether the wrapper is run with `--decode-event-strings`.
+    pub fn decodes_event_strings(&self) -> bool {
+        self.decode_event_strings
     }
 
     fn command(&self, worker: WorkerId, event: SocketAddr, control: &Path) -> Command {
@@ -126,7 +149,11 @@ impl NuclioLauncher {
             .arg("--trigger-kind")
             .arg(&self.trigger_kind)
             .arg("--trigger-name")
-            .arg(&self.trigger_name)
+            .arg(&self.trigger_name);
+        if self.decode_event_strings {
+            command.arg("--decode-event-strings");
+        }
+        command
             .args(&self.args)
             .envs(self.envs.iter().map(|(key, value)| (key, value)))
             .env("PYTHONPATH", &self.python_path);
@@ -141,7 +168,7 @@ impl NuclioLauncher {
                 "{python} not found: install Python 3, or set NuclioLauncherBuilder::python(...) \
                  to the interpreter of your Nuclio installation"
             ),
-            _ => format!("cannot start {python}: {error}"),
+            _ => format!("cannot start {python}"),
         };
         LaunchError::with_source(message, error)
     }
@@ -180,7 +207,7 @@ impl Launcher for NuclioLauncher {
             Err(error) => {
                 return Err(LaunchError::with_source(
                     format!(
-                        "cannot remove the stale control socket {}: {error}",
+                        "cannot remove the stale control socket {}",
                         control_path.display()
                     ),
                     error,
@@ -190,26 +217,35 @@ impl Launcher for NuclioLauncher {
         let listener = UnixListener::bind(&control_path).map_err(|error| {
             LaunchError::with_source(
                 format!(
-                    "cannot listen on the control socket {}: {error}",
+                    "cannot listen on the control socket {}",
                     control_path.display()
                 ),
                 error,
             )
         })?;
         let endpoint = Endpoint::Tcp(addr);
+        let mut command = self.command(worker, addr, &control_path);
+        // Stdout through a pipe of our own, read here: an early-2025 wrapper
+        // writes its log records there as JSON.
+        let (stdout_writer, stdout_reader) = tokio::net::unix::pipe::pipe().map_err(|error| {
+            LaunchError::with_source("cannot make a pipe for the wrapper's stdout", error)
+        })?;
+        let stdout_writer = stdout_writer.into_blocking_fd().map_err(|error| {
+            LaunchError::with_source("cannot make a pipe for the wrapper's stdout", error)
+        })?;
+        command.stdout(std::process::Stdio::from(stdout_writer));
         let Started {
             mut process,
             stderr_forwarder,
             stderr_tail,
-        } = start(
-            self.command(worker, addr, &control_path),
-            worker,
-            endpoint.clone(),
-        )
-        .map_err(|error| self.spawn_error(error))?
-        .ok_or_else(|| LaunchError::new(format!("worker {worker} vanished as it was started")))?;
+        } = start(command, worker, endpoint.clone())
+            .map_err(|error| self.spawn_error(error))?
+            .ok_or_else(|| {
+                LaunchError::new(format!("worker {worker} vanished as it was started"))
+            })?;
         process.set_stop_signal(Signal::SIGUSR1);
         let pid = process.pid().unwrap_or_default();
+        tokio::spawn(forward_stdout(stdout_reader, worker, pid));
         tracing::debug!(%worker, pid, %endpoint, "Nuclio wrapper started");
 
         let ready = tokio::time::timeout(self.ready_timeout, async {
@@ -233,7 +269,11 @@ impl Launcher for NuclioLauncher {
             Ok(Ok(lines)) => {
                 tracing::info!(%worker, pid, %endpoint, "Nuclio wrapper initialized");
                 let control = AbortOnDropHandle::new(tokio::spawn(control::follow(lines, worker)));
-                Ok(NuclioWorker::new(process, control))
+                Ok(NuclioWorker::new(
+                    process,
+                    control,
+                    EndpointState::fresh(addr),
+                ))
             }
             Ok(Err(exited)) => {
                 let exit = match exited {
@@ -302,6 +342,16 @@ impl NuclioLauncherBuilder {
         self
     }
 
+    /// Whether to run the wrapper with `--decode-event-strings`, so that the
+    /// handler sees strings as `str` rather than `bytes`. Unless this is set,
+    /// it follows `NUCLIO_PYTHON_DECODE_EVENT_STRINGS` as Nuclio does (see
+    /// [`NuclioLauncher`]): on unless that says `no`, `false`, `disable` or
+    /// `disabled`.
+    pub fn decode_event_strings(mut self, decode: bool) -> Self {
+        self.decode_event_strings = Some(decode);
+        self
+    }
+
     /// Where to create the private control-socket directory; default
     /// [`std::env::temp_dir`]. Keep it short: a Unix socket path has at most 103
     /// bytes.
@@ -357,11 +407,18 @@ impl NuclioLauncherBuilder {
             paths.extend(std::env::split_paths(&inherited));
         }
         let python_path = std::env::join_paths(&paths).map_err(|error| {
-            LaunchError::with_source(
-                format!("a handler path cannot go on PYTHONPATH: {error}"),
-                error,
-            )
+            LaunchError::with_source("a handler path cannot go on PYTHONPATH", error)
         })?;
+        let decode_event_strings = self.decode_event_strings.unwrap_or_else(|| {
+            let setting = self
+                .envs
+                .iter()
+                .rev()
+                .find(|(key, _)| key == DECODE_EVENT_STRINGS_ENV)
+                .map(|(_, value)| value.clone())
+                .or_else(|| std::env::var_os(DECODE_EVENT_STRINGS_ENV));
+            decode_setting(setting.as_deref())
+        });
         let parent = self.socket_dir_parent.unwrap_or_else(std::env::temp_dir);
         let dir = SocketDir::create(&parent, true)?;
         Ok(NuclioLauncher {
@@ -375,9 +432,60 @@ impl NuclioLauncherBuilder {
             trigger_name: self.trigger_name,
             args: self.args,
             envs: self.envs,
+            decode_event_strings,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ready_timeout: self.ready_timeout,
             dir,
         })
+    }
+}
+
+/// The environment variable with which Nuclio turns `--decode-event-strings` off.
+const DECODE_EVENT_STRINGS_ENV: &str = "NUCLIO_PYTHON_DECODE_EVENT_STRINGS";
+
+/// Whether a `NUCLIO_PYTHON_DECODE_EVENT_STRINGS` value leaves decoding on: only
+/// `no`, `false`, `disable` and `disabled` (any case) turn it off, as in Nuclio.
+fn decode_setting(value: Option<&std::ffi::OsStr>) -> bool {
+    let value = value.map(|value| value.to_string_lossy().to_ascii_lowercase());
+    !matches!(
+        value.as_deref(),
+        Some("no" | "false" | "disable" | "disabled")
+    )
+}
+
+/// Reads the wrapper's stdout line by line until the pipe closes (the wrapper's
+/// group is gone): JSON log records at their level, other lines at `info`.
+async fn forward_stdout(pipe: tokio::net::unix::pipe::Receiver, worker: WorkerId, pid: u32) {
+    let mut lines = FramedRead::new(pipe, LinesCodec::new_with_max_length(MAX_STDOUT_LINE));
+    while let Some(line) = lines.next().await {
+        match line {
+            Ok(line) => logs::forward_stdout_line(worker, pid, line.trim_end_matches('\r')),
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                tracing::warn!(%worker, pid, "the wrapper wrote a line longer than {MAX_STDOUT_LINE} bytes on stdout; skipped");
+            }
+            Err(LinesCodecError::Io(error)) => {
+                tracing::debug!(%worker, pid, %error, "reading the wrapper's stdout failed; no longer forwarding it");
+                return;
+            }
+        }
+    }
+}
+
+/// The longest stdout line forwarded; longer ones are skipped.
+const MAX_STDOUT_LINE: usize = 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_nuclios_off_words_turn_string_decoding_off() {
+        for off in ["no", "false", "disable", "DISABLED"] {
+            assert!(!decode_setting(Some(off.as_ref())), "{off}");
+        }
+        for on in ["", "true", "yes", "0", "enabled"] {
+            assert!(decode_setting(Some(on.as_ref())), "{on}");
+        }
+        assert!(decode_setting(None));
     }
 }

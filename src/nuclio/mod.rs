@@ -37,9 +37,11 @@
 mod config;
 mod control;
 mod durations;
+mod endpoint;
 mod error;
 mod event;
 mod launcher;
+mod logs;
 mod packet;
 mod response;
 mod transport;

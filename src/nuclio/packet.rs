@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::error::NuclioError;
+use super::logs::{self, LogRecord, Via};
 use crate::launcher::WorkerId;
 
 /// One line from the wrapper, its type byte stripped.
@@ -62,44 +63,10 @@ pub(crate) fn json<'a, T: Deserialize<'a>>(kind: char, text: &'a str) -> Result<
     serde_json::from_str(text).map_err(|source| NuclioError::InvalidJson { kind, source })
 }
 
-/// A log record, as the wrapper's logger writes it.
-#[derive(Debug, Deserialize)]
-struct LogRecord {
-    #[serde(default)]
-    datetime: Option<String>,
-    #[serde(default)]
-    level: String,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    with: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-/// Forwards an `l` packet to `tracing` at its level, with target
-/// `async_worker_pool::nuclio::handler` and the fields `worker`, `datetime` and
-/// `with` (the record's structured fields as JSON, when it has any).
+/// Forwards an `l` packet to `tracing`; see [`logs::forward`].
 pub(crate) fn forward_log(worker: WorkerId, text: &str) -> Result<(), NuclioError> {
     let record: LogRecord = json('l', text)?;
-    let with = record
-        .with
-        .filter(|with| !with.is_empty())
-        .map(|with| serde_json::Value::Object(with).to_string());
-    let datetime = record.datetime.unwrap_or_default();
-    let message = record.message;
-    macro_rules! emit {
-        ($level:ident) => {
-            match &with {
-                Some(with) => tracing::$level!(target: "async_worker_pool::nuclio::handler", %worker, datetime, with, "{message}"),
-                None => tracing::$level!(target: "async_worker_pool::nuclio::handler", %worker, datetime, "{message}"),
-            }
-        };
-    }
-    match record.level.to_ascii_lowercase().as_str() {
-        "debug" | "trace" => emit!(debug),
-        "warn" | "warning" => emit!(warn),
-        "error" | "critical" | "fatal" => emit!(error),
-        _ => emit!(info),
-    }
+    logs::forward(worker, Via::EventSocket, record);
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Deserializer};
 
 use super::error::NuclioError;
+use super::packet;
 
 /// A response body: whole, or the chunks of a streamed response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,14 @@ pub struct NuclioResponse {
     pub headers: BTreeMap<String, String>,
     /// The body, decoded from the wire's text or base64.
     pub body: NuclioBody,
+    /// The `event_id` the handler set on its response, empty if none: a batch
+    /// response names with it the event each of its responses answers.
+    pub event_id: String,
+    /// Every response of a batch response (the handler returned a list), in
+    /// order, with their bodies; empty for a single response. The other fields
+    /// of this response are those of the first, as Nuclio answers a single event
+    /// with the first response of a batch.
+    pub batch: Vec<NuclioResponse>,
 }
 
 /// The JSON of an `r` or `c` packet.
@@ -92,6 +101,8 @@ pub(crate) struct WireResponse {
     status_code: i64,
     #[serde(default)]
     body_encoding: Option<String>,
+    #[serde(default)]
+    event_id: Option<String>,
 }
 
 fn text_plain() -> String {
@@ -138,9 +149,36 @@ impl WireResponse {
             content_type: self.content_type,
             headers: self.headers,
             body: NuclioBody::Full(Bytes::new()),
+            event_id: self.event_id.unwrap_or_default(),
+            batch: Vec::new(),
         };
         Ok((response, body))
     }
+
+    /// The response with its body in place.
+    fn into_response(self) -> Result<NuclioResponse, NuclioError> {
+        let (mut response, body) = self.into_parts()?;
+        response.body = NuclioBody::Full(body);
+        Ok(response)
+    }
+}
+
+/// Parses the JSON of an `r` packet: one response, or a list of them (a batch
+/// response), which is answered with its first.
+pub(crate) fn parse_r(text: &str) -> Result<NuclioResponse, NuclioError> {
+    if !text.trim_start().starts_with('[') {
+        return packet::json::<WireResponse>('r', text)?.into_response();
+    }
+    let batch = packet::json::<Vec<WireResponse>>('r', text)?
+        .into_iter()
+        .map(WireResponse::into_response)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = batch.first() else {
+        return Err(NuclioError::EmptyBatch);
+    };
+    let mut response = first.clone();
+    response.batch = batch;
+    Ok(response)
 }
 
 /// Decodes a base64 body or chunk.
@@ -198,6 +236,38 @@ mod tests {
         assert!(matches!(
             parse(r#"{"body": "!!", "body_encoding": "base64"}"#),
             Err(NuclioError::InvalidBase64(_))
+        ));
+    }
+
+    #[test]
+    fn a_batch_response_is_answered_with_its_first_and_keeps_them_all() {
+        let response = parse_r(
+            r#"[{"body": "one", "status_code": 201, "event_id": "e1"},
+                {"body": "dHdv", "body_encoding": "base64", "event_id": "e2"}]"#,
+        )
+        .unwrap();
+        assert_eq!(response.status_code, 201);
+        assert_eq!(response.body.to_bytes(), "one");
+        assert_eq!(response.event_id, "e1");
+        assert_eq!(response.batch.len(), 2);
+        assert_eq!(response.batch[1].body.to_bytes(), "two");
+        assert_eq!(response.batch[1].event_id, "e2");
+        assert!(response.batch[1].batch.is_empty());
+        let single = parse_r(r#"{"body": "x"}"#).unwrap();
+        assert!(single.batch.is_empty());
+        assert_eq!(single.event_id, "");
+    }
+
+    #[test]
+    fn an_empty_or_broken_batch_is_a_typed_error() {
+        assert!(matches!(parse_r(" []"), Err(NuclioError::EmptyBatch)));
+        assert!(matches!(
+            parse_r(r#"[{"status_code": "x"}]"#),
+            Err(NuclioError::InvalidJson { kind: 'r', .. })
+        ));
+        assert!(matches!(
+            parse_r(r#"[{"status_code": 7}]"#),
+            Err(NuclioError::StatusOutOfRange { status: 7 })
         ));
     }
 

@@ -1,6 +1,8 @@
 //! [`NuclioTransport`]: the [`Transport`] that speaks the async wrapper's
 //! protocol, and [`NuclioConn`], one connection it opened.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,14 +10,16 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::durations::HandlerDurations;
+use super::endpoint::EndpointState;
 use super::error::NuclioError;
 use super::event::NuclioEvent;
 use super::packet::{self, Packet};
-use super::response::{NuclioBody, NuclioResponse, WireResponse, decode_base64};
+use super::response::{self, NuclioBody, NuclioResponse, WireResponse, decode_base64};
 use crate::launcher::{Endpoint, WorkerId, WorkerInfo};
 use crate::transport::Transport;
 
@@ -37,11 +41,30 @@ const REFUSED_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// A [`Transport`] to Nuclio's Python async wrapper over TCP.
 ///
 /// Each connection waits for the wrapper's `s` packet before it counts as
-/// ready. An event goes out as a 4-byte big-endian length and a msgpack map;
+/// ready. Connections to one wrapper are opened one at a time: a connection
+/// opens its socket only when the one before it has been accepted. Nuclio's
+/// early-2025 wrapper accepts about one connection per 0.2 s and exits when
+/// any connection closes, even one it has not accepted yet; so a connect that
+/// is given up while it waits for its turn must not have a socket to close.
+///
+/// An event goes out as a 4-byte big-endian length and a msgpack map;
 /// the answer comes back as lines: `l` log records are forwarded to `tracing`
 /// (target `async_worker_pool::nuclio::handler`, field `worker`, at the record's
 /// level), `m` metrics are added to [`handler_durations`](Self::handler_durations),
 /// and the `r` response, or a streamed `c`, `b`…, `e` response, is returned.
+/// A batch response (an `r` packet holding a list, as the wrapper sends when
+/// the handler returns one) is returned as its first response, with the whole
+/// list in [`NuclioResponse::batch`].
+///
+/// # Delayed acknowledgements
+///
+/// The wrapper writes its `m` and `r` packets in two sends on a socket without
+/// `TCP_NODELAY`, so Nagle's algorithm holds `r` back until `m` is
+/// acknowledged, and a receiver that delays its acknowledgement (Linux does,
+/// up to 40 ms, once a connection looks interactive) delays every answer by
+/// that much. On Linux the transport therefore acknowledges at once
+/// (`TCP_QUICKACK`) whenever it has read a packet that is not the end of the
+/// answer and nothing more is buffered.
 ///
 /// # Limits
 ///
@@ -130,7 +153,9 @@ impl NuclioTransport {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: nothing has been sent when it is dropped.
+    /// Cancel safe: nothing has been sent when it is dropped. A socket it has
+    /// opened stays open until the wrapper has started the connection, which
+    /// then goes to the next connect to the same wrapper.
     pub async fn connect_endpoint(
         &self,
         endpoint: &Endpoint,
@@ -139,38 +164,36 @@ impl NuclioTransport {
         let Endpoint::Tcp(addr) = endpoint else {
             return Err(NuclioError::UnsupportedEndpoint(endpoint.to_string()));
         };
-        let deadline = Instant::now() + self.refused_retry;
-        let stream = loop {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => break stream,
-                Err(error)
-                    if error.kind() == std::io::ErrorKind::ConnectionRefused
-                        && Instant::now() < deadline =>
-                {
-                    sleep(REFUSED_RETRY_INTERVAL).await;
-                }
-                Err(error) => return Err(error.into()),
+        let addr = *addr;
+        let endpoint_state = EndpointState::of(addr);
+        let turn = endpoint_state.accept_turn().await;
+        let started = match endpoint_state.take_stashed() {
+            Some(started) => started,
+            None => {
+                // The socket is opened by a task of its own, which outlives this
+                // future: a connect given up while the wrapper has not accepted
+                // yet leaves the socket open and its connection to the next one.
+                let (sender, receiver) = oneshot::channel();
+                let stash = endpoint_state.clone();
+                let (limit, refused_retry) = (self.max_line_bytes, self.refused_retry);
+                tokio::spawn(async move {
+                    if let Err(Ok(started)) = sender.send(open(addr, limit, refused_retry).await) {
+                        stash.stash(started);
+                    }
+                });
+                receiver
+                    .await
+                    .map_err(|_| NuclioError::ClosedBeforeReady)??
             }
         };
-        // Small packets each way: Nagle would only add latency.
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
-        let mut conn = NuclioConn {
-            lines: FramedRead::new(read, LinesCodec::new_with_max_length(self.max_line_bytes)),
-            write,
+        drop(turn);
+        Ok(NuclioConn {
+            io: Some(started),
             worker,
-            limit: self.max_line_bytes,
             scratch: Vec::new(),
-            usable: true,
-        };
-        match conn.next_line().await {
-            Ok(Some(line)) => match Packet::parse(&line)? {
-                Packet::Start => Ok(conn),
-                other => Err(NuclioError::NotReady { kind: other.kind() }),
-            },
-            Ok(None) | Err(NuclioError::Closed) => Err(NuclioError::ClosedBeforeReady),
-            Err(error) => Err(error),
-        }
+            state: ConnState::Ready,
+            endpoint: endpoint_state,
+        })
     }
 
     /// Sends `event` on `conn` and reads its answer; see [`Transport::call`].
@@ -181,7 +204,9 @@ impl NuclioTransport {
     ) -> Result<NuclioResponse, NuclioError> {
         conn.scratch.clear();
         event.encode(&mut conn.scratch, self.max_event_bytes)?;
-        conn.write.write_all(&conn.scratch).await?;
+        let io = conn.io.as_mut().ok_or(NuclioError::Unusable)?;
+        io.write.write_all(&conn.scratch).await?;
+        conn.state = ConnState::Sent;
         // Give back a large event's buffer; small ones keep theirs for the next.
         if conn.scratch.capacity() > 64 * 1024 {
             conn.scratch = Vec::new();
@@ -193,21 +218,21 @@ impl NuclioTransport {
             };
             let packet = Packet::parse(&line)?;
             match (packet, &mut stream) {
-                (Packet::Log(text), _) => packet::forward_log(conn.worker, text)?,
+                (Packet::Log(text), _) => {
+                    packet::forward_log(conn.worker, text)?;
+                    conn.acknowledge_now();
+                }
                 (Packet::Metric(text), _) => {
                     if let Some(duration) = packet::metric_duration(text)? {
                         self.durations.record(duration);
                     }
+                    conn.acknowledge_now();
                 }
-                (Packet::Response(text), None) => {
-                    let wire: WireResponse = packet::json('r', text)?;
-                    let (mut response, body) = wire.into_parts()?;
-                    response.body = NuclioBody::Full(body);
-                    return Ok(response);
-                }
+                (Packet::Response(text), None) => return response::parse_r(text),
                 (Packet::StreamStart(text), None) => {
                     let wire: WireResponse = packet::json('c', text)?;
                     let (response, first) = wire.into_parts()?;
+                    conn.acknowledge_now();
                     let len = first.len();
                     self.check_stream(len)?;
                     stream = Some((response, vec![first], len));
@@ -217,6 +242,7 @@ impl NuclioTransport {
                     *len += chunk.len();
                     self.check_stream(*len)?;
                     chunks.push(chunk);
+                    conn.acknowledge_now();
                 }
                 (Packet::End, Some(_)) => {
                     let (mut response, chunks, _) = stream
@@ -262,7 +288,7 @@ impl Transport for NuclioTransport {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: dropping the future closes the half-open socket.
+    /// Cancel safe; see [`NuclioTransport::connect_endpoint`].
     async fn connect(&self, worker: &WorkerInfo) -> Result<NuclioConn, NuclioError> {
         self.connect_endpoint(&worker.endpoint, worker.id).await
     }
@@ -307,24 +333,90 @@ impl Transport for NuclioTransport {
     }
 }
 
-/// One open connection to a wrapper, ready for events. Dropping it closes it.
+/// One open connection to a wrapper, ready for events.
+///
+/// Dropping it closes it, with one exception: dropped after its event was sent
+/// whole and before the answer came (the event timed out, or its caller went
+/// away), it stays open until the late answer has been read to its end, then
+/// goes, in step again, to the next connect to the same wrapper. Nuclio's
+/// early-2025 wrapper exits when any of its connections closes, so closing it
+/// would restart the worker and fail every other event on it. It counts as an
+/// event in flight meanwhile. Anything unexpected closes it.
 #[derive(Debug)]
 pub struct NuclioConn {
-    lines: FramedRead<OwnedReadHalf, LinesCodec>,
-    write: OwnedWriteHalf,
+    /// The socket; taken only by `Drop`.
+    io: Option<Started>,
     worker: WorkerId,
-    limit: usize,
     /// Where events are encoded.
     scratch: Vec<u8>,
-    /// False from the start of an exchange until it finishes cleanly.
-    usable: bool,
+    state: ConnState,
+    /// Shared with the wrapper's other connections and its launcher.
+    endpoint: Arc<EndpointState>,
+}
+
+/// Where a connection is in its exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Ready for an event.
+    Ready,
+    /// An event is being sent.
+    Sending,
+    /// An event has been sent whole; its answer is being read.
+    Sent,
+    /// An exchange failed: the connection is out of step or gone.
+    Failed,
+}
+
+impl Drop for NuclioConn {
+    /// A connection dropped while its event's answer is still to come (the
+    /// event timed out, or its caller went away) is not closed at once: Nuclio's
+    /// early-2025 wrapper exits when any connection closes. A task reads the
+    /// late answer to its end and then leaves the connection, in step again,
+    /// for the next connect to the wrapper; it counts as an event in flight
+    /// until then. Anything unexpected on the way closes it.
+    fn drop(&mut self) {
+        if self.state != ConnState::Sent {
+            return;
+        }
+        let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let endpoint = self.endpoint.clone();
+        let in_flight = endpoint.event_in_flight();
+        let worker = self.worker;
+        runtime.spawn(async move {
+            if let Some(io) = read_late_answer(io, worker).await {
+                endpoint.stash(io);
+            }
+            drop(in_flight);
+        });
+    }
+}
+
+/// Reads the rest of an answer nobody waits for; the connection if it ended
+/// cleanly, with nothing after it.
+async fn read_late_answer(mut io: Started, worker: WorkerId) -> Option<Started> {
+    loop {
+        let line = next_line(&mut io.lines, io.limit).await.ok()??;
+        match Packet::parse(&line).ok()? {
+            Packet::Response(_) | Packet::End => {
+                return io.lines.read_buffer().is_empty().then_some(io);
+            }
+            Packet::Log(text) => {
+                let _ = packet::forward_log(worker, text);
+            }
+            Packet::Metric(_) | Packet::StreamStart(_) | Packet::Chunk(_) => {}
+            Packet::Start => return None,
+        }
+    }
 }
 
 impl NuclioConn {
     /// Whether the connection can carry another event: false once an exchange
     /// failed or was dropped before it finished.
     pub fn is_usable(&self) -> bool {
-        self.usable
+        self.state == ConnState::Ready
     }
 
     /// Sends `event` and reads every packet up to its response, with the limits
@@ -343,24 +435,101 @@ impl NuclioConn {
         transport: &NuclioTransport,
         event: &NuclioEvent,
     ) -> Result<NuclioResponse, NuclioError> {
-        if !self.usable {
+        if self.state != ConnState::Ready {
             return Err(NuclioError::Unusable);
         }
-        self.usable = false;
-        let response = transport.exchange(self, event).await?;
-        self.usable = true;
-        Ok(response)
+        self.state = ConnState::Sending;
+        let _in_flight = self.endpoint.event_in_flight();
+        match transport.exchange(self, event).await {
+            Ok(response) => {
+                self.state = ConnState::Ready;
+                Ok(response)
+            }
+            Err(error) => {
+                self.state = ConnState::Failed;
+                Err(error)
+            }
+        }
+    }
+
+    /// Acknowledges what was read at once, unless more is buffered (then the
+    /// answer is not held back). See "Delayed acknowledgements" on
+    /// [`NuclioTransport`]. A failure only costs latency, so it is ignored.
+    fn acknowledge_now(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(io) = &self.io {
+            if io.lines.read_buffer().is_empty() {
+                let socket = socket2::SockRef::from(io.lines.get_ref().as_ref());
+                let _ = socket.set_tcp_quickack(true);
+            }
+        }
     }
 
     /// The next line, `None` at end of stream.
     async fn next_line(&mut self) -> Result<Option<String>, NuclioError> {
-        match self.lines.next().await {
-            None => Ok(None),
-            Some(Ok(line)) => Ok(Some(line)),
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                Err(NuclioError::LineTooLong { limit: self.limit })
+        let io = self.io.as_mut().ok_or(NuclioError::Unusable)?;
+        next_line(&mut io.lines, io.limit).await
+    }
+}
+
+/// A connection the wrapper has started (sent `s` on), not yet handed out.
+#[derive(Debug)]
+pub(crate) struct Started {
+    lines: FramedRead<OwnedReadHalf, LinesCodec>,
+    write: OwnedWriteHalf,
+    limit: usize,
+}
+
+/// Opens a connection to `addr`, retrying a refused one for `refused_retry`,
+/// and waits for the wrapper's `s` on it.
+async fn open(
+    addr: SocketAddr,
+    limit: usize,
+    refused_retry: Duration,
+) -> Result<Started, NuclioError> {
+    // A window too long to represent never closes.
+    let deadline = Instant::now().checked_add(refused_retry);
+    let stream = loop {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => break stream,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::ConnectionRefused
+                    && deadline.is_none_or(|deadline| Instant::now() < deadline) =>
+            {
+                sleep(REFUSED_RETRY_INTERVAL).await;
             }
-            Some(Err(LinesCodecError::Io(error))) => Err(error.into()),
+            Err(error) => return Err(error.into()),
         }
+    };
+    // Small packets each way: Nagle would only add latency.
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(limit));
+    match next_line(&mut lines, limit).await {
+        Ok(Some(line)) => match Packet::parse(&line)? {
+            Packet::Start => Ok(Started {
+                lines,
+                write,
+                limit,
+            }),
+            other => Err(NuclioError::NotReady { kind: other.kind() }),
+        },
+        Ok(None) | Err(NuclioError::Closed) => Err(NuclioError::ClosedBeforeReady),
+        Err(error) => Err(error),
+    }
+}
+
+/// The next line of `lines`, `None` at end of stream.
+async fn next_line(
+    lines: &mut FramedRead<OwnedReadHalf, LinesCodec>,
+    limit: usize,
+) -> Result<Option<String>, NuclioError> {
+    match lines.next().await {
+        None => Ok(None),
+        Some(Ok(line)) => Ok(Some(line)),
+        Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+            Err(NuclioError::LineTooLong { limit })
+        }
+        Some(Err(LinesCodecError::Io(error))) => Err(error.into()),
     }
 }

@@ -63,3 +63,39 @@ async def slow(context, event):
     """Sleeps for the body's seconds, then says whether a drain was seen."""
     await asyncio.sleep(float(event.body.decode() or "0.5"))
     return f"slept; drained={drained}"
+
+
+async def trivial(context, event):
+    return "ok"
+
+
+async def strings(context, event):
+    """What types the event's strings have, and whether a header is found by name."""
+    return {
+        "method": type(event.method).__name__,
+        "path": type(event.path).__name__,
+        "header_names": sorted(type(name).__name__ for name in event.headers),
+        "x_h5": repr(event.get_header("X-H5")),
+    }
+
+
+async def http_view(context, event):
+    """The event as an HTTP trigger's handler sees it."""
+    return {
+        "method": event.method,
+        "path": event.path,
+        "url": event.url,
+        "fields": event.fields,
+        "x_h5": event.get_header("X-H5"),
+        "content_type": event.get_header("Content-Type"),
+    }
+
+
+async def batch(context, event):
+    """A batch response: a list of responses."""
+    return [
+        nuclio_sdk.Response(
+            body="first", status_code=201, content_type="text/plain", headers={}, event_id="e1"
+        ),
+        "second",
+    ]

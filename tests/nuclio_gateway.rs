@@ -1,0 +1,146 @@
+//! The Nuclio gateway example end to end, as an HTTP trigger: the real binary
+//! over the tests' stand-in wrapper, a real HTTP client.
+//!
+//! It runs the example's binary, which `scripts/test.sh` builds first (`cargo
+//! build --features nuclio --example nuclio_gateway`), with the Python named by
+//! `NUCLIO_TEST_PYTHON` (one with msgpack and nuclio-sdk; `scripts/test.sh`
+//! makes it). Without either, the tests fail and say what is missing.
+
+#![cfg(feature = "nuclio")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A running gateway, stopped with SIGTERM when the test ends, so that it
+/// stops its wrappers (a gateway killed outright would leave them running).
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/this-test → target/<profile>/examples/nuclio_gateway
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("nuclio_gateway"))
+        .expect("a target directory layout");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --features nuclio --example \
+         nuclio_gateway` (scripts/test.sh does so)",
+        path.display()
+    );
+    path
+}
+
+fn python() -> String {
+    std::env::var("NUCLIO_TEST_PYTHON").expect(
+        "NUCLIO_TEST_PYTHON is not set: run `sh scripts/test.sh`, or set it to the Python \
+         `sh scripts/nuclio-venv.sh` prints",
+    )
+}
+
+fn start(args: &[&str]) -> Gateway {
+    let mut child = Command::new(gateway_binary())
+        .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
+        .args([
+            "--python",
+            &python(),
+            "--workers",
+            "1",
+            "--max-connections",
+            "4",
+        ])
+        .arg("--handler-path")
+        .arg(manifest_dir().join("tests/nuclio_handlers"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the gateway starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .expect("the gateway prints its address")
+        .unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    Gateway { child, base }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reaches_the_handler_as_nuclios_http_trigger_gives_it() {
+    let gateway = start(&["--handler", "peer_handlers:http_view"]);
+    let response = reqwest::Client::new()
+        .get(format!("{}/items/7?color=dark+red&n=%31", gateway.base))
+        .header("x-h5", "five")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/items/7");
+    assert_eq!(
+        seen["fields"],
+        serde_json::json!({"color": "dark red", "n": "1"})
+    );
+    assert_eq!(seen["x_h5"], "five");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_timeout_flag_bounds_an_event_without_a_spec() {
+    let gateway = start(&[
+        "--handler",
+        "peer_handlers:slow",
+        "--event-timeout",
+        "300ms",
+    ]);
+    let client = reqwest::Client::new();
+    let late = client
+        .post(format!("{}/", gateway.base))
+        .body("2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 504);
+    let quick = client
+        .post(format!("{}/", gateway.base))
+        .body("0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quick.status(), 200);
+}
