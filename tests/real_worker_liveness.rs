@@ -163,7 +163,7 @@ async fn a_thousand_concurrent_sleeps_never_look_like_a_blocked_worker() {
     // Probes five times a second and an event timeout that half the events
     // run into, so that many probes meet a loop with a thousand tasks on it.
     let pool = python_pool("sleepy:handler", 1, CONNS, |b| {
-        b.event_timeout(Duration::from_millis(400))
+        b.event_timeout(Duration::from_millis(500))
             .probe_interval(Duration::from_millis(200))
             .connection_availability_timeout(Duration::from_secs(30))
     });
@@ -171,8 +171,8 @@ async fn a_thousand_concurrent_sleeps_never_look_like_a_blocked_worker() {
     let mut events = JoinSet::new();
     for n in 0..3 * CONNS {
         let pool = pool.clone();
-        // Half sleep past the event timeout; their worker must be cleared.
-        let secs = if n % 2 == 0 { "0.3" } else { "0.6" };
+        // Half sleep twice the event timeout; their worker must be cleared.
+        let secs = if n % 2 == 0 { "0.1" } else { "1.0" };
         events.spawn(async move { (secs, pool.dispatch(Event::plain(secs)).await) });
     }
     let (mut ok, mut timed_out) = (0, 0);
@@ -182,7 +182,9 @@ async fn a_thousand_concurrent_sleeps_never_look_like_a_blocked_worker() {
                 returned_body(reply);
                 ok += 1;
             }
-            ("0.6", Err(PoolError::EventTimeout { .. })) => timed_out += 1,
+            // A loaded machine may stretch a short sleep past the timeout too;
+            // what may never happen is an unresponsive worker or a lost one.
+            (_, Err(PoolError::EventTimeout { .. })) => timed_out += 1,
             (secs, Err(error)) => panic!("a {secs} s sleep failed: {error:?}"),
         }
     }
@@ -191,8 +193,8 @@ async fn a_thousand_concurrent_sleeps_never_look_like_a_blocked_worker() {
     assert_eq!(stats.restart_reasons, Default::default(), "{stats:#?}");
     assert_eq!(stats.worker_restarts, 0);
     assert!(
-        timed_out > 0,
-        "no event timed out, so no probe followed one"
+        timed_out >= 3 * CONNS / 2,
+        "only {timed_out} events timed out, so few probes followed one"
     );
     pool.shutdown(Duration::from_secs(2)).await;
 }
