@@ -11,6 +11,7 @@ mod launcher;
 pub mod net;
 #[cfg(feature = "nuclio")]
 pub mod nuclio;
+mod ops;
 mod pool;
 pub mod process;
 pub mod prometheus;
@@ -24,13 +25,14 @@ mod wait_queue;
 pub use api::AsyncWorkerPool;
 pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
-pub use error::{BoxError, BuildError, ConfigError, LaunchError, PoolError, ReadyError};
+pub use error::{BoxError, BuildError, ConfigError, LaunchError, OpsError, PoolError, ReadyError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 pub use slot::Slot;
 pub use stats::{
-    AllocationStats, ConnectionRestartStats, EventStats, SlotState, Stats, WorkerState, WorkerStats,
+    AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
+    WorkerState, WorkerStats,
 };
 pub use transport::{Transport, is_disconnect_io};

@@ -97,7 +97,8 @@ pub fn render(stats: &Stats) -> String {
         "worker_restart_reasons_total",
         "counter",
         "Why worker processes stopped serving: exited, reconnect_failed, unresponsive \
-         (failed a liveness probe) or launch_failed.",
+         (failed a liveness probe), launch_failed, recycled (max events or memory) or \
+         reloaded.",
     );
     let reasons = &stats.restart_reasons;
     for (reason, count) in [
@@ -105,6 +106,8 @@ pub fn render(stats: &Stats) -> String {
         ("reconnect_failed", reasons.reconnect_failed),
         ("unresponsive", reasons.unresponsive),
         ("launch_failed", reasons.launch_failed),
+        ("recycled", reasons.recycled),
+        ("reloaded", reasons.reloaded),
     ] {
         metric.sample(
             "worker_restart_reasons_total",
@@ -124,6 +127,7 @@ pub fn render(stats: &Stats) -> String {
             WorkerState::Running,
             WorkerState::Suspect,
             WorkerState::Restarting,
+            WorkerState::Draining,
             WorkerState::Failed,
             WorkerState::Stopped,
         ] {
@@ -226,6 +230,7 @@ fn state_name(state: WorkerState) -> &'static str {
         WorkerState::Running => "running",
         WorkerState::Suspect => "suspect",
         WorkerState::Restarting => "restarting",
+        WorkerState::Draining => "draining",
         WorkerState::Failed => "failed",
         WorkerState::Stopped => "stopped",
     }
@@ -284,6 +289,7 @@ mod tests {
             restart_reasons: crate::stats::RestartReasons {
                 exited: 1,
                 unresponsive: 2,
+                recycled: 3,
                 ..Default::default()
             },
             workers: vec![WorkerStats {
@@ -316,6 +322,8 @@ mod tests {
             "async_worker_pool_worker_restart_reasons_total{reason=\"exited\"} 1",
             "async_worker_pool_worker_restart_reasons_total{reason=\"unresponsive\"} 2",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reconnect_failed\"} 0",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled\"} 3",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"running\"} 1",
             "async_worker_pool_worker_state{worker=\"0\",state=\"failed\"} 0",
