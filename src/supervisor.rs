@@ -313,7 +313,9 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             .config
             .max_worker_rss
             .filter(|_| info.pid.is_some());
-        let mut rss_check = tokio::time::interval(RSS_CHECK_INTERVAL);
+        // The first reading a second in: a process just started has not grown yet.
+        let mut rss_check =
+            tokio::time::interval_at(Instant::now() + RSS_CHECK_INTERVAL, RSS_CHECK_INTERVAL);
         rss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
