@@ -1363,6 +1363,8 @@ impl<C> Core<C> {
                     ));
                 } else {
                     self.set_state(slot, SlotState::Down);
+                    // A worker being removed waits for its last busy slot.
+                    after.shed = true;
                 }
                 after
             }

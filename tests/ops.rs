@@ -350,6 +350,74 @@ async fn set_num_workers_grows_at_once_and_shrinks_letting_in_flight_events_fini
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_removed_worker_whose_event_outlives_the_grace_fails_that_event_and_is_removed() {
+    let mut policy = async_worker_pool::RestartPolicy::default();
+    policy.terminate_grace = Duration::from_secs(1);
+    let h = harness(|b| b.num_workers(2).max_connections(1).restart_policy(policy)).await;
+    let endless: Vec<_> = (0..2)
+        .map(|id| {
+            let pool = h.pool.clone();
+            tokio::spawn(async move {
+                pool.dispatch(Req::reply(id, Duration::from_secs(3600)))
+                    .await
+            })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(h.pool.stats().busy, 2);
+    let started = tokio::time::Instant::now();
+    h.pool.set_num_workers(1).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    let stats = h.pool.stats();
+    check_sum(&stats);
+    assert_eq!((stats.capacity, stats.busy, stats.workers.len()), (1, 1, 1));
+    let mut outcomes = Vec::new();
+    for event in endless {
+        if event.is_finished() {
+            outcomes.push(event.await.unwrap());
+        } else {
+            event.abort();
+        }
+    }
+    assert!(
+        matches!(outcomes.as_slice(), [Err(PoolError::WorkerExited { worker, .. })] if worker.index() == 1),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_worker_leaves_the_table_when_a_slot_held_past_its_stop_is_dropped() {
+    let mut policy = async_worker_pool::RestartPolicy::default();
+    policy.terminate_grace = Duration::from_secs(1);
+    let h = harness(|b| b.num_workers(2).max_connections(1).restart_policy(policy)).await;
+    let (a, b) = (
+        h.pool.acquire().await.unwrap(),
+        h.pool.acquire().await.unwrap(),
+    );
+    let (kept, held) = if a.worker().index() == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let shrink = tokio::spawn({
+        let pool = h.pool.clone();
+        async move { pool.set_num_workers(1).await }
+    });
+    h.until("worker 1 stopped", |s| {
+        s.workers[1].state == WorkerState::Stopped
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!shrink.is_finished(), "removed while a slot of it was held");
+    drop(held);
+    shrink.await.unwrap().unwrap();
+    let stats = h.pool.stats();
+    check_sum(&stats);
+    assert_eq!((stats.capacity, stats.busy, stats.workers.len()), (1, 1, 1));
+    drop(kept);
+}
+
+#[tokio::test(start_paused = true)]
 async fn resizes_to_invalid_sizes_are_refused_naming_the_field() {
     let h = harness(|b| b.max_connections(2)).await;
     let field = |result: Result<(), OpsError>| match result {
