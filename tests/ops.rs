@@ -468,3 +468,74 @@ async fn shutdown_during_a_reload_ends_it_and_leaves_no_process() {
     check_sum(&stats);
     assert_eq!(stats.closed, stats.capacity);
 }
+
+#[tokio::test(start_paused = true)]
+async fn random_operations_and_crashes_under_load_keep_every_invariant() {
+    let h = harness(|b| b.num_workers(2).max_connections(3)).await;
+    let seed = std::env::var("OPS_SEED").map_or(14, |s| s.parse().unwrap_or(14));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let stop = Stop::default();
+    // Clients that accept only the errors a crash causes.
+    let clients: Vec<_> = (0..6)
+        .map(|client| {
+            let (pool, stop) = (h.pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut outcomes = 0u64;
+                while !stop.is_set() {
+                    let id = client * 1_000_000 + outcomes;
+                    match pool
+                        .dispatch(Req::reply(id, Duration::from_millis(30)))
+                        .await
+                    {
+                        Ok(resp) => assert_eq!(resp.id, id),
+                        Err(PoolError::WorkerExited { .. }) => {}
+                        Err(error) => panic!("event {id}: unexpected {error:?}"),
+                    }
+                    outcomes += 1;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    for _ in 0..40 {
+        let operation = match rng.u8(..4) {
+            0 => h.pool.reload().await,
+            1 => h.pool.set_num_workers(rng.usize(1..=4)).await,
+            2 => h.pool.set_max_connections(rng.usize(1..=6)).await,
+            _ => {
+                let workers = h.pool.stats().workers.len();
+                h.launcher.kill(
+                    rng.usize(..workers),
+                    async_worker_pool::WorkerExit::signal(9),
+                );
+                Ok(())
+            }
+        };
+        // A crash of a worker being replaced may fail the replacement's wait.
+        if let Err(error) = operation {
+            assert!(
+                matches!(error, OpsError::WorkerDidNotStart { .. }),
+                "{error:?}"
+            );
+        }
+        check_sum(&h.pool.stats());
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
+    }
+    stop.set();
+    let mut outcomes = 0;
+    for client in clients {
+        outcomes += client.await.expect("every event got an expected outcome");
+    }
+    let stats = h.pool.stats();
+    check_sum(&stats);
+    assert_eq!(stats.events.ok + stats.events.error, outcomes);
+    assert_eq!(stats.busy, 0);
+    // After the dust settles the pool is whole at its last size.
+    let workers = stats.workers.len();
+    let stats = h
+        .until("every slot connected", |s| {
+            s.idle == s.capacity && s.workers.len() == workers
+        })
+        .await;
+    assert_eq!(stats.capacity % workers, 0);
+}
