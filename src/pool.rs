@@ -312,6 +312,8 @@ impl<T: Transport> Pool<T> {
     /// ones fail with `Closed`); then every connection is closed and every worker
     /// process is terminated with `grace` and reaped.
     ///
+    /// A reload or resize still running ends with [`OpsError::Closed`].
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future part way aborts the remaining supervisors, which kills
