@@ -197,8 +197,8 @@ impl<T: Transport> Pool<T> {
     /// is drained and removed. Capacity therefore never drops below
     /// `num_workers × max_connections` while a worker is replaced, and with a
     /// single worker the new process serves before the old one stops. A
-    /// worker that is restarting when its turn comes is skipped: it comes
-    /// back as a new process anyway. Counted in
+    /// worker that is restarting when its turn comes is skipped (it comes
+    /// back as a new process anyway), and so is a failed one. Counted in
     /// [`RestartReasons::reloaded`](crate::RestartReasons::reloaded).
     ///
     /// Reloads, recycles and resizes run one at a time: a second `reload`
