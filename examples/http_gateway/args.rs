@@ -122,3 +122,19 @@ fn optional_duration(text: &str) -> Result<OrOff, humantime::DurationError> {
         _ => humantime::parse_duration(text).map(|d| OrOff(Some(d))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn sizes_read_with_and_without_a_unit() {
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("512K"), Ok(512 << 10));
+        assert_eq!(byte_size("200M"), Ok(200 << 20));
+        assert_eq!(byte_size("2g"), Ok(2 << 30));
+        assert!(byte_size("12X").is_err());
+        assert!(byte_size("M").is_err());
+        assert!(byte_size("99999999999999999999G").is_err());
+    }
+}
