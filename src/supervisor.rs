@@ -363,15 +363,15 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     _ => {}
                 },
                 _ = rss_check.tick(), if max_rss.is_some() => {
-                        let (Some(limit), Some(pid)) = (max_rss, info.pid) else { continue };
-                        if let Some(rss) = resident_bytes(pid) {
-                            if rss > limit {
-                                tracing::info!(worker = %self.worker, generation, rss, limit, "worker past max_worker_rss; recycling it");
-                                self.shared.request_recycle(self.worker, generation);
-                                // Asked once per generation: the replacement ends it.
-                                max_rss = None;
-                            }
-                        }
+                    let over = max_rss.zip(info.pid).and_then(|(limit, pid)| {
+                        resident_bytes(pid).filter(|&rss| rss > limit).map(|rss| (rss, limit))
+                    });
+                    if let Some((rss, limit)) = over {
+                        tracing::info!(worker = %self.worker, generation, rss, limit, "worker past max_worker_rss; recycling it");
+                        self.shared.request_recycle(self.worker, generation);
+                        // Asked once per generation: the replacement ends it.
+                        max_rss = None;
+                    }
                 }
                 Some(joined) = connects.join_next() => match joined {
                     Ok(Connected { slot, conn: Some(conn), was_restart }) => {
