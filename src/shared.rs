@@ -1088,7 +1088,7 @@ impl<T: Transport> Shared<T> {
 
     /// Sets every worker's number of slots to `max_connections`: new slots
     /// are connected at once by a running worker, slots beyond it close when
-    /// free. Returns what the supervisors are asked to connect.
+    /// free (see `segments_resized`).
     pub(crate) fn resize_segments(&self, max_connections: usize) {
         let mut requests = Vec::new();
         let mut closed = Vec::new();
