@@ -327,6 +327,7 @@ mod tests {
             "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"running\"} 1",
             "async_worker_pool_worker_state{worker=\"0\",state=\"failed\"} 0",
+            "async_worker_pool_worker_state{worker=\"0\",state=\"draining\"} 0",
             "async_worker_pool_worker_generation{worker=\"0\"} 2",
         ] {
             assert!(
