@@ -99,6 +99,8 @@ impl RestartPolicy {
 /// | `max_waiters` | — | none (unbounded) |
 /// | `probe_timeout` | — | 1 s |
 /// | `probe_interval` | — | 5 s |
+/// | `max_events_per_worker` | — | none |
+/// | `max_worker_rss` | — | none |
 ///
 /// # Liveness
 ///
@@ -121,6 +123,20 @@ impl RestartPolicy {
 /// busy with a thousand events a full second to accept one more connection.
 /// Raise `probe_timeout` for handlers that hold the loop for long stretches on
 /// purpose; `None` turns probing off.
+///
+/// # Recycling
+///
+/// Long-running handlers leak: a cache that only grows, a library that keeps
+/// every response. As gunicorn's `max_requests` does, the pool can replace a
+/// worker process before the leak matters: after `max_events_per_worker`
+/// events (plus a jitter of up to a tenth, drawn per worker and generation, so
+/// that workers started together are not all replaced together), or once its
+/// resident memory passes `max_worker_rss` bytes (read from `/proc/PID/status`
+/// every second; on systems without `/proc` this limit is not checked). The
+/// replacement is the rolling one of [`Pool::reload`](crate::Pool::reload):
+/// a spare worker comes up first, the old process finishes its events in
+/// flight, and no event fails. Counted in
+/// [`RestartReasons::recycled`](crate::RestartReasons::recycled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -155,6 +171,12 @@ pub struct PoolConfig {
     /// to: the heartbeat that finds a blocked worker when no `event_timeout` is
     /// set. `None` probes only after an event timeout.
     pub probe_interval: Option<Duration>,
+    /// Replace a worker process after about this many events (see
+    /// [Recycling](#recycling)). `None` never does.
+    pub max_events_per_worker: Option<u64>,
+    /// Replace a worker process whose resident memory passes this many bytes
+    /// (Linux only; see [Recycling](#recycling)). `None` never does.
+    pub max_worker_rss: Option<u64>,
 }
 
 impl Default for PoolConfig {
@@ -171,6 +193,8 @@ impl Default for PoolConfig {
             restart: RestartPolicy::default(),
             probe_timeout: Some(DEFAULT_PROBE_TIMEOUT),
             probe_interval: Some(DEFAULT_PROBE_INTERVAL),
+            max_events_per_worker: None,
+            max_worker_rss: None,
         }
     }
 }
@@ -191,6 +215,25 @@ impl PoolConfig {
     /// Total slots: `num_workers × max_connections`, the most events in flight at once.
     pub fn capacity(&self) -> usize {
         self.num_workers.saturating_mul(self.max_connections)
+    }
+
+    /// The event count at which generation `generation` of worker `worker` is
+    /// recycled: `max_events_per_worker` plus a jitter below a tenth of it,
+    /// the same for the same worker and generation.
+    pub(crate) fn recycle_threshold(&self, worker: usize, generation: u64) -> u64 {
+        let Some(max) = self.max_events_per_worker else {
+            return u64::MAX;
+        };
+        let span = max / 10;
+        if span == 0 {
+            return max;
+        }
+        // splitmix64: a cheap, well-spread mix of the two numbers.
+        let mut z = ((worker as u64) << 40 ^ generation).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        max.saturating_add(z % span)
     }
 
     /// Checks every field; the error names the first one that is wrong.
@@ -259,6 +302,18 @@ impl PoolConfig {
                     .into(),
             );
         }
+        if self.max_events_per_worker == Some(0) {
+            return bad(
+                "max_events_per_worker",
+                "must be at least 1; use None to never recycle".into(),
+            );
+        }
+        if self.max_worker_rss == Some(0) {
+            return bad(
+                "max_worker_rss",
+                "must be above zero bytes; use None for no memory limit".into(),
+            );
+        }
         let policy = &self.restart;
         if policy.max_backoff < policy.initial_backoff {
             return bad(
@@ -292,6 +347,26 @@ mod tests {
             .collect();
         assert_eq!(delays, [1, 2, 4, 5, 5]);
         assert_eq!(policy.relaunch_delay(200), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn recycle_thresholds_spread_over_a_tenth_above_the_limit() {
+        let config = PoolConfig {
+            max_events_per_worker: Some(200),
+            ..PoolConfig::default()
+        };
+        let thresholds: Vec<u64> = (0..4)
+            .flat_map(|w| (1..=8).map(move |g| (w, g)))
+            .map(|(w, g)| config.recycle_threshold(w, g))
+            .collect();
+        assert!(thresholds.iter().all(|t| (200..220).contains(t)));
+        let distinct: std::collections::HashSet<_> = thresholds.iter().collect();
+        assert!(distinct.len() > 8, "{thresholds:?}");
+        assert_eq!(
+            config.recycle_threshold(1, 2),
+            config.recycle_threshold(1, 2)
+        );
+        assert_eq!(PoolConfig::default().recycle_threshold(0, 1), u64::MAX);
     }
 
     #[test]

@@ -121,6 +121,30 @@ pub enum ReadyError {
     Closed,
 }
 
+/// Why [`Pool::reload`](crate::Pool::reload),
+/// [`Pool::set_num_workers`](crate::Pool::set_num_workers) or
+/// [`Pool::set_max_connections`](crate::Pool::set_max_connections) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpsError {
+    /// The new size is invalid; nothing was changed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A new process did not come up: the spare worker of a reload (the pool
+    /// is left as it was), or a replaced worker (the reload stops there; the
+    /// worker keeps restarting under its restart policy).
+    #[error("worker {worker} did not start: {reason}")]
+    WorkerDidNotStart {
+        /// The worker.
+        worker: WorkerId,
+        /// Why its launch failed or its last process ended.
+        reason: String,
+    },
+    /// The pool is shutting down or shut down.
+    #[error("the pool is closed")]
+    Closed,
+}
+
 /// A configuration field with a value the pool cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid pool config: `{field}` {reason}")]

@@ -111,6 +111,20 @@ impl IdleIndex {
         }
     }
 
+    /// Rebuilds the index for `num_workers` workers of up to `max_connections`
+    /// idle slots, keeping the counts of the workers that stay. A resize of the
+    /// pool is rare, so this starts afresh instead of patching the lists.
+    pub(crate) fn resize(&mut self, num_workers: usize, max_connections: usize) {
+        // Buckets never shrink: a worker may still hold more idle slots than a
+        // lowered `max_connections` until they are closed.
+        let buckets = max_connections.max(self.head.len() - 1);
+        let mut resized = Self::new(num_workers, buckets);
+        for (worker, &count) in self.count.iter().enumerate().take(num_workers) {
+            resized.set(worker, count);
+        }
+        *self = resized;
+    }
+
     fn link(&mut self, worker: usize, bucket: u32) {
         if bucket == 0 {
             return;
@@ -176,6 +190,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn resize_keeps_the_counts_of_the_workers_that_stay() {
+        let mut index = IdleIndex::new(1, 2);
+        index.increment(0);
+        index.resize(3, 4);
+        assert_eq!(index.most_idle(), Some(0));
+        for _ in 0..4 {
+            index.increment(2);
+        }
+        assert_eq!(index.most_idle(), Some(2));
+        index.resize(2, 1);
+        assert_eq!(index.most_idle(), Some(0));
+        assert_eq!(index.idle(0), 1);
+        index.decrement(0);
+        assert_eq!(index.most_idle(), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod launcher;
 pub mod net;
 #[cfg(feature = "nuclio")]
 pub mod nuclio;
+mod ops;
 mod pool;
 #[cfg(feature = "process")]
 pub mod process;
@@ -30,7 +31,7 @@ mod worker_id;
 pub use api::AsyncWorkerPool;
 pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
-pub use error::{BoxError, BuildError, ConfigError, PoolError, ReadyError};
+pub use error::{BoxError, BuildError, ConfigError, OpsError, PoolError, ReadyError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{
     Endpoint, LaunchError, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess,
@@ -40,6 +41,7 @@ pub use pool::{Pool, PoolBuilder};
 pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 pub use slot::Slot;
 pub use stats::{
-    AllocationStats, ConnectionRestartStats, EventStats, SlotState, Stats, WorkerState, WorkerStats,
+    AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
+    WorkerState, WorkerStats,
 };
 pub use transport::{Transport, is_disconnect_io};

@@ -2,17 +2,19 @@
 //! dispatches events, and starts and stops the supervisors behind it.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::task::AbortOnDropHandle;
 use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AsyncWorkerPool;
-use crate::config::{Mode, PoolConfig, RestartPolicy};
-use crate::error::{BuildError, PoolError, ReadyError};
-use crate::launcher::{Launcher, WorkerId};
+use crate::config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
+use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
+use crate::launcher::Launcher;
+use crate::ops::{Command, Ops, Spawn, Supervisors};
 use crate::shared::Shared;
 use crate::slot::{Slot, acquire};
 use crate::stats::Stats;
@@ -35,9 +37,13 @@ pub struct Pool<T: Transport> {
 
 struct Inner<T: Transport> {
     shared: Arc<Shared<T>>,
-    supervisors: Mutex<Vec<AbortOnDropHandle<()>>>,
+    /// Shared with the operations task, which adds and removes workers.
+    supervisors: Supervisors,
     /// Fails waiters whose `connection_availability_timeout` is up; ends on close.
     _sweeper: AbortOnDropHandle<()>,
+    /// Runs reloads, recycles and resizes one at a time; ends on close.
+    _ops: AbortOnDropHandle<()>,
+    commands: mpsc::UnboundedSender<Command>,
     shutdown: CancellationToken,
 }
 
@@ -171,15 +177,142 @@ impl<T: Transport> Pool<T> {
         self.inner.shared.stats()
     }
 
-    /// The configuration the pool runs with.
+    /// The configuration the pool was built with. After
+    /// [`set_num_workers`](Self::set_num_workers) or
+    /// [`set_max_connections`](Self::set_max_connections) the sizes it runs
+    /// with are in [`stats`](Self::stats): `workers.len()` and `capacity`.
     pub fn config(&self) -> &PoolConfig {
         &self.inner.shared.config
+    }
+
+    /// Replaces every worker process, one at a time, new before old, with no
+    /// event failing: what a deploy of new handler code needs.
+    ///
+    /// First a spare worker is started and waited for until every one of
+    /// its slots is connected. Then, for each worker in turn: it gets no new
+    /// events, its events in flight finish (within
+    /// [`RestartPolicy::terminate_grace`]; later ones fail with
+    /// [`PoolError::WorkerExited`]), its process is terminated, and its next
+    /// generation is launched and waited for until connected. Last, the spare
+    /// is drained and removed. Capacity therefore never drops below
+    /// `num_workers × max_connections` while a worker is replaced, and with a
+    /// single worker the new process serves before the old one stops. A
+    /// worker that is restarting when its turn comes is skipped (it comes
+    /// back as a new process anyway), and so is a failed one. Counted in
+    /// [`RestartReasons::reloaded`](crate::RestartReasons::reloaded).
+    ///
+    /// Reloads, recycles and resizes run one at a time: a second `reload`
+    /// while one runs waits for it, then replaces every worker again.
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::WorkerDidNotStart`] when the spare's first launch fails
+    /// (the pool is left as it was: a handler that does not import is caught
+    /// before any worker is replaced) or a replaced worker fails under its
+    /// restart policy (the reload stops there); [`OpsError::Closed`] when the
+    /// pool shuts down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not stop the reload: it goes on in the
+    /// background, and only its outcome is lost.
+    pub async fn reload(&self) -> Result<(), OpsError> {
+        self.operate(Command::Reload).await
+    }
+
+    /// Changes the number of worker processes.
+    ///
+    /// Growing starts the new workers at once; this resolves once they are
+    /// started (use [`ready`](Self::ready) to wait until they serve).
+    /// Shrinking removes the highest-numbered workers: they get no new
+    /// events, their events in flight finish (within
+    /// [`RestartPolicy::terminate_grace`]), their processes are terminated,
+    /// and this resolves once they are gone from the pool and from
+    /// [`Stats`]. No event fails for it.
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::Config`] for zero workers or more than
+    /// [`MAX_CAPACITY`] slots in all; [`OpsError::Closed`] when the pool shuts
+    /// down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not stop the change: it completes in the
+    /// background.
+    pub async fn set_num_workers(&self, num_workers: usize) -> Result<(), OpsError> {
+        if num_workers == 0 {
+            let reason = "must be at least 1".into();
+            return Err(ConfigError::new("num_workers", reason).into());
+        }
+        self.check_capacity(num_workers, self.inner.shared.max_connections())?;
+        self.operate(|reply| Command::SetNumWorkers(num_workers, reply))
+            .await
+    }
+
+    /// Changes the number of connections (slots) to each worker.
+    ///
+    /// Growing adds slots to every worker, connected at once by the workers
+    /// that serve. Shrinking closes each worker's highest slots: idle ones at
+    /// once, busy ones when their event is done (they are never handed out
+    /// again); this resolves once all of them are closed and removed. No event
+    /// fails for it.
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::Config`] for zero, for anything but 1 in [`Mode::Sync`],
+    /// or for more than [`MAX_CAPACITY`] slots in all; [`OpsError::Closed`]
+    /// when the pool shuts down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not stop the change: it completes in the
+    /// background.
+    pub async fn set_max_connections(&self, max_connections: usize) -> Result<(), OpsError> {
+        let bad = |reason: String| Err(ConfigError::new("max_connections", reason).into());
+        if max_connections == 0 {
+            return bad("must be at least 1".into());
+        }
+        if self.inner.shared.config.mode == Mode::Sync && max_connections != 1 {
+            return bad(format!("must be 1 in Mode::Sync (got {max_connections})"));
+        }
+        self.check_capacity(self.inner.shared.worker_count(), max_connections)?;
+        self.operate(|reply| Command::SetMaxConnections(max_connections, reply))
+            .await
+    }
+
+    fn check_capacity(&self, workers: usize, connections: usize) -> Result<(), OpsError> {
+        if workers.saturating_mul(connections) > MAX_CAPACITY {
+            let reason = format!(
+                "num_workers × max_connections must be at most {MAX_CAPACITY} (got {workers} × {connections})"
+            );
+            return Err(ConfigError::new("max_connections", reason).into());
+        }
+        Ok(())
+    }
+
+    /// Hands `command` to the operations task and waits for its outcome.
+    async fn operate(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), OpsError>>) -> Command,
+    ) -> Result<(), OpsError> {
+        if self.inner.shared.is_closing() {
+            return Err(OpsError::Closed);
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.inner
+            .commands
+            .send(command(reply))
+            .map_err(|_| OpsError::Closed)?;
+        outcome.await.unwrap_or(Err(OpsError::Closed))
     }
 
     /// Shuts the pool down: new events and waiting ones fail with
     /// [`PoolError::Closed`]; events in flight get up to `grace` to finish (later
     /// ones fail with `Closed`); then every connection is closed and every worker
     /// process is terminated with `grace` and reaped.
+    ///
+    /// A reload or resize still running ends with [`OpsError::Closed`].
     ///
     /// # Cancel safety
     ///
@@ -310,6 +443,18 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
+    /// See [`PoolConfig::max_events_per_worker`].
+    pub fn max_events_per_worker(mut self, max: impl Into<Option<u64>>) -> Self {
+        self.config.max_events_per_worker = max.into();
+        self
+    }
+
+    /// See [`PoolConfig::max_worker_rss`] (bytes).
+    pub fn max_worker_rss(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.config.max_worker_rss = bytes.into();
+        self
+    }
+
     /// See [`PoolConfig::restart`].
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;
@@ -329,31 +474,46 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
-        let (shared, receivers) = Shared::new(Arc::new(self.transport), self.config);
+        let (shared, workers, recycles) = Shared::new(Arc::new(self.transport), self.config);
         let shutdown = CancellationToken::new();
-        let supervisors = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(index, requests)| {
+        // The operations task starts the supervisors of workers added later,
+        // so the launcher stays behind this closure and out of the pool's type.
+        let spawn: Spawn = {
+            let (shared, shutdown, runtime) = (shared.clone(), shutdown.clone(), runtime.clone());
+            Box::new(move |worker| {
                 let supervisor = Supervisor {
                     shared: shared.clone(),
                     launcher: launcher.clone(),
-                    worker: WorkerId::new(index as u32),
-                    requests,
+                    worker: worker.id,
+                    requests: worker.requests,
                     shutdown: shutdown.clone(),
+                    retire: worker.retire,
                 };
                 AbortOnDropHandle::new(runtime.spawn(supervisor.run()))
             })
-            .collect();
+        };
+        let supervisors: Supervisors = Arc::new(std::sync::Mutex::new(
+            workers.into_iter().map(&spawn).collect(),
+        ));
         let sweeper = {
             let shared = shared.clone();
             AbortOnDropHandle::new(runtime.spawn(async move { shared.expire_waiters().await }))
         };
+        let (commands, received) = mpsc::unbounded_channel();
+        let ops = Ops {
+            shared: shared.clone(),
+            spawn,
+            supervisors: supervisors.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let ops = AbortOnDropHandle::new(runtime.spawn(ops.run(received, recycles)));
         Ok(Pool {
             inner: Arc::new(Inner {
                 shared,
-                supervisors: Mutex::new(supervisors),
+                supervisors,
                 _sweeper: sweeper,
+                _ops: ops,
+                commands,
                 shutdown,
             }),
         })

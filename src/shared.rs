@@ -9,13 +9,14 @@
 
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::PoolConfig;
 use crate::error::{PoolError, ReadyError};
@@ -28,9 +29,24 @@ use crate::stats::{
 use crate::transport::Transport;
 use crate::wait_queue::{Outcome, WaitQueue};
 
+/// A slot: its worker, and its place in that worker's segment of the table.
+/// Each worker has a segment of its own so that workers and their connections
+/// can be added and removed while the pool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotId {
+    pub(crate) worker: u32,
+    pub(crate) local: u32,
+}
+
+impl SlotId {
+    pub(crate) const fn new(worker: u32, local: u32) -> Self {
+        Self { worker, local }
+    }
+}
+
 /// A slot taken for one event, with its connection.
 pub(crate) struct Taken<C> {
-    pub(crate) slot: u32,
+    pub(crate) slot: SlotId,
     pub(crate) generation: u64,
     pub(crate) conn: C,
     /// How long the acquire waited for it, if it waited.
@@ -50,8 +66,12 @@ pub(crate) enum Begin<C> {
 pub(crate) enum Request {
     /// Re-establish this slot's connection.
     Reconnect { slot: u32, generation: u64 },
+    /// Connect this new slot (`max_connections` grew).
+    Connect { slot: u32, generation: u64 },
     /// Probe the worker: an event of this generation ran past its timeout.
     Probe { generation: u64 },
+    /// Drain this generation and relaunch the worker: a reload, or a recycle.
+    Replace { generation: u64, recycle: bool },
 }
 
 /// The newest generation of a worker that has ended, and whether it ended
@@ -68,6 +88,9 @@ pub(crate) enum EndReason {
     Exited,
     ReconnectFailed,
     Unresponsive,
+    Recycled,
+    Reloaded,
+    /// The worker was removed, or the pool shut down.
     Shutdown,
 }
 
@@ -78,6 +101,10 @@ struct Aftermath<C> {
     reconnect: Option<(usize, Request)>,
     close: Option<C>,
     drained: bool,
+    /// A slot of a draining or shrinking worker closed: `progress` is told.
+    shed: bool,
+    /// This worker's generation reached `max_events_per_worker`.
+    recycle: Option<(usize, u64)>,
 }
 
 impl<C> Aftermath<C> {
@@ -87,6 +114,8 @@ impl<C> Aftermath<C> {
             reconnect: None,
             close: None,
             drained: false,
+            shed: false,
+            recycle: None,
         }
     }
 }
@@ -101,9 +130,48 @@ struct WorkerLink {
     /// the count of receivers above zero, so that dropping a call's clone does
     /// not wake the sender's (unused) `closed()` waiters through their lock.
     ended_rx: watch::Receiver<Ended>,
+    /// Cancelled when the worker is to be removed: its supervisor drains it,
+    /// stops its process and ends.
+    retire: CancellationToken,
+}
+
+impl WorkerLink {
+    fn new() -> (Self, mpsc::UnboundedReceiver<Request>) {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let (ended, ended_rx) = watch::channel(Ended::default());
+        let link = WorkerLink {
+            requests,
+            ended,
+            ended_rx,
+            retire: CancellationToken::new(),
+        };
+        (link, rx)
+    }
+}
+
+/// What a new worker's supervisor is started with.
+pub(crate) struct NewWorker {
+    pub(crate) id: WorkerId,
+    pub(crate) requests: mpsc::UnboundedReceiver<Request>,
+    pub(crate) retire: CancellationToken,
 }
 
 struct WorkerEntry<C> {
+    /// This worker's segment of the slot table, by local index.
+    slots: Vec<SlotState>,
+    /// The segment's wanted length: slots at or above it are closed when
+    /// free and removed once all of them are closed.
+    target: usize,
+    /// Its generation is being drained: no new events, and each slot freed
+    /// is closed instead of reused.
+    draining: bool,
+    /// Draining, or the segment is longer than `target`: a freed slot takes
+    /// the slow path through `shed`. The one flag the hot path reads.
+    shedding: bool,
+    /// Slots released since the generation began, for `max_events_per_worker`.
+    released: u64,
+    /// At this count the generation is recycled; `u64::MAX` when it never is.
+    recycle_at: u64,
     /// Idle connections of the current generation, most recently freed last.
     idle: Vec<(u32, C)>,
     generation: u64,
@@ -119,9 +187,43 @@ struct WorkerEntry<C> {
     never_launched: bool,
 }
 
+impl<C> WorkerEntry<C> {
+    fn new(connections: usize) -> Self {
+        Self {
+            slots: vec![SlotState::Down; connections],
+            target: connections,
+            draining: false,
+            shedding: false,
+            released: 0,
+            recycle_at: u64::MAX,
+            idle: Vec::with_capacity(connections),
+            generation: 0,
+            serving: false,
+            suspect: false,
+            state: WorkerState::Starting,
+            pid: None,
+            restarts: 0,
+            last_error: None,
+            never_launched: false,
+        }
+    }
+
+    fn busy(&self) -> usize {
+        self.slots.iter().filter(|&&s| s == SlotState::Busy).count()
+    }
+
+    /// Every slot the worker keeps is connected.
+    fn connected(&self) -> bool {
+        self.slots[..self.target.min(self.slots.len())]
+            .iter()
+            .all(|&s| matches!(s, SlotState::Idle | SlotState::Busy))
+    }
+}
+
 struct Core<C> {
-    slots: Box<[SlotState]>,
-    workers: Box<[WorkerEntry<C>]>,
+    workers: Vec<WorkerEntry<C>>,
+    /// Slots in every segment: the sum of the state counts.
+    capacity: usize,
     idle_index: IdleIndex,
     waiters: WaitQueue<C>,
     counts: SlotCounts,
@@ -146,7 +248,12 @@ pub(crate) struct Shared<T: Transport> {
     /// The grace that `shutdown` gives the worker processes.
     pub(crate) shutdown_grace: OnceLock<Duration>,
     core: Mutex<Core<T::Conn>>,
-    links: Box<[WorkerLink]>,
+    /// One per worker entry, in the same order. Taken for reading outside
+    /// the core lock; pushed before an entry is added, popped after one is
+    /// removed, so that every entry has its link.
+    links: RwLock<Vec<WorkerLink>>,
+    /// Tells the operations task that a worker is due for recycling.
+    recycle: mpsc::UnboundedSender<(usize, u64)>,
     /// Signalled when the last busy slot is released during shutdown.
     drained: Notify,
     /// Wakes the parked timeout sweeper: a waiter joined, or the pool closes.
@@ -157,40 +264,32 @@ pub(crate) struct Shared<T: Transport> {
 }
 
 impl<T: Transport> Shared<T> {
-    /// The shared state, and for each worker the receiving end of its reconnect requests.
+    /// The shared state; for each worker what its supervisor needs; and the
+    /// receiving end of recycle requests, for the operations task.
     pub(crate) fn new(
         transport: Arc<T>,
         config: PoolConfig,
-    ) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Request>>) {
+    ) -> (
+        Arc<Self>,
+        Vec<NewWorker>,
+        mpsc::UnboundedReceiver<(usize, u64)>,
+    ) {
         let (workers, conns) = (config.num_workers, config.max_connections);
-        let mut receivers = Vec::with_capacity(workers);
+        let mut new_workers = Vec::with_capacity(workers);
         let links = (0..workers)
-            .map(|_| {
-                let (requests, rx) = mpsc::unbounded_channel();
-                receivers.push(rx);
-                let (ended, ended_rx) = watch::channel(Ended::default());
-                WorkerLink {
+            .map(|w| {
+                let (link, requests) = WorkerLink::new();
+                new_workers.push(NewWorker {
+                    id: WorkerId::new(w as u32),
                     requests,
-                    ended,
-                    ended_rx,
-                }
+                    retire: link.retire.clone(),
+                });
+                link
             })
             .collect();
         let core = Core {
-            slots: vec![SlotState::Down; config.capacity()].into(),
-            workers: (0..workers)
-                .map(|_| WorkerEntry {
-                    idle: Vec::with_capacity(conns),
-                    generation: 0,
-                    serving: false,
-                    suspect: false,
-                    state: WorkerState::Starting,
-                    pid: None,
-                    restarts: 0,
-                    last_error: None,
-                    never_launched: false,
-                })
-                .collect(),
+            workers: (0..workers).map(|_| WorkerEntry::new(conns)).collect(),
+            capacity: config.capacity(),
             idle_index: IdleIndex::new(workers, conns),
             waiters: WaitQueue::new(),
             counts: SlotCounts::all_down(config.capacity()),
@@ -204,18 +303,20 @@ impl<T: Transport> Shared<T> {
             sweeper_parked: false,
             max_connections: conns,
         };
+        let (recycle, recycles) = mpsc::unbounded_channel();
         let shared = Self {
             transport,
             config,
             events: EventCounters::default(),
             shutdown_grace: OnceLock::new(),
             core: Mutex::new(core),
-            links,
+            links: RwLock::new(links),
+            recycle,
             drained: Notify::new(),
             sweep: Notify::new(),
             progress: Notify::new(),
         };
-        (Arc::new(shared), receivers)
+        (Arc::new(shared), new_workers, recycles)
     }
 
     /// The one lock. parking_lot's mutex spins briefly before it parks a thread,
@@ -226,8 +327,8 @@ impl<T: Transport> Shared<T> {
         self.core.lock()
     }
 
-    pub(crate) fn worker_of(&self, slot: u32) -> WorkerId {
-        WorkerId::new(slot / self.config.max_connections as u32)
+    pub(crate) fn worker_of(&self, slot: SlotId) -> WorkerId {
+        WorkerId::new(slot.worker)
     }
 
     /// The hot path: takes an idle slot if there is one, else joins the queue,
@@ -380,7 +481,13 @@ impl<T: Transport> Shared<T> {
 
     /// Gives a slot back: reused if `clean`, else its connection is closed and
     /// re-established.
-    pub(crate) fn release(&self, slot: u32, generation: u64, conn: Option<T::Conn>, clean: bool) {
+    pub(crate) fn release(
+        &self,
+        slot: SlotId,
+        generation: u64,
+        conn: Option<T::Conn>,
+        clean: bool,
+    ) {
         let after = self.lock().release(slot, generation, conn, clean);
         self.finish(after);
     }
@@ -392,22 +499,43 @@ impl<T: Transport> Shared<T> {
         if let Some((worker, request)) = after.reconnect {
             // The supervisor outlives every slot guard unless the pool was dropped,
             // in which case there is nothing left to reconnect.
-            let _ = self.links[worker].requests.send(request);
+            if let Some(link) = self.links.read().get(worker) {
+                let _ = link.requests.send(request);
+            }
         }
         if after.drained {
             self.drained.notify_waiters();
+        }
+        if let Some(due) = after.recycle {
+            // Only a pool being dropped has no operations task to tell.
+            let _ = self.recycle.send(due);
+        }
+        if after.shed {
+            self.progress.notify_waiters();
         }
         drop(after.close);
     }
 
     /// A connect task finished for `slot`; the connection is used only if the
     /// worker still serves the generation it was made for.
-    pub(crate) fn install(&self, slot: u32, generation: u64, conn: T::Conn, was_restart: bool) {
+    pub(crate) fn install(
+        &self,
+        worker: WorkerId,
+        local: u32,
+        generation: u64,
+        conn: T::Conn,
+        was_restart: bool,
+    ) {
         let mut core = self.lock();
-        let w = core.worker_index(slot);
-        let worker = &core.workers[w];
-        let current = worker.serving && worker.generation == generation;
-        if core.closed || !current || core.slots[slot as usize] != SlotState::Reconnecting {
+        let w = worker.index();
+        let slot = SlotId::new(worker.index() as u32, local);
+        // A slot removed meanwhile (the pool shrank) has no entry left.
+        let current = core.workers.get(w).is_some_and(|entry| {
+            entry.serving
+                && entry.generation == generation
+                && entry.slots.get(local as usize) == Some(&SlotState::Reconnecting)
+        });
+        if core.closed || !current {
             drop(core);
             drop(conn);
             return;
@@ -432,19 +560,27 @@ impl<T: Transport> Shared<T> {
         generation: u64,
         pid: Option<u32>,
     ) -> Vec<u32> {
+        let recycle_at = self.config.recycle_threshold(worker.index(), generation);
         let mut core = self.lock();
         let core = &mut *core;
-        let entry = &mut core.workers[worker.index()];
+        let Some(entry) = core.workers.get_mut(worker.index()) else {
+            return Vec::new();
+        };
         entry.generation = generation;
         entry.serving = true;
         entry.suspect = false;
+        entry.draining = false;
+        entry.shedding = entry.slots.len() > entry.target;
+        entry.released = 0;
+        entry.recycle_at = recycle_at;
         entry.state = WorkerState::Running;
         entry.pid = pid;
         let mut connecting = Vec::new();
-        for slot in core.slot_range(worker.index()) {
-            if core.slots[slot as usize] == SlotState::Down {
+        for local in 0..entry.target.min(entry.slots.len()) as u32 {
+            let slot = SlotId::new(worker.index() as u32, local);
+            if core.state(slot) == SlotState::Down {
                 core.set_state(slot, SlotState::Reconnecting);
-                connecting.push(slot);
+                connecting.push(local);
             }
         }
         connecting
@@ -460,31 +596,45 @@ impl<T: Transport> Shared<T> {
             EndReason::Exited => reasons.exited += 1,
             EndReason::ReconnectFailed => reasons.reconnect_failed += 1,
             EndReason::Unresponsive => reasons.unresponsive += 1,
+            EndReason::Recycled => reasons.recycled += 1,
+            EndReason::Reloaded => reasons.reloaded += 1,
             EndReason::Shutdown => {}
         }
         let w = worker.index();
-        let entry = &mut core_ref.workers[w];
+        let Some(entry) = core_ref.workers.get_mut(w) else {
+            return;
+        };
         entry.serving = false;
         entry.suspect = false;
+        entry.draining = false;
         entry.state = next_state;
         entry.pid = None;
         let generation = entry.generation;
         let idle: Vec<(u32, T::Conn)> = entry.idle.drain(..).collect();
+        let (len, target) = (entry.slots.len(), entry.target);
         core_ref.idle_index.clear(w);
-        for slot in core_ref.slot_range(w) {
-            if matches!(
-                core_ref.slots[slot as usize],
-                SlotState::Idle | SlotState::Reconnecting
-            ) {
+        for local in 0..len as u32 {
+            let slot = SlotId::new(w as u32, local);
+            let state = core_ref.state(slot);
+            if state == SlotState::Busy {
+                continue;
+            }
+            if local as usize >= target {
+                core_ref.set_state(slot, SlotState::Closed);
+            } else if matches!(state, SlotState::Idle | SlotState::Reconnecting) {
                 core_ref.set_state(slot, SlotState::Down);
             }
         }
+        core_ref.trim(w);
         drop(core);
         drop(idle);
-        self.links[w].ended.send_replace(Ended {
-            generation,
-            unresponsive: why == EndReason::Unresponsive,
-        });
+        if let Some(link) = self.links.read().get(w) {
+            link.ended.send_replace(Ended {
+                generation,
+                unresponsive: why == EndReason::Unresponsive,
+            });
+        }
+        self.progress.notify_waiters();
     }
 
     /// An event of `worker`'s `generation` ran past its timeout: unless probes
@@ -496,7 +646,9 @@ impl<T: Transport> Shared<T> {
         if self.mark_suspect(worker, generation) {
             let request = Request::Probe { generation };
             // Only a pool being dropped has no supervisor to ask.
-            let _ = self.links[worker.index()].requests.send(request);
+            if let Some(link) = self.links.read().get(worker.index()) {
+                let _ = link.requests.send(request);
+            }
         }
     }
 
@@ -505,8 +657,10 @@ impl<T: Transport> Shared<T> {
     pub(crate) fn mark_suspect(&self, worker: WorkerId, generation: u64) -> bool {
         let mut core = self.lock();
         let w = worker.index();
-        let entry = &mut core.workers[w];
-        if !entry.serving || entry.generation != generation || entry.suspect {
+        let Some(entry) = core.workers.get_mut(w) else {
+            return false;
+        };
+        if !entry.serving || entry.generation != generation || entry.suspect || entry.draining {
             return false;
         }
         entry.suspect = true;
@@ -521,17 +675,20 @@ impl<T: Transport> Shared<T> {
         let mut guard = self.lock();
         let core = &mut *guard;
         let w = worker.index();
-        let entry = &mut core.workers[w];
-        if !entry.serving || entry.generation != generation || !entry.suspect {
+        let Some(entry) = core.workers.get_mut(w) else {
+            return;
+        };
+        if !entry.serving || entry.generation != generation || !entry.suspect || entry.draining {
             return;
         }
         entry.suspect = false;
         entry.state = WorkerState::Running;
         let mut wake = Vec::new();
         while !core.waiters.is_empty() {
-            let Some((slot, conn)) = core.workers[w].idle.pop() else {
+            let Some((local, conn)) = core.workers[w].idle.pop() else {
                 break;
             };
+            let slot = SlotId::new(w as u32, local);
             match core.waiters.pop_front(Outcome::Granted {
                 slot,
                 generation,
@@ -541,8 +698,8 @@ impl<T: Transport> Shared<T> {
                     core.set_state(slot, SlotState::Busy);
                     wake.extend(waker);
                 }
-                Err(Outcome::Granted { slot, conn, .. }) => {
-                    core.workers[w].idle.push((slot, conn));
+                Err(Outcome::Granted { conn, .. }) => {
+                    core.workers[w].idle.push((local, conn));
                     break;
                 }
                 // pop_front hands back the outcome it was given.
@@ -560,9 +717,10 @@ impl<T: Transport> Shared<T> {
     pub(crate) fn count_launch_failed(&self, worker: WorkerId) {
         let mut core = self.lock();
         core.restart_reasons.launch_failed += 1;
-        let entry = &mut core.workers[worker.index()];
-        if entry.generation == 0 {
-            entry.never_launched = true;
+        if let Some(entry) = core.workers.get_mut(worker.index()) {
+            if entry.generation == 0 {
+                entry.never_launched = true;
+            }
         }
         drop(core);
         self.progress.notify_waiters();
@@ -578,7 +736,7 @@ impl<T: Transport> Shared<T> {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let connected = {
+            let (connected, capacity) = {
                 let core = self.lock();
                 if core.closing {
                     return Err(ReadyError::Closed);
@@ -600,10 +758,10 @@ impl<T: Transport> Shared<T> {
                     }
                 }
                 let connected = core.counts.get(SlotState::Idle) + core.counts.get(SlotState::Busy);
-                if connected == core.slots.len() {
+                if connected == core.capacity {
                     return Ok(());
                 }
-                connected
+                (connected, core.capacity)
             };
             let timed_out = match deadline {
                 Some(deadline) => tokio::select! {
@@ -618,7 +776,7 @@ impl<T: Transport> Shared<T> {
             if timed_out {
                 return Err(ReadyError::Timeout {
                     connected,
-                    capacity: self.config.capacity(),
+                    capacity,
                     waited: started.elapsed(),
                 });
             }
@@ -627,24 +785,34 @@ impl<T: Transport> Shared<T> {
 
     /// Remembers why the worker's last launch or process failed, for Stats.
     pub(crate) fn set_last_error(&self, worker: WorkerId, error: String) {
-        self.lock().workers[worker.index()].last_error = Some(error);
+        if let Some(entry) = self.lock().workers.get_mut(worker.index()) {
+            entry.last_error = Some(error);
+        }
     }
 
     pub(crate) fn set_worker_state(&self, worker: WorkerId, state: WorkerState) {
-        self.lock().workers[worker.index()].state = state;
+        if let Some(entry) = self.lock().workers.get_mut(worker.index()) {
+            entry.state = state;
+        }
+        self.progress.notify_waiters();
     }
 
     pub(crate) fn count_worker_restart(&self, worker: WorkerId) {
         let mut core = self.lock();
         core.worker_restarts += 1;
-        core.workers[worker.index()].restarts += 1;
+        if let Some(entry) = core.workers.get_mut(worker.index()) {
+            entry.restarts += 1;
+        }
     }
 
     /// The worker restarted too often. When it was the last one, waiters learn
     /// at once that no worker is left instead of waiting out their timeout.
     pub(crate) fn worker_failed(&self, worker: WorkerId) {
         let mut core = self.lock();
-        core.workers[worker.index()].state = WorkerState::Failed;
+        let Some(entry) = core.workers.get_mut(worker.index()) else {
+            return;
+        };
+        entry.state = WorkerState::Failed;
         core.failed_workers += 1;
         let wakers = if core.failed_workers == core.workers.len() {
             core.waiters.drain(|| Outcome::NoWorker)
@@ -677,10 +845,11 @@ impl<T: Transport> Shared<T> {
         for w in 0..core_ref.workers.len() {
             idle.append(&mut core_ref.workers[w].idle);
             core_ref.idle_index.clear(w);
-        }
-        for slot in 0..core_ref.slots.len() as u32 {
-            if core_ref.slots[slot as usize] != SlotState::Busy {
-                core_ref.set_state(slot, SlotState::Closed);
+            for local in 0..core_ref.workers[w].slots.len() as u32 {
+                let slot = SlotId::new(w as u32, local);
+                if core_ref.state(slot) != SlotState::Busy {
+                    core_ref.set_state(slot, SlotState::Closed);
+                }
             }
         }
         drop(core);
@@ -706,7 +875,17 @@ impl<T: Transport> Shared<T> {
 
     /// Watches for the end of `worker`'s generations.
     pub(crate) fn ended(&self, worker: WorkerId) -> watch::Receiver<Ended> {
-        self.links[worker.index()].ended_rx.clone()
+        match self.links.read().get(worker.index()) {
+            Some(link) => link.ended_rx.clone(),
+            // A worker removed already: every generation of it has ended.
+            None => {
+                let ended = Ended {
+                    generation: u64::MAX,
+                    unresponsive: false,
+                };
+                watch::channel(ended).1
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -721,17 +900,13 @@ impl<T: Transport> Shared<T> {
                 generation: entry.generation,
                 pid: entry.pid,
                 idle: entry.idle.len(),
-                busy: core.slots
-                    [core.slot_range(w).start as usize..core.slot_range(w).end as usize]
-                    .iter()
-                    .filter(|&&state| state == SlotState::Busy)
-                    .count(),
+                busy: entry.busy(),
                 restarts: entry.restarts,
                 last_error: entry.last_error.clone(),
             })
             .collect();
         Stats {
-            capacity: core.slots.len(),
+            capacity: core.capacity,
             idle: core.counts.get(SlotState::Idle),
             busy: core.counts.get(SlotState::Busy),
             reconnecting: core.counts.get(SlotState::Reconnecting),
@@ -748,20 +923,297 @@ impl<T: Transport> Shared<T> {
     }
 }
 
+/// Operations: the worker set and each worker's segment change at run time.
+/// None of this is on the hot path; the operations task calls it one
+/// operation at a time.
+impl<T: Transport> Shared<T> {
+    /// Workers in the table, draining and retiring ones included.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.lock().workers.len()
+    }
+
+    /// The `max_connections` the pool runs with now.
+    pub(crate) fn max_connections(&self) -> usize {
+        self.lock().max_connections
+    }
+
+    /// Appends a worker entry with `max_connections` down slots, for a new
+    /// supervisor to launch.
+    pub(crate) fn add_worker(&self) -> NewWorker {
+        let (link, requests) = WorkerLink::new();
+        let retire = link.retire.clone();
+        // The link goes first, so that whoever finds the entry finds its link.
+        let mut links = self.links.write();
+        links.push(link);
+        let mut core = self.lock();
+        let core_ref = &mut *core;
+        let conns = core_ref.max_connections;
+        core_ref.workers.push(WorkerEntry::new(conns));
+        core_ref.counts.add(SlotState::Down, conns);
+        core_ref.capacity += conns;
+        let workers = core_ref.workers.len();
+        core_ref.idle_index.resize(workers, conns);
+        drop(core);
+        drop(links);
+        NewWorker {
+            id: WorkerId::new((workers - 1) as u32),
+            requests,
+            retire,
+        }
+    }
+
+    /// Tells `worker`'s supervisor to drain it, stop its process and end.
+    pub(crate) fn retire(&self, worker: usize) {
+        if let Some(link) = self.links.read().get(worker) {
+            link.retire.cancel();
+        }
+    }
+
+    /// Asks `worker`'s supervisor to replace its current generation, if that
+    /// generation is running; returns the generation asked about.
+    pub(crate) fn request_replace(&self, worker: usize, recycle: bool) -> Option<u64> {
+        let generation = {
+            let core = self.lock();
+            let entry = core.workers.get(worker)?;
+            if !entry.serving || entry.draining {
+                return None;
+            }
+            entry.generation
+        };
+        let request = Request::Replace {
+            generation,
+            recycle,
+        };
+        let link = self.links.read();
+        link.get(worker)?.requests.send(request).ok()?;
+        Some(generation)
+    }
+
+    /// A supervisor was told to drain `worker`'s `generation`: its idle
+    /// connections close now, busy ones as they are freed, and it gets no new
+    /// events.
+    pub(crate) fn begin_drain(&self, worker: WorkerId, generation: u64) {
+        let mut core = self.lock();
+        let w = worker.index();
+        let Some(entry) = core.workers.get_mut(w) else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        entry.draining = true;
+        entry.shedding = true;
+        entry.suspect = false;
+        entry.state = WorkerState::Draining;
+        let idle: Vec<(u32, T::Conn)> = entry.idle.drain(..).collect();
+        core.idle_index.clear(w);
+        for &(local, _) in &idle {
+            core.shed_state(SlotId::new(w as u32, local));
+        }
+        core.trim(w);
+        drop(core);
+        drop(idle);
+        self.progress.notify_waiters();
+    }
+
+    /// Resolves once no slot of `worker` is busy. Cancel safe.
+    pub(crate) async fn worker_idle(&self, worker: WorkerId) {
+        self.until(|core| {
+            core.workers
+                .get(worker.index())
+                .is_none_or(|entry| entry.busy() == 0)
+        })
+        .await;
+    }
+
+    /// Resolves once `worker` serves a generation after `after` with every
+    /// slot connected; or with the reason it will not: its first launch
+    /// failed, or it restarted too often. Cancel safe.
+    pub(crate) async fn worker_serving(&self, worker: WorkerId, after: u64) -> Result<(), String> {
+        let mut outcome = Ok(());
+        self.until(|core| {
+            let Some(entry) = core.workers.get(worker.index()) else {
+                outcome = Err("the worker was removed".into());
+                return true;
+            };
+            if entry.state == WorkerState::Failed || entry.never_launched {
+                outcome = Err(entry.last_error.clone().unwrap_or_default());
+                return true;
+            }
+            entry.generation > after && entry.state == WorkerState::Running && entry.connected()
+        })
+        .await;
+        outcome
+    }
+
+    /// Resolves once workers `from..` have stopped and none of their slots is
+    /// busy, then removes them from the table. Cancel safe: it removes them
+    /// in the same lock section that finds them done.
+    pub(crate) async fn remove_workers(&self, from: usize) {
+        let mut removed = Vec::new();
+        let mut wakers = Vec::new();
+        self.until(|core| {
+            let done = core.workers.iter().skip(from).all(|entry| {
+                matches!(entry.state, WorkerState::Stopped | WorkerState::Failed)
+                    && entry.busy() == 0
+            });
+            if !done {
+                return false;
+            }
+            while core.workers.len() > from {
+                let Some(mut entry) = core.workers.pop() else {
+                    break;
+                };
+                for &state in &entry.slots {
+                    core.counts.remove(state);
+                }
+                core.capacity -= entry.slots.len();
+                if entry.state == WorkerState::Failed {
+                    core.failed_workers -= 1;
+                }
+                removed.append(&mut entry.idle);
+            }
+            let (workers, conns) = (core.workers.len(), core.max_connections);
+            core.idle_index.resize(workers, conns);
+            if core.failed_workers == core.workers.len() {
+                wakers = core.waiters.drain(|| Outcome::NoWorker);
+            }
+            true
+        })
+        .await;
+        drop(removed);
+        wakers.into_iter().for_each(Waker::wake);
+        self.links.write().truncate(from);
+    }
+
+    /// Sets every worker's number of slots to `max_connections`: new slots
+    /// are connected at once by a running worker, slots beyond it close when
+    /// free (see `segments_resized`).
+    pub(crate) fn resize_segments(&self, max_connections: usize) {
+        let mut requests = Vec::new();
+        let mut closed = Vec::new();
+        let mut core = self.lock();
+        let core_ref = &mut *core;
+        core_ref.max_connections = max_connections;
+        for w in 0..core_ref.workers.len() {
+            let entry = &mut core_ref.workers[w];
+            let old_len = entry.slots.len();
+            entry.target = max_connections;
+            if old_len < max_connections {
+                entry.slots.resize(max_connections, SlotState::Down);
+                core_ref
+                    .counts
+                    .add(SlotState::Down, max_connections - old_len);
+                core_ref.capacity += max_connections - old_len;
+            }
+            let entry = &mut core_ref.workers[w];
+            let (serving, generation) = (entry.serving && !entry.draining, entry.generation);
+            // Idle connections beyond the new size close now.
+            let mut kept = Vec::with_capacity(entry.idle.len());
+            for (local, conn) in entry.idle.drain(..) {
+                if (local as usize) < max_connections {
+                    kept.push((local, conn));
+                } else {
+                    closed.push(conn);
+                }
+            }
+            entry.idle = kept;
+            let in_index = !entry.suspect && !entry.draining;
+            let idle = entry.idle.len() as u32;
+            for local in 0..entry.slots.len() as u32 {
+                let slot = SlotId::new(w as u32, local);
+                let state = core_ref.state(slot);
+                if (local as usize) < max_connections {
+                    // A slot closed by an earlier shrink comes back.
+                    let state = if state == SlotState::Closed {
+                        core_ref.set_state(slot, SlotState::Down);
+                        SlotState::Down
+                    } else {
+                        state
+                    };
+                    if serving && state == SlotState::Down {
+                        core_ref.set_state(slot, SlotState::Reconnecting);
+                        requests.push((
+                            w,
+                            Request::Connect {
+                                slot: local,
+                                generation,
+                            },
+                        ));
+                    }
+                } else if state != SlotState::Busy {
+                    core_ref.set_state(slot, SlotState::Closed);
+                }
+            }
+            if in_index {
+                core_ref.idle_index.set(w, idle);
+            }
+            core_ref.trim(w);
+        }
+        let (workers, conns) = (core_ref.workers.len(), max_connections);
+        core_ref.idle_index.resize(workers, conns);
+        drop(core);
+        drop(closed);
+        let links = self.links.read();
+        for (w, request) in requests {
+            if let Some(link) = links.get(w) {
+                let _ = link.requests.send(request);
+            }
+        }
+        drop(links);
+        self.progress.notify_waiters();
+    }
+
+    /// Resolves once every worker's segment is `max_connections` long (the
+    /// slots beyond it were freed and removed). Cancel safe.
+    pub(crate) async fn segments_resized(&self) {
+        self.until(|core| {
+            core.workers
+                .iter()
+                .all(|entry| entry.slots.len() == core.max_connections)
+        })
+        .await;
+    }
+
+    /// Whether `worker` still runs `generation`, for a recycle request that
+    /// may have been overtaken by a restart or a reload.
+    pub(crate) fn runs_generation(&self, worker: usize, generation: u64) -> bool {
+        self.lock()
+            .workers
+            .get(worker)
+            .is_some_and(|entry| entry.serving && !entry.draining && entry.generation == generation)
+    }
+
+    /// A supervisor found its worker's memory past `max_worker_rss`.
+    pub(crate) fn request_recycle(&self, worker: WorkerId, generation: u64) {
+        let _ = self.recycle.send((worker.index(), generation));
+    }
+
+    /// Resolves once `condition` holds, checked under the lock each time the
+    /// pool makes progress. Cancel safe.
+    async fn until(&self, mut condition: impl FnMut(&mut Core<T::Conn>) -> bool) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if condition(&mut *self.lock()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 impl<C> Core<C> {
     #[inline]
-    fn worker_index(&self, slot: u32) -> usize {
-        slot as usize / self.max_connections
-    }
-
-    fn slot_range(&self, worker: usize) -> std::ops::Range<u32> {
-        let start = (worker * self.max_connections) as u32;
-        start..start + self.max_connections as u32
+    fn state(&self, slot: SlotId) -> SlotState {
+        self.workers[slot.worker as usize].slots[slot.local as usize]
     }
 
     #[inline]
-    fn set_state(&mut self, slot: u32, state: SlotState) {
-        let old = std::mem::replace(&mut self.slots[slot as usize], state);
+    fn set_state(&mut self, slot: SlotId, state: SlotState) {
+        let cell = &mut self.workers[slot.worker as usize].slots[slot.local as usize];
+        let old = std::mem::replace(cell, state);
         self.counts.moved(old, state);
     }
 
@@ -770,8 +1222,9 @@ impl<C> Core<C> {
     fn take_idle(&mut self) -> Option<Taken<C>> {
         let w = self.idle_index.most_idle()?;
         let worker = &mut self.workers[w];
-        let (slot, conn) = worker.idle.pop()?;
+        let (local, conn) = worker.idle.pop()?;
         let generation = worker.generation;
+        let slot = SlotId::new(w as u32, local);
         self.idle_index.decrement(w);
         self.set_state(slot, SlotState::Busy);
         Some(Taken {
@@ -785,7 +1238,10 @@ impl<C> Core<C> {
     /// A usable connection of worker `w`: to the oldest waiter if there is one,
     /// else idle.
     #[inline]
-    fn make_available(&mut self, w: usize, slot: u32, generation: u64, conn: C) -> Aftermath<C> {
+    fn make_available(&mut self, w: usize, slot: SlotId, generation: u64, conn: C) -> Aftermath<C> {
+        if self.workers[w].shedding && self.sheds(slot) {
+            return self.shed(slot, conn);
+        }
         let mut after = Aftermath::none();
         let suspect = self.workers[w].suspect;
         // Most releases find nobody waiting: skip building an outcome for them.
@@ -809,7 +1265,7 @@ impl<C> Core<C> {
                 Err(_) => return after,
             }
         };
-        self.workers[w].idle.push((slot, conn));
+        self.workers[w].idle.push((slot.local, conn));
         if !suspect {
             self.idle_index.increment(w);
         }
@@ -817,16 +1273,70 @@ impl<C> Core<C> {
         after
     }
 
+    /// Whether a freed `slot` closes instead of being reused: its worker is
+    /// draining, or the slot is beyond its worker's new size.
+    #[cold]
+    fn sheds(&self, slot: SlotId) -> bool {
+        let entry = &self.workers[slot.worker as usize];
+        entry.draining || slot.local as usize >= entry.target
+    }
+
+    /// Closes a freed slot of a draining or shrinking worker.
+    #[cold]
+    fn shed(&mut self, slot: SlotId, conn: C) -> Aftermath<C> {
+        self.shed_state(slot);
+        self.trim(slot.worker as usize);
+        let mut after = Aftermath::none();
+        after.close = Some(conn);
+        after.shed = true;
+        after
+    }
+
+    /// A slot that will not be reused: closed if it is to be removed, else
+    /// down until the worker's next generation connects it.
+    fn shed_state(&mut self, slot: SlotId) {
+        let target = self.workers[slot.worker as usize].target;
+        let state = if slot.local as usize >= target {
+            SlotState::Closed
+        } else {
+            SlotState::Down
+        };
+        self.set_state(slot, state);
+    }
+
+    /// Removes the slots beyond worker `w`'s target once all are closed.
+    fn trim(&mut self, w: usize) {
+        let entry = &mut self.workers[w];
+        let target = entry.target;
+        if entry.slots.len() > target
+            && entry.slots[target..]
+                .iter()
+                .all(|&s| s == SlotState::Closed)
+        {
+            let removed = entry.slots.len() - target;
+            entry.slots.truncate(target);
+            for _ in 0..removed {
+                self.counts.remove(SlotState::Closed);
+            }
+            self.capacity -= removed;
+        }
+        let entry = &mut self.workers[w];
+        entry.shedding = entry.draining || entry.slots.len() > entry.target;
+    }
+
     #[inline]
     fn release(
         &mut self,
-        slot: u32,
+        slot: SlotId,
         generation: u64,
         conn: Option<C>,
         clean: bool,
     ) -> Aftermath<C> {
-        let w = self.worker_index(slot);
-        let (serving, worker_generation) = (self.workers[w].serving, self.workers[w].generation);
+        let w = slot.worker as usize;
+        let entry = &mut self.workers[w];
+        let (serving, worker_generation) = (entry.serving, entry.generation);
+        entry.released += 1;
+        let recycle = entry.released == entry.recycle_at;
         let current = serving && worker_generation == generation;
         let mut after = match conn {
             Some(conn) if clean && current && !self.closed => {
@@ -837,16 +1347,31 @@ impl<C> Core<C> {
                 after.close = conn;
                 if self.closed {
                     self.set_state(slot, SlotState::Closed);
+                } else if self.workers[w].shedding && self.sheds(slot) {
+                    self.shed_state(slot);
+                    self.trim(w);
+                    after.shed = true;
                 } else if serving {
                     self.set_state(slot, SlotState::Reconnecting);
                     let generation = worker_generation;
-                    after.reconnect = Some((w, Request::Reconnect { slot, generation }));
+                    after.reconnect = Some((
+                        w,
+                        Request::Reconnect {
+                            slot: slot.local,
+                            generation,
+                        },
+                    ));
                 } else {
                     self.set_state(slot, SlotState::Down);
+                    // A worker being removed waits for its last busy slot.
+                    after.shed = true;
                 }
                 after
             }
         };
+        if recycle {
+            after.recycle = Some((w, worker_generation));
+        }
         after.drained = self.closing && self.counts.get(SlotState::Busy) == 0;
         after
     }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::error::PoolError;
 use crate::launcher::WorkerId;
-use crate::shared::{Begin, Shared, Taken};
+use crate::shared::{Begin, Shared, SlotId, Taken};
 use crate::transport::Transport;
 
 /// How long a failed exchange waits to learn whether its worker process exited,
@@ -24,7 +24,7 @@ const EXIT_NOTICE: Duration = Duration::from_millis(200);
 /// meant for another.
 pub struct Slot<'a, T: Transport> {
     shared: &'a Shared<T>,
-    slot: u32,
+    slot: SlotId,
     generation: u64,
     /// `Some` until the guard is dropped.
     conn: Option<T::Conn>,

@@ -37,6 +37,10 @@ pub enum WorkerState {
     Suspect,
     /// Its process ended; a new one will be launched after a backoff.
     Restarting,
+    /// It is being replaced (a reload or a recycle) or removed (the pool
+    /// shrank): it gets no new events and its events in flight finish, within
+    /// [`RestartPolicy::terminate_grace`](crate::RestartPolicy::terminate_grace).
+    Draining,
     /// It restarted too often and is left down.
     Failed,
     /// The pool shut it down.
@@ -98,6 +102,11 @@ pub struct RestartReasons {
     pub unresponsive: u64,
     /// A launch failed, hung or panicked before the process served.
     pub launch_failed: u64,
+    /// The process reached `max_events_per_worker` or `max_worker_rss` and was
+    /// replaced, new before old (see [`PoolConfig`](crate::PoolConfig#recycling)).
+    pub recycled: u64,
+    /// The process was replaced by [`Pool::reload`](crate::Pool::reload).
+    pub reloaded: u64,
 }
 
 /// One worker, as the snapshot saw it.
@@ -147,7 +156,9 @@ impl WorkerStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// `num_workers × max_connections`.
+    /// Slots of every worker: `num_workers × max_connections`, plus while a
+    /// resize or a reload is under way the slots still being added or removed
+    /// (the spare worker of a reload, slots closing before their removal).
     pub capacity: usize,
     /// Slots by state; the five add up to `capacity`.
     pub idle: usize,
@@ -186,6 +197,16 @@ impl SlotCounts {
     pub(crate) fn moved(&mut self, from: SlotState, to: SlotState) {
         self.counts[from as usize] -= 1;
         self.counts[to as usize] += 1;
+    }
+
+    /// `n` slots in `state` join the table.
+    pub(crate) fn add(&mut self, state: SlotState, n: usize) {
+        self.counts[state as usize] += n;
+    }
+
+    /// A slot in `state` leaves the table.
+    pub(crate) fn remove(&mut self, state: SlotState) {
+        self.counts[state as usize] -= 1;
     }
 
     pub(crate) fn all_down(capacity: usize) -> Self {

@@ -36,8 +36,25 @@ enum End {
     ReconnectFailed,
     /// Its liveness probe failed, for the reason given.
     Unresponsive(String),
+    /// Asked to make way for a new generation: a reload, or a recycle.
+    Replace {
+        recycle: bool,
+    },
+    /// The worker is being removed.
+    Retire,
     Shutdown,
 }
+
+/// How a drain ended.
+enum Drained {
+    /// No event of the generation is left in flight, or the grace ran out.
+    Done,
+    Exited(WorkerExit),
+    Shutdown,
+}
+
+/// How often a worker's resident memory is read for `max_worker_rss`.
+const RSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A liveness probe in progress: `Err` says why the worker is unresponsive.
 type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -59,6 +76,8 @@ pub(crate) struct Supervisor<T: Transport, L: Launcher> {
     pub(crate) worker: WorkerId,
     pub(crate) requests: mpsc::UnboundedReceiver<Request>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the worker is removed from the pool.
+    pub(crate) retire: CancellationToken,
 }
 
 impl<T: Transport, L: Launcher> Supervisor<T, L> {
@@ -69,8 +88,11 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         let mut recent_restarts = VecDeque::new();
         let mut consecutive = 0;
         let mut first_launch = true;
+        // A replaced generation is relaunched at once, outside the ladder: it
+        // did not fail.
+        let mut replaced = false;
         loop {
-            if !std::mem::take(&mut first_launch) {
+            if !std::mem::take(&mut first_launch) && !std::mem::take(&mut replaced) {
                 if !admit_restart(&mut recent_restarts, &policy) {
                     tracing::error!(
                         %worker,
@@ -88,12 +110,14 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 tokio::select! {
                     () = sleep(delay) => {}
                     () = self.shutdown.cancelled() => break,
+                    () = self.retire.cancelled() => break,
                 }
                 self.shared.set_worker_state(worker, WorkerState::Starting);
             }
             let launched = tokio::select! {
                 launched = self.launch() => launched,
                 () = self.shutdown.cancelled() => break,
+                () = self.retire.cancelled() => break,
             };
             let Some(mut process) = launched else {
                 // The next try counts as a restart like any other, so a launcher
@@ -110,6 +134,46 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 consecutive = 0;
             }
             match end {
+                End::Replace { recycle } => {
+                    let why = if recycle {
+                        EndReason::Recycled
+                    } else {
+                        EndReason::Reloaded
+                    };
+                    let drained = self.drain(&mut process, generation).await;
+                    self.shared
+                        .end_generation(worker, WorkerState::Starting, why);
+                    let exit = match drained {
+                        Drained::Exited(exit) => exit,
+                        Drained::Done => process.terminate(policy.terminate_grace).await,
+                        Drained::Shutdown => {
+                            let grace = self.shared.shutdown_grace.get().copied();
+                            process.terminate(grace.unwrap_or_default()).await;
+                            break;
+                        }
+                    };
+                    tracing::info!(%worker, generation, %exit, recycle, "worker replaced; relaunching");
+                    replaced = true;
+                }
+                End::Retire => {
+                    let drained = self.drain(&mut process, generation).await;
+                    self.shared
+                        .end_generation(worker, WorkerState::Draining, EndReason::Shutdown);
+                    let grace = match drained {
+                        Drained::Shutdown => self
+                            .shared
+                            .shutdown_grace
+                            .get()
+                            .copied()
+                            .unwrap_or_default(),
+                        _ => policy.terminate_grace,
+                    };
+                    if !matches!(drained, Drained::Exited(_)) {
+                        process.terminate(grace).await;
+                    }
+                    tracing::info!(%worker, generation, "worker removed");
+                    break;
+                }
                 End::Shutdown => {
                     self.shared
                         .end_generation(worker, WorkerState::Stopped, EndReason::Shutdown);
@@ -156,6 +220,23 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             }
         }
         self.shared.set_worker_state(worker, WorkerState::Stopped);
+    }
+
+    /// Lets the events in flight on `generation` finish, within
+    /// `terminate_grace`, while it gets no new ones.
+    async fn drain(&mut self, process: &mut L::Process, generation: u64) -> Drained {
+        self.shared.begin_drain(self.worker, generation);
+        let grace = self.shared.config.restart.terminate_grace;
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Drained::Shutdown,
+            exit = process.wait() => Drained::Exited(exit),
+            () = self.shared.worker_idle(self.worker) => Drained::Done,
+            () = sleep(grace) => {
+                tracing::warn!(worker = %self.worker, generation, ?grace, "events still in flight after the grace; stopping the worker anyway");
+                Drained::Done
+            }
+        }
     }
 
     /// Launches a process in a task of its own, so that a launcher that panics or
@@ -229,10 +310,20 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         let mut next_heartbeat = heartbeat_after(Instant::now());
         // A deadline that never comes, for a disabled heartbeat branch.
         let never = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut max_rss = self
+            .shared
+            .config
+            .max_worker_rss
+            .filter(|_| info.pid.is_some());
+        // The first reading a second in: a process just started has not grown yet.
+        let mut rss_check =
+            tokio::time::interval_at(Instant::now() + RSS_CHECK_INTERVAL, RSS_CHECK_INTERVAL);
+        rss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return End::Shutdown,
+                () = self.retire.cancelled() => return End::Retire,
                 exit = process.wait() => return End::Exited(exit),
                 Some(outcome) = async {
                     match probe.as_mut() {
@@ -259,6 +350,12 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     Request::Reconnect { slot, generation: of } if of == generation => {
                         connects.spawn(connector.clone().connect(slot, true));
                     }
+                    Request::Connect { slot, generation: of } if of == generation => {
+                        connects.spawn(connector.clone().connect(slot, false));
+                    }
+                    Request::Replace { generation: of, recycle } if of == generation => {
+                        return End::Replace { recycle };
+                    }
                     // The worker is suspect already; a probe in progress decides.
                     Request::Probe { generation: of } if of == generation && probe.is_none() => {
                         if let Some(limit) = probe_timeout {
@@ -267,9 +364,20 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     }
                     _ => {}
                 },
+                _ = rss_check.tick(), if max_rss.is_some() => {
+                    let over = max_rss.zip(info.pid).and_then(|(limit, pid)| {
+                        resident_bytes(pid).filter(|&rss| rss > limit).map(|rss| (rss, limit))
+                    });
+                    if let Some((rss, limit)) = over {
+                        tracing::info!(worker = %self.worker, generation, rss, limit, "worker past max_worker_rss; recycling it");
+                        self.shared.request_recycle(self.worker, generation);
+                        // Asked once per generation: the replacement ends it.
+                        max_rss = None;
+                    }
+                }
                 Some(joined) = connects.join_next() => match joined {
                     Ok(Connected { slot, conn: Some(conn), was_restart }) => {
-                        self.shared.install(slot, generation, conn, was_restart);
+                        self.shared.install(self.worker, slot, generation, conn, was_restart);
                     }
                     Ok(Connected { was_restart, .. }) => {
                         if was_restart {
@@ -337,6 +445,19 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             Ok(())
         })
     }
+}
+
+/// The resident memory of process `pid` in bytes, from `/proc/PID/status`
+/// (`VmRSS`); `None` where there is no such file.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Restart intensity, OTP style: at most `max_restarts` within `restart_window`.
@@ -427,6 +548,27 @@ impl<T: Transport> Connector<T> {
             slot,
             conn: None,
             was_restart,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes_and_garbage_is_none() {
+        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\nThreads:\t1\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss("VmRSS: lots kB"), None);
+        assert_eq!(parse_vm_rss(""), None);
+    }
+
+    #[test]
+    fn this_process_has_a_resident_size_on_linux() {
+        let rss = resident_bytes(std::process::id());
+        if cfg!(target_os = "linux") {
+            assert!(rss.is_some_and(|bytes| bytes > 0));
         }
     }
 }

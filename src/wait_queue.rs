@@ -14,13 +14,19 @@ use std::task::Waker;
 
 use tokio::time::Instant;
 
+use crate::shared::SlotId;
+
 const NIL: u32 = u32::MAX;
 
 /// What a waiter was told when it left the queue.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome<C> {
     /// This slot, with its connection of worker generation `generation`, is now the waiter's.
-    Granted { slot: u32, generation: u64, conn: C },
+    Granted {
+        slot: SlotId,
+        generation: u64,
+        conn: C,
+    },
     /// The pool closed.
     Closed,
     /// Every worker failed.
@@ -208,7 +214,7 @@ mod tests {
         for (slot, &key) in [keys[0], keys[2], keys[4]].iter().enumerate() {
             assert_eq!(queue.poll_outcome(key, waker), None);
             let grant = || Outcome::Granted {
-                slot: slot as u32,
+                slot: SlotId::new(0, slot as u32),
                 generation: 1,
                 conn: "conn",
             };

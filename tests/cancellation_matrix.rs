@@ -385,3 +385,54 @@ async fn shutdown_cut_at_every_poll_still_stops_everything() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn dispatch_on_a_worker_being_reloaded_cut_at_every_poll() {
+    matrix("dispatch, worker draining", |n| async move {
+        let h = harness(|b| b.max_connections(2)).await;
+        // The spare takes 10 ms to connect, so the event starts on the old
+        // process and is in flight (or cut) while that process drains.
+        h.transport.set_connect(
+            Some(1),
+            None,
+            support::ConnectRule::After(Duration::from_millis(10)),
+        );
+        let reload = {
+            let pool = h.pool.clone();
+            tokio::spawn(async move { pool.reload().await })
+        };
+        let ran = cut_at(n, h.pool.dispatch(Req::reply(1, Duration::from_millis(50)))).await;
+        if let Ran::Completed(result, _) = &ran {
+            let resp = result.as_ref().unwrap();
+            assert_eq!((resp.id, resp.worker, resp.generation), (1, 0, 1));
+        }
+        reload.await.unwrap().unwrap();
+        let stats = h.pool.stats();
+        assert_eq!((stats.workers.len(), stats.workers[0].generation), (1, 2));
+        assert_whole(&h, &format!("dispatch, worker draining, cut at {n}")).await;
+        report(&ran)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_cut_at_every_poll_still_replaces_the_worker() {
+    matrix("reload", |n| async move {
+        let h = harness(|b| b.max_connections(2)).await;
+        let ran = cut_at(n, h.pool.reload()).await;
+        if let Ran::Completed(result, _) = &ran {
+            result.as_ref().unwrap();
+        }
+        let report = report(&ran);
+        // Polled at least once, the reload goes on without its caller.
+        if n > 1 {
+            h.until("the reload finished", |s| {
+                s.restart_reasons.reloaded == 1 && s.workers.len() == 1
+            })
+            .await;
+        }
+        assert_whole(&h, &format!("reload, cut at {n}")).await;
+        report
+    })
+    .await;
+}

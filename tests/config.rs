@@ -23,6 +23,8 @@ fn defaults_match_nuclio_and_the_design() {
     assert_eq!(config.max_waiters, None);
     assert_eq!(config.probe_timeout, Some(Duration::from_secs(1)));
     assert_eq!(config.probe_interval, Some(Duration::from_secs(5)));
+    assert_eq!(config.max_events_per_worker, None);
+    assert_eq!(config.max_worker_rss, None);
     assert_eq!(config.capacity(), 1000);
     assert_eq!(config.validate(), Ok(()));
 }
@@ -102,6 +104,11 @@ async fn invalid_configs_fail_at_build_naming_the_field() {
                 c.max_connections = 1 << 16;
             }),
         ),
+        (
+            "max_events_per_worker",
+            Box::new(|c| c.max_events_per_worker = Some(0)),
+        ),
+        ("max_worker_rss", Box::new(|c| c.max_worker_rss = Some(0))),
         // Nuclio's maxConnectionsNumber of 4e9 would allocate gigabytes.
         (
             "max_connections",

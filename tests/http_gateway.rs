@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 mod real_support;
@@ -397,8 +399,210 @@ fn workers_and_their_socket_files_go_within_two_seconds_of_a_gateway_sigkill() {
     drop(gateway);
 }
 
-#[test]
-fn sighup_stops_the_gateway_gracefully_with_its_workers() {
-    let gateway = start(&["--workers", "2", "--max-connections", "10"]);
-    stop_with(gateway, Signal::SIGHUP);
+/// Sends a request of a 50 ms event (the sleepy handler) every 10 ms, 100
+/// per second, until `stop` is set; returns how many it sent and what went
+/// wrong with any that did not get a 200.
+async fn steady_load(base: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
+    let client = reqwest::Client::new();
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    let mut requests = Vec::new();
+    while !stop.load(SeqCst) {
+        every.tick().await;
+        let (client, url) = (client.clone(), format!("{base}/"));
+        requests.push(tokio::spawn(async move {
+            match client.post(url).body("0.05").send().await {
+                Ok(response) if response.status() == 200 => None,
+                Ok(response) => Some(format!(
+                    "{}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                )),
+                Err(error) => Some(error.to_string()),
+            }
+        }));
+    }
+    let sent = requests.len();
+    let mut failures = Vec::new();
+    for request in requests {
+        failures.extend(request.await.unwrap());
+    }
+    (sent, failures)
+}
+
+/// A steady load on `gateway` while `operate` runs; panics if any request failed.
+async fn under_steady_load<F: Future<Output = ()>>(gateway: &Gateway, operate: F) -> usize {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(gateway.base.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    operate.await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, SeqCst);
+    let (sent, failures) = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {failures:?}",
+        failures.len()
+    );
+    sent
+}
+
+/// Waits up to `limit` for the gateway's worker processes to satisfy `done`.
+async fn until_children(
+    gateway: &Gateway,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&[i32]) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let mut pids = children(gateway.child.id());
+        pids.sort_unstable();
+        if done(&pids) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "waited {limit:?} for {what}; workers {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to `limit` for /healthz to start with `prefix`.
+async fn until_health(gateway: &Gateway, prefix: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let response = reqwest::get(format!("{}/healthz", gateway.base))
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        if text.starts_with(prefix) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "waited {limit:?} for {prefix:?}; health {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One sample of the gateway's /metrics, by its full name and labels.
+async fn metric(gateway: &Gateway, sample: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", gateway.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+}
+
+const RELOADED: &str = "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"}";
+const RECYCLED: &str = "async_worker_pool_worker_restart_reasons_total{reason=\"recycled\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_both_workers_under_load_with_no_failed_request() {
+    let gateway = start(&[
+        "--handler",
+        "sleepy:handler",
+        "--workers",
+        "2",
+        "--max-connections",
+        "20",
+    ]);
+    let pid = gateway.child.id();
+    let mut old = children(pid);
+    old.sort_unstable();
+    assert_eq!(old.len(), 2);
+    let mut took = Duration::ZERO;
+    let sent = under_steady_load(&gateway, async {
+        let started = Instant::now();
+        kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
+        until_children(
+            &gateway,
+            "two new workers",
+            Duration::from_secs(30),
+            |pids| pids.len() == 2 && pids.iter().all(|p| !old.contains(p)),
+        )
+        .await;
+        took = started.elapsed();
+    })
+    .await;
+    assert!(gateway.child.id() == pid && children(pid).len() == 2);
+    assert_eq!(metric(&gateway, RELOADED).await, 2);
+    println!(
+        "figure: SIGHUP replaced both workers in {took:?}; {sent} requests at 100/s, 0 failed"
+    );
+    for worker in old {
+        assert!(!is_alive(worker as u32), "old worker {worker} still runs");
+    }
+    stop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_events_per_worker_recycles_under_load_with_no_failed_request() {
+    let gateway = start(&[
+        "--handler",
+        "sleepy:handler",
+        "--workers",
+        "2",
+        "--max-connections",
+        "20",
+        "--max-events-per-worker",
+        "200",
+    ]);
+    let sent = under_steady_load(&gateway, async {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    })
+    .await;
+    let recycled = metric(&gateway, RECYCLED).await;
+    // 2 workers × 200 to 220 events each per generation.
+    assert!(recycled >= 2, "{recycled} recycles for {sent} requests");
+    println!(
+        "figure: --max-events-per-worker 200: {recycled} recycles over {sent} requests at 100/s, 0 failed"
+    );
+    stop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigttin_grows_to_two_workers_and_sigttou_shrinks_back_under_load() {
+    let gateway = start(&[
+        "--handler",
+        "sleepy:handler",
+        "--workers",
+        "1",
+        "--max-connections",
+        "20",
+    ]);
+    let pid = Pid::from_raw(gateway.child.id() as i32);
+    let first = children(gateway.child.id());
+    let mut took = (Duration::ZERO, Duration::ZERO);
+    let sent = under_steady_load(&gateway, async {
+        let started = Instant::now();
+        kill(pid, Signal::SIGTTIN).unwrap();
+        until_health(&gateway, "2 of 2 workers running", Duration::from_secs(30)).await;
+        took.0 = started.elapsed();
+        assert_eq!(children(gateway.child.id()).len(), 2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = Instant::now();
+        kill(pid, Signal::SIGTTOU).unwrap();
+        until_children(
+            &gateway,
+            "one worker again",
+            Duration::from_secs(30),
+            |pids| pids == first,
+        )
+        .await;
+        took.1 = started.elapsed();
+    })
+    .await;
+    assert_eq!(metric(&gateway, "async_worker_pool_capacity").await, 20);
+    println!(
+        "figure: SIGTTIN 1→2 workers in {:?}, SIGTTOU 2→1 in {:?}; {sent} requests at 100/s, 0 failed",
+        took.0, took.1
+    );
+    stop(gateway);
 }

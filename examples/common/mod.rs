@@ -112,11 +112,13 @@ pub fn plain(status: StatusCode, text: String) -> Response {
 }
 
 /// Ctrl-C, SIGTERM or SIGHUP. A hangup would otherwise end the gateway at once,
-/// with no drain.
+/// with no drain. The nuclio gateway's; the HTTP gateway reloads its workers on
+/// SIGHUP instead (its `signals.rs`).
 ///
 /// The handlers are installed when this is called, not when the future is
 /// first polled, so that a signal sent as soon as the gateway says it listens
 /// is not lost to the default action.
+#[allow(dead_code)] // unused by the HTTP gateway
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());

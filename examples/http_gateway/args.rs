@@ -62,6 +62,16 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_WAITERS")]
     pub max_waiters: Option<usize>,
 
+    /// Replace a worker process after about this many requests (plus up to a
+    /// tenth, drawn per worker), new before old, as gunicorn's max_requests.
+    #[arg(long, env = "GATEWAY_MAX_EVENTS_PER_WORKER")]
+    pub max_events_per_worker: Option<u64>,
+
+    /// Replace a worker process whose resident memory passes this size, in
+    /// bytes or with a K, M or G suffix (Linux only).
+    #[arg(long, env = "GATEWAY_MAX_WORKER_RSS", value_parser = byte_size)]
+    pub max_worker_rss: Option<u64>,
+
     /// Largest request or response body, in bytes (one frame of the wire protocol).
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = async_worker_pool::net::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
@@ -75,9 +85,31 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_TCP")]
     pub tcp: bool,
 
-    /// On Ctrl-C, SIGTERM or SIGHUP, how long requests in flight get to finish.
+    /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// A size in bytes: `1048576`, `512K`, `200M`, `2G` (powers of 1024).
+fn byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        other => return Err(format!("unknown unit {other:?}; use K, M or G")),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size in bytes"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too large"))
 }
 
 /// A duration, or none (`off`).
@@ -88,5 +120,21 @@ fn optional_duration(text: &str) -> Result<OrOff, humantime::DurationError> {
     match text {
         "off" | "none" => Ok(OrOff(None)),
         _ => humantime::parse_duration(text).map(|d| OrOff(Some(d))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn sizes_read_with_and_without_a_unit() {
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("512K"), Ok(512 << 10));
+        assert_eq!(byte_size("200M"), Ok(200 << 20));
+        assert_eq!(byte_size("2g"), Ok(2 << 30));
+        assert!(byte_size("12X").is_err());
+        assert!(byte_size("M").is_err());
+        assert!(byte_size("99999999999999999999G").is_err());
     }
 }

@@ -8,14 +8,18 @@
 //! Every request becomes one event on a free connection to a worker; the worker's
 //! handler (`examples/handlers/hello.py` unless `--handler` says otherwise) answers
 //! it. `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
-//! says whether any worker serves. Ctrl-C, SIGTERM or SIGHUP shut it down
+//! says whether any worker serves. Ctrl-C or SIGTERM shut it down
 //! gracefully, leaving no worker process behind; workers also die with the
-//! gateway if it is killed outright (their lifeline, see `process`). `--help` lists every setting.
+//! gateway if it is killed outright (their lifeline, see `process`). As
+//! gunicorn does, SIGHUP reloads every worker (new before old, no request
+//! fails), SIGTTIN adds a worker and SIGTTOU removes one. `--help` lists every
+//! setting.
 
 mod args;
 #[path = "../common/mod.rs"]
 mod common;
 mod responses;
+mod signals;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -72,7 +76,8 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let pool = start_pool(&args).await?;
     // Listening for signals from before the address is printed on.
-    let signalled = common::shutdown_signal();
+    let signalled = signals::stop_signal();
+    let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
         "http_gateway: listening on http://{address} ({} workers x {} connections, handler {})",
@@ -146,6 +151,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     if let Some(max_waiters) = args.max_waiters {
         builder = builder.max_waiters(max_waiters);
     }
+    builder = builder
+        .max_events_per_worker(args.max_events_per_worker)
+        .max_worker_rss(args.max_worker_rss);
     let pool = builder.build().map_err(|error| error.to_string())?;
 
     // One launch plus one full round of connects, each bounded by the same timeout.

@@ -185,7 +185,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             "worker_restart_reasons_total",
             Counter,
             "Why worker processes stopped serving: exited, reconnect_failed, unresponsive \
-             (failed a liveness probe) or launch_failed.",
+             (failed a liveness probe), launch_failed, recycled (max events or memory) or \
+             reloaded.",
         )
         .by(
             "reason",
@@ -194,6 +195,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
                 ("reconnect_failed", reasons.reconnect_failed),
                 ("unresponsive", reasons.unresponsive),
                 ("launch_failed", reasons.launch_failed),
+                ("recycled", reasons.recycled),
+                ("reloaded", reasons.reloaded),
             ]),
         ),
     ];
@@ -208,6 +211,7 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             WorkerState::Running,
             WorkerState::Suspect,
             WorkerState::Restarting,
+            WorkerState::Draining,
             WorkerState::Failed,
             WorkerState::Stopped,
         ] {
@@ -297,6 +301,7 @@ fn state_name(state: WorkerState) -> &'static str {
         WorkerState::Running => "running",
         WorkerState::Suspect => "suspect",
         WorkerState::Restarting => "restarting",
+        WorkerState::Draining => "draining",
         WorkerState::Failed => "failed",
         WorkerState::Stopped => "stopped",
     }

@@ -83,6 +83,7 @@ mod tests {
             restart_reasons: crate::stats::RestartReasons {
                 exited: 1,
                 unresponsive: 2,
+                recycled: 3,
                 ..Default::default()
             },
             workers: vec![WorkerStats {
@@ -115,7 +116,10 @@ mod tests {
             "async_worker_pool_worker_restart_reasons_total{reason=\"exited\"} 1",
             "async_worker_pool_worker_restart_reasons_total{reason=\"unresponsive\"} 2",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reconnect_failed\"} 0",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled\"} 3",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
+            "async_worker_pool_worker_state{worker=\"0\",state=\"draining\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"running\"} 1",
             "async_worker_pool_worker_state{worker=\"0\",state=\"failed\"} 0",
             "async_worker_pool_worker_generation{worker=\"0\"} 2",
