@@ -45,6 +45,8 @@ struct Inner<T: Transport> {
     _ops: AbortOnDropHandle<()>,
     commands: mpsc::UnboundedSender<Command>,
     shutdown: CancellationToken,
+    /// Held by a running `shutdown`, so that a second call waits for it.
+    stopping: tokio::sync::Mutex<()>,
 }
 
 impl<T: Transport> Drop for Inner<T> {
@@ -312,7 +314,9 @@ impl<T: Transport> Pool<T> {
     /// ones fail with `Closed`); then every connection is closed and every worker
     /// process is terminated with `grace` and reaped.
     ///
-    /// A reload or resize still running ends with [`OpsError::Closed`].
+    /// A reload or resize still running ends with [`OpsError::Closed`]. A
+    /// second call returns once the first has finished; the shortest grace
+    /// asked for is the one the worker processes get.
     ///
     /// # Cancel safety
     ///
@@ -321,7 +325,8 @@ impl<T: Transport> Pool<T> {
     pub async fn shutdown(&self, grace: Duration) {
         let shared = &self.inner.shared;
         shared.close();
-        let _ = shared.shutdown_grace.set(grace);
+        shared.ask_shutdown_grace(grace);
+        let _stopping = self.inner.stopping.lock().await;
         let _ = tokio::time::timeout(grace, shared.drained()).await;
         self.inner.shutdown.cancel();
         let supervisors = std::mem::take(
@@ -515,6 +520,7 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
                 _ops: ops,
                 commands,
                 shutdown,
+                stopping: tokio::sync::Mutex::new(()),
             }),
         })
     }

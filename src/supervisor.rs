@@ -147,8 +147,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                         Drained::Exited(exit) => exit,
                         Drained::Done => process.terminate(policy.terminate_grace).await,
                         Drained::Shutdown => {
-                            let grace = self.shared.shutdown_grace.get().copied();
-                            process.terminate(grace.unwrap_or_default()).await;
+                            process.terminate(self.shared.shutdown_grace()).await;
                             break;
                         }
                     };
@@ -160,12 +159,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     self.shared
                         .end_generation(worker, WorkerState::Draining, EndReason::Shutdown);
                     let grace = match drained {
-                        Drained::Shutdown => self
-                            .shared
-                            .shutdown_grace
-                            .get()
-                            .copied()
-                            .unwrap_or_default(),
+                        Drained::Shutdown => self.shared.shutdown_grace(),
                         _ => policy.terminate_grace,
                     };
                     if !matches!(drained, Drained::Exited(_)) {
@@ -177,8 +171,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 End::Shutdown => {
                     self.shared
                         .end_generation(worker, WorkerState::Stopped, EndReason::Shutdown);
-                    let grace = self.shared.shutdown_grace.get().copied();
-                    process.terminate(grace.unwrap_or_default()).await;
+                    process.terminate(self.shared.shutdown_grace()).await;
                     return;
                 }
                 End::ReconnectFailed => {

@@ -129,3 +129,35 @@ async fn shutdown_twice_is_harmless() {
     assert_eq!(h.launcher.terminated.lock().unwrap().len(), 1);
     assert!(matches!(h.pool.acquire().await, Err(PoolError::Closed)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_shutdown_shortens_the_grace_and_returns_only_when_the_pool_is_down() {
+    let h = harness(|b| b.max_connections(2)).await;
+    h.launcher.ignore_term.store(true, SeqCst);
+    // An event held past both graces keeps the first shutdown draining.
+    let held = h.pool.acquire().await.unwrap();
+    let first = tokio::spawn({
+        let pool = h.pool.clone();
+        async move { pool.shutdown(Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = tokio::spawn({
+        let pool = h.pool.clone();
+        async move { pool.shutdown(Duration::from_secs(2)).await }
+    });
+    settle().await;
+    assert!(
+        !second.is_finished(),
+        "returned while the first still drains"
+    );
+    first.await.unwrap();
+    second.await.unwrap();
+    // The process got the shorter grace, and the pool was down for both calls.
+    let terminated = h.launcher.terminated.lock().unwrap().clone();
+    assert_eq!(terminated.len(), 1);
+    assert_eq!(terminated[0].1, Duration::from_secs(2));
+    drop(held);
+    let stats = h.pool.stats();
+    assert_eq!(stats.closed, stats.capacity, "{stats:?}");
+    assert_eq!(stats.workers[0].state, WorkerState::Stopped);
+}
