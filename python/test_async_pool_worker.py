@@ -771,9 +771,25 @@ class ConcurrencyAndDrainTest(WorkerTestCase):
             assert_closed(self, busy)
         self.assertEqual(worker.wait(), 0)
         stderr = worker.stderr()
-        self.assertIn("draining", stderr)
-        self.assertIn("drained", stderr)
+        self.assertIn("INFO async_pool_worker: worker 7: SIGTERM received, draining", stderr)
+        self.assertIn("INFO async_pool_worker: worker 7: drained", stderr)
         self.assertFalse(os.path.exists(worker.path))
+
+    def test_every_stderr_line_starts_with_its_level(self):
+        # The host logs each line at that level (src/process/output.rs).
+        worker = self.start("faulty:handler", extra=("--handshake-timeout", "0.2"))
+        with worker.connect() as sock:
+            self.call(sock, b"raise")
+        silent = worker.connect_raw()  # never answers: a WARNING
+        self.addCleanup(silent.close)
+        time.sleep(0.5)
+        worker.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(worker.wait(), 0)
+        lines = worker.stderr().splitlines()
+        self.assertIn("WARNING async_pool_worker: worker 7: closing connection 2: "
+                      "no handshake answer within 0.2s", lines)
+        for line in lines:
+            self.assertRegex(line, r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 
     def test_sigint_on_idle_worker_exits_0(self):
         worker = self.start()

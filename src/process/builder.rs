@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use tracing::Level;
+
 use super::launcher::ProcessLauncher;
 use super::socket_dir::SocketDir;
 use crate::error::LaunchError;
@@ -44,6 +46,7 @@ pub struct ProcessLauncherBuilder {
     tcp_host: IpAddr,
     endpoint_args: bool,
     python: Option<PythonWorker>,
+    raw_stderr_level: Level,
     /// A Python-only setting used on a builder for another program, reported by build().
     misused: Option<&'static str>,
 }
@@ -68,6 +71,7 @@ impl ProcessLauncherBuilder {
             tcp_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             endpoint_args: true,
             python: None,
+            raw_stderr_level: Level::INFO,
             misused: None,
         }
     }
@@ -154,6 +158,20 @@ impl ProcessLauncherBuilder {
     /// [`SECRET_ENV`](super::SECRET_ENV).
     pub fn endpoint_args(mut self, on: bool) -> Self {
         self.endpoint_args = on;
+        self
+    }
+
+    /// The level at which a worker's stderr lines that carry no level of their
+    /// own are logged; `INFO` by default.
+    ///
+    /// A line that starts with a level name in capitals followed by a space or
+    /// a colon (`WARNING worker.0: ...`, as the reference worker writes every
+    /// line, or uvicorn's `INFO:     ...`) is logged at that level, without the
+    /// name (`WARNING` is `WARN`, `CRITICAL` is `ERROR`). Every other line, a
+    /// foreign program's raw output or a traceback Python prints on its own,
+    /// gets this level.
+    pub fn raw_stderr_level(mut self, level: Level) -> Self {
+        self.raw_stderr_level = level;
         self
     }
 
@@ -252,6 +270,7 @@ impl ProcessLauncherBuilder {
             tcp_host: self.tcp_host,
             endpoint_args: self.endpoint_args,
             is_python_worker: self.python.is_some(),
+            raw_stderr_level: self.raw_stderr_level,
             socket_dir,
         })
     }

@@ -13,6 +13,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
+use tracing::Level;
 
 use super::builder::{EndpointKind, ProcessLauncherBuilder};
 use super::output::{StderrTail, forward_stderr, forward_stdout, with_stderr_tail};
@@ -56,6 +57,8 @@ pub struct ProcessLauncher {
     pub(super) endpoint_args: bool,
     /// Whether this runs the embedded Python worker, for errors that say what to fix.
     pub(super) is_python_worker: bool,
+    /// The level of a stderr line that does not start with one.
+    pub(super) raw_stderr_level: Level,
     pub(super) socket_dir: SocketDir,
 }
 
@@ -237,7 +240,7 @@ impl Launcher for ProcessLauncher {
             mut process,
             stderr_forwarder,
             stderr_tail: tail,
-        } = start(command, worker, endpoint.clone())
+        } = start_with(command, worker, endpoint.clone(), self.raw_stderr_level)
             .map_err(|error| self.spawn_error(error))?
             .ok_or_else(|| {
                 // Only a reaped child has no pid, and this one was never waited for.
@@ -275,10 +278,21 @@ pub(crate) struct Started {
 ///
 /// The command's stdout and stderr must be piped for them to be forwarded;
 /// [`worker_command`] sets that up.
+#[cfg_attr(not(feature = "nuclio"), allow(dead_code))]
 pub(crate) fn start(
+    command: Command,
+    worker: WorkerId,
+    endpoint: Endpoint,
+) -> io::Result<Option<Started>> {
+    start_with(command, worker, endpoint, Level::INFO)
+}
+
+/// [`start`], logging the stderr lines that carry no level at `raw_stderr`.
+pub(crate) fn start_with(
     mut command: Command,
     worker: WorkerId,
     endpoint: Endpoint,
+    raw_stderr: Level,
 ) -> io::Result<Option<Started>> {
     let mut child = command.spawn()?;
     let Some(pid) = child.id() else {
@@ -293,7 +307,8 @@ pub(crate) fn start(
     if let Some(stdout) = stdout {
         forward_stdout(stdout, worker, pid);
     }
-    let stderr_forwarder = stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone()));
+    let stderr_forwarder =
+        stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone(), raw_stderr));
     Ok(Some(Started {
         process,
         stderr_forwarder,
