@@ -880,6 +880,12 @@ class _Connection(asyncio.Protocol):
         elif self.buffer:
             self.data_received(b"")
 
+    def abandoned(self):
+        """The handler's task ended without an answer: close the connection."""
+        self.task = None
+        self.busy = False
+        self.close()
+
     # -- closing -------------------------------------------------------------
 
     def close(self):
@@ -1029,7 +1035,14 @@ class Worker:
         return _new_task(self.loop, self._serve_event(conn, event))
 
     async def _serve_event(self, conn, event) -> None:
-        conn.answered(await self._answer(event))
+        try:
+            answer = await self._answer(event)
+        except BaseException:
+            # Cancelled, or an exit: no answer will come, so the host must not
+            # wait for one on this connection.
+            conn.abandoned()
+            raise
+        conn.answered(answer)
 
     async def _answer(self, event: Event) -> bytes:
         """Run the handler on one event and return the answer's envelope."""

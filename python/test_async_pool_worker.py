@@ -33,6 +33,7 @@ IO_TIMEOUT = 5.0
 
 # Handlers used only by the tests; written into each test's temporary directory.
 PROBE_MODULE = textwrap.dedent('''
+    import asyncio
     import json
     import os
     import time
@@ -80,6 +81,9 @@ PROBE_MODULE = textwrap.dedent('''
 
     async def environment(context, event):
         return json.dumps(sorted(os.environ))
+
+    async def cancelled(context, event):
+        raise asyncio.CancelledError()
 
     def sync_handler(context, event):
         return b"never"
@@ -459,6 +463,19 @@ class ServeTest(WorkerTestCase):
             self.assertIn("faulty.py", traceback_text)
             self.assertIn("ValueError: asked to raise", traceback_text)
             self.assertEqual(self.call(sock, b"next")[:3:2], (b"O", b"next"))
+
+    def test_a_handler_cancelled_without_an_answer_closes_its_connection_only(self):
+        worker = self.start("probe:cancelled")
+        with worker.connect() as first, worker.connect() as second:
+            first.sendall(frame(envelope(b"E", {}, b"x")))
+            # Not left waiting for an answer that cannot come.
+            assert_closed(self, first)
+            second.sendall(frame(envelope(b"E", {}, b"y")))
+            assert_closed(self, second)
+        with worker.connect() as third:
+            third.sendall(frame(envelope(b"E", {}, b"z")))
+            assert_closed(self, third)
+        self.assertIsNone(worker.proc.poll())
 
     def test_response_over_frame_limit_is_an_error(self):
         worker = self.start(extra=["--max-frame-bytes", "1024"])
