@@ -313,16 +313,24 @@ def _parse_meta(raw: bytes) -> dict:
 
 def _event_from_meta(meta: dict, body: bytes) -> Event:
     # Unknown keys are ignored so that the host may add fields later.
-    if not any(key in meta for key in ("method", "path", "headers")):
+    if "method" not in meta and "path" not in meta and "headers" not in meta:
         return Event(body=body)
     method, path = meta.get("method"), meta.get("path")
-    if not isinstance(method, str) or not isinstance(path, str):
+    if type(method) is not str or type(path) is not str:
         raise ProtocolError("HTTP event meta needs string 'method' and 'path'")
     headers = meta.get("headers", [])
-    if not isinstance(headers, list) or not all(map(_is_string_pair, headers)):
+    if type(headers) is not list:
         raise ProtocolError("HTTP event 'headers' must be a list of [name, value] strings")
-    return Event(body=body, method=method, path=path,
-                 headers=[(name, value) for name, value in headers], is_http=True)
+    pairs = []
+    for item in headers:
+        # JSON gives lists and exact strs, so exact type checks suffice.
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not str \
+                or type(item[1]) is not str:
+            raise ProtocolError("HTTP event 'headers' must be a list of [name, value] strings")
+        pairs.append((item[0], item[1]))
+    event = Event(body=body, method=method, path=path, is_http=True)
+    event.headers = pairs  # built here, so not copied again
+    return event
 
 
 def _is_string_pair(item) -> bool:
@@ -358,6 +366,18 @@ def encode_response(result) -> bytes:
     if type(result) is bytes:  # the commonest answer: just a body
         return b"O\0\0\0\x02{}" + result
     status, headers, body = _unpack_result(result)
+    if type(headers) is dict and type(status) is int:
+        # Handlers tend to answer with the same few header dicts: their
+        # envelope heads are kept, keyed by status and items.
+        key = (status, tuple(headers.items()))
+        try:
+            head = _RESPONSE_HEADS.get(key)
+        except TypeError:  # an unhashable header value: refused below
+            head = None
+        if head is not None:
+            return head + _body_bytes(body)
+    else:
+        key = None
     _check_status(status)
     body = _body_bytes(body)
     pairs = _header_pairs(headers)
@@ -366,7 +386,19 @@ def encode_response(result) -> bytes:
     meta = ('{"status":%d,"headers":[%s]}' % (status, ",".join(
         "[%s,%s]" % (_json_string(name), _json_string(value)) for name, value in pairs))
     ).encode("ascii")
-    return b"".join((b"O", _LENGTH.pack(len(meta)), meta, body))
+    head = b"O" + _LENGTH.pack(len(meta)) + meta
+    if key is not None:
+        # Only checked heads get here: a key holds str names and values.
+        if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_MAX:
+            _RESPONSE_HEADS.clear()
+        _RESPONSE_HEADS[key] = head
+    return head + body
+
+
+# Envelope heads (kind, meta length, meta) of `O` answers with header dicts,
+# by (status, header items); cleared when full.
+_RESPONSE_HEADS = {}
+_RESPONSE_HEADS_MAX = 256
 
 
 def _unpack_result(result) -> tuple:

@@ -301,6 +301,27 @@ class ParseEventTest(unittest.TestCase):
                 with self.assertRaises(TypeError):
                     apw.build_response(value)
 
+    def test_encoded_responses_follow_their_headers(self):
+        def meta_of(envelope_bytes):
+            (meta_len,) = struct.unpack(">I", envelope_bytes[1:5])
+            return json.loads(envelope_bytes[5:5 + meta_len]), envelope_bytes[5 + meta_len:]
+
+        headers = {"x": "1"}
+        first = apw.encode_response((201, headers, b"a"))
+        self.assertEqual(apw.encode_response((201, headers, b"a")), first)
+        headers["x"] = "2é"
+        self.assertEqual(meta_of(first), ({"status": 201, "headers": [["x", "1"]]}, b"a"))
+        self.assertEqual(meta_of(apw.encode_response((201, headers, "b"))),
+                         ({"status": 201, "headers": [["x", "2é"]]}, b"b"))
+        self.assertEqual(meta_of(apw.encode_response((202, headers, None))),
+                         ({"status": 202, "headers": [["x", "2é"]]}, b""))
+        self.assertEqual(apw.encode_response((200, {}, b"c")), b"O\0\0\0\x02{}c")
+        for bad in ((200, {"n": 1}, b""), (200, {"n": ["v"]}, b""), (True, {"a": "b"}, b""),
+                    (200, {"a": "b"}, 3)):
+            for _ in range(2):  # never let through, the second time either
+                with self.subTest(bad=bad), self.assertRaises(TypeError):
+                    apw.encode_response(bad)
+
     def test_encode_raised_fits_the_limit(self):
         try:
             raise RuntimeError("m" * 5000)
