@@ -5,7 +5,8 @@ The worker is a server: it listens on a Unix socket or a loopback TCP address, t
 host opens ``--connections`` connections to it, and each connection carries one
 event at a time. The wire protocol is described in ``docs/protocol.md``: every
 message is a 4-byte big-endian length followed by an envelope (kind byte, u32 BE
-meta length, JSON meta, raw body). Only the Python standard library is used.
+meta length, JSON meta, raw body). Only the Python standard library is needed;
+uvloop is used when it is installed.
 
 Command line
 ------------
@@ -57,8 +58,15 @@ the connection: the peer never sees the ready frame (and with it the pid) and
 never gets an event run. See ``docs/protocol.md``, "Handshake".
 
 When it is listening, the worker prints one line to stdout, e.g.
-``async_pool_worker: worker 0 listening on unix:/tmp/w0.sock (pid 1234)``.
-Logs go to stderr. SIGTERM or SIGINT drains: no new connections are accepted,
+``async_pool_worker: worker 0 listening on unix:/tmp/w0.sock (pid 1234, loop uvloop)``.
+Logs go to stderr, one record per line with its level first
+(``WARNING worker.0: message``; every line of a traceback carries it too), so
+that the host can log each line at its level.
+
+The event loop is uvloop's when the ``uvloop`` package is importable, else
+asyncio's own (``ASYNC_WORKER_POOL_LOOP=asyncio`` forces asyncio's). Framing is
+done by an ``asyncio.Protocol`` per connection, and each event runs the handler
+in a task of its own. SIGTERM or SIGINT drains: no new connections are accepted,
 events already received run to completion and are answered, idle connections are
 closed at once, and the process exits with status 0.
 
@@ -133,15 +141,23 @@ import struct
 import sys
 import threading
 import traceback
+from json.encoder import encode_basestring_ascii as _json_string
 
 try:
     import resource
 except ImportError:  # not on every platform; the fd limit is then left alone
     resource = None
 
+try:
+    import uvloop  # optional: a faster event loop, used when it is installed
+except ImportError:
+    uvloop = None
+
 PROG = "async_pool_worker"
 LIFELINE_ENV = "ASYNC_WORKER_POOL_LIFELINE"
 SOCKET_DIR_ENV = "ASYNC_WORKER_POOL_SOCKET_DIR"
+# `asyncio` runs the worker on asyncio's own loop even when uvloop is installed.
+LOOP_ENV = "ASYNC_WORKER_POOL_LOOP"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 # Room for an `X` answer with its type and a trimmed message.
 MIN_FRAME_BYTES = 512
@@ -152,6 +168,7 @@ SPARE_DESCRIPTORS = 64
 
 _LENGTH = struct.Struct(">I")
 _HEADER_LEN = 1 + _LENGTH.size  # kind byte + meta length
+_EVENT_KIND = ord("E")
 
 # The handshake (docs/protocol.md, "Handshake").
 SECRET_ENV = "ASYNC_WORKER_POOL_SECRET"
@@ -258,9 +275,10 @@ def parse_secret(text: str) -> bytes:
         raise ValueError("is not hexadecimal") from None
 
 
-def parse_event(payload: bytes) -> Event:
+def parse_event(payload) -> Event:
     """Decode an `E` envelope from the host into an Event.
 
+    `payload` is bytes or a memoryview of them; the body is copied out once.
     Raises ProtocolError for anything else: a short payload, another kind, a meta
     length past the end, meta that is not a UTF-8 JSON object, or HTTP fields of
     the wrong type.
@@ -268,17 +286,19 @@ def parse_event(payload: bytes) -> Event:
     if len(payload) < _HEADER_LEN:
         raise ProtocolError("envelope of %d bytes is shorter than its %d-byte header"
                             % (len(payload), _HEADER_LEN))
-    kind = payload[0:1]
-    if kind != b"E":
-        raise ProtocolError("unexpected envelope kind %r from the host (expected 'E')" % kind)
+    if payload[0] != _EVENT_KIND:
+        raise ProtocolError("unexpected envelope kind %r from the host (expected 'E')"
+                            % bytes(payload[0:1]))
     (meta_len,) = _LENGTH.unpack_from(payload, 1)
     meta_end = _HEADER_LEN + meta_len
     if meta_end > len(payload):
         raise ProtocolError("meta length %d runs past the end of a %d-byte envelope"
                             % (meta_len, len(payload)))
-    meta = _parse_meta(payload[_HEADER_LEN:meta_end])
-    body = bytes(payload[meta_end:])
-    return _event_from_meta(meta, body)
+    if meta_len == 2 and payload[_HEADER_LEN:meta_end] == b"{}":
+        # A plain event, as the host sends it: no JSON to parse.
+        return Event(bytes(payload[meta_end:]))
+    meta = _parse_meta(bytes(payload[_HEADER_LEN:meta_end]))
+    return _event_from_meta(meta, bytes(payload[meta_end:]))
 
 
 def _parse_meta(raw: bytes) -> dict:
@@ -293,16 +313,24 @@ def _parse_meta(raw: bytes) -> dict:
 
 def _event_from_meta(meta: dict, body: bytes) -> Event:
     # Unknown keys are ignored so that the host may add fields later.
-    if not any(key in meta for key in ("method", "path", "headers")):
+    if "method" not in meta and "path" not in meta and "headers" not in meta:
         return Event(body=body)
     method, path = meta.get("method"), meta.get("path")
-    if not isinstance(method, str) or not isinstance(path, str):
+    if type(method) is not str or type(path) is not str:
         raise ProtocolError("HTTP event meta needs string 'method' and 'path'")
     headers = meta.get("headers", [])
-    if not isinstance(headers, list) or not all(_is_string_pair(h) for h in headers):
+    if type(headers) is not list:
         raise ProtocolError("HTTP event 'headers' must be a list of [name, value] strings")
-    return Event(body=body, method=method, path=path,
-                 headers=[(name, value) for name, value in headers], is_http=True)
+    pairs = []
+    for item in headers:
+        # JSON gives lists and exact strs, so exact type checks suffice.
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not str \
+                or type(item[1]) is not str:
+            raise ProtocolError("HTTP event 'headers' must be a list of [name, value] strings")
+        pairs.append((item[0], item[1]))
+    event = Event(body=body, method=method, path=path, is_http=True)
+    event.headers = pairs  # built here, so not copied again
+    return event
 
 
 def _is_string_pair(item) -> bool:
@@ -323,20 +351,68 @@ def build_response(result) -> tuple:
 
     Raises TypeError, with a message saying what was returned, for anything else.
     """
-    if isinstance(result, Response):
-        status, headers, body = result.status, result.headers, result.body
-    elif isinstance(result, tuple):
-        if len(result) == 2:
-            (status, body), headers = result, None
-        elif len(result) == 3:
-            status, headers, body = result
-        else:
-            raise TypeError("handler returned a tuple of %d items; expected %s"
-                            % (len(result), _RESULT_FORMS))
-    else:
-        status, headers, body = 200, None, result
+    status, headers, body = _unpack_result(result)
     meta = {"status": _check_status(status), "headers": _header_pairs(headers)}
     return meta, _body_bytes(body)
+
+
+def encode_response(result) -> bytes:
+    """The `O` envelope for a handler's return value: what build_response says,
+    encoded without a trip through json.dumps. A plain 200 without headers gets
+    meta ``{}`` (both fields are optional), which the host reads without a parse.
+
+    Raises TypeError as build_response does.
+    """
+    if type(result) is bytes:  # the commonest answer: just a body
+        return b"O\0\0\0\x02{}" + result
+    status, headers, body = _unpack_result(result)
+    if type(headers) is dict and type(status) is int:
+        # Handlers tend to answer with the same few header dicts: their
+        # envelope heads are kept, keyed by status and items.
+        key = (status, tuple(headers.items()))
+        try:
+            head = _RESPONSE_HEADS.get(key)
+        except TypeError:  # an unhashable header value: refused below
+            head = None
+        if head is not None:
+            return head + _body_bytes(body)
+    else:
+        key = None
+    _check_status(status)
+    body = _body_bytes(body)
+    pairs = _header_pairs(headers)
+    if status == 200 and not pairs:
+        return b"O\0\0\0\x02{}" + body
+    meta = ('{"status":%d,"headers":[%s]}' % (status, ",".join(
+        "[%s,%s]" % (_json_string(name), _json_string(value)) for name, value in pairs))
+    ).encode("ascii")
+    head = b"O" + _LENGTH.pack(len(meta)) + meta
+    if key is not None:
+        # Only checked heads get here: a key holds str names and values.
+        if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_MAX:
+            _RESPONSE_HEADS.clear()
+        _RESPONSE_HEADS[key] = head
+    return head + body
+
+
+# Envelope heads (kind, meta length, meta) of `O` answers with header dicts,
+# by (status, header items); cleared when full.
+_RESPONSE_HEADS = {}
+_RESPONSE_HEADS_MAX = 256
+
+
+def _unpack_result(result) -> tuple:
+    """(status, headers, body) of a handler's return value, unchecked."""
+    if isinstance(result, Response):
+        return result.status, result.headers, result.body
+    if isinstance(result, tuple):
+        if len(result) == 2:
+            return result[0], None, result[1]
+        if len(result) == 3:
+            return result
+        raise TypeError("handler returned a tuple of %d items; expected %s"
+                        % (len(result), _RESULT_FORMS))
+    return 200, None, result
 
 
 def _check_status(status) -> int:
@@ -350,8 +426,9 @@ def _check_status(status) -> int:
 
 
 def _header_pairs(headers) -> list:
-    if headers is None:
-        return []
+    if not headers:
+        if headers is None or isinstance(headers, (dict, list, tuple)):
+            return []
     items = headers.items() if isinstance(headers, dict) else headers
     if isinstance(items, (str, bytes)):
         raise TypeError("handler returned headers as %s; expected a dict or a list "
@@ -496,7 +573,14 @@ def _check_somaxconn(connections: int) -> None:
 
 
 def _warn(message: str) -> None:
-    print("%s: warning: %s" % (PROG, message), file=sys.stderr, flush=True)
+    _stderr("WARNING", message)
+
+
+def _stderr(level: str, message: str) -> None:
+    """Write `message` to stderr with `level` first on every line, as the log
+    records are (see _LevelFormatter), without going through logging."""
+    prefix = "%s %s: " % (level, PROG)
+    print("\n".join(prefix + line for line in message.split("\n")), file=sys.stderr, flush=True)
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -629,21 +713,242 @@ def parse_args(argv=None) -> argparse.Namespace:
 # The server
 # --------------------------------------------------------------------------
 
+# A connection's states: answering the handshake, serving events, closed.
+_HANDSHAKE, _SERVING, _CLOSED = range(3)
+# A connection's task while its handler task is being made.
+_STARTING = object()
 
-class _Connection:
-    """Book-keeping for one host connection."""
 
-    __slots__ = ("number", "task", "reader", "busy", "serving")
+class _Connection(asyncio.Protocol):
+    """One host connection, framed at the protocol level: the event loop hands
+    it the bytes as they arrive, and it runs one handler task per event.
 
-    def __init__(self, number, task, reader):
-        self.number = number
-        self.task = task
-        self.reader = reader
+    No StreamReader, no task per connection and no coroutine per frame: a frame
+    that arrives whole (the usual case; the host writes each one at once) is
+    decoded straight from the bytes the loop read.
+    """
+
+    __slots__ = ("worker", "number", "transport", "state", "buffer", "nonce", "timer",
+                 "busy", "task")
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.number = 0
+        self.transport = None
+        self.state = _HANDSHAKE
+        # Bytes of a frame not yet complete; empty between frames.
+        self.buffer = bytearray()
+        self.nonce = None
+        self.timer = None
         # True from the moment an event's length has been read until its answer
         # is written: a drain must let such a connection finish.
         self.busy = False
-        # True once the handshake is done and the connection holds a place.
-        self.serving = False
+        # The handler's task, held so that it is not collected mid-event; None
+        # when no event runs.
+        self.task = None
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport):
+        worker = self.worker
+        worker.accepted += 1
+        self.number = worker.accepted
+        self.transport = transport
+        if worker.draining:
+            self.state = _CLOSED
+            transport.close()
+            return
+        # Counted, not derived from the connections left: a connection the host
+        # closed while its handler runs is still there, and holds no place.
+        in_handshake = worker.handshaking
+        if in_handshake >= worker.capacity or worker.serving >= worker.capacity:
+            # Over the cap: refused before a byte is sent or read.
+            log.warning("worker %d: refusing connection %d: %d served, %d in handshake",
+                        worker.worker_id, self.number, worker.serving, in_handshake)
+            self.state = _CLOSED
+            transport.close()
+            return
+        worker.connections.add(self)
+        if worker.secret is None:
+            self._start_serving()
+            return
+        # Nothing but the challenge until the answer is right: no pid, no `R`.
+        worker.handshaking += 1
+        self.nonce = secrets.token_bytes(NONCE_LEN)
+        challenge = encode_challenge(self.nonce)
+        transport.write(_LENGTH.pack(len(challenge)) + challenge)
+        self.timer = asyncio.get_running_loop().call_later(
+            worker.handshake_timeout, self._handshake_expired)
+
+    def data_received(self, data):
+        try:
+            if self.state == _SERVING:
+                if self.buffer:
+                    self.buffer += data
+                    if self.task is None:
+                        self._next_event(self.buffer, True)
+                elif self.task is None:
+                    self._next_event(data, False)
+                else:
+                    self.buffer += data
+            elif self.state == _HANDSHAKE:
+                self.buffer += data
+                self._handshake_data()
+        except ProtocolError as exc:
+            log.warning("worker %d: closing connection %d: %s",
+                        self.worker.worker_id, self.number, exc)
+            self.close()
+        except Exception:
+            # A bug here must cost one connection, not the whole worker.
+            log.exception("worker %d: connection %d failed", self.worker.worker_id, self.number)
+            self.close()
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc):
+        if self.state == _HANDSHAKE and self.worker.secret is not None:
+            # Closed before answering: the launcher's readiness check does that.
+            log.debug("worker %d: connection %d closed during the handshake",
+                      self.worker.worker_id, self.number)
+        elif exc is not None:
+            log.debug("worker %d: connection %d lost: %r", self.worker.worker_id, self.number, exc)
+        self._closed()
+
+    # -- the handshake -------------------------------------------------------
+
+    def _handshake_data(self):
+        buffer = self.buffer
+        if len(buffer) < _LENGTH.size:
+            return
+        (length,) = _LENGTH.unpack_from(buffer)
+        if length != _ANSWER_LEN:
+            # Not an answer; refused without reading what it announces.
+            answer = b""
+        elif len(buffer) < _LENGTH.size + length:
+            return
+        else:
+            answer = bytes(buffer[_LENGTH.size:_LENGTH.size + length])
+            del buffer[:_LENGTH.size + length]
+        self.timer.cancel()
+        worker = self.worker
+        if not check_answer(worker.secret, self.nonce, answer):
+            log.warning("worker %d: closing connection %d: wrong handshake answer",
+                        worker.worker_id, self.number)
+            self.close()
+        elif worker.serving >= worker.capacity:
+            log.warning("worker %d: refusing connection %d: all %d places are taken",
+                        worker.worker_id, self.number, worker.capacity)
+            self.close()
+        else:
+            self._start_serving()
+            if buffer:
+                self._next_event(buffer, True)
+
+    def _handshake_expired(self):
+        if self.state == _HANDSHAKE:
+            log.warning("worker %d: closing connection %d: no handshake answer within %gs",
+                        self.worker.worker_id, self.number, self.worker.handshake_timeout)
+            self.close()
+
+    def _leave_handshake(self):
+        if self.state == _HANDSHAKE and self.nonce is not None:
+            self.worker.handshaking -= 1
+
+    def _start_serving(self):
+        self._leave_handshake()
+        self.state = _SERVING
+        self.worker.serving += 1
+        # Written from this callback of the event loop: a probe's `R` proves the
+        # loop runs (docs/protocol.md, "Liveness probes").
+        self.transport.write(self.worker.ready_frame)
+
+    # -- events ----------------------------------------------------------------
+
+    def _next_event(self, data, buffered):
+        """Start the event at the front of `data` if it has arrived whole.
+
+        `data` is either the bytes just read (`buffered` False: nothing was
+        pending) or this connection's buffer.
+        """
+        size = len(data)
+        if size < _LENGTH.size:
+            if not buffered:
+                self.buffer += data
+            return
+        (length,) = _LENGTH.unpack_from(data)
+        if length > self.worker.max_frame:
+            # Refuse before reading: the payload is never buffered.
+            raise ProtocolError("frame of %d bytes exceeds --max-frame-bytes %d"
+                                % (length, self.worker.max_frame))
+        self.busy = True
+        end = _LENGTH.size + length
+        if size < end:
+            if not buffered:
+                self.buffer += data
+            return
+        if buffered:
+            event = parse_event(bytes(memoryview(data)[_LENGTH.size:end]))
+            del data[:end]
+        else:
+            event = parse_event(memoryview(data)[_LENGTH.size:end])
+            if size > end:
+                # The next event came early; it waits for this one's answer.
+                self.buffer += memoryview(data)[end:]
+        # Set before the task starts: an eager task may answer (and clear it)
+        # before start_event returns.
+        self.task = _STARTING
+        task = self.worker.start_event(self, event)
+        if self.task is _STARTING:
+            self.task = task
+
+    def answered(self, answer):
+        """The handler's task is done: send `answer` (an envelope) unless the
+        connection is gone, and take the next event."""
+        self.task = None
+        self.busy = False
+        if self.state != _SERVING:
+            self._closed()
+            return
+        transport = self.transport
+        if len(answer) < _LARGE_BODY:
+            transport.write(_LENGTH.pack(len(answer)) + answer)
+        else:
+            transport.writelines((_LENGTH.pack(len(answer)), answer))
+        if self.worker.draining:
+            self.close()
+        elif self.buffer:
+            self.data_received(b"")
+
+    def abandoned(self):
+        """The handler's task ended without an answer: close the connection."""
+        self.task = None
+        self.busy = False
+        self.close()
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self):
+        """Close the connection once what was written has gone out."""
+        if self.transport is not None:
+            self.transport.close()
+        self._closed()
+
+    def _closed(self):
+        self._leave_handshake()
+        if self.state == _SERVING:
+            self.worker.serving -= 1
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            if self.timer is not None:
+                self.timer.cancel()
+        if not self.busy:
+            # A busy connection is forgotten once its handler is done.
+            self.worker.forget(self)
+
+
+# Above this size an answer goes out as two buffers instead of being joined.
+_LARGE_BODY = 64 * 1024
 
 
 class Worker:
@@ -659,42 +964,51 @@ class Worker:
         self.capacity = args.connections + PROBE_CONNECTIONS
         self.connections = set()
         self.serving = 0
+        # Connections answering the handshake now.
+        self.handshaking = 0
         self.accepted = 0
         self.draining = False
         self.server = None
         self.socket_inode = None
         self.stop = None
+        self.drained = None
+        self.loop = None
+        ready = encode_envelope(b"R", {"pid": os.getpid(), "worker_id": self.worker_id})
+        self.ready_frame = _LENGTH.pack(len(ready)) + ready
 
     # -- life cycle --------------------------------------------------------
 
     async def run(self) -> int:
+        self.loop = loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        self.drained = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.begin_drain, signum)
         self.server = await self._start_server()
-        print("%s: worker %d listening on %s (pid %d)"
-              % (PROG, self.worker_id, self._endpoint(), os.getpid()), flush=True)
+        print("%s: worker %d listening on %s (pid %d, loop %s)"
+              % (PROG, self.worker_id, self._endpoint(), os.getpid(), loop_name(loop)),
+              flush=True)
         if self.draining:  # a signal came while the server was starting
             self._close_server()
         await self.stop.wait()
         # Connections remove themselves when done; wait until none is left.
-        while self.connections:
-            await asyncio.wait([conn.task for conn in self.connections])
+        if self.connections:
+            await self.drained.wait()
         log.info("worker %d: drained, exiting", self.worker_id)
         return 0
 
     async def _start_server(self):
+        loop = asyncio.get_running_loop()
         backlog = max(self.args.connections, 128)
         if self.args.unix:
             _remove_stale_socket(self.args.unix)
-            server = await asyncio.start_unix_server(
-                self._serve_connection, path=self.args.unix, backlog=backlog)
+            server = await loop.create_unix_server(
+                lambda: _Connection(self), path=self.args.unix, backlog=backlog)
             self.socket_inode = os.stat(self.args.unix).st_ino
             return server
         host, port = self.args.tcp
-        return await asyncio.start_server(
-            self._serve_connection, host=host, port=port, backlog=backlog)
+        return await loop.create_server(
+            lambda: _Connection(self), host=host, port=port, backlog=backlog)
 
     def _endpoint(self) -> str:
         if self.args.unix:
@@ -711,10 +1025,15 @@ class Worker:
         log.info("worker %d: %s received, draining (%d event(s) in flight, %d connection(s))",
                  self.worker_id, signal.Signals(signum).name, busy, len(self.connections))
         self._close_server()
-        for conn in self.connections:
+        for conn in list(self.connections):
             if not conn.busy:
-                conn.task.cancel()
+                conn.close()
         self.stop.set()
+
+    def forget(self, conn) -> None:
+        self.connections.discard(conn)
+        if self.draining and not self.connections:
+            self.drained.set()
 
     def _close_server(self) -> None:
         if self.server is not None:
@@ -751,139 +1070,30 @@ class Worker:
             pass
         self.socket_inode = None
 
-    # -- one connection ----------------------------------------------------
+    # -- events ------------------------------------------------------------
 
-    async def _serve_connection(self, reader, writer) -> None:
-        self.accepted += 1
-        conn = _Connection(self.accepted, asyncio.current_task(), reader)
-        if len(self.connections) - self.serving >= self.capacity or self._full():
-            # Over the cap: refused before a byte is sent or read.
-            log.warning("worker %d: refusing connection %d: %d served, %d in handshake",
-                        self.worker_id, conn.number, self.serving,
-                        len(self.connections) - self.serving)
-            await self._close(writer)
-            return
-        self.connections.add(conn)
+    def start_event(self, conn, event):
+        """Run the handler on `event` in a task of its own, which answers on
+        `conn` when it is done. Returns the task."""
+        return _new_task(self.loop, self._serve_event(conn, event))
+
+    async def _serve_event(self, conn, event) -> None:
         try:
-            if not self.draining and await self._authenticate(conn, reader, writer):
-                conn.serving = True
-                self.serving += 1
-                await self._send(writer, encode_envelope(
-                    b"R", {"pid": os.getpid(), "worker_id": self.worker_id}))
-                await self._event_loop(conn, reader, writer)
-        except asyncio.CancelledError:
-            if not self.draining:
-                raise
-            # Cancelled while idle by a drain: nothing is lost.
-        except ProtocolError as exc:
-            log.warning("worker %d: closing connection %d: %s", self.worker_id, conn.number, exc)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.debug("worker %d: connection %d lost: %r", self.worker_id, conn.number, exc)
-        except Exception:
-            # A bug here must cost one connection, not the whole worker.
-            log.exception("worker %d: connection %d failed", self.worker_id, conn.number)
-        finally:
-            if conn.serving:
-                self.serving -= 1
-            self.connections.discard(conn)
-            await self._close(writer)
-
-    def _full(self) -> bool:
-        """Whether every place is taken.
-
-        A connection the host has closed no longer holds a place, even while
-        its handler still runs: the host closes the connection of an event that
-        ran past its timeout and opens a new one at once, and that one must get
-        in. The count is only taken when the cheap one says full.
-        """
-        if self.serving < self.capacity:
-            return False
-        live = sum(1 for c in self.connections if c.serving and not c.reader.at_eof())
-        return live >= self.capacity
-
-    async def _authenticate(self, conn, reader, writer) -> bool:
-        """Run the handshake; True if the host answered it in time, and there is room.
-
-        Nothing but the challenge is sent before it succeeds: not the pid, not
-        the ready frame.
-        """
-        if self.secret is None:
-            return not self._full()
-        nonce = secrets.token_bytes(NONCE_LEN)
-        try:
-            answer = await asyncio.wait_for(
-                self._exchange_challenge(reader, writer, nonce), self.handshake_timeout)
-        except asyncio.TimeoutError:
-            log.warning("worker %d: closing connection %d: no handshake answer within %gs",
-                        self.worker_id, conn.number, self.handshake_timeout)
-            return False
-        if answer is None:
-            # Closed before answering: the launcher's readiness check does that.
-            log.debug("worker %d: connection %d closed during the handshake",
-                      self.worker_id, conn.number)
-            return False
-        if not check_answer(self.secret, nonce, answer):
-            log.warning("worker %d: closing connection %d: wrong handshake answer",
-                        self.worker_id, conn.number)
-            return False
-        if self._full():
-            log.warning("worker %d: refusing connection %d: all %d places are taken",
-                        self.worker_id, conn.number, self.capacity)
-            return False
-        return True
-
-    async def _exchange_challenge(self, reader, writer, nonce):
-        """Send the challenge and read the answer's payload; None if the peer closed."""
-        await self._send(writer, encode_challenge(nonce))
-        try:
-            header = await reader.readexactly(_LENGTH.size)
-        except asyncio.IncompleteReadError:
-            return None
-        (length,) = _LENGTH.unpack(header)
-        if length != _ANSWER_LEN:
-            # Not an answer; refused without reading what it announces.
-            return b""
-        try:
-            return await reader.readexactly(length)
-        except asyncio.IncompleteReadError:
-            return None
-
-    async def _event_loop(self, conn, reader, writer) -> None:
-        # The draining check and the next read happen without an await in between,
-        # so a drain either sees this connection busy or finds it waiting to read.
-        while not self.draining:
-            payload = await self._read_frame(conn, reader)
-            if payload is None:
-                return
-            answer = await self._answer(parse_event(payload))
-            await self._send(writer, answer)
-            conn.busy = False
-
-    async def _read_frame(self, conn, reader):
-        """Read one frame; None on a clean close between frames."""
-        try:
-            header = await reader.readexactly(_LENGTH.size)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None
+            answer = await self._answer(event)
+        except BaseException:
+            # Cancelled, or an exit: no answer will come, so the host must not
+            # wait for one on this connection.
+            conn.abandoned()
             raise
-        (length,) = _LENGTH.unpack(header)
-        if length > self.max_frame:
-            # Refuse before reading: the payload is never buffered.
-            raise ProtocolError("frame of %d bytes exceeds --max-frame-bytes %d"
-                                % (length, self.max_frame))
-        conn.busy = True
-        return await reader.readexactly(length)
+        conn.answered(answer)
 
     async def _answer(self, event: Event) -> bytes:
         """Run the handler on one event and return the answer's envelope."""
         try:
-            result = await self.handler(self.context, event)
-            meta, body = build_response(result)
+            envelope = encode_response(await self.handler(self.context, event))
         except Exception as exc:
             log.debug("worker %d: handler raised %r", self.worker_id, exc)
             return encode_raised(exc, self.max_frame)
-        envelope = encode_envelope(b"O", meta, body)
         if len(envelope) > self.max_frame:
             log.warning("worker %d: a %d-byte response exceeds --max-frame-bytes %d",
                         self.worker_id, len(envelope), self.max_frame)
@@ -892,19 +1102,20 @@ class Worker:
                 % (len(envelope), self.max_frame)), self.max_frame)
         return envelope
 
-    @staticmethod
-    async def _send(writer, envelope: bytes) -> None:
-        writer.write(_LENGTH.pack(len(envelope)))
-        writer.write(envelope)
-        await writer.drain()
 
-    @staticmethod
-    async def _close(writer) -> None:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (OSError, asyncio.CancelledError):
-            pass
+if sys.version_info >= (3, 12):
+    def _new_task(loop, coro):
+        # Eager: a handler that does not wait is answered without a trip
+        # through the loop's ready queue.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+else:
+    def _new_task(loop, coro):
+        return loop.create_task(coro)
+
+
+def loop_name(loop) -> str:
+    """`uvloop` or `asyncio`: which event loop the worker runs on."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 # --------------------------------------------------------------------------
@@ -912,9 +1123,43 @@ class Worker:
 # --------------------------------------------------------------------------
 
 
+class _LevelFormatter(logging.Formatter):
+    """Puts the level first on every line of a record, tracebacks included:
+    ``WARNING worker.0: message``. The host's launcher reads that word and logs
+    the line at that level (no time stamp: the host adds its own)."""
+
+    def format(self, record):
+        text = super().format(record)
+        prefix = "%s %s: " % (record.levelname, record.name)
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def _event_loop_factory():
+    """uvloop's loop when it is importable and not turned off with
+    ASYNC_WORKER_POOL_LOOP=asyncio, else asyncio's own."""
+    if uvloop is not None and os.environ.get(LOOP_ENV, "auto") != "asyncio":
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _run(coro, loop_factory):
+    """asyncio.run on a loop of `loop_factory`'s."""
+    if hasattr(asyncio, "Runner"):  # Python 3.11 and later
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
+    loop = loop_factory()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def main(argv=None) -> int:
@@ -923,7 +1168,7 @@ def main(argv=None) -> int:
     try:
         handler = load_handler(args.handler, args.handler_path)
     except HandlerLoadError as exc:
-        print("%s: %s" % (PROG, exc), file=sys.stderr, flush=True)
+        _stderr("ERROR", str(exc))
         return 2
     raise_fd_limit(args.connections)
     _check_somaxconn(args.connections)
@@ -931,10 +1176,10 @@ def main(argv=None) -> int:
     if os.environ.get(LIFELINE_ENV) == "stdin":
         watch_lifeline(worker.host_gone)
     try:
-        return asyncio.run(worker.run())
+        return _run(worker.run(), _event_loop_factory())
     except OSError as exc:
         where = "unix:%s" % args.unix if args.unix else "tcp:%s:%d" % args.tcp
-        print("%s: cannot listen on %s: %s" % (PROG, where, exc), file=sys.stderr, flush=True)
+        _stderr("ERROR", "cannot listen on %s: %s" % (where, exc))
         return 1
     finally:
         worker.cleanup_socket()

@@ -27,10 +27,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "async_pool_worker.py")
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples", "handlers")
 START_TIMEOUT = 10.0
+# The loop a worker started by this interpreter runs on.
+EXPECTED_LOOP = "uvloop" if apw.uvloop is not None else "asyncio"
 IO_TIMEOUT = 5.0
 
 # Handlers used only by the tests; written into each test's temporary directory.
 PROBE_MODULE = textwrap.dedent('''
+    import asyncio
     import json
     import os
     import time
@@ -78,6 +81,9 @@ PROBE_MODULE = textwrap.dedent('''
 
     async def environment(context, event):
         return json.dumps(sorted(os.environ))
+
+    async def cancelled(context, event):
+        raise asyncio.CancelledError()
 
     def sync_handler(context, event):
         return b"never"
@@ -162,6 +168,7 @@ class WorkerProcess:
                                      stderr=self._stderr, cwd=tmpdir, env=env,
                                      start_new_session=own_group)
         self.tcp_address = None
+        self.listening_line = None
 
     def wait_listening(self):
         """Return the listening line, failing if the worker does not print it."""
@@ -169,6 +176,7 @@ class WorkerProcess:
         if not ready:
             raise AssertionError("worker did not start; stderr:\n" + self.stderr())
         line = self.proc.stdout.readline().decode()
+        self.listening_line = line
         if not line:
             raise AssertionError("worker exited at start; stderr:\n" + self.stderr())
         if "tcp:" in line:
@@ -293,6 +301,27 @@ class ParseEventTest(unittest.TestCase):
                 with self.assertRaises(TypeError):
                     apw.build_response(value)
 
+    def test_encoded_responses_follow_their_headers(self):
+        def meta_of(envelope_bytes):
+            (meta_len,) = struct.unpack(">I", envelope_bytes[1:5])
+            return json.loads(envelope_bytes[5:5 + meta_len]), envelope_bytes[5 + meta_len:]
+
+        headers = {"x": "1"}
+        first = apw.encode_response((201, headers, b"a"))
+        self.assertEqual(apw.encode_response((201, headers, b"a")), first)
+        headers["x"] = "2é"
+        self.assertEqual(meta_of(first), ({"status": 201, "headers": [["x", "1"]]}, b"a"))
+        self.assertEqual(meta_of(apw.encode_response((201, headers, "b"))),
+                         ({"status": 201, "headers": [["x", "2é"]]}, b"b"))
+        self.assertEqual(meta_of(apw.encode_response((202, headers, None))),
+                         ({"status": 202, "headers": [["x", "2é"]]}, b""))
+        self.assertEqual(apw.encode_response((200, {}, b"c")), b"O\0\0\0\x02{}c")
+        for bad in ((200, {"n": 1}, b""), (200, {"n": ["v"]}, b""), (True, {"a": "b"}, b""),
+                    (200, {"a": "b"}, 3)):
+            for _ in range(2):  # never let through, the second time either
+                with self.subTest(bad=bad), self.assertRaises(TypeError):
+                    apw.encode_response(bad)
+
     def test_encode_raised_fits_the_limit(self):
         try:
             raise RuntimeError("m" * 5000)
@@ -327,10 +356,22 @@ class ServeTest(WorkerTestCase):
         worker = WorkerProcess(self.tmpdir, "echo:handler")
         self.addCleanup(worker.stop)
         line = worker.wait_listening()
-        self.assertEqual(line.strip(), "async_pool_worker: worker 7 listening on unix:%s (pid %d)"
-                         % (worker.path, worker.proc.pid))
+        self.assertEqual(line.strip(),
+                         "async_pool_worker: worker 7 listening on unix:%s (pid %d, loop %s)"
+                         % (worker.path, worker.proc.pid, EXPECTED_LOOP))
         with worker.connect() as sock:
             self.assertEqual(self.call(sock, b"ok")[2], b"ok")
+
+    def test_asyncio_loop_when_asked_for_and_uvloop_when_installed(self):
+        forced = self.start(env={apw.LOOP_ENV: "asyncio"}, tcp=True)
+        self.assertIn("loop asyncio)", forced.listening_line)
+        default = self.start()
+        # The interpreter running the tests decides: CI runs them once with
+        # uvloop installed and once without.
+        self.assertIn("loop %s)" % EXPECTED_LOOP, default.listening_line)
+        for worker in (forced, default):
+            with worker.connect() as sock:
+                self.assertEqual(self.call(sock, b"ok")[2], b"ok")
 
     def test_text_and_binary_round_trip(self):
         worker = self.start()
@@ -342,6 +383,27 @@ class ServeTest(WorkerTestCase):
             kind, meta, body = self.call(sock, everything)
             self.assertEqual((kind, body), (b"O", everything))
             self.assertEqual(self.call(sock, b"")[2], b"")
+
+    def test_frames_split_across_reads_and_sent_early(self):
+        worker = self.start()
+        with worker.connect() as sock:
+            # A large frame in pieces, with pauses: it is read from the buffer.
+            body = bytes(range(256)) * 4096
+            data = frame(envelope(b"E", {}, body))
+            for start in range(0, len(data), 300000):
+                sock.sendall(data[start:start + 300000])
+                time.sleep(0.05)
+            self.assertEqual(recv_envelope(sock)[2], body)
+            # A length prefix alone, then the rest.
+            data = frame(envelope(b"E", {}, b"split"))
+            sock.sendall(data[:2])
+            time.sleep(0.05)
+            sock.sendall(data[2:])
+            self.assertEqual(recv_envelope(sock)[2], b"split")
+            # Two events at once: answered one after the other, in order.
+            sock.sendall(frame(envelope(b"E", {}, b"one")) + frame(envelope(b"E", {}, b"two")))
+            self.assertEqual(recv_envelope(sock)[2], b"one")
+            self.assertEqual(recv_envelope(sock)[2], b"two")
 
     def test_tcp_round_trip(self):
         worker = self.start(tcp=True)
@@ -392,8 +454,11 @@ class ServeTest(WorkerTestCase):
                 with self.subTest(request=request):
                     kind, meta, got = self.call(sock, request)
                     self.assertEqual(kind, b"O", meta)
-                    self.assertEqual((meta["status"], meta.get("headers", []), got),
+                    self.assertEqual((meta.get("status", 200), meta.get("headers", []), got),
                                      (status, headers, body))
+                    if (status, headers) == (200, []):
+                        # Both fields are optional: a plain 200 spends no bytes on them.
+                        self.assertEqual(meta, {})
 
     def test_bad_return_values_are_type_errors(self):
         worker = self.start("probe:returns")
@@ -419,6 +484,19 @@ class ServeTest(WorkerTestCase):
             self.assertIn("faulty.py", traceback_text)
             self.assertIn("ValueError: asked to raise", traceback_text)
             self.assertEqual(self.call(sock, b"next")[:3:2], (b"O", b"next"))
+
+    def test_a_handler_cancelled_without_an_answer_closes_its_connection_only(self):
+        worker = self.start("probe:cancelled")
+        with worker.connect() as first, worker.connect() as second:
+            first.sendall(frame(envelope(b"E", {}, b"x")))
+            # Not left waiting for an answer that cannot come.
+            assert_closed(self, first)
+            second.sendall(frame(envelope(b"E", {}, b"y")))
+            assert_closed(self, second)
+        with worker.connect() as third:
+            third.sendall(frame(envelope(b"E", {}, b"z")))
+            assert_closed(self, third)
+        self.assertIsNone(worker.proc.poll())
 
     def test_response_over_frame_limit_is_an_error(self):
         worker = self.start(extra=["--max-frame-bytes", "1024"])
@@ -751,9 +829,25 @@ class ConcurrencyAndDrainTest(WorkerTestCase):
             assert_closed(self, busy)
         self.assertEqual(worker.wait(), 0)
         stderr = worker.stderr()
-        self.assertIn("draining", stderr)
-        self.assertIn("drained", stderr)
+        self.assertIn("INFO async_pool_worker: worker 7: SIGTERM received, draining", stderr)
+        self.assertIn("INFO async_pool_worker: worker 7: drained", stderr)
         self.assertFalse(os.path.exists(worker.path))
+
+    def test_every_stderr_line_starts_with_its_level(self):
+        # The host logs each line at that level (src/process/output.rs).
+        worker = self.start("faulty:handler", extra=("--handshake-timeout", "0.2"))
+        with worker.connect() as sock:
+            self.call(sock, b"raise")
+        silent = worker.connect_raw()  # never answers: a WARNING
+        self.addCleanup(silent.close)
+        time.sleep(0.5)
+        worker.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(worker.wait(), 0)
+        lines = worker.stderr().splitlines()
+        self.assertIn("WARNING async_pool_worker: worker 7: closing connection 2: "
+                      "no handshake answer within 0.2s", lines)
+        for line in lines:
+            self.assertRegex(line, r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 
     def test_sigint_on_idle_worker_exits_0(self):
         worker = self.start()

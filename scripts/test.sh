@@ -1,8 +1,9 @@
 #!/bin/sh
 # The whole test suite: the Rust tests (with cargo-nextest where it is
 # installed), the doc tests (nextest does not run those), the reference
-# Python worker's unit tests, and the `nuclio` feature's tests against a peer
-# wrapper, in a virtualenv with msgpack and nuclio-sdk made on first use.
+# Python worker's unit tests (on asyncio's loop, and on uvloop's in a
+# virtualenv made on first use), and the `nuclio` feature's tests against a
+# peer wrapper, in a virtualenv with msgpack and nuclio-sdk made on first use.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,12 @@ fi
 cargo build --examples
 $run_tests --all-targets
 cargo test --doc
+# The reference worker's unit tests, once on asyncio's loop (the system's
+# python3, without uvloop) and once on uvloop's (a virtualenv that has it).
 python3 -m unittest discover -s python -p 'test_*.py'
+uvloop_python=$(sh scripts/uvloop-venv.sh)
+"$uvloop_python" -c 'import uvloop'
+"$uvloop_python" -m unittest discover -s python -p 'test_*.py'
 
 # The nuclio feature: its unit tests, its doc tests and tests/nuclio.rs. When
 # the virtualenv cannot be made (no network), NUCLIO_TEST_PYTHON stays unset

@@ -444,3 +444,104 @@ async fn pool_of_python_workers_shuts_down_leaving_nothing_behind() {
         sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The worker's stderr lines as `tracing` saw them: (level, message).
+#[derive(Clone, Default)]
+struct WorkerLines(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+impl WorkerLines {
+    fn seen(&self) -> Vec<(tracing::Level, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WorkerLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if event.metadata().target() == "async_worker_pool::worker" {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0
+                .lock()
+                .unwrap()
+                .push((*event.metadata().level(), message.0));
+        }
+    }
+}
+
+/// Captures the worker lines logged on this thread (the test's runtime is
+/// single-threaded, so the forwarding tasks run here too).
+fn capture_worker_lines() -> (WorkerLines, tracing::subscriber::DefaultGuard) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let lines = WorkerLines::default();
+    let subscriber = tracing_subscriber::registry().with(lines.clone());
+    (lines, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn reference_worker_lines_are_logged_at_their_own_level() {
+    let (lines, _guard) = capture_worker_lines();
+    let launcher = echo_worker().build().unwrap();
+    let mut worker = launch(&launcher, 0).await;
+    worker.terminate(Duration::from_secs(5)).await;
+    // Give the forwarder the last lines.
+    sleep(Duration::from_millis(200)).await;
+    let seen = lines.seen();
+    let draining = seen
+        .iter()
+        .find(|(_, message)| message.contains("draining"))
+        .unwrap_or_else(|| panic!("no draining line in {seen:?}"));
+    // The worker logs it with logger.info; before, every stderr line was WARN.
+    assert_eq!(draining.0, tracing::Level::INFO, "{seen:?}");
+    assert!(
+        draining.1.starts_with("async_pool_worker: "),
+        "the level word is taken off the message: {draining:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_programs_raw_stderr_gets_the_configured_level() {
+    let (lines, _guard) = capture_worker_lines();
+    let launcher = ProcessLauncher::builder("sh")
+        .args([
+            "-c",
+            "echo 'plain text' >&2; echo 'ERROR app: it broke' >&2; exit 3",
+        ])
+        .endpoint_args(false)
+        .raw_stderr_level(tracing::Level::DEBUG)
+        .build()
+        .unwrap();
+    launch_error(&launcher).await;
+    let seen = lines.seen();
+    assert!(
+        seen.contains(&(tracing::Level::DEBUG, "plain text".to_string())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(tracing::Level::ERROR, "app: it broke".to_string())),
+        "{seen:?}"
+    );
+
+    // INFO unless told otherwise.
+    let (lines, _guard) = capture_worker_lines();
+    let launcher = ProcessLauncher::builder("sh")
+        .args(["-c", "echo 'plain text' >&2; exit 3"])
+        .endpoint_args(false)
+        .build()
+        .unwrap();
+    launch_error(&launcher).await;
+    assert!(
+        lines
+            .seen()
+            .contains(&(tracing::Level::INFO, "plain text".to_string())),
+        "{:?}",
+        lines.seen()
+    );
+}

@@ -38,7 +38,9 @@ async fn one_worker_holds_a_thousand_open_connections() {
         seen["pid"]
     );
     assert!(sockets >= 1000, "the worker holds {sockets} sockets");
-    assert!(tasks >= 1000, "the worker runs {tasks} tasks");
+    // Idle connections cost the worker no task: framing is done by a protocol
+    // object per connection, and a task runs only while an event does.
+    assert!(tasks <= 3, "the worker runs {tasks} tasks");
     assert_eq!(seen["pid"].as_u64(), stats.workers[0].pid.map(u64::from));
     assert_eq!(pool.stats().idle, 1000);
     pool.shutdown(Duration::from_secs(5)).await;

@@ -232,6 +232,15 @@ impl Reply {
     pub fn decode(mut payload: Bytes) -> Result<Self, ProtocolError> {
         let (kind, meta_end) = split(&payload)?;
         match kind {
+            RETURNED if &payload[HEADER_LEN..meta_end] == b"{}" => {
+                // A plain 200 without headers, as the reference worker sends
+                // it: nothing to parse.
+                Ok(Self::Returned {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: payload.split_off(meta_end),
+                })
+            }
             RETURNED => {
                 let meta: ReturnedMeta = parse_meta(kind, &payload[HEADER_LEN..meta_end])?;
                 let status = match meta.status {
@@ -470,15 +479,23 @@ mod tests {
 
     #[test]
     fn returned_reply_defaults_to_status_200_and_no_headers() {
-        let reply = Reply::decode(envelope(b'O', "{}", b"hi")).unwrap();
-        assert_eq!(
-            reply,
-            Reply::Returned {
-                status: 200,
-                headers: vec![],
-                body: Bytes::from_static(b"hi"),
-            }
-        );
+        let expected = Reply::Returned {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from_static(b"hi"),
+        };
+        // `{}` exactly takes the short way; any other spelling is parsed.
+        for meta in ["{}", " { } ", r#"{"headers": []}"#] {
+            assert_eq!(
+                Reply::decode(envelope(b'O', meta, b"hi")).unwrap(),
+                expected,
+                "{meta}"
+            );
+        }
+        assert!(matches!(
+            Reply::decode(envelope(b'O', "{}", b"")),
+            Ok(Reply::Returned { ref body, .. }) if body.is_empty()
+        ));
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use tracing::Level;
+
 use super::launcher::{EndpointKind, ProcessLauncher};
 use super::python_worker::{AnyProgram, Program, PythonWorker};
 use super::socket_dir::SocketDir;
@@ -55,6 +57,7 @@ pub struct ProcessLauncherBuilder<P = AnyProgram> {
     socket_dir_parent: Option<PathBuf>,
     tcp_host: IpAddr,
     endpoint_args: bool,
+    raw_stderr_level: Level,
     kind: P,
 }
 
@@ -70,6 +73,7 @@ impl<P: Program> ProcessLauncherBuilder<P> {
             socket_dir_parent: None,
             tcp_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             endpoint_args: true,
+            raw_stderr_level: Level::INFO,
             kind,
         }
     }
@@ -175,6 +179,20 @@ impl<P: Program> ProcessLauncherBuilder<P> {
         self
     }
 
+    /// The level at which a worker's stderr lines that carry no level of their
+    /// own are logged; `INFO` by default.
+    ///
+    /// A line that starts with a level name in capitals followed by a space or
+    /// a colon (`WARNING worker.0: ...`, as the reference worker writes every
+    /// line, or uvicorn's `INFO:     ...`) is logged at that level, without the
+    /// name (`WARNING` is `WARN`, `CRITICAL` is `ERROR`). Every other line, a
+    /// foreign program's raw output or a traceback Python prints on its own,
+    /// gets this level.
+    pub fn raw_stderr_level(mut self, level: Level) -> Self {
+        self.raw_stderr_level = level;
+        self
+    }
+
     /// Checks the settings, creates the private socket directory (mode 0700) and,
     /// for the Python worker, writes the embedded script into it.
     ///
@@ -224,6 +242,7 @@ impl<P: Program> ProcessLauncherBuilder<P> {
             tcp_host: self.tcp_host,
             endpoint_args: self.endpoint_args,
             is_python_worker: P::IS_PYTHON_WORKER,
+            raw_stderr_level: self.raw_stderr_level,
             socket_dir,
         })
     }

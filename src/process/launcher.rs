@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tokio::process::Command;
+use tracing::Level;
 
 use super::output::with_stderr_tail;
 use super::socket_dir::SocketDir;
-use super::spawn::{Started, drain_stderr, free_tcp_port, start, wait_until_ready, worker_command};
+use super::spawn::{
+    Started, drain_stderr, free_tcp_port, start_with, wait_until_ready, worker_command,
+};
 use super::template::Values;
 use super::worker::ProcessWorker;
 use super::{ENDPOINT_ENV, LIFELINE_ENV, SECRET_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
@@ -55,6 +58,8 @@ pub struct ProcessLauncher {
     pub(super) endpoint_args: bool,
     /// Whether this runs the embedded Python worker, for errors that say what to fix.
     pub(super) is_python_worker: bool,
+    /// The level of stderr lines that carry none of their own.
+    pub(super) raw_stderr_level: Level,
     pub(super) socket_dir: SocketDir,
 }
 
@@ -215,7 +220,7 @@ impl Launcher for ProcessLauncher {
             mut process,
             stderr_forwarder,
             stderr_tail: tail,
-        } = start(command, worker, endpoint.clone())
+        } = start_with(command, worker, endpoint.clone(), self.raw_stderr_level)
             .map_err(|error| self.spawn_error(error))?
             .ok_or_else(|| {
                 // Only a reaped child has no pid, and this one was never waited for.

@@ -10,8 +10,11 @@
 //! status and the last lines it wrote on stderr.
 //!
 //! A worker's stdout and stderr are forwarded line by line as `tracing` events
-//! with target `async_worker_pool::worker` (`info` for stdout, `warn` for
-//! stderr) and the fields `worker` and `pid`.
+//! with target `async_worker_pool::worker` and the fields `worker` and `pid`:
+//! stdout at `info`, and each stderr line at the level it starts with
+//! (`WARNING worker.0: ...`, as the reference worker writes them), or at
+//! [`raw_stderr_level`](ProcessLauncherBuilder::raw_stderr_level) (`info` by
+//! default) when it starts with none.
 //!
 //! Nothing a worker starts outlives its handle: terminating, dropping, or seeing
 //! the worker exit kills what is left of its process group. Because each worker

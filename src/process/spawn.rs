@@ -12,6 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
+use tracing::Level;
 
 use super::output::{StderrTail, forward_stderr, forward_stdout};
 use super::worker::ProcessWorker;
@@ -46,9 +47,19 @@ pub(crate) struct Started {
 /// The command's stdout and stderr must be piped for them to be forwarded;
 /// [`worker_command`] sets that up.
 pub(crate) fn start(
+    command: Command,
+    worker: WorkerId,
+    endpoint: Endpoint,
+) -> io::Result<Option<Started>> {
+    start_with(command, worker, endpoint, Level::INFO)
+}
+
+/// [`start`], logging the stderr lines that carry no level at `raw_stderr`.
+pub(crate) fn start_with(
     mut command: Command,
     worker: WorkerId,
     endpoint: Endpoint,
+    raw_stderr: Level,
 ) -> io::Result<Option<Started>> {
     let mut child = command.spawn()?;
     let Some(pid) = child.id() else {
@@ -63,7 +74,8 @@ pub(crate) fn start(
     if let Some(stdout) = stdout {
         forward_stdout(stdout, worker, pid);
     }
-    let stderr_forwarder = stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone()));
+    let stderr_forwarder =
+        stderr.map(|stderr| forward_stderr(stderr, worker, pid, tail.clone(), raw_stderr));
     Ok(Some(Started {
         process,
         stderr_forwarder,

@@ -4,7 +4,7 @@ The answer is a JSON object:
     "sockets"  open socket descriptors of this process (from /proc/self/fd), which
                counts every host connection plus the listener and the event
                loop's own self-pipe;
-    "tasks"    asyncio tasks alive, one per host connection plus the main task;
+    "tasks"    asyncio tasks alive: the main task and one per event running;
     "pid"      this process's id.
 """
 

@@ -1,0 +1,40 @@
+"""The end-to-end bench's ASGI apps for uvicorn (scripts/bench-e2e.sh): the same
+work per request as the reference worker's handlers in ``handlers.py``.
+"""
+
+import asyncio
+
+HELLO = b"hello, world\n"
+PLAIN = [(b"content-type", b"text/plain")]
+OCTETS = [(b"content-type", b"application/octet-stream")]
+
+
+async def _body(receive):
+    # The whole request body, as the gateway reads it before the handler runs.
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _send(send, headers, body):
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def trivial(scope, receive, send):
+    await _body(receive)
+    await _send(send, PLAIN, HELLO)
+
+
+async def echo(scope, receive, send):
+    await _send(send, OCTETS, await _body(receive))
+
+
+async def sleep(scope, receive, send):
+    await _body(receive)
+    await asyncio.sleep(0.1)
+    await _send(send, PLAIN, HELLO)

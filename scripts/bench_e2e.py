@@ -1,0 +1,284 @@
+"""The end-to-end bench: the HTTP gateway with the reference worker against
+uvicorn (uvloop + httptools) on the same handlers, run alternately, with wrk as
+the load. Run it through ``sh scripts/bench-e2e.sh``, which makes the
+virtualenv, installs wrk and builds the gateway first.
+
+For each scenario both servers are started, warmed up, and then measured in
+alternation, ``ROUNDS`` times each. Reported per side: requests per second,
+wrk's p50 and p99 latency, and the server's CPU per request: the utime + stime
+of every server-side process (the gateway and its workers; uvicorn and its
+workers), from /proc/PID/stat before and after each measured run, divided by
+the requests wrk completed. The figures are medians over the rounds; the
+ratios are of medians, with the range of the per-round ratios beside them.
+
+Environment: E2E_SECONDS (per run, default 10), E2E_ROUNDS (default 3),
+E2E_ONLY (a comma-separated list of scenario names), E2E_OUT (where the
+Markdown table is written, default target/bench-e2e.md).
+"""
+
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HANDLERS = os.path.join(ROOT, "benches", "e2e")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+GATEWAY = os.environ.get("E2E_GATEWAY", os.path.join(TARGET, "release", "examples", "http_gateway"))
+PYTHON = sys.executable  # the virtualenv's: uvicorn, uvloop, httptools
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SECONDS = float(os.environ.get("E2E_SECONDS", "10"))
+ROUNDS = int(os.environ.get("E2E_ROUNDS", "3"))
+WARMUP = 2
+
+# name, handler, concurrent connections, workers, request body
+SCENARIOS = [
+    ("trivial", "trivial", 64, 1, None),
+    ("echo-1k", "echo", 64, 1, 1024),
+    ("sleep-1000", "sleep", 1000, 1, None),
+    ("trivial-2w", "trivial", 64, 2, None),
+    ("echo-1k-2w", "echo", 64, 2, 1024),
+    ("sleep-1000-2w", "sleep", 1000, 2, None),
+]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, proc, limit=60.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited with status %s" % proc.returncode)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not listen on port %d" % port)
+
+
+def process_tree(root):
+    """The pid of `root` and of all its descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, []))
+    return pids
+
+
+def cpu_seconds(pids):
+    """utime + stime of each pid, by pid (a pid that is gone is left out)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state is fields[0], utime fields[11], stime fields[12].
+        out[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+class Server:
+    def __init__(self, side, handler, workers):
+        self.side = side
+        self.port = free_port()
+        if side == "gateway":
+            cmd = [GATEWAY, "--listen", "127.0.0.1:%d" % self.port,
+                   "--handler", "handlers:%s" % handler, "--handler-path", HANDLERS,
+                   "--python", PYTHON, "--workers", str(workers),
+                   "--max-connections", "1000"]
+            env = {**os.environ, "RUST_LOG": "warn"}
+        else:
+            cmd = [PYTHON, "-m", "uvicorn", "asgi:%s" % handler, "--app-dir", HANDLERS,
+                   "--host", "127.0.0.1", "--port", str(self.port),
+                   "--loop", "uvloop", "--http", "httptools", "--lifespan", "off",
+                   "--no-access-log", "--log-level", "warning", "--backlog", "2048",
+                   "--workers", str(workers)]
+            env = dict(os.environ)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(self.port, self.proc)
+        if side == "gateway":
+            # Listening comes before the pool is full; wait for every connection.
+            self._wait_healthy(workers)
+        else:
+            time.sleep(1.0 if workers > 1 else 0.3)  # uvicorn's workers start after the bind
+
+    def _wait_healthy(self, workers, limit=60.0):
+        deadline = time.monotonic() + limit
+        want = "%d of %d connections idle" % (1000 * workers, 1000 * workers)
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", self.port)) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                text = b""
+                while chunk := sock.recv(4096):
+                    text += chunk
+            if want.encode() in text:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("gateway did not open its connections")
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def to_ms(text):
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * UNITS[unit]
+
+
+def run_wrk(port, connections, seconds, script):
+    cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency",
+           "--timeout", "5s"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append("http://127.0.0.1:%d/bench" % port)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return {
+        "requests": requests,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": to_ms(latency["50"]),
+        "p99": to_ms(latency["99"]),
+        "errors": errors,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def measure(server, connections, seconds, script):
+    pids = process_tree(server.proc.pid)
+    before = cpu_seconds(pids)
+    run = run_wrk(server.port, connections, seconds, script)
+    after = cpu_seconds(pids)
+    used = sum(after[pid] - before[pid] for pid in after if pid in before)
+    root = server.proc.pid
+    run["cpu_us"] = used / max(run["requests"], 1) * 1e6
+    # The first process alone: the gateway without its workers, uvicorn's
+    # supervisor (or its only process).
+    run["root_cpu_us"] = (after.get(root, 0) - before.get(root, 0)) / max(run["requests"], 1) * 1e6
+    run["processes"] = len(after)
+    return run
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def scenario(name, handler, connections, workers, body, script_dir):
+    script = None
+    if body:
+        script = os.path.join(script_dir, "post-%d.lua" % body)
+        with open(script, "w") as f:
+            f.write('wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n' % body)
+    load = loadavg()
+    servers = {side: Server(side, handler, workers) for side in ("gateway", "uvicorn")}
+    runs = {side: [] for side in servers}
+    try:
+        for side, server in servers.items():
+            run_wrk(server.port, connections, WARMUP, script)
+        for round_ in range(ROUNDS):
+            # Alternate which side goes first, so that neither always follows the other.
+            order = ["gateway", "uvicorn"] if round_ % 2 == 0 else ["uvicorn", "gateway"]
+            for side in order:
+                run = measure(servers[side], connections, SECONDS, script)
+                runs[side].append(run)
+                print("  %s round %d %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.1f us CPU/req "
+                      "(first process %.1f us), %d non-2xx %s"
+                      % (name, round_ + 1, side, run["rps"], run["p50"], run["p99"],
+                         run["cpu_us"], run["root_cpu_us"], run["errors"], run["socket_errors"]),
+                      file=sys.stderr, flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return load + " → " + loadavg(), runs
+
+
+def median(runs, key):
+    return statistics.median(run[key] for run in runs)
+
+
+def ratio_range(gateway, uvicorn, key, invert=False):
+    ratios = [(u[key] / g[key]) if invert else (g[key] / u[key]) for g, u in zip(gateway, uvicorn)]
+    return "%.2f–%.2f" % (min(ratios), max(ratios))
+
+
+def main():
+    only = set(filter(None, os.environ.get("E2E_ONLY", "").split(",")))
+    rows = []
+    with tempfile.TemporaryDirectory() as script_dir:
+        for name, handler, connections, workers, body in SCENARIOS:
+            if only and name not in only:
+                continue
+            print("scenario %s (%d connections, %d worker(s))" % (name, connections, workers),
+                  file=sys.stderr, flush=True)
+            load, runs = scenario(name, handler, connections, workers, body, script_dir)
+            rows.append((name, connections, workers, load, runs))
+    lines = [
+        "wrk -t1, %d x %gs per side and scenario, alternating; medians; "
+        "CPU = utime + stime of every server process per request" % (ROUNDS, SECONDS),
+        "",
+        "| scenario | conns | workers | gateway req/s | uvicorn req/s | req/s ratio (range) "
+        "| gateway p50 / p99 | uvicorn p50 / p99 | gateway CPU/req | uvicorn CPU/req "
+        "| req per CPU-s ratio (range) | gateway process alone CPU/req | errors g/u "
+        "| load avg (before → after) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, connections, workers, load, runs in rows:
+        g, u = runs["gateway"], runs["uvicorn"]
+        lines.append(
+            "| %s | %d | %d | %.0f | %.0f | %.2fx (%s) | %.2f / %.2f ms | %.2f / %.2f ms "
+            "| %.1f µs | %.1f µs | %.2fx (%s) | %.1f µs | %d / %d | %s |" % (
+                name, connections, workers, median(g, "rps"), median(u, "rps"),
+                median(g, "rps") / median(u, "rps"), ratio_range(g, u, "rps"),
+                median(g, "p50"), median(g, "p99"), median(u, "p50"), median(u, "p99"),
+                median(g, "cpu_us"), median(u, "cpu_us"),
+                median(u, "cpu_us") / median(g, "cpu_us"),
+                ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
+                sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench-e2e.md"))
+    with open(out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

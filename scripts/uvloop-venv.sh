@@ -1,0 +1,26 @@
+#!/bin/sh
+# Prints the path of a Python interpreter that has uvloop, creating a
+# virtualenv for it under the cargo target directory on first use, so that the
+# reference worker's tests run on uvloop's loop as well as on asyncio's. Exits
+# non-zero, saying why, when it cannot (no network, no venv module).
+set -eu
+cd "$(dirname "$0")/.."
+
+venv="${CARGO_TARGET_DIR:-target}/uvloop-venv"
+# Written last, so that a half-made virtualenv is made again.
+stamp="$venv/.complete"
+if [ ! -f "$stamp" ]; then
+    rm -rf "$venv"
+    echo "uvloop-venv: creating $venv (pip install uvloop)" >&2
+    if ! python3 -m venv "$venv" >&2; then
+        echo "uvloop-venv: python3 -m venv failed; install the venv module (python3-venv)" >&2
+        exit 1
+    fi
+    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'uvloop>=0.19,<1' >&2; then
+        echo "uvloop-venv: pip could not install uvloop (is PyPI reachable?)" >&2
+        exit 1
+    fi
+    touch "$stamp"
+fi
+# Absolute, so that it holds whatever directory the tests run in.
+(cd "$venv/bin" && echo "$(pwd)/python3")
