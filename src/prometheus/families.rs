@@ -112,6 +112,16 @@ fn named<V>(pairs: impl IntoIterator<Item = (&'static str, V)>) -> Vec<(String, 
         .collect()
 }
 
+/// Allocations by result, under the labels Nuclio uses (both name sets).
+fn allocation_results(a: &crate::stats::AllocationStats) -> Vec<(String, u64)> {
+    named([
+        ("success_immediate", a.immediate),
+        ("success_after_wait", a.after_wait),
+        ("error_timeout", a.timeout),
+        ("error_queue_full", a.queue_full),
+    ])
+}
+
 /// The crate's own metrics.
 pub(super) fn pool(stats: &Stats) -> Vec<Family> {
     use Kind::{Counter, Gauge};
@@ -140,15 +150,7 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             Counter,
             "Slot allocations by result, as Nuclio counts worker allocations.",
         )
-        .by(
-            "result",
-            named([
-                ("success_immediate", a.immediate),
-                ("success_after_wait", a.after_wait),
-                ("error_timeout", a.timeout),
-                ("error_queue_full", a.queue_full),
-            ]),
-        ),
+        .by("result", allocation_results(a)),
         Family::pool(
             "allocation_wait_seconds_sum",
             Counter,
@@ -262,15 +264,7 @@ pub(super) fn nuclio(stats: &Stats) -> Vec<Family> {
             Counter,
             "Worker (connection) allocations by result.",
         )
-        .by(
-            "result",
-            named([
-                ("success_immediate", a.immediate),
-                ("success_after_wait", a.after_wait),
-                ("error_timeout", a.timeout),
-                ("error_queue_full", a.queue_full),
-            ]),
-        ),
+        .by("result", allocation_results(a)),
         Family::new(
             "nuclio_processor_worker_allocation_wait_duration_milliseconds_sum".into(),
             Counter,
