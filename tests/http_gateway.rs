@@ -4,13 +4,13 @@
 //! The test runs the example's binary, which `scripts/test.sh` builds first
 //! (`cargo build --examples`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+mod gateway_support;
 mod real_support;
 
 use nix::sys::signal::{Signal, kill};
@@ -31,20 +31,7 @@ impl Drop for Gateway {
 }
 
 fn gateway_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/this-test → target/<profile>/examples/http_gateway
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("http_gateway"))
-        .expect("a target directory layout");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --example http_gateway` \
-         (scripts/test.sh does so)",
-        path.display()
-    );
-    path
+    gateway_support::example_binary("http_gateway", "cargo build --example http_gateway")
 }
 
 fn start(args: &[&str]) -> Gateway {
@@ -53,28 +40,12 @@ fn start(args: &[&str]) -> Gateway {
 
 /// Starts the gateway with extra environment variables.
 fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Gateway {
-    let mut child = Command::new(gateway_binary())
-        .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the gateway starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("the gateway prints its address")
-        .unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_string();
-    // Keep draining stdout so that the gateway never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, base) = gateway_support::spawn_gateway(
+        Command::new(gateway_binary())
+            .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
+            .args(args)
+            .envs(env.iter().copied()),
+    );
     Gateway { child, base }
 }
 

@@ -8,13 +8,14 @@
 
 #![cfg(feature = "nuclio")]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+mod gateway_support;
 
 /// A running gateway, stopped with SIGTERM when the test ends, so that it
 /// stops its wrappers (a gateway killed outright would leave them running).
@@ -43,20 +44,10 @@ fn manifest_dir() -> &'static Path {
 }
 
 fn gateway_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/this-test → target/<profile>/examples/nuclio_gateway
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("nuclio_gateway"))
-        .expect("a target directory layout");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --features nuclio --example \
-         nuclio_gateway` (scripts/test.sh does so)",
-        path.display()
-    );
-    path
+    gateway_support::example_binary(
+        "nuclio_gateway",
+        "cargo build --features nuclio --example nuclio_gateway",
+    )
 }
 
 fn python() -> String {
@@ -67,36 +58,21 @@ fn python() -> String {
 }
 
 fn start(args: &[&str]) -> Gateway {
-    let mut child = Command::new(gateway_binary())
-        .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
-        .args([
-            "--python",
-            &python(),
-            "--workers",
-            "1",
-            "--max-connections",
-            "4",
-        ])
-        .arg("--handler-path")
-        .arg(manifest_dir().join("tests/nuclio_handlers"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the gateway starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("the gateway prints its address")
-        .unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
+    let (child, base) = gateway_support::spawn_gateway(
+        Command::new(gateway_binary())
+            .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
+            .args([
+                "--python",
+                &python(),
+                "--workers",
+                "1",
+                "--max-connections",
+                "4",
+            ])
+            .arg("--handler-path")
+            .arg(manifest_dir().join("tests/nuclio_handlers"))
+            .args(args),
+    );
     Gateway { child, base }
 }
 

@@ -1,0 +1,51 @@
+//! Starting a gateway example's binary for an end-to-end test: where cargo
+//! put it, and the address it says it listens on.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The binary of example `name`, which test runners build only as a test
+/// target; `build` is the command that builds it, for the failure message.
+pub fn example_binary(name: &str, build: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/this-test → target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join(name))
+        .expect("a target directory layout");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `{build}` (scripts/test.sh does so)",
+        path.display()
+    );
+    path
+}
+
+/// Spawns `command`, a gateway, and returns it with the `http://` address from
+/// the first line it prints; its stdout is drained from then on, so that it
+/// never blocks on it.
+pub fn spawn_gateway(command: &mut Command) -> (Child, String) {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the gateway starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .expect("the gateway prints its address")
+        .expect("a line of text");
+    let base = first
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}
