@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::error::PoolError;
 use crate::launcher::WorkerId;
-use crate::shared::{Begin, Shared, SlotId, Taken};
+use crate::shared::{Begin, Ended, Shared, SlotId, Taken};
 use crate::transport::Transport;
 
 /// How long a failed exchange waits to learn whether its worker process exited,
@@ -99,7 +99,7 @@ impl<'a, T: Transport> Slot<'a, T> {
         let result = tokio::select! {
             biased;
             result = exchange => result,
-            () = gone => Err(self.worker_gone(worker)),
+            () = gone => Err(self.worker_gone(worker, *ended.borrow())),
         };
         match result {
             Ok(Ok(response)) => {
@@ -130,7 +130,7 @@ impl<'a, T: Transport> Slot<'a, T> {
                         .await
                         .is_ok_and(|seen| seen.is_ok()));
                 let error = if exited {
-                    self.worker_gone(worker)
+                    self.worker_gone(worker, *ended.borrow())
                 } else {
                     PoolError::Transport {
                         worker,
@@ -153,8 +153,9 @@ impl<'a, T: Transport> Slot<'a, T> {
         }
     }
 
-    fn worker_gone(&self, worker: WorkerId) -> PoolError {
-        let ended = *self.shared.ended(worker).borrow();
+    /// Why the worker went away, from the last end of a generation that the
+    /// call's own watch saw.
+    fn worker_gone(&self, worker: WorkerId, ended: Ended) -> PoolError {
         if self.shared.is_closing() {
             PoolError::Closed
         } else if ended.unresponsive && ended.generation == self.generation {
