@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::worker_id::WorkerId;
+use crate::worker::WorkerId;
 
 /// A boxed error from a [`Transport`](crate::Transport) or [`Launcher`](crate::Launcher),
 /// kept as the `source` of the pool's own error.

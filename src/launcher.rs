@@ -1,65 +1,15 @@
 //! The [`Launcher`] and [`WorkerProcess`] traits: how the pool starts, watches and
-//! stops worker processes, and the names it gives them.
+//! stops worker processes; how one ended ([`WorkerExit`]) or failed to start
+//! ([`LaunchError`]).
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::endpoint::Endpoint;
 use crate::error::BoxError;
-pub use crate::worker_id::WorkerId;
-
-/// Where a worker process accepts connections.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Endpoint {
-    /// A Unix domain socket path.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// Any other address a host's own transport understands.
-    Named(String),
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-            Self::Tcp(addr) => write!(f, "tcp:{addr}"),
-            Self::Named(name) => f.write_str(name),
-        }
-    }
-}
-
-/// One running generation of a worker, as the transport needs it to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// Which worker.
-    pub id: WorkerId,
-    /// Which process of that worker: 1 for the first launch, one more per restart.
-    pub generation: u64,
-    /// Where it accepts connections.
-    pub endpoint: Endpoint,
-    /// Its operating-system process id, where it has one.
-    pub pid: Option<u32>,
-}
-
-impl WorkerInfo {
-    /// Generation `generation` of worker `id`, listening on `endpoint`, with
-    /// process id `pid` where it has one. The pool builds these itself; this is
-    /// for tests of a [`Transport`](crate::Transport) and for custom pools.
-    pub fn new(id: WorkerId, generation: u64, endpoint: Endpoint, pid: Option<u32>) -> Self {
-        Self {
-            id,
-            generation,
-            endpoint,
-            pid,
-        }
-    }
-}
+use crate::worker::WorkerId;
 
 /// A [`Launcher`] could not start a worker process.
 ///

@@ -5,15 +5,15 @@
 
 mod api;
 mod config;
+mod endpoint;
 mod error;
-mod idle_index;
 mod in_process;
 mod launcher;
 #[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "nuclio")]
 pub mod nuclio;
-mod ops;
+mod operations;
 mod pool;
 #[cfg(feature = "process")]
 pub mod process;
@@ -25,23 +25,22 @@ mod stats;
 mod supervisor;
 mod task;
 mod transport;
-mod wait_queue;
-mod worker_id;
+mod worker;
 
 pub use api::AsyncWorkerPool;
 pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
+pub use endpoint::{Endpoint, EndpointKind};
 pub use error::{BoxError, BuildError, ConfigError, OpsError, PoolError, ReadyError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
-pub use launcher::{
-    Endpoint, LaunchError, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess,
-};
+pub use launcher::{LaunchError, Launcher, WorkerExit, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
-pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
+pub use process::{ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 pub use slot::Slot;
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
     WorkerState, WorkerStats,
 };
 pub use transport::{Transport, is_disconnect_io};
+pub use worker::{WorkerId, WorkerInfo};

@@ -14,7 +14,7 @@ use crate::api::AsyncWorkerPool;
 use crate::config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
 use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
 use crate::launcher::Launcher;
-use crate::ops::{Command, Ops, Spawn, Supervisors};
+use crate::operations::{Command, Ops, Spawn, Supervisors};
 use crate::shared::Shared;
 use crate::slot::{Slot, acquire};
 use crate::stats::Stats;

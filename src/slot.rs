@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::PoolError;
-use crate::launcher::WorkerId;
 use crate::shared::{Begin, Ended, Shared, SlotId, Taken};
 use crate::transport::Transport;
+use crate::worker::WorkerId;
 
 /// How long a failed exchange waits to learn whether its worker process exited,
 /// which decides between [`PoolError::WorkerExited`] and [`PoolError::Transport`].

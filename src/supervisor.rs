@@ -25,10 +25,12 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::launcher::{Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
+use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
+
 use crate::shared::{EndReason, Request, Shared};
 use crate::stats::WorkerState;
 use crate::transport::Transport;
+use crate::worker::{WorkerId, WorkerInfo};
 
 /// Why a generation of the worker stopped serving.
 enum End {

@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock};
 use hmac::{KeyInit, Mac};
 use parking_lot::Mutex;
 
-use crate::launcher::Endpoint;
+use crate::endpoint::Endpoint;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 

@@ -15,8 +15,9 @@ use super::error::NetError;
 use super::handshake::{CHALLENGE, Challenge};
 use super::secret::WorkerSecret;
 use super::stream::Stream;
-use crate::launcher::{Endpoint, WorkerInfo};
+use crate::endpoint::Endpoint;
 use crate::transport::Transport;
+use crate::worker::WorkerInfo;
 
 /// The maximum frame length unless [`SocketTransport::max_frame_bytes`] says
 /// otherwise: 16 MiB, the reference worker's default too.
@@ -391,7 +392,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
-    use crate::launcher::WorkerId;
+    use crate::worker::WorkerId;
 
     fn frame(kind: u8, meta: &str, body: &[u8]) -> Vec<u8> {
         let payload_len = 5 + meta.len() + body.len();

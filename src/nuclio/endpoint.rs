@@ -16,7 +16,7 @@ use std::sync::{Arc, LazyLock, Weak};
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::transport::Started;
+use super::socket::Started;
 
 /// Every endpoint someone still holds state for.
 static ENDPOINTS: LazyLock<parking_lot::Mutex<HashMap<SocketAddr, Weak<EndpointState>>>> =

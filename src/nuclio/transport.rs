@@ -1,18 +1,12 @@
 //! [`NuclioTransport`]: the [`Transport`] that speaks the async wrapper's
 //! protocol, and [`NuclioConn`], one connection it opened.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, sleep};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::durations::HandlerDurations;
 use super::endpoint::EndpointState;
@@ -20,8 +14,10 @@ use super::error::NuclioError;
 use super::event::NuclioEvent;
 use super::packet::{self, Packet};
 use super::response::{self, NuclioBody, NuclioResponse, WireResponse, decode_base64};
-use crate::launcher::{Endpoint, WorkerId, WorkerInfo};
+use super::socket::{Started, next_line, open};
+use crate::endpoint::Endpoint;
 use crate::transport::Transport;
+use crate::worker::{WorkerId, WorkerInfo};
 
 /// The maximum line length unless [`NuclioTransport::max_line_bytes`] says
 /// otherwise: 16 MiB, room for a 12 MiB body in base64.
@@ -34,9 +30,6 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// The maximum streamed body unless [`NuclioTransport::max_stream_bytes`] says
 /// otherwise: 64 MiB.
 pub const DEFAULT_MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
-
-/// How often a refused connection is tried again while the wrapper starts to listen.
-const REFUSED_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A [`Transport`] to Nuclio's Python async wrapper over TCP.
 ///
@@ -469,67 +462,5 @@ impl NuclioConn {
     async fn next_line(&mut self) -> Result<Option<String>, NuclioError> {
         let io = self.io.as_mut().ok_or(NuclioError::Unusable)?;
         next_line(&mut io.lines, io.limit).await
-    }
-}
-
-/// A connection the wrapper has started (sent `s` on), not yet handed out.
-#[derive(Debug)]
-pub(crate) struct Started {
-    lines: FramedRead<OwnedReadHalf, LinesCodec>,
-    write: OwnedWriteHalf,
-    limit: usize,
-}
-
-/// Opens a connection to `addr`, retrying a refused one for `refused_retry`,
-/// and waits for the wrapper's `s` on it.
-async fn open(
-    addr: SocketAddr,
-    limit: usize,
-    refused_retry: Duration,
-) -> Result<Started, NuclioError> {
-    // A window too long to represent never closes.
-    let deadline = Instant::now().checked_add(refused_retry);
-    let stream = loop {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => break stream,
-            Err(error)
-                if error.kind() == std::io::ErrorKind::ConnectionRefused
-                    && deadline.is_none_or(|deadline| Instant::now() < deadline) =>
-            {
-                sleep(REFUSED_RETRY_INTERVAL).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
-    // Small packets each way: Nagle would only add latency.
-    stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(limit));
-    match next_line(&mut lines, limit).await {
-        Ok(Some(line)) => match Packet::parse(&line)? {
-            Packet::Start => Ok(Started {
-                lines,
-                write,
-                limit,
-            }),
-            other => Err(NuclioError::NotReady { kind: other.kind() }),
-        },
-        Ok(None) | Err(NuclioError::Closed) => Err(NuclioError::ClosedBeforeReady),
-        Err(error) => Err(error),
-    }
-}
-
-/// The next line of `lines`, `None` at end of stream.
-async fn next_line(
-    lines: &mut FramedRead<OwnedReadHalf, LinesCodec>,
-    limit: usize,
-) -> Result<Option<String>, NuclioError> {
-    match lines.next().await {
-        None => Ok(None),
-        Some(Ok(line)) => Ok(Some(line)),
-        Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-            Err(NuclioError::LineTooLong { limit })
-        }
-        Some(Err(LinesCodecError::Io(error))) => Err(error.into()),
     }
 }

@@ -9,8 +9,10 @@ use nix::sys::signal::Signal;
 use tokio::time::{Instant, timeout};
 
 use super::endpoint::EndpointState;
-use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
+use crate::endpoint::Endpoint;
+use crate::launcher::{WorkerExit, WorkerProcess};
 use crate::process::ProcessWorker;
+use crate::worker::WorkerId;
 
 /// A wrapper process started by [`NuclioLauncher`](super::NuclioLauncher): a
 /// [`ProcessWorker`] whose terminate signal is `SIGUSR1`, plus the task that

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use tracing::Level;
 
-use super::launcher::{EndpointKind, ProcessLauncher};
+use super::launcher::ProcessLauncher;
 use super::python_worker::{AnyProgram, Program, PythonWorker};
 use super::socket_dir::SocketDir;
 use super::template;
+use crate::endpoint::EndpointKind;
 use crate::launcher::LaunchError;
 
 impl ProcessLauncher {

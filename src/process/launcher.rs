@@ -18,23 +18,11 @@ use super::spawn::{
 use super::template::Values;
 use super::worker::ProcessWorker;
 use super::{ENDPOINT_ENV, LIFELINE_ENV, SECRET_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
+use crate::endpoint::{Endpoint, EndpointKind};
 use crate::launcher::LaunchError;
-use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
+use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
 use crate::net::WorkerSecret;
-
-/// Where a worker process accepts connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum EndpointKind {
-    /// A Unix socket `worker-N.sock` in the launcher's private directory: no port
-    /// to collide with, and only the host's user can connect.
-    #[default]
-    Unix,
-    /// A free TCP port on
-    /// [`tcp_host`](super::ProcessLauncherBuilder::tcp_host), loopback unless
-    /// told otherwise.
-    Tcp,
-}
+use crate::worker::WorkerId;
 
 /// A [`Launcher`] that runs a program per worker and hands it an endpoint to
 /// listen on: a Unix socket in a private directory, or a free loopback TCP port.

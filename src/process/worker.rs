@@ -13,8 +13,10 @@ use nix::unistd::Pid;
 use tokio::process::{Child, ChildStdin};
 
 use super::output::StderrTail;
-use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
+use crate::endpoint::Endpoint;
+use crate::launcher::{WorkerExit, WorkerProcess};
 use crate::net::{SecretRegistration, WorkerSecret};
+use crate::worker::WorkerId;
 
 /// A worker process started by [`ProcessLauncher`](super::ProcessLauncher), the
 /// leader of a process group of its own.

@@ -53,8 +53,8 @@ pub fn render_nuclio(stats: &Stats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::WorkerId;
     use crate::stats::{AllocationStats, WorkerState, WorkerStats};
+    use crate::worker::WorkerId;
 
     fn sample_stats() -> Stats {
         Stats {

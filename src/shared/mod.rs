@@ -20,20 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::PoolConfig;
 use crate::error::{PoolError, ReadyError};
-use crate::idle_index::IdleIndex;
-use crate::launcher::WorkerId;
 use crate::stats::{
     AllocationStats, ConnectionRestartStats, EventCounters, RestartReasons, SlotCounts, SlotState,
     Stats, WorkerState, WorkerStats,
 };
 use crate::transport::Transport;
-use crate::wait_queue::{Outcome, WaitQueue};
+use crate::worker::WorkerId;
+use idle_index::IdleIndex;
+use wait_queue::{Outcome, WaitQueue};
 
 mod health;
-mod ops;
+mod idle_index;
 mod slots;
 mod snapshot;
+mod wait_queue;
 mod waiters;
+mod worker_set;
 
 /// A slot: its worker, and its place in that worker's segment of the table.
 /// Each worker has a segment of its own so that workers and their connections

@@ -14,7 +14,7 @@ use std::task::Waker;
 
 use tokio::time::Instant;
 
-use crate::shared::SlotId;
+use super::SlotId;
 
 const NIL: u32 = u32::MAX;
 

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::OpsError;
-use crate::launcher::WorkerId;
 use crate::shared::{NewWorker, Shared};
 use crate::transport::Transport;
+use crate::worker::WorkerId;
 
 /// Starts the supervisor of a new worker (it owns the launcher).
 pub(crate) type Spawn = Box<dyn Fn(NewWorker) -> AbortOnDropHandle<()> + Send + Sync>;
