@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
-use crate::worker::WorkerId;
+use crate::worker::{Attachments, WorkerId};
 
 /// A [`Launcher`] could not start a worker process.
 ///
@@ -121,6 +121,13 @@ pub trait WorkerProcess: Send + 'static {
 
     /// Its operating-system process id, where it has one.
     fn pid(&self) -> Option<u32>;
+
+    /// What the transport needs to know about this process beyond its
+    /// endpoint (a handshake secret, say); the pool copies it into the
+    /// [`WorkerInfo`](crate::WorkerInfo) each connect gets. None by default.
+    fn attachments(&self) -> Attachments {
+        Attachments::new()
+    }
 
     /// Resolves when the process has exited.
     ///

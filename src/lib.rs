@@ -43,4 +43,4 @@ pub use stats::{
     WorkerState, WorkerStats,
 };
 pub use transport::{Transport, is_disconnect_io};
-pub use worker::{WorkerId, WorkerInfo};
+pub use worker::{Attachments, WorkerId, WorkerInfo};

@@ -277,6 +277,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             generation,
             endpoint: process.endpoint(),
             pid: process.pid(),
+            attachments: process.attachments(),
         });
         let slots = self
             .shared

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_worker_pool::net::{Challenge, Event, Reply, SocketTransport, WorkerSecret};
 use async_worker_pool::{
-    Endpoint, LaunchError, Launcher, Pool, WorkerExit, WorkerId, WorkerProcess, async_trait,
+    Attachments, Endpoint, LaunchError, Launcher, Pool, WorkerExit, WorkerId, WorkerProcess,
+    async_trait,
 };
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -150,13 +151,14 @@ async fn echo_connection(mut stream: UnixStream, secret: Option<WorkerSecret>) -
 
 /// A launcher for one worker that is already listening at a fixed endpoint:
 /// its "process" never exits and stopping it does nothing, so the pool and the
-/// raw client can drive the very same worker.
+/// raw client can drive the very same worker. Its attachments (a secret, say)
+/// go to the transport with the process.
 #[derive(Debug, Clone)]
-pub struct Listening(pub Endpoint);
+pub struct Listening(pub Endpoint, pub Attachments);
 
 /// The never-ending process of [`Listening`].
 #[derive(Debug)]
-pub struct ListeningWorker(Endpoint);
+pub struct ListeningWorker(Endpoint, Attachments);
 
 #[async_trait]
 impl WorkerProcess for ListeningWorker {
@@ -166,6 +168,10 @@ impl WorkerProcess for ListeningWorker {
 
     fn pid(&self) -> Option<u32> {
         None
+    }
+
+    fn attachments(&self) -> Attachments {
+        self.1.clone()
     }
 
     async fn wait(&mut self) -> WorkerExit {
@@ -182,7 +188,7 @@ impl Launcher for Listening {
     type Process = ListeningWorker;
 
     async fn launch(&self, _worker: WorkerId) -> Result<ListeningWorker, LaunchError> {
-        Ok(ListeningWorker(self.0.clone()))
+        Ok(ListeningWorker(self.0.clone(), self.1.clone()))
     }
 }
 
@@ -191,9 +197,18 @@ pub type SocketPool = Pool<SocketTransport>;
 /// A pool of one worker at `path` with `connections` connections, once every
 /// connection is open and idle.
 pub async fn socket_pool(path: &Path, connections: usize) -> SocketPool {
+    socket_pool_with(path, connections, Attachments::new()).await
+}
+
+/// [`socket_pool`], with `attachments` on the worker's process (its secret).
+pub async fn socket_pool_with(
+    path: &Path,
+    connections: usize,
+    attachments: Attachments,
+) -> SocketPool {
     let pool = Pool::builder(
         SocketTransport::new(),
-        Listening(Endpoint::Unix(path.to_path_buf())),
+        Listening(Endpoint::Unix(path.to_path_buf()), attachments),
     )
     .num_workers(1)
     .max_connections(connections)

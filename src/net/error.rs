@@ -137,10 +137,12 @@ pub enum NetError {
     #[error("the worker's handshake challenge is malformed or of another version")]
     Handshake(#[source] ProtocolError),
     /// The worker asks the host to prove that it knows the worker's secret, and
-    /// none is registered for its endpoint (see
-    /// [`WorkerSecret::register`](super::WorkerSecret::register)).
+    /// the connect has none: its [`WorkerInfo`](crate::WorkerInfo) carries no
+    /// [`WorkerSecret`](super::WorkerSecret) in its attachments, or it was
+    /// [`connect_endpoint`](super::SocketTransport::connect_endpoint).
     #[error(
-        "the worker at `{endpoint}` asks for its secret, and none is registered for that endpoint"
+        "the worker at `{endpoint}` asks for its secret, and the host has none for that worker \
+         (the launcher attached none to its process)"
     )]
     NoSecret {
         /// The endpoint connected to.

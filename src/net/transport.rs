@@ -52,9 +52,9 @@ const LARGEST_FRAME: usize = u32::MAX as usize;
 /// # Handshake
 ///
 /// A worker that has a secret opens every connection with a challenge; the
-/// transport answers it with the [`WorkerSecret`] registered for the endpoint
-/// ([`WorkerSecret::register`], which [`ProcessLauncher`](crate::ProcessLauncher)
-/// does for every launch) before it waits for the ready frame, so a pool of
+/// transport answers it with the [`WorkerSecret`] attached to the worker's
+/// process ([`WorkerInfo::attachments`], where the process launcher puts the
+/// secret of every launch) before it waits for the ready frame, so a pool of
 /// launched workers needs no setting for it. The cost is one more round trip
 /// per connection, none per event. A worker without a secret sends its ready
 /// frame at once and is served as before.
@@ -108,14 +108,11 @@ impl SocketTransport {
     /// Opens a connection to `endpoint` and resolves once the worker has sent a
     /// valid ready frame on it.
     ///
-    /// If the worker opens with a handshake challenge, it is answered with the
-    /// secret registered for `endpoint` (see [`WorkerSecret::register`]; a
-    /// [`ProcessLauncher`](crate::ProcessLauncher) registers the secret of every
-    /// worker it launches). A worker that sends its ready frame at once, having
-    /// no secret, is served without a handshake.
-    ///
-    /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for hosts
-    /// (and tests) that drive a worker without a pool.
+    /// This knows no secret: a worker that sends its ready frame at once,
+    /// having none, is served; one that opens with a handshake challenge fails
+    /// the connect with [`NetError::NoSecret`]. For such a worker, use
+    /// [`connect_authenticated`](Self::connect_authenticated) with its secret,
+    /// or [`Transport::connect`] with a [`WorkerInfo`] that carries it.
     ///
     /// # Errors
     ///
@@ -123,7 +120,7 @@ impl SocketTransport {
     /// [`NetError::Io`] if the socket cannot be opened;
     /// [`NetError::ClosedBeforeReady`] if the worker closes it first;
     /// [`NetError::Handshake`] for a challenge this host cannot answer,
-    /// [`NetError::NoSecret`] if no secret is registered for `endpoint`, and
+    /// [`NetError::NoSecret`] if the worker asks for a secret, and
     /// [`NetError::Rejected`] if the worker closes the connection after the
     /// answer; [`NetError::FrameTooLarge`] or [`NetError::NotReady`] if the
     /// worker's frame is not a valid ready frame.
@@ -133,13 +130,12 @@ impl SocketTransport {
     /// Cancel safe: dropping the future closes the half-open socket, and no
     /// event has been sent on it.
     pub async fn connect_endpoint(&self, endpoint: &Endpoint) -> Result<SocketConn, NetError> {
-        let secret = WorkerSecret::registered_for(endpoint);
-        self.open(endpoint, secret.as_ref()).await
+        self.open(endpoint, None).await
     }
 
     /// Like [`connect_endpoint`](Self::connect_endpoint), but answers a
-    /// challenge with `secret` instead of looking one up: for hosts that keep
-    /// their workers' secrets themselves.
+    /// challenge with `secret`: for hosts with a launcher of their own that
+    /// keep their workers' secrets themselves and connect without a pool.
     ///
     /// # Errors
     ///
@@ -227,13 +223,17 @@ impl Transport for SocketTransport {
     type Response = Reply;
     type Error = NetError;
 
-    /// Connects to `worker.endpoint`; see [`SocketTransport::connect_endpoint`].
+    /// Connects to `worker.endpoint` and answers a handshake challenge with
+    /// the [`WorkerSecret`] attached to the worker's process
+    /// ([`WorkerInfo::attachments`]); see
+    /// [`SocketTransport::connect_authenticated`].
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future closes the half-open socket.
     async fn connect(&self, worker: &WorkerInfo) -> Result<SocketConn, NetError> {
-        self.connect_endpoint(&worker.endpoint).await
+        let secret = worker.attachments.get::<WorkerSecret>();
+        self.open(&worker.endpoint, secret).await
     }
 
     /// Sends `event` and reads its answer; see [`SocketConn::call`].
@@ -426,12 +426,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let worker = WorkerInfo {
-            id: WorkerId::new(3),
-            generation: 1,
-            endpoint: Endpoint::Unix(path),
-            pid: Some(42),
-        };
+        let worker = WorkerInfo::new(WorkerId::new(3), 1, Endpoint::Unix(path), Some(42));
         let transport = SocketTransport::new();
         let mut conn = transport.connect(&worker).await.unwrap();
         assert_eq!(conn.ready().pid(), 42);

@@ -271,11 +271,7 @@ impl Launcher for NuclioLauncher {
             Ok(Ok(lines)) => {
                 tracing::info!(%worker, pid, %endpoint, "Nuclio wrapper initialized");
                 let control = AbortOnDropHandle::new(tokio::spawn(control::follow(lines, worker)));
-                Ok(NuclioWorker::new(
-                    process,
-                    control,
-                    EndpointState::fresh(addr),
-                ))
+                Ok(NuclioWorker::new(process, control, EndpointState::fresh()))
             }
             Ok(Err(exited)) => {
                 let exit = match exited {

@@ -1,6 +1,7 @@
 //! [`NuclioTransport`]: the [`Transport`] that speaks the async wrapper's
 //! protocol, and [`NuclioConn`], one connection it opened.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use super::durations::HandlerDurations;
-use super::endpoint::EndpointState;
+use super::endpoint::{EndpointState, EndpointTable};
 use super::error::NuclioError;
 use super::event::NuclioEvent;
 use super::packet::{self, Packet};
@@ -75,6 +76,9 @@ pub struct NuclioTransport {
     max_stream_bytes: usize,
     refused_retry: Duration,
     durations: HandlerDurations,
+    /// For connects to a bare address (`connect_endpoint`); a pool's connects
+    /// find the wrapper's state attached to its handle.
+    endpoints: EndpointTable,
 }
 
 impl Default for NuclioTransport {
@@ -92,6 +96,7 @@ impl NuclioTransport {
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
             refused_retry: Duration::from_secs(5),
             durations: HandlerDurations::default(),
+            endpoints: EndpointTable::default(),
         }
     }
 
@@ -135,7 +140,12 @@ impl NuclioTransport {
     /// wrapper has sent `s` on it.
     ///
     /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for
-    /// hosts (and tests) that drive a wrapper without a pool.
+    /// hosts (and tests) that drive a wrapper without a pool. Its connections
+    /// to one address take turns with this transport's (and its clones')
+    /// other connects to that address only; [`Transport::connect`] with the
+    /// wrapper's attachments ([`WorkerProcess::attachments`](crate::WorkerProcess::attachments)
+    /// of its [`NuclioWorker`](super::NuclioWorker)) shares the wrapper's own
+    /// state, so that its handle counts the events in flight when it drains.
     ///
     /// # Errors
     ///
@@ -157,8 +167,18 @@ impl NuclioTransport {
         let Endpoint::Tcp(addr) = endpoint else {
             return Err(NuclioError::UnsupportedEndpoint(endpoint.to_string()));
         };
-        let addr = *addr;
-        let endpoint_state = EndpointState::of(addr);
+        let endpoint_state = self.endpoints.of(*addr);
+        self.connect_to(*addr, endpoint_state, worker).await
+    }
+
+    /// Opens a connection to the wrapper at `addr`, whose shared state is
+    /// `endpoint_state`, in its turn.
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        endpoint_state: Arc<EndpointState>,
+        worker: WorkerId,
+    ) -> Result<NuclioConn, NuclioError> {
         let turn = endpoint_state.accept_turn().await;
         let started = match endpoint_state.take_stashed() {
             Some(started) => started,
@@ -283,7 +303,15 @@ impl Transport for NuclioTransport {
     ///
     /// Cancel safe; see [`NuclioTransport::connect_endpoint`].
     async fn connect(&self, worker: &WorkerInfo) -> Result<NuclioConn, NuclioError> {
-        self.connect_endpoint(&worker.endpoint, worker.id).await
+        match (
+            &worker.endpoint,
+            worker.attachments.get::<Arc<EndpointState>>(),
+        ) {
+            (Endpoint::Tcp(addr), Some(state)) => {
+                self.connect_to(*addr, state.clone(), worker.id).await
+            }
+            _ => self.connect_endpoint(&worker.endpoint, worker.id).await,
+        }
     }
 
     /// Sends `event` and reads every packet up to its response; see

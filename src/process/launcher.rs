@@ -217,7 +217,7 @@ impl Launcher for ProcessLauncher {
                     self.program.to_string_lossy()
                 ))
             })?;
-        process.hold_secret(secret.clone(), secret.register(endpoint.clone()));
+        process.hold_secret(secret);
         let pid = process.pid().unwrap_or_default();
         tracing::debug!(%worker, pid, %endpoint, "worker process started");
 
