@@ -153,6 +153,14 @@ pub trait Launcher: Send + Sync + 'static {
     /// The pool bounds it with `establish_connection_timeout` and runs it in a task
     /// of its own; a launch that fails, hangs or panics counts as a failed restart.
     async fn launch(&self, worker: WorkerId) -> Result<Self::Process, LaunchError>;
+
+    /// How many connections each process it starts is told to serve, if it
+    /// tells them a number: the pool refuses to open more than that to one
+    /// worker, at build time and when resized, so that the two settings
+    /// cannot disagree unnoticed. `None` (the default): no limit to check.
+    fn connections_per_worker(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ struct Inner<T: Transport> {
     shutdown: CancellationToken,
     /// Held by a running `shutdown`, so that a second call waits for it.
     stopping: tokio::sync::Mutex<()>,
+    /// The launcher's connections per worker, if it tells its workers a
+    /// number: `max_connections` may not exceed it.
+    launcher_connections: Option<usize>,
 }
 
 impl<T: Transport> Drop for Inner<T> {
@@ -263,7 +266,9 @@ impl<T: Transport> Pool<T> {
     /// # Errors
     ///
     /// [`OpsError::Config`] for zero, for anything but 1 in [`Mode::Sync`],
-    /// or for more than [`MAX_CAPACITY`] slots in all; [`OpsError::Closed`]
+    /// for more than [`MAX_CAPACITY`] slots in all, or for more than the
+    /// launcher tells each worker to serve
+    /// ([`Launcher::connections_per_worker`]); [`OpsError::Closed`]
     /// when the pool shuts down.
     ///
     /// # Cancel safety
@@ -279,6 +284,7 @@ impl<T: Transport> Pool<T> {
             return bad(format!("must be 1 in Mode::Sync (got {max_connections})"));
         }
         self.check_capacity(self.inner.shared.worker_count(), max_connections)?;
+        check_launcher_connections(self.inner.launcher_connections, max_connections)?;
         self.operate(|reply| Command::SetMaxConnections(max_connections, reply))
             .await
     }
@@ -477,6 +483,8 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
     /// [`BuildError::NoRuntime`] if called outside a tokio runtime.
     pub fn build(self) -> Result<Pool<T>, BuildError> {
         self.config.validate()?;
+        let launcher_connections = self.launcher.connections_per_worker();
+        check_launcher_connections(launcher_connections, self.config.max_connections)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
         let (shared, workers, recycles) = Shared::new(Arc::new(self.transport), self.config);
@@ -521,7 +529,28 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
                 commands,
                 shutdown,
                 stopping: tokio::sync::Mutex::new(()),
+                launcher_connections,
             }),
         })
+    }
+}
+
+/// Refuses a pool that would open more connections to a worker than its
+/// launcher tells the worker to serve: the worker would refuse the rest, and
+/// the pool would take that for a broken worker and restart it in a loop.
+fn check_launcher_connections(
+    launcher: Option<usize>,
+    max_connections: usize,
+) -> Result<(), ConfigError> {
+    match launcher {
+        Some(launcher) if max_connections > launcher => Err(ConfigError::new(
+            "max_connections",
+            format!(
+                "is {max_connections}, more than the {launcher} connections the launcher tells \
+                 each worker to serve (ProcessLauncherBuilder::connections); set both to \
+                 {max_connections}, or max_connections to at most {launcher}"
+            ),
+        )),
+        _ => Ok(()),
     }
 }

@@ -114,7 +114,8 @@ async fn max_worker_rss_recycles_a_real_worker_past_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_workers_and_connections_resize_under_load_with_no_failed_event() {
-    let pool = python_pool("sleepy:handler", 1, 5, |b| b);
+    // The workers are told to serve 8, the most the pool grows to.
+    let pool = python_pool("sleepy:handler", 1, 8, |b| b.max_connections(5));
     until_full(&pool).await;
     let (tasks, stop) = load(&pool, 4);
 

@@ -228,4 +228,10 @@ impl Launcher for ProcessLauncher {
         drain_stderr(stderr_forwarder).await;
         Err(self.exited_error(worker, exit, &tail.lines()))
     }
+
+    /// [`ProcessLauncherBuilder::connections`](super::ProcessLauncherBuilder::connections):
+    /// a pool of this launcher opens at most that many connections per worker.
+    fn connections_per_worker(&self) -> Option<usize> {
+        Some(self.connections)
+    }
 }
