@@ -154,12 +154,19 @@ pub trait Launcher: Send + Sync + 'static {
     /// of its own; a launch that fails, hangs or panics counts as a failed restart.
     async fn launch(&self, worker: WorkerId) -> Result<Self::Process, LaunchError>;
 
-    /// How many connections each process it starts is told to serve, if it
-    /// tells them a number: the pool refuses to open more than that to one
-    /// worker, at build time and when resized, so that the two settings
-    /// cannot disagree unnoticed. `None` (the default): no limit to check.
-    fn connections_per_worker(&self) -> Option<usize> {
-        None
+    /// Whether this launcher's workers, and the host, can serve a pool of
+    /// `num_workers` workers with `max_connections` connections each; `Err`
+    /// says why not, naming the values at odds.
+    ///
+    /// The pool asks at build time and before each resize and refuses what
+    /// this refuses ([`ConfigError`](crate::ConfigError) on `max_connections`),
+    /// so that a limit the launcher knows of (how many connections it tells
+    /// each worker to serve, the host's open-file limit) fails at once and
+    /// plainly instead of as connects that fail and workers that restart in a
+    /// loop. The default accepts every size.
+    fn check_pool_size(&self, num_workers: usize, max_connections: usize) -> Result<(), String> {
+        let _ = (num_workers, max_connections);
+        Ok(())
     }
 }
 

@@ -47,10 +47,12 @@ struct Inner<T: Transport> {
     shutdown: CancellationToken,
     /// Held by a running `shutdown`, so that a second call waits for it.
     stopping: tokio::sync::Mutex<()>,
-    /// The launcher's connections per worker, if it tells its workers a
-    /// number: `max_connections` may not exceed it.
-    launcher_connections: Option<usize>,
+    /// The launcher's [`Launcher::check_pool_size`], for resizes.
+    check_pool_size: PoolSizeCheck,
 }
+
+/// A launcher's check of a pool size, kept apart from the erased launcher.
+type PoolSizeCheck = Box<dyn Fn(usize, usize) -> Result<(), String> + Send + Sync>;
 
 impl<T: Transport> Drop for Inner<T> {
     fn drop(&mut self) {
@@ -267,8 +269,8 @@ impl<T: Transport> Pool<T> {
     ///
     /// [`OpsError::Config`] for zero, for anything but 1 in [`Mode::Sync`],
     /// for more than [`MAX_CAPACITY`] slots in all, or for more than the
-    /// launcher tells each worker to serve
-    /// ([`Launcher::connections_per_worker`]); [`OpsError::Closed`]
+    /// launcher's workers or the host can serve
+    /// ([`Launcher::check_pool_size`]); [`OpsError::Closed`]
     /// when the pool shuts down.
     ///
     /// # Cancel safety
@@ -284,7 +286,6 @@ impl<T: Transport> Pool<T> {
             return bad(format!("must be 1 in Mode::Sync (got {max_connections})"));
         }
         self.check_capacity(self.inner.shared.worker_count(), max_connections)?;
-        check_launcher_connections(self.inner.launcher_connections, max_connections)?;
         self.operate(|reply| Command::SetMaxConnections(max_connections, reply))
             .await
     }
@@ -296,7 +297,8 @@ impl<T: Transport> Pool<T> {
             );
             return Err(ConfigError::new("max_connections", reason).into());
         }
-        Ok(())
+        (self.inner.check_pool_size)(workers, connections)
+            .map_err(|reason| ConfigError::new("max_connections", reason).into())
     }
 
     /// Hands `command` to the operations task and waits for its outcome.
@@ -483,10 +485,15 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
     /// [`BuildError::NoRuntime`] if called outside a tokio runtime.
     pub fn build(self) -> Result<Pool<T>, BuildError> {
         self.config.validate()?;
-        let launcher_connections = self.launcher.connections_per_worker();
-        check_launcher_connections(launcher_connections, self.config.max_connections)?;
+        self.launcher
+            .check_pool_size(self.config.num_workers, self.config.max_connections)
+            .map_err(|reason| ConfigError::new("max_connections", reason))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
+        let check_pool_size: PoolSizeCheck = {
+            let launcher = launcher.clone();
+            Box::new(move |workers, connections| launcher.check_pool_size(workers, connections))
+        };
         let (shared, workers, recycles) = Shared::new(Arc::new(self.transport), self.config);
         let shutdown = CancellationToken::new();
         // The operations task starts the supervisors of workers added later,
@@ -529,28 +536,8 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
                 commands,
                 shutdown,
                 stopping: tokio::sync::Mutex::new(()),
-                launcher_connections,
+                check_pool_size,
             }),
         })
-    }
-}
-
-/// Refuses a pool that would open more connections to a worker than its
-/// launcher tells the worker to serve: the worker would refuse the rest, and
-/// the pool would take that for a broken worker and restart it in a loop.
-fn check_launcher_connections(
-    launcher: Option<usize>,
-    max_connections: usize,
-) -> Result<(), ConfigError> {
-    match launcher {
-        Some(launcher) if max_connections > launcher => Err(ConfigError::new(
-            "max_connections",
-            format!(
-                "is {max_connections}, more than the {launcher} connections the launcher tells \
-                 each worker to serve (ProcessLauncherBuilder::connections); set both to \
-                 {max_connections}, or max_connections to at most {launcher}"
-            ),
-        )),
-        _ => Ok(()),
     }
 }

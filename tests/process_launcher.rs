@@ -577,3 +577,29 @@ async fn a_pool_that_would_open_more_connections_than_its_workers_serve_is_refus
     assert!(error.to_string().contains("is 3"), "{error}");
     pool.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn a_pool_beyond_the_open_file_limit_is_refused_naming_the_limit() {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("the open-file limit");
+    // Two workers of `soft` connections each need twice the limit.
+    let connections = usize::try_from(soft).unwrap().min(1 << 19);
+    let launcher = echo_worker().connections(connections).build().unwrap();
+    let result = Pool::builder(ConnectOnly, launcher)
+        .num_workers(2)
+        .max_connections(connections)
+        .build();
+    if soft > 1 << 19 {
+        // No pool of at most MAX_CAPACITY slots can pass this limit.
+        return;
+    }
+    let Err(BuildError::Config(error)) = result else {
+        panic!("a pool of 2 × {connections} was built under a limit of {soft}");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("open-file limit of {soft}"))
+            && message.contains("process::raise_fd_limit"),
+        "{message}"
+    );
+}

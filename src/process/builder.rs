@@ -149,7 +149,8 @@ impl<P: Program> ProcessLauncherBuilder<P> {
     /// for liveness probes) and refuses the rest, so a pool of this launcher
     /// refuses a `max_connections` above N, at build time
     /// ([`BuildError::Config`](crate::BuildError::Config), naming both values)
-    /// and in [`Pool::set_max_connections`](crate::Pool::set_max_connections).
+    /// and in [`Pool::set_max_connections`](crate::Pool::set_max_connections)
+    /// (see [`Launcher::check_pool_size`](crate::Launcher::check_pool_size)).
     /// Set it to the pool's `max_connections`, or to the most the pool grows to.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;

@@ -229,9 +229,28 @@ impl Launcher for ProcessLauncher {
         Err(self.exited_error(worker, exit, &tail.lines()))
     }
 
-    /// [`ProcessLauncherBuilder::connections`](super::ProcessLauncherBuilder::connections):
-    /// a pool of this launcher opens at most that many connections per worker.
-    fn connections_per_worker(&self) -> Option<usize> {
-        Some(self.connections)
+    /// Refuses a pool that would open more connections to a worker than
+    /// [`ProcessLauncherBuilder::connections`](super::ProcessLauncherBuilder::connections)
+    /// tells it to serve (it would refuse the rest), or more connections in all
+    /// than the host's soft open-file limit allows (see
+    /// [`raise_fd_limit`](super::raise_fd_limit)).
+    fn check_pool_size(&self, num_workers: usize, max_connections: usize) -> Result<(), String> {
+        if max_connections > self.connections {
+            return Err(format!(
+                "is {max_connections}, more than the {} connections the launcher tells each \
+                 worker to serve (ProcessLauncherBuilder::connections); set both to \
+                 {max_connections}, or max_connections to at most {}",
+                self.connections, self.connections
+            ));
+        }
+        let need = super::fd_limit::descriptors_needed(num_workers, max_connections);
+        match super::fd_limit::soft_fd_limit() {
+            Some(limit) if limit < need => Err(format!(
+                "needs about {need} file descriptors in the host ({num_workers} workers × \
+                 {max_connections} connections, and some to spare), more than the open-file \
+                 limit of {limit}: raise it first (process::raise_fd_limit({need}), or `ulimit -n`)"
+            )),
+            _ => Ok(()),
+        }
     }
 }
