@@ -92,7 +92,7 @@ impl RestartPolicy {
 /// | `num_workers` | `numWorkers` | 1 |
 /// | `max_connections` | `async.maxConnectionsNumber` | 1000 |
 /// | `mode` | trigger `mode` | [`Mode::Async`] |
-/// | `connection_availability_timeout` | `async.connectionAvailabilityTimeout` | 10 s |
+/// | `acquire_timeout` | `async.connectionAvailabilityTimeout` | 10 s |
 /// | `event_timeout` | `spec.eventTimeout` | none |
 /// | `reconnect_attempts` | (3, fixed) | 3 |
 /// | `establish_connection_timeout` | `async.establishConnectionTimeout` | 30 s |
@@ -146,9 +146,14 @@ pub struct PoolConfig {
     pub max_connections: usize,
     /// Async (many connections per worker) or sync (one).
     pub mode: Mode,
-    /// How long an event waits for a free slot when every slot is busy.
-    /// Zero means it does not wait at all.
-    pub connection_availability_timeout: Duration,
+    /// How long an event waits for a free slot when every slot is busy, after
+    /// which it fails with
+    /// [`PoolError::AcquireTimeout`](crate::PoolError::AcquireTimeout) (the
+    /// `acquire_timeout` outcome and metric label). Zero means it does not wait
+    /// at all. Nuclio calls it `connectionAvailabilityTimeout`;
+    /// [`Pool::acquire_within`](crate::Pool::acquire_within) bounds one call.
+    #[doc(alias = "connection_availability_timeout")]
+    pub acquire_timeout: Duration,
     /// An event running longer fails with
     /// [`PoolError::EventTimeout`](crate::PoolError::EventTimeout) and its
     /// connection is restarted. `None` means no limit.
@@ -185,7 +190,7 @@ impl Default for PoolConfig {
             num_workers: 1,
             max_connections: 1000,
             mode: Mode::Async,
-            connection_availability_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(10),
             event_timeout: None,
             reconnect_attempts: 3,
             establish_connection_timeout: Duration::from_secs(30),
@@ -279,8 +284,7 @@ impl PoolConfig {
         if self.max_waiters == Some(0) {
             return bad(
                 "max_waiters",
-                "must be at least 1; use a zero connection_availability_timeout to never wait"
-                    .into(),
+                "must be at least 1; use a zero acquire_timeout to never wait".into(),
             );
         }
         if self.probe_timeout == Some(Duration::ZERO) {

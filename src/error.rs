@@ -16,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// Every slot stayed busy for `connection_availability_timeout`.
+    /// Every slot stayed busy for `acquire_timeout`.
     #[error("no connection became free within {waited:?}")]
     AcquireTimeout {
         /// How long the event waited.

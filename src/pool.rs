@@ -16,7 +16,7 @@ use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
 use crate::launcher::Launcher;
 use crate::operations::{Command, Ops, Spawn, Supervisors};
 use crate::shared::Shared;
-use crate::slot::{Slot, acquire};
+use crate::slot::{Slot, acquire, acquire_within};
 use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use crate::transport::Transport;
@@ -39,7 +39,7 @@ struct Inner<T: Transport> {
     shared: Arc<Shared<T>>,
     /// Shared with the operations task, which adds and removes workers.
     supervisors: Supervisors,
-    /// Fails waiters whose `connection_availability_timeout` is up; ends on close.
+    /// Fails waiters whose `acquire_timeout` is up; ends on close.
     _sweeper: AbortOnDropHandle<()>,
     /// Runs reloads, recycles and resizes one at a time; ends on close.
     _ops: AbortOnDropHandle<()>,
@@ -90,7 +90,8 @@ impl<T: Transport> Pool<T> {
     }
 
     /// Takes a free slot, waiting first come first served for up to
-    /// `connection_availability_timeout` when every slot is busy.
+    /// `acquire_timeout` when every slot is busy
+    /// ([`acquire_within`](Self::acquire_within) bounds one call).
     ///
     /// The slot goes to the worker with the most idle connections at the moment
     /// one is free, never to a worker chosen in advance.
@@ -123,7 +124,62 @@ impl<T: Transport> Pool<T> {
     /// Dropping the future loses no slot; a connection whose exchange was cut
     /// short is restarted instead of reused.
     pub async fn dispatch(&self, request: T::Request) -> Result<T::Response, PoolError> {
+        self.dispatch_bounded(request, None).await
+    }
+
+    /// Like [`acquire`](Self::acquire), but waits for at most `limit` (or the
+    /// pool's `acquire_timeout`, if that is shorter): a bound for one call,
+    /// such as what is left of a request's own deadline.
+    ///
+    /// A slot free at once is taken even with a zero `limit`. Giving up after
+    /// `limit` counts as an acquire timeout in [`Stats`](crate::Stats), as the
+    /// pool's own timeout does.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::AcquireTimeout`] once `limit` is up, and those of
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub async fn acquire_within(&self, limit: Duration) -> Result<Slot<'_, T>, PoolError> {
+        acquire_within(&self.inner.shared, limit).await
+    }
+
+    /// Like [`dispatch`](Self::dispatch), but waits for a slot for at most
+    /// `limit` (see [`acquire_within`](Self::acquire_within)); the event's own
+    /// run is bounded by `event_timeout` as usual.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::AcquireTimeout`] once `limit` is up, and those of
+    /// [`dispatch`](Self::dispatch).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`dispatch`](Self::dispatch).
+    pub async fn dispatch_within(
+        &self,
+        request: T::Request,
+        limit: Duration,
+    ) -> Result<T::Response, PoolError> {
+        self.dispatch_bounded(request, Some(limit)).await
+    }
+
+    /// `dispatch`, waiting for a slot up to `limit` if one is given.
+    async fn dispatch_bounded(
+        &self,
+        request: T::Request,
+        limit: Option<Duration>,
+    ) -> Result<T::Response, PoolError> {
         use tracing::Instrument;
+        let acquire = || async {
+            match limit {
+                None => self.acquire().await,
+                Some(limit) => self.acquire_within(limit).await,
+            }
+        };
         let span = tracing::debug_span!(
             "event",
             worker = tracing::field::Empty,
@@ -132,11 +188,11 @@ impl<T: Transport> Pool<T> {
             outcome = tracing::field::Empty,
         );
         if span.is_disabled() {
-            return self.acquire().await?.call(request).await;
+            return acquire().await?.call(request).await;
         }
         let traced = async {
             let started = tokio::time::Instant::now();
-            let result = match self.acquire().await {
+            let result = match acquire().await {
                 Ok(mut slot) => {
                     let span = tracing::Span::current();
                     span.record("worker", slot.worker().index());
@@ -414,10 +470,16 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
-    /// See [`PoolConfig::connection_availability_timeout`].
-    pub fn connection_availability_timeout(mut self, timeout: Duration) -> Self {
-        self.config.connection_availability_timeout = timeout;
+    /// See [`PoolConfig::acquire_timeout`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.config.acquire_timeout = timeout;
         self
+    }
+
+    /// [`acquire_timeout`](Self::acquire_timeout) under Nuclio's name
+    /// (`async.connectionAvailabilityTimeout`).
+    pub fn connection_availability_timeout(self, timeout: Duration) -> Self {
+        self.acquire_timeout(timeout)
     }
 
     /// See [`PoolConfig::event_timeout`].

@@ -57,7 +57,8 @@ pub struct AllocationStats {
     pub immediate: u64,
     /// Acquires that got a slot after waiting.
     pub after_wait: u64,
-    /// Acquires that waited `connection_availability_timeout` in vain.
+    /// Acquires that waited `acquire_timeout`, or their call's own bound
+    /// ([`Pool::acquire_within`](crate::Pool::acquire_within)), in vain.
     pub timeout: u64,
     /// Acquires refused because `max_waiters` were already waiting.
     pub queue_full: u64,

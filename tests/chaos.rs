@@ -193,7 +193,7 @@ fn chaos_pool() -> RealPool {
     .num_workers(WORKERS)
     .max_connections(CONNECTIONS)
     .event_timeout(EVENT_TIMEOUT)
-    .connection_availability_timeout(Duration::from_secs(2))
+    .acquire_timeout(Duration::from_secs(2))
     // Longer than the longest SIGSTOP, so that a frozen worker's reconnects
     // wait for it instead of failing.
     .establish_connection_timeout(Duration::from_secs(5))

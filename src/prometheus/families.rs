@@ -112,8 +112,21 @@ fn named<V>(pairs: impl IntoIterator<Item = (&'static str, V)>) -> Vec<(String, 
         .collect()
 }
 
-/// Allocations by result, under the labels Nuclio uses (both name sets).
+/// Allocations by result: the successes under Nuclio's labels, the failures
+/// under the names of their [`PoolError::kind`](crate::PoolError::kind)
+/// (`acquire_timeout`, `queue_full`), as the event span's outcome has them.
 fn allocation_results(a: &crate::stats::AllocationStats) -> Vec<(String, u64)> {
+    named([
+        ("success_immediate", a.immediate),
+        ("success_after_wait", a.after_wait),
+        ("acquire_timeout", a.timeout),
+        ("queue_full", a.queue_full),
+    ])
+}
+
+/// Allocations by result under Nuclio's own labels, kept as they are so that
+/// dashboards and alerts built for Nuclio's processor work unchanged.
+fn nuclio_allocation_results(a: &crate::stats::AllocationStats) -> Vec<(String, u64)> {
     named([
         ("success_immediate", a.immediate),
         ("success_after_wait", a.after_wait),
@@ -264,7 +277,7 @@ pub(super) fn nuclio(stats: &Stats) -> Vec<Family> {
             Counter,
             "Worker (connection) allocations by result.",
         )
-        .by("result", allocation_results(a)),
+        .by("result", nuclio_allocation_results(a)),
         Family::new(
             "nuclio_processor_worker_allocation_wait_duration_milliseconds_sum".into(),
             Counter,

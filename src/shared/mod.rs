@@ -334,7 +334,7 @@ impl<T: Transport> Shared<T> {
                 return Begin::Refused(PoolError::QueueFull { max_waiters });
             }
         }
-        if self.config.connection_availability_timeout.is_zero() {
+        if self.config.acquire_timeout.is_zero() {
             core.allocations.timeout += 1;
             return Begin::Refused(PoolError::AcquireTimeout {
                 waited: Duration::ZERO,

@@ -31,7 +31,7 @@ pub(crate) enum Outcome<C> {
     Closed,
     /// Every worker failed.
     NoWorker,
-    /// It waited `connection_availability_timeout` in vain.
+    /// It waited `acquire_timeout` in vain.
     TimedOut,
 }
 
