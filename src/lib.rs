@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod error;
+mod event;
 mod idle_index;
 mod in_process;
 mod launcher;
@@ -39,7 +40,7 @@ pub use launcher::{
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
 pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
-pub use slot::Slot;
+pub use slot::{OwnedSlot, Slot};
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
     WorkerState, WorkerStats,
