@@ -20,6 +20,8 @@ mod pool;
 pub mod process;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+#[cfg(feature = "tower")]
+mod service;
 mod shared;
 mod slot;
 mod stats;
@@ -40,6 +42,8 @@ pub use launcher::{
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
 pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
+#[cfg(feature = "tower")]
+pub use service::{PoolService, PoolServiceFuture};
 pub use slot::{OwnedSlot, Slot};
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
