@@ -7,6 +7,8 @@ mod api;
 mod config;
 mod error;
 mod event;
+#[cfg(feature = "http")]
+pub mod http;
 mod idle_index;
 mod in_process;
 mod launcher;
