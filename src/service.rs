@@ -92,18 +92,19 @@ pub type PoolServiceFuture<R> = Boxed<Result<R, PoolError>>;
 /// ```
 pub struct PoolService<T: Transport> {
     pool: Pool<T>,
-    reservation: Reservation<T>,
+    /// Only ever reached through `&mut self` (`get_mut`, which takes no lock):
+    /// the mutex is there to make the service `Sync`, as axum asks of a
+    /// service, although a connection or a pending acquire need not be.
+    reservation: Mutex<Reservation<T>>,
 }
 
 /// Where a service stands between `poll_ready` and `call`.
 enum Reservation<T: Transport> {
     /// Nothing asked for yet.
     None,
-    /// In the pool's wait queue since `since`. The future is only ever reached
-    /// through `&mut self`, so the mutex is never locked: it only makes the
-    /// service `Sync`, as axum asks of a service, at no cost.
+    /// In the pool's wait queue since `since`.
     Waiting {
-        acquire: Mutex<Boxed<Result<OwnedSlot<T>, PoolError>>>,
+        acquire: Boxed<Result<OwnedSlot<T>, PoolError>>,
         since: Instant,
     },
     /// A slot is held for the next call.
@@ -120,8 +121,16 @@ impl<T: Transport> PoolService<T> {
     pub fn new(pool: Pool<T>) -> Self {
         Self {
             pool,
-            reservation: Reservation::None,
+            reservation: Mutex::new(Reservation::None),
         }
+    }
+
+    /// The reservation, without locking: `&mut self` is proof enough, and the
+    /// mutex is never locked, so never poisoned.
+    fn reservation(&mut self) -> &mut Reservation<T> {
+        self.reservation
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The pool behind the service.
@@ -139,11 +148,12 @@ impl<T: Transport> Clone for PoolService<T> {
 
 impl<T: Transport> fmt::Debug for PoolService<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reservation = match &self.reservation {
-            Reservation::None => "none",
-            Reservation::Waiting { .. } => "waiting",
-            Reservation::Ready { .. } => "ready",
-            Reservation::Failed(_) => "failed",
+        let reservation = match self.reservation.try_lock().as_deref() {
+            Err(_) => "busy",
+            Ok(Reservation::None) => "none",
+            Ok(Reservation::Waiting { .. }) => "waiting",
+            Ok(Reservation::Ready { .. }) => "ready",
+            Ok(Reservation::Failed(_)) => "failed",
         };
         f.debug_struct("PoolService")
             .field("reservation", &reservation)
@@ -157,40 +167,42 @@ impl<T: Transport> tower::Service<T::Request> for PoolService<T> {
     type Future = PoolServiceFuture<T::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PoolError>> {
-        if matches!(self.reservation, Reservation::None) {
-            let pool = self.pool.clone();
-            self.reservation = Reservation::Waiting {
-                acquire: Mutex::new(Box::pin(async move { pool.acquire_owned().await })),
+        let pool = &self.pool;
+        let reservation = self
+            .reservation
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if matches!(reservation, Reservation::None) {
+            let pool = pool.clone();
+            *reservation = Reservation::Waiting {
+                acquire: Box::pin(async move { pool.acquire_owned().await }),
                 since: Instant::now(),
             };
         }
-        let Reservation::Waiting { acquire, since } = &mut self.reservation else {
+        let Reservation::Waiting { acquire, since } = reservation else {
             // Ready, or failed with an error for the next call to return.
             return Poll::Ready(Ok(()));
         };
         let since = *since;
-        let acquire = acquire
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Poll::Ready(result) = acquire.as_mut().poll(cx) else {
             return Poll::Pending;
         };
         match result {
             Ok(slot) => {
                 let waited = since.elapsed();
-                self.reservation = Reservation::Ready { slot, waited };
+                *reservation = Reservation::Ready { slot, waited };
             }
             Err(PoolError::Closed) => {
-                self.reservation = Reservation::None;
+                *reservation = Reservation::None;
                 return Poll::Ready(Err(PoolError::Closed));
             }
-            Err(error) => self.reservation = Reservation::Failed(error),
+            Err(error) => *reservation = Reservation::Failed(error),
         }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: T::Request) -> Self::Future {
-        match std::mem::replace(&mut self.reservation, Reservation::None) {
+        match std::mem::replace(self.reservation(), Reservation::None) {
             Reservation::Ready { slot, waited } => Box::pin(crate::event::run(
                 std::future::ready(Ok((slot, waited))),
                 request,
@@ -198,13 +210,10 @@ impl<T: Transport> tower::Service<T::Request> for PoolService<T> {
             Reservation::Failed(error) => Box::pin(std::future::ready(Err(error))),
             // Called without a ready poll_ready: the call waits for its slot,
             // keeping the place in the queue a pending poll_ready already took.
-            Reservation::Waiting { acquire, since } => {
-                let acquire = acquire.into_inner().unwrap_or_else(|p| p.into_inner());
-                Box::pin(crate::event::run(
-                    async move { Ok((acquire.await?, since.elapsed())) },
-                    request,
-                ))
-            }
+            Reservation::Waiting { acquire, since } => Box::pin(crate::event::run(
+                async move { Ok((acquire.await?, since.elapsed())) },
+                request,
+            )),
             Reservation::None => {
                 let pool = self.pool.clone();
                 Box::pin(async move { pool.dispatch(request).await })

@@ -195,3 +195,9 @@ async fn buffer_in_front_serves_every_caller_and_holds_no_slot_when_idle() {
     assert_whole(&h).await;
     drop(buffer);
 }
+
+#[test]
+fn the_service_is_send_sync_and_clone_as_axum_asks() {
+    fn axum_ready<S: Send + Sync + Clone + 'static>() {}
+    axum_ready::<PoolService<support::MemTransport>>();
+}
