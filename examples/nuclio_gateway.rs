@@ -252,9 +252,9 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let target = common::request_target(&uri);
+    let target = async_worker_pool::http::request_target(&uri);
     // Nuclio keeps one value per header name; a repeated header keeps its last.
-    let headers = common::header_pairs(&headers);
+    let headers = async_worker_pool::http::header_pairs(&headers);
     let event = NuclioEvent::from_http_request(method.as_str(), &target, headers, body);
     match gateway.pool.dispatch(event).await {
         Ok(response) => from_response(response),

@@ -7,6 +7,9 @@ mod api;
 mod config;
 mod endpoint;
 mod error;
+mod event;
+#[cfg(feature = "http")]
+pub mod http;
 mod in_process;
 mod launcher;
 #[cfg(feature = "net")]
@@ -19,6 +22,8 @@ mod pool;
 pub mod process;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+#[cfg(feature = "tower")]
+mod service;
 mod shared;
 mod slot;
 mod stats;
@@ -37,7 +42,9 @@ pub use launcher::{LaunchError, Launcher, WorkerExit, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
 pub use process::{ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
-pub use slot::Slot;
+#[cfg(feature = "tower")]
+pub use service::{PoolService, PoolServiceFuture};
+pub use slot::{OwnedSlot, Slot};
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
     WorkerState, WorkerStats,

@@ -16,7 +16,7 @@ use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
 use crate::launcher::Launcher;
 use crate::operations::{Command, Ops, Spawn, Supervisors};
 use crate::shared::Shared;
-use crate::slot::{Slot, acquire, acquire_within};
+use crate::slot::{OwnedSlot, Slot, acquire, acquire_owned, acquire_within};
 use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use crate::transport::Transport;
@@ -109,15 +109,59 @@ impl<T: Transport> Pool<T> {
         acquire(&self.inner.shared).await
     }
 
+    /// Takes a free slot as [`acquire`](Self::acquire) does, as an
+    /// [`OwnedSlot`] that holds its own reference to the pool and so can move
+    /// into a spawned task.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire): dropping the future gives up
+    /// its place in the queue, and a slot granted to it in the meantime goes to
+    /// the next waiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use async_worker_pool::{InProcessLauncher, Pool, Transport, WorkerInfo, async_trait};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl Transport for Echo {
+    /// #     type Conn = ();
+    /// #     type Request = String;
+    /// #     type Response = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn connect(&self, _: &WorkerInfo) -> std::io::Result<()> { Ok(()) }
+    /// #     async fn call(&self, _: &mut (), request: String) -> std::io::Result<String> {
+    /// #         Ok(request)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = Pool::builder(Echo, InProcessLauncher).max_connections(2).build()?;
+    /// let mut slot = pool.acquire_owned().await?;
+    /// let answer = tokio::spawn(async move { slot.call("hello".to_owned()).await }).await??;
+    /// assert_eq!(answer, "hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn acquire_owned(&self) -> Result<OwnedSlot<T>, PoolError> {
+        acquire_owned(self.inner.shared.clone()).await
+    }
+
     /// Sends one event through a free slot and returns the worker's answer.
     ///
     /// # Tracing
     ///
     /// Each event runs in a `debug` span named `event`, with the fields
-    /// `worker`, `generation`, `waited_us` (the time it waited for a slot) and
-    /// `outcome` (`ok`, or the error's kind such as `event_timeout`), so that a
-    /// host's tracing or OpenTelemetry pipeline sees waiting apart from
-    /// running. With no subscriber interested in it, the span costs nothing.
+    /// `worker`, `generation`, `waited_us` (the time it waited for a slot),
+    /// `run_us` (the time the worker took to answer) and `outcome` (`ok`, or
+    /// the error's kind such as `event_timeout`), so that a host's tracing or
+    /// OpenTelemetry pipeline sees waiting apart from running. With no
+    /// subscriber interested in it, the span costs nothing.
     ///
     /// # Cancel safety
     ///
@@ -173,43 +217,15 @@ impl<T: Transport> Pool<T> {
         request: T::Request,
         limit: Option<Duration>,
     ) -> Result<T::Response, PoolError> {
-        use tracing::Instrument;
-        let acquire = || async {
-            match limit {
-                None => self.acquire().await,
-                Some(limit) => self.acquire_within(limit).await,
-            }
-        };
-        let span = tracing::debug_span!(
-            "event",
-            worker = tracing::field::Empty,
-            generation = tracing::field::Empty,
-            waited_us = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        if span.is_disabled() {
-            return acquire().await?.call(request).await;
-        }
-        let traced = async {
+        let acquire = async {
             let started = tokio::time::Instant::now();
-            let result = match acquire().await {
-                Ok(mut slot) => {
-                    let span = tracing::Span::current();
-                    span.record("worker", slot.worker().index());
-                    span.record("generation", slot.generation());
-                    span.record("waited_us", started.elapsed().as_micros() as u64);
-                    slot.call(request).await
-                }
-                Err(error) => Err(error),
+            let slot = match limit {
+                None => self.acquire().await?,
+                Some(limit) => self.acquire_within(limit).await?,
             };
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(error) => error.kind(),
-            };
-            tracing::Span::current().record("outcome", outcome);
-            result
+            Ok((slot, started.elapsed()))
         };
-        traced.instrument(span).await
+        crate::event::run(acquire, request).await
     }
 
     /// Waits until every connection of every worker is up, for at most

@@ -276,3 +276,23 @@ async fn beyond_max_waiters_dispatch_fails_at_once_with_queue_full() {
     assert_eq!(h.pool.stats().allocations.queue_full, 1);
     drop(waiters);
 }
+
+#[tokio::test(start_paused = true)]
+async fn owned_slot_moves_into_a_spawned_task_and_comes_back_on_drop() {
+    let h = harness(|b| b.max_connections(1)).await;
+    let mut slot = h.pool.acquire_owned().await.unwrap();
+    let worker = slot.worker();
+    let task = tokio::spawn(async move {
+        let resp = slot.call(Req::now(11)).await.unwrap();
+        // The slot is still held here: the pool has nothing idle.
+        (resp, slot)
+    });
+    let (resp, slot) = task.await.unwrap();
+    assert_eq!((resp.id, resp.worker), (11, worker.index()));
+    assert_eq!(h.pool.stats().busy, 1);
+    drop(slot);
+    let stats = h.until("the owned slot is back", |s| s.idle == 1).await;
+    assert_eq!(stats.busy, 0);
+    // A clean owned slot goes back to the idle slots and serves the next event.
+    assert_eq!(h.pool.dispatch(Req::now(12)).await.unwrap().id, 12);
+}

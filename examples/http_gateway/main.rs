@@ -33,7 +33,7 @@ use axum::routing::get;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use async_worker_pool::net::{Event, SocketTransport};
+use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
 
 use args::Args;
@@ -169,8 +169,7 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let headers = common::header_pairs(&headers).collect();
-    let event = Event::http(method.as_str(), common::request_target(&uri), headers, body);
+    let event = async_worker_pool::http::event_from_parts(&method, &uri, &headers, body);
     match pool.dispatch(event).await {
         Ok(reply) => responses::from_reply(reply),
         Err(error) => common::from_pool_error(error),
