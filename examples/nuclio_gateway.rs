@@ -36,7 +36,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use async_worker_pool::nuclio::{
     HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioSpec, NuclioTransport,
@@ -100,6 +99,10 @@ struct Args {
     /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+
+    /// The HTTP listener: backlog, client timeouts, connection cap.
+    #[command(flatten)]
+    listener: common::listener::ListenerArgs,
 }
 
 struct Gateway {
@@ -151,10 +154,10 @@ fn spec_config(args: &Args) -> Result<PoolConfig, String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let config = pool_config(&args)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let (listener, backlog) = common::listener::bind(args.listen, args.listener.backlog)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
-    let wanted = config.capacity() as u64 + 1024;
+    let reserved = common::listener::reserved_fds(config.capacity(), config.max_connections);
+    let wanted = common::listener::wanted_fds(&args.listener, reserved);
     if let Ok(limit) = async_worker_pool::process::raise_fd_limit(wanted) {
         if limit < wanted {
             tracing::warn!(
@@ -164,6 +167,8 @@ async fn run(args: Args) -> Result<(), String> {
             );
         }
     }
+    let max_clients = common::listener::client_cap(&args.listener, reserved);
+    tracing::info!(backlog, max_clients, "HTTP listener");
     let launcher = NuclioLauncher::builder(&args.wrapper, &args.handler)
         .python(&args.python)
         .handler_path(&args.handler_path)
@@ -208,14 +213,15 @@ async fn run(args: Args) -> Result<(), String> {
             stop.cancel();
         }
     });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let result = tokio::select! {
-        result = serve => result.map_err(|e| format!("HTTP server failed: {e}")),
-        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => Ok(()),
-    };
+    let serve = common::listener::serve(listener, app, &args.listener, max_clients, stop.clone());
+    // Requests in flight get the grace to finish; then the pool stops anyway.
+    tokio::select! {
+        () = serve => {}
+        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => {}
+    }
     pool.shutdown(args.shutdown_grace).await;
     println!("nuclio_gateway: stopped");
-    result
+    Ok(())
 }
 
 /// Waits until every worker serves at least one connection; the pool keeps

@@ -1,6 +1,9 @@
 //! What both HTTP gateway examples share: waiting for the workers at start, the
 //! mapping of pool errors to HTTP answers, `/healthz`, request headers as
-//! strings, and the shutdown signal. Included by each example with `#[path]`.
+//! strings, the shutdown signal, and the HTTP listener (`listener`). Included
+//! by each example with `#[path]`.
+
+pub mod listener;
 
 use std::time::Duration;
 

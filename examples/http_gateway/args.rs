@@ -88,6 +88,10 @@ pub struct Args {
     /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The HTTP listener: backlog, client timeouts, connection cap.
+    #[command(flatten)]
+    pub listener: crate::common::listener::ListenerArgs,
 }
 
 /// A size in bytes: `1048576`, `512K`, `200M`, `2G` (powers of 1024).
