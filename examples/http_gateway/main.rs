@@ -154,7 +154,8 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     }
     builder = builder
         .max_events_per_worker(args.max_events_per_worker)
-        .max_worker_rss(args.max_worker_rss);
+        .max_worker_rss(args.max_worker_rss)
+        .min_worker_uptime(args.min_worker_uptime);
     let pool = builder.build().map_err(|error| error.to_string())?;
 
     // One launch plus one full round of connects, each bounded by the same timeout.
