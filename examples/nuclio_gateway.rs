@@ -21,7 +21,8 @@
 //! second). `/metrics` serves
 //! the pool's numbers under the crate's names, Nuclio's names and the handler
 //! durations; `/healthz` says whether a worker serves. Ctrl-C or SIGTERM stop
-//! it gracefully.
+//! it gracefully; SIGHUP reloads every worker (new before old, no request
+//! fails), as the HTTP gateway does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -183,6 +184,9 @@ async fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| error.to_string())?;
     wait_until_serving(&pool, 2 * establish).await?;
+    // Listening for signals from before the address is printed on.
+    let signalled = common::shutdown_signal();
+    let _reloads = common::reload_on_hangup(pool.clone())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let stats = pool.stats();
     println!(
@@ -208,7 +212,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            common::shutdown_signal().await;
+            signalled.await;
             tracing::info!("shutting down");
             stop.cancel();
         }
