@@ -31,8 +31,9 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
 ``--connections N``    how many connections the host will open (default 1000). At
                        most N + 4 connections are served at once (the 4 for the
                        host's liveness probes), and at most as many may be in their
-                       handshake; more are closed at once. The listen backlog is at
-                       least N and the RLIMIT_NOFILE soft limit is raised to
+                       handshake; more are closed at once. The listen backlog is
+                       the larger of N and 2048, capped by net.core.somaxconn,
+                       and the RLIMIT_NOFILE soft limit is raised to
                        2 (N + 4) + 64 when the hard limit allows it.
 ``--max-frame-bytes N`` largest frame accepted or sent (default 16 MiB, at least 512).
 ``--handshake-timeout SECONDS`` how long a new connection may take to answer the
@@ -559,15 +560,31 @@ def raise_fd_limit(connections: int) -> None:
               % (connections, needed, hard, hard, needed))
 
 
+# The listen backlog asked for at least: uvicorn's and gunicorn's default.
+DEFAULT_BACKLOG = 2048
+
+
+def _somaxconn():
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _listen_backlog(connections: int) -> int:
+    """The larger of `connections` and DEFAULT_BACKLOG, capped by somaxconn
+    (which the kernel would apply silently)."""
+    wanted = max(connections, DEFAULT_BACKLOG)
+    cap = _somaxconn()
+    return min(wanted, cap) if cap else wanted
+
+
 def _check_somaxconn(connections: int) -> None:
     # The kernel silently caps the listen backlog; a host connecting all at once
     # would then see some connects stall or fail.
-    try:
-        with open("/proc/sys/net/core/somaxconn") as f:
-            cap = int(f.read().strip())
-    except (OSError, ValueError):
-        return
-    if cap < connections:
+    cap = _somaxconn()
+    if cap is not None and cap < connections:
         _warn("net.core.somaxconn is %d, below the %d connections the host will "
               "open at once; some connects may be refused" % (cap, connections))
 
@@ -999,7 +1016,7 @@ class Worker:
 
     async def _start_server(self):
         loop = asyncio.get_running_loop()
-        backlog = max(self.args.connections, 128)
+        backlog = _listen_backlog(self.args.connections)
         if self.args.unix:
             _remove_stale_socket(self.args.unix)
             server = await loop.create_unix_server(

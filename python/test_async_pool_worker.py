@@ -348,6 +348,11 @@ class ServeTest(WorkerTestCase):
         self.assertEqual(meta, {"pid": worker.proc.pid, "worker_id": 7})
         self.assertEqual(body, b"")
 
+    def test_listen_backlog_is_at_least_2048_within_somaxconn(self):
+        cap = apw._somaxconn() or 1 << 20
+        self.assertEqual(apw._listen_backlog(10), min(2048, cap))
+        self.assertEqual(apw._listen_backlog(5000), min(5000, cap))
+
     def test_listening_line_and_stale_socket(self):
         # Leave a stale socket file behind, as a killed worker would.
         stale = socket.socket(socket.AF_UNIX)

@@ -21,6 +21,10 @@ cargo test --doc
 # The tower feature: PoolService with tower's middleware, and the axum example's core.
 $run_tests --features tower --test tower_service --test axum_tower
 cargo test --features tower --doc PoolService
+# The soak test's short version: 2 minutes of mixed load on the gateway with
+# a worker killed each minute; fails on a lost request or on growth.
+# `sh scripts/soak.sh` alone runs the 30-minute one.
+SOAK_GATEWAY=${CARGO_TARGET_DIR:-target}/debug/examples/http_gateway sh scripts/soak.sh 2m
 # The reference worker's unit tests, once on asyncio's loop (the system's
 # python3, without uvloop) and once on uvloop's (a virtualenv that has it).
 python3 -m unittest discover -s python -p 'test_*.py'

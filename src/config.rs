@@ -85,6 +85,13 @@ impl RestartPolicy {
     }
 }
 
+/// The default `min_worker_uptime`: a worker replaced at most
+/// once a minute for its bounds costs little.
+const DEFAULT_MIN_WORKER_UPTIME: Duration = Duration::from_secs(60);
+
+/// The largest [`PoolConfig::min_worker_uptime`] `validate` accepts.
+const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
+
 /// The pool's configuration. Field names follow Nuclio's where it has one.
 ///
 /// | field | Nuclio | default |
@@ -101,6 +108,7 @@ impl RestartPolicy {
 /// | `probe_interval` | — | 5 s |
 /// | `max_events_per_worker` | — | none |
 /// | `max_worker_rss` | — | none |
+/// | `min_worker_uptime` | — | 60 s |
 ///
 /// # Liveness
 ///
@@ -135,8 +143,17 @@ impl RestartPolicy {
 /// every second; on systems without `/proc` this limit is not checked). The
 /// replacement is the rolling one of [`Pool::reload`](crate::Pool::reload):
 /// a spare worker comes up first, the old process finishes its events in
-/// flight, and no event fails. Counted in
-/// [`RestartReasons::recycled`](crate::RestartReasons::recycled).
+/// flight, and no event fails. Counted by bound in
+/// [`RestartReasons::recycled_events`](crate::RestartReasons::recycled_events)
+/// and [`RestartReasons::recycled_rss`](crate::RestartReasons::recycled_rss).
+///
+/// A worker is never recycled before it has served `min_worker_uptime`
+/// (60 s by default): one that comes due sooner is recycled once it has.
+/// Without it, a handler already past `max_worker_rss` when it is imported
+/// would have each new process replaced a second after it started, and the
+/// fleet would restart in a loop; with it, such a worker is replaced at most
+/// once per `min_worker_uptime`. Reloads, crashes and failed probes do not
+/// wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -182,6 +199,9 @@ pub struct PoolConfig {
     /// Replace a worker process whose resident memory passes this many bytes
     /// (Linux only; see [Recycling](#recycling)). `None` never does.
     pub max_worker_rss: Option<u64>,
+    /// The least time a worker process serves before it is recycled for
+    /// either bound (see [Recycling](#recycling)). At most a day.
+    pub min_worker_uptime: Duration,
 }
 
 impl Default for PoolConfig {
@@ -200,6 +220,7 @@ impl Default for PoolConfig {
             probe_interval: Some(DEFAULT_PROBE_INTERVAL),
             max_events_per_worker: None,
             max_worker_rss: None,
+            min_worker_uptime: DEFAULT_MIN_WORKER_UPTIME,
         }
     }
 }
@@ -318,6 +339,16 @@ impl PoolConfig {
                 "must be above zero bytes; use None for no memory limit".into(),
             );
         }
+        if self.min_worker_uptime > MAX_MIN_WORKER_UPTIME {
+            return bad(
+                "min_worker_uptime",
+                format!(
+                    "must be at most {MAX_MIN_WORKER_UPTIME:?}; a worker kept past its bounds \
+                     longer is not being recycled at all (use None for max_events_per_worker and \
+                     max_worker_rss instead)"
+                ),
+            );
+        }
         let policy = &self.restart;
         if policy.max_backoff < policy.initial_backoff {
             return bad(
@@ -338,6 +369,24 @@ impl PoolConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_worker_uptime_defaults_to_a_minute_and_is_bounded_by_a_day() {
+        assert_eq!(
+            PoolConfig::default().min_worker_uptime,
+            Duration::from_secs(60)
+        );
+        let day = PoolConfig {
+            min_worker_uptime: Duration::from_secs(86_400),
+            ..PoolConfig::default()
+        };
+        assert_eq!(day.validate(), Ok(()));
+        let longer = PoolConfig {
+            min_worker_uptime: Duration::from_secs(86_401),
+            ..PoolConfig::default()
+        };
+        assert_eq!(longer.validate().unwrap_err().field(), "min_worker_uptime");
+    }
 
     #[test]
     fn relaunch_delay_doubles_up_to_the_cap() {

@@ -546,6 +546,12 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
+    /// See [`PoolConfig::min_worker_uptime`].
+    pub fn min_worker_uptime(mut self, uptime: Duration) -> Self {
+        self.config.min_worker_uptime = uptime;
+        self
+    }
+
     /// See [`PoolConfig::restart`].
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;

@@ -26,8 +26,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
-
-use crate::shared::{EndReason, Request, Shared};
+use crate::shared::{EndReason, Replacement, Request, Shared};
 use crate::stats::WorkerState;
 use crate::transport::Transport;
 use crate::worker::{WorkerId, WorkerInfo};
@@ -41,7 +40,7 @@ enum End {
     Unresponsive(String),
     /// Asked to make way for a new generation: a reload, or a recycle.
     Replace {
-        recycle: bool,
+        why: Replacement,
     },
     /// The worker is being removed.
     Retire,
@@ -139,15 +138,13 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 consecutive = 0;
             }
             match end {
-                End::Replace { recycle } => {
-                    let why = if recycle {
-                        EndReason::Recycled
-                    } else {
-                        EndReason::Reloaded
-                    };
+                End::Replace { why } => {
                     let drained = self.drain(&mut process, generation).await;
-                    self.shared
-                        .end_generation(worker, WorkerState::Starting, why);
+                    self.shared.end_generation(
+                        worker,
+                        WorkerState::Starting,
+                        EndReason::Replaced(why),
+                    );
                     let exit = match drained {
                         Drained::Exited(exit) => exit,
                         Drained::Done => process.terminate(policy.terminate_grace).await,
@@ -156,7 +153,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                             break;
                         }
                     };
-                    tracing::info!(%worker, generation, %exit, recycle, "worker replaced; relaunching");
+                    tracing::info!(%worker, generation, %exit, ?why, "worker replaced; relaunching");
                     replaced = true;
                 }
                 End::Retire => {
@@ -352,8 +349,8 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     Request::Connect { slot, generation: of } if of == generation => {
                         connects.spawn(connector.clone().connect(slot, false));
                     }
-                    Request::Replace { generation: of, recycle } if of == generation => {
-                        return End::Replace { recycle };
+                    Request::Replace { generation: of, why } if of == generation => {
+                        return End::Replace { why };
                     }
                     // The worker is suspect already; a probe in progress decides.
                     Request::Probe { generation: of } if of == generation && probe.is_none() => {

@@ -200,8 +200,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             "worker_restart_reasons_total",
             Counter,
             "Why worker processes stopped serving: exited, reconnect_failed, unresponsive \
-             (failed a liveness probe), launch_failed, recycled (max events or memory) or \
-             reloaded.",
+             (failed a liveness probe), launch_failed, recycled_events (served max events), \
+             recycled_rss (passed the memory bound) or reloaded.",
         )
         .by(
             "reason",
@@ -210,7 +210,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
                 ("reconnect_failed", reasons.reconnect_failed),
                 ("unresponsive", reasons.unresponsive),
                 ("launch_failed", reasons.launch_failed),
-                ("recycled", reasons.recycled),
+                ("recycled_events", reasons.recycled_events),
+                ("recycled_rss", reasons.recycled_rss),
                 ("reloaded", reasons.reloaded),
             ]),
         ),

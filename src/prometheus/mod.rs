@@ -88,7 +88,8 @@ mod tests {
             restart_reasons: crate::stats::RestartReasons {
                 exited: 1,
                 unresponsive: 2,
-                recycled: 3,
+                recycled_events: 3,
+                recycled_rss: 4,
                 ..Default::default()
             },
             workers: vec![WorkerStats {
@@ -121,7 +122,8 @@ mod tests {
             "async_worker_pool_worker_restart_reasons_total{reason=\"exited\"} 1",
             "async_worker_pool_worker_restart_reasons_total{reason=\"unresponsive\"} 2",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reconnect_failed\"} 0",
-            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled\"} 3",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_events\"} 3",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_rss\"} 4",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"draining\"} 0",
