@@ -18,6 +18,10 @@ fi
 cargo build --examples
 $run_tests --all-targets
 cargo test --doc
+# The fault suite and the real-worker tests again, in the socket transport's
+# multiplexed mode (two physical connections per worker).
+ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test real_worker_faults --test chaos \
+    --test security --test real_workers --test real_worker_liveness --test real_worker_ops
 # The reference worker's unit tests, once on asyncio's loop (the system's
 # python3, without uvloop) and once on uvloop's (a virtualenv that has it).
 python3 -m unittest discover -s python -p 'test_*.py'

@@ -326,6 +326,16 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A cancel frame sent and not yet confirmed.
+#[derive(Debug)]
+pub(crate) struct Cancellation {
+    /// Resolves when the worker confirms, or fails when the connection dies
+    /// (the worker then cancels what ran on it).
+    pub(crate) confirmed: oneshot::Receiver<()>,
+    /// The connection it was sent on, held open until then.
+    pub(crate) physical: Arc<Physical>,
+}
+
 /// The physical connections to one worker process, and its unconfirmed
 /// cancellations.
 #[derive(Debug, Default)]
@@ -339,7 +349,9 @@ pub(crate) struct Group {
 #[derive(Debug, Default)]
 struct GroupState {
     physical: Vec<Weak<Physical>>,
-    unclaimed: VecDeque<oneshot::Receiver<()>>,
+    /// Each with the connection it runs on, kept open until the confirmation
+    /// comes (the stream that sent it may have been its last).
+    unclaimed: VecDeque<Cancellation>,
     /// The worker answered `M` by closing the connection: it does not speak
     /// multiplexing, so its slots use one connection each.
     refused: bool,
@@ -368,17 +380,17 @@ impl Group {
     }
 
     /// Takes the oldest cancellation no reconnect has waited for yet.
-    pub(crate) fn claim_cancellation(&self) -> Option<oneshot::Receiver<()>> {
+    pub(crate) fn claim_cancellation(&self) -> Option<Cancellation> {
         self.state.lock().unclaimed.pop_front()
     }
 
     /// Gives back a cancellation claimed by a connect that was dropped.
-    pub(crate) fn unclaim(&self, confirmed: oneshot::Receiver<()>) {
-        self.state.lock().unclaimed.push_front(confirmed);
+    pub(crate) fn unclaim(&self, cancellation: Cancellation) {
+        self.state.lock().unclaimed.push_front(cancellation);
     }
 
-    fn unclaimed(&self, confirmed: oneshot::Receiver<()>) {
-        self.state.lock().unclaimed.push_back(confirmed);
+    fn unclaimed(&self, cancellation: Cancellation) {
+        self.state.lock().unclaimed.push_back(cancellation);
     }
 
     /// Whether the worker refused to multiplex.
@@ -389,13 +401,6 @@ impl Group {
     /// Remembers that the worker refused to multiplex.
     pub(crate) fn refuse(&self) {
         self.state.lock().refused = true;
-    }
-
-    /// Whether nothing of it is left: no live connection, no cancellation
-    /// waiting.
-    pub(crate) fn is_unused(&self) -> bool {
-        let state = self.state.lock();
-        state.unclaimed.is_empty() && state.physical.iter().all(|weak| weak.strong_count() == 0)
     }
 }
 
@@ -537,7 +542,10 @@ impl Drop for InFlight<'_> {
         frame.put_u32(2);
         frame.put_slice(b"{}");
         if physical.outgoing.send(frame.freeze()).is_ok() {
-            stream.group.unclaimed(confirmed);
+            stream.group.unclaimed(Cancellation {
+                confirmed,
+                physical: Arc::clone(physical),
+            });
         }
         tracing::debug!(stream = stream.id, "event cancelled; cancel frame sent");
     }

@@ -15,7 +15,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 use super::envelope::{Event, Ready, Reply};
 use super::error::NetError;
 use super::handshake::{CHALLENGE, Challenge};
-use super::mux::{self, Group, MuxStream, Physical};
+use super::mux::{self, Cancellation, Group, MuxStream, Physical};
 use super::secret::WorkerSecret;
 use super::stream::Stream;
 use crate::launcher::{Endpoint, WorkerInfo};
@@ -95,7 +95,9 @@ impl Multiplexed {
         if let Some(group) = groups.get(&key) {
             return Arc::clone(group);
         }
-        groups.retain(|_, group| !group.is_unused());
+        // A group nothing else holds (no stream, no connect under way) has
+        // no live connection either: streams keep theirs alive.
+        groups.retain(|_, group| Arc::strong_count(group) > 1);
         Arc::clone(groups.entry(key).or_default())
     }
 }
@@ -104,13 +106,13 @@ impl Multiplexed {
 /// dropped, so that the next reconnect waits for it instead.
 struct Claim<'a> {
     group: &'a Group,
-    confirmed: Option<tokio::sync::oneshot::Receiver<()>>,
+    cancellation: Option<Cancellation>,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if let Some(confirmed) = self.confirmed.take() {
-            self.group.unclaim(confirmed);
+        if let Some(cancellation) = self.cancellation.take() {
+            self.group.unclaim(cancellation);
         }
     }
 }
@@ -332,15 +334,19 @@ impl SocketTransport {
         }
         let mut claim = Claim {
             group: &group,
-            confirmed: group.claim_cancellation(),
+            cancellation: group.claim_cancellation(),
         };
-        if let Some(confirmed) = claim.confirmed.as_mut() {
+        // Held until the stream is open: the cancelled stream may have been
+        // the last on its connection, which the new stream should reuse.
+        let mut cancelled_on = None;
+        if let Some(cancellation) = claim.cancellation.as_mut() {
             // A dropped sender means the physical connection is gone, and the
             // worker cancels what ran on it.
-            let _ = confirmed.await;
-            claim.confirmed = None;
+            let _ = (&mut cancellation.confirmed).await;
+            cancelled_on = claim.cancellation.take().map(|done| done.physical);
         }
         let limit = self.max_frame_bytes;
+        let _cancelled_on = cancelled_on;
         let stream = |physical| SocketConn {
             inner: Inner::Stream(MuxStream::open(physical, Arc::clone(&group), limit)),
         };
@@ -365,8 +371,8 @@ impl SocketTransport {
     }
 
     /// Opens a connection, asks the worker to multiplex it, and starts its
-    /// reader and writer; `None` if the worker closed the connection instead
-    /// of agreeing.
+    /// reader and writer; `None` if the worker closed the connection or
+    /// answered anything but an acknowledgement.
     async fn open_physical(&self, endpoint: &Endpoint) -> Result<Option<Arc<Physical>>, NetError> {
         let secret = WorkerSecret::registered_for(endpoint);
         let Direct {
@@ -384,7 +390,12 @@ impl SocketTransport {
             },
             None => return Ok(None),
         };
-        mux::check_multiplex_ack(&ack)?;
+        if let Err(error) = mux::check_multiplex_ack(&ack) {
+            // Not an acknowledgement: a worker from before multiplexing that
+            // took `M` for an event, say. Serve it one event per connection.
+            tracing::debug!(%endpoint, %error, "the worker did not acknowledge multiplexing");
+            return Ok(None);
+        }
         let parts = framed.into_parts();
         let (read, write) = parts.io.into_split();
         tracing::debug!(%endpoint, pid = ready.pid(), "multiplexed connection opened");
