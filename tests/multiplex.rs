@@ -119,33 +119,60 @@ async fn sixteen_workers_with_a_thousand_slots_each_fit_in_1024_descriptors() {
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timed_out_event_is_cancelled_in_the_worker_before_its_slot_carries_another() {
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+/// How an event is given up on: by the pool's event timeout, or by its
+/// caller, who drops the dispatch.
+#[derive(Debug, Clone, Copy)]
+enum GiveUp {
+    EventTimeout,
+    CallerGone,
+}
+
+/// Gives up on a minute-long event three times, each time checking that the
+/// one slot carries its next event only once the worker has confirmed the
+/// cancellation: by then it has counted it, and nothing else runs.
+async fn cancelled_before_the_slot_carries_another(give_up: GiveUp) {
     let launcher = python_worker("cancellable:handler", 1).build().unwrap();
-    let pool = Pool::builder(SocketTransport::new().multiplex(1), launcher)
-        .max_connections(1)
-        .event_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let mut builder =
+        Pool::builder(SocketTransport::new().multiplex(1), launcher).max_connections(1);
+    if let GiveUp::EventTimeout = give_up {
+        builder = builder.event_timeout(Duration::from_millis(300));
+    }
+    let pool = builder.build().unwrap();
     until_full(&pool).await;
     for round in 1..=3 {
-        let error = pool.dispatch(Event::plain("sleep")).await.unwrap_err();
-        assert!(matches!(error, PoolError::EventTimeout { .. }), "{error:?}");
-        // The one slot takes the next event only once the worker has
-        // confirmed the cancellation: by then it has counted it, and nothing
-        // else runs.
+        let sleeping = pool.dispatch(Event::plain("sleep"));
+        match give_up {
+            GiveUp::EventTimeout => {
+                let error = sleeping.await.unwrap_err();
+                assert!(matches!(error, PoolError::EventTimeout { .. }), "{error:?}");
+            }
+            GiveUp::CallerGone => {
+                let gone = tokio::time::timeout(Duration::from_millis(300), sleeping).await;
+                assert!(gone.is_err(), "{gone:?}");
+            }
+        }
         let reply = pool.dispatch(Event::plain("count")).await.unwrap();
         let counts: serde_json::Value = serde_json::from_slice(&returned_body(reply)).unwrap();
         assert_eq!(
             counts,
             serde_json::json!({"cancelled": round, "running": 1}),
-            "round {round}"
+            "{give_up:?}, round {round}"
         );
     }
-    let stats = pool.stats();
-    assert_eq!(stats.worker_restarts, 0, "cancelled, not restarted");
+    assert_eq!(pool.stats().worker_restarts, 0, "cancelled, not restarted");
     pool.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_event_is_cancelled_in_the_worker_before_its_slot_carries_another() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    cancelled_before_the_slot_carries_another(GiveUp::EventTimeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_caller_went_away_is_cancelled_before_its_slot_carries_another() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    cancelled_before_the_slot_carries_another(GiveUp::CallerGone).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
