@@ -54,9 +54,9 @@ fn main() {
          connection(s)\n"
     );
     println!(
-        "| body | in flight | contender | events/s | CPU/event | events/wake-up | CPU ÷ pool's | events/s ÷ pool's |"
+        "| body | in flight | contender | events | events/s | CPU/event | events/wake-up | CPU ÷ pool's | events/s ÷ pool's |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let only_body = std::env::var("AWP_BENCH_BODY").ok();
     let only_in_flight = std::env::var("AWP_BENCH_IN_FLIGHT").ok();
     for (len, label) in BODIES {
@@ -79,13 +79,20 @@ fn main() {
                 if run.events == 0 {
                     continue;
                 }
+                let (cpu_ratio, rate_ratio) = if pool.events == 0 {
+                    ("–".to_owned(), "–".to_owned())
+                } else {
+                    (
+                        format!("{:.2}x", ratio(run.cpu_per_event(), pool.cpu_per_event())),
+                        format!("{:.2}x", run.events_per_sec() / pool.events_per_sec()),
+                    )
+                };
                 println!(
-                    "| {label} | {in_flight} | {name} | {:.0} | {:.2} µs | {:.2} | {:.2}x | {:.2}x |",
+                    "| {label} | {in_flight} | {name} | {} | {:.0} | {:.2} µs | {:.2} | {cpu_ratio} | {rate_ratio} |",
+                    run.events,
                     run.events_per_sec(),
                     micros(run.cpu_per_event()),
                     run.events_per_wakeup(),
-                    ratio(run.cpu_per_event(), pool.cpu_per_event()),
-                    run.events_per_sec() / pool.events_per_sec().max(f64::MIN_POSITIVE),
                 );
             }
         }

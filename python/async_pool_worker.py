@@ -1181,6 +1181,10 @@ class Worker:
         for conn in list(self.connections):
             if not conn.busy:
                 conn.close()
+            elif conn.mux is not None:
+                # A multiplexed connection would bring new events for as long
+                # as the host sends them: take no more, finish those running.
+                conn.transport.pause_reading()
         self.stop.set()
 
     def forget(self, conn) -> None:

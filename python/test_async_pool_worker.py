@@ -612,6 +612,21 @@ class MultiplexTest(WorkerTestCase):
         with worker.connect() as sock:
             self.assertEqual(self.call(sock, b"0")[::2], (b"O", b"0"))
 
+    def test_sigterm_finishes_the_events_running_and_takes_no_more(self):
+        worker = self.start("sleepy:handler")
+        with self.multiplexed(worker) as sock:
+            sock.sendall(mux_frame(1, envelope(b"E", {}, b"0.6"))
+                         + mux_frame(2, envelope(b"E", {}, b"0.3")))
+            time.sleep(0.2)
+            worker.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            # Sent after the signal: not run.
+            sock.sendall(mux_frame(3, envelope(b"E", {}, b"0")))
+            answers = {recv_mux(sock)[::3] for _ in range(2)}
+            self.assertEqual(answers, {(1, b"0.6"), (2, b"0.3")})
+            assert_closed(self, sock)
+        self.assertEqual(worker.wait(), 0)
+
     def test_events_of_a_closed_connection_are_cancelled(self):
         worker = self.start("probe:record_cancel")
         with self.multiplexed(worker) as sock:

@@ -16,7 +16,7 @@ E2E_ONLY (a comma-separated list of scenario names), E2E_OUT (where the
 Markdown table is written, default target/bench-e2e.md), E2E_SIDES (the
 servers compared, default ``gateway,uvicorn``; also ``gateway-mux``, the
 gateway in its multiplexed mode with E2E_MULTIPLEX physical connections per
-worker (default 1), and ``granian-asgi`` and ``granian-rsgi``, one granian
+worker (default 1), ``gateway-conn``, one connection per slot, and ``granian-asgi`` and ``granian-rsgi``, one granian
 process each on the same interpreter). With more than the two default sides
 a second table lists every side, with ratios to uvicorn's figures.
 """
@@ -117,6 +117,8 @@ class Server:
                    "--max-connections", "1000"]
             if side == "gateway-mux":
                 cmd += ["--multiplex", os.environ.get("E2E_MULTIPLEX", "1")]
+            elif side == "gateway-conn":
+                cmd += ["--multiplex", "0"]
             env = {**os.environ, "RUST_LOG": "warn"}
         elif side.startswith("granian"):
             interface = side.split("-")[1]
