@@ -187,6 +187,7 @@ fn handshake(c: &mut Criterion) {
         let pool = runtime.block_on(wire::socket_pool_with(
             path,
             IN_FLIGHT,
+            0,
             endpoint.attachments.clone(),
         ));
         let callers = Mutex::new(Some(wire::pool_callers(&pool, IN_FLIGHT, &body)));

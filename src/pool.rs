@@ -574,9 +574,14 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
             .map_err(|reason| ConfigError::new("max_connections", reason))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
+        // Weak: the launcher (and what it owns, such as its socket directory)
+        // must go with the supervisors at shutdown, not live on with the pool.
         let check_pool_size: PoolSizeCheck = {
-            let launcher = launcher.clone();
-            Box::new(move |workers, connections| launcher.check_pool_size(workers, connections))
+            let launcher = Arc::downgrade(&launcher);
+            Box::new(move |workers, connections| match launcher.upgrade() {
+                Some(launcher) => launcher.check_pool_size(workers, connections),
+                None => Ok(()),
+            })
         };
         let (shared, workers, recycles) = Shared::new(Arc::new(self.transport), self.config);
         let shutdown = CancellationToken::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-use async_worker_pool::net::{Event, NetError, SocketTransport};
+use async_worker_pool::net::{Event, NetError};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher, RestartPolicy, WorkerState};
 use nix::sys::signal::Signal;
 use real_support::{
@@ -201,7 +201,7 @@ async fn malformed_and_oversized_frames_restart_only_their_connection() {
         .connections(CONNS)
         .build()
         .unwrap();
-    let transport = SocketTransport::new().max_frame_bytes(64 * 1024);
+    let transport = real_support::transport().max_frame_bytes(64 * 1024);
     let pool = Pool::builder(transport, launcher)
         .max_connections(CONNS)
         .event_timeout(Duration::from_secs(10))

@@ -46,7 +46,7 @@ async fn read_event(stream: &mut UnixStream) -> std::io::Result<()> {
 async fn unix_socket_directory_is_private_and_removed_after_shutdown() {
     let launcher = python_worker("echo:handler", 4).build().unwrap();
     let dir = launcher.socket_dir().to_path_buf();
-    let pool = Pool::builder(SocketTransport::new(), launcher)
+    let pool = Pool::builder(real_support::transport(), launcher)
         .num_workers(2)
         .max_connections(4)
         .build()
@@ -313,7 +313,7 @@ async fn a_local_client_without_the_secret_runs_no_event_and_learns_no_pid() {
         .args(["--handshake-timeout", "0.5"])
         .build()
         .unwrap();
-    let pool = Pool::builder(SocketTransport::new(), launcher)
+    let pool = Pool::builder(real_support::transport(), launcher)
         .num_workers(1)
         .max_connections(2)
         .build()

@@ -91,6 +91,13 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_TCP")]
     pub tcp: bool,
 
+    /// Physical connections to each worker in the multiplexed mode (every
+    /// slot a stream on one of them); 0 for one connection per slot. One by
+    /// default: it used the least CPU per event in the socket dispatch bench
+    /// (BENCHMARKS.md, "Multiplexing").
+    #[arg(long, env = "GATEWAY_MULTIPLEX", default_value_t = 1)]
+    pub multiplex: usize,
+
     /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -137,7 +137,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
         .build()
         .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let mut builder = Pool::builder(
-        SocketTransport::new().max_frame_bytes(args.max_frame_bytes),
+        SocketTransport::new()
+            .max_frame_bytes(args.max_frame_bytes)
+            .multiplex(args.multiplex),
         launcher,
     )
     .num_workers(args.workers)

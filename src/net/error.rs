@@ -86,6 +86,27 @@ pub enum ProtocolError {
         /// The payload's length.
         len: usize,
     },
+    /// A multiplexed frame for a stream that has no event in flight and none
+    /// being cancelled (`docs/protocol.md`, "Multiplexing").
+    #[error("a frame for stream {stream}, which has no event in flight")]
+    UnknownStream {
+        /// The stream id received.
+        stream: u32,
+    },
+    /// The worker acknowledged multiplexing in a version this host does not
+    /// speak.
+    #[error("the worker multiplexes in version {version}; this host speaks version 1")]
+    UnsupportedMultiplexVersion {
+        /// The version received.
+        version: u32,
+    },
+    /// A multiplexed connection carrying this event broke the protocol on
+    /// another stream; every event on it failed.
+    #[error("the shared connection broke the protocol: {reason}")]
+    OnSharedConnection {
+        /// What the worker did wrong, as text.
+        reason: String,
+    },
     /// An `O` reply with a status outside `100..=999`.
     #[error("status {status} is outside 100..=999")]
     StatusOutOfRange {

@@ -43,6 +43,7 @@
 mod envelope;
 mod error;
 mod handshake;
+mod mux;
 mod secret;
 mod stream;
 mod transport;
