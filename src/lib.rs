@@ -38,7 +38,7 @@ pub use launcher::{
 };
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
-pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
+pub use process::{EndpointKind, Lifespan, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 pub use slot::Slot;
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,

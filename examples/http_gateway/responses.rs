@@ -16,31 +16,7 @@ pub fn from_reply(reply: Reply) -> Response {
             status,
             headers,
             body,
-        } => {
-            let Ok(status) = StatusCode::from_u16(status) else {
-                return plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the handler returned an invalid status {status}\n"),
-                );
-            };
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() = status;
-            for (name, value) in headers {
-                match (
-                    HeaderName::try_from(name.as_str()),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    (Ok(name), Ok(value)) => {
-                        response.headers_mut().append(name, value);
-                    }
-                    _ => tracing::warn!(
-                        name,
-                        "dropping a header the handler returned that HTTP cannot carry"
-                    ),
-                }
-            }
-            response
-        }
+        } => with_head(status, headers, Body::from(body)),
         Reply::Raised {
             exception_type,
             message,
@@ -57,4 +33,31 @@ pub fn from_reply(reply: Reply) -> Response {
             format!("unexpected reply from the worker: {other:?}\n"),
         ),
     }
+}
+
+/// A response with the worker's status and headers, and `body`.
+pub fn with_head(status: u16, headers: Vec<(String, String)>, body: Body) -> Response {
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            format!("the handler returned an invalid status {status}\n"),
+        );
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                response.headers_mut().append(name, value);
+            }
+            _ => tracing::warn!(
+                name,
+                "dropping a header the handler returned that HTTP cannot carry"
+            ),
+        }
+    }
+    response
 }

@@ -43,6 +43,7 @@
 mod envelope;
 mod error;
 mod handshake;
+mod response_stream;
 mod secret;
 mod stream;
 mod transport;
@@ -50,5 +51,6 @@ mod transport;
 pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
 pub use handshake::{Challenge, HANDSHAKE_VERSION, NONCE_LEN};
+pub use response_stream::{ResponsePart, ResponseParts, ResponseSink};
 pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, SecretRegistration, WorkerSecret};
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};
