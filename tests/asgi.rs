@@ -273,6 +273,37 @@ async fn the_app_sees_its_client_disconnect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_stops_the_app_and_the_slot_comes_back() {
+    let gateway = start("fastapi_app:app", &["--workers", "1"]);
+    let client = reqwest::Client::new();
+    let mut response = client
+        .get(format!("{}/ticks", gateway.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.chunk().await.unwrap().unwrap().as_ref(), b"tick\n");
+    drop(response);
+    wait_for_note(&client, &gateway, "ticks stopped").await;
+    // Every slot is idle again: the one that streamed was restarted, not lost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client
+            .get(format!("{}/metrics", gateway.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("async_worker_pool_slots{state=\"idle\"} 20") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots not all idle:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_route_gets_504_and_its_worker_is_replaced() {
     let gateway = start(
         "fastapi_app:app",

@@ -73,6 +73,18 @@ async def stream():
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+@app.get("/ticks")
+async def ticks():
+    async def forever():
+        try:
+            for _ in range(600):
+                yield b"tick\n"
+                await asyncio.sleep(0.05)
+        finally:
+            NOTES.append("ticks stopped")
+    return StreamingResponse(forever(), media_type="text/plain")
+
+
 @app.post("/release")
 async def release():
     RELEASE.set()
