@@ -171,10 +171,21 @@ def _header_bytes(text: str) -> bytes:
 
 
 def _address(value):
-    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) \
-            and isinstance(value[1], int) and not isinstance(value[1], bool):
+    if value is None:
+        return None
+    if type(value) is list and len(value) == 2 and type(value[0]) is str \
+            and type(value[1]) is int:
         return (value[0], value[1])
     return None
+
+
+def _scope_headers(pairs) -> list:
+    try:
+        return [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in pairs]
+    except UnicodeEncodeError:  # rare: the host decoded a value lossily
+        return [(name.lower().encode("latin-1", "replace"), _header_bytes(value))
+                for name, value in pairs]
 
 
 def build_scope(event, state: dict, root_path: str = "") -> dict:
@@ -197,17 +208,16 @@ def build_scope(event, state: dict, root_path: str = "") -> dict:
         "raw_path": raw.encode("utf-8"),
         "query_string": query.encode("utf-8"),
         "root_path": root_path,
-        "headers": [(name.lower().encode("latin-1", "replace"), _header_bytes(value))
-                    for name, value in event.headers],
+        "headers": _scope_headers(event.headers),
         "client": _address(meta.get("client")),
         "server": _address(meta.get("server")),
         "state": state.copy(),
     }
 
 
-def _asks_websocket(event) -> bool:
-    for name, value in event.headers:
-        if name.lower() == "upgrade" and value.lower() == "websocket":
+def _asks_websocket(scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"upgrade" and value.lower() == b"websocket":
             return True
     return False
 
@@ -459,14 +469,14 @@ class AsgiRunner:
                 "an ASGI app serves HTTP events only; this event has no method and path"),
                 self.max_frame)
             return _worker._new_task(loop, _answer_now(conn, answer))
-        if _asks_websocket(event):
+        scope = build_scope(event, self.lifespan.state, self.root_path)
+        if _asks_websocket(scope):
             meta = _head_meta(501, [("content-type", "text/plain; charset=utf-8")])
             return _worker._new_task(loop, _answer_now(
                 conn, _envelope(b"O", meta, _WEBSOCKET_REFUSAL)))
         exchange = _Exchange(self, conn, event)
         conn.on_lost = exchange._lost
-        task = _worker._new_task(loop, exchange.run(
-            build_scope(event, self.lifespan.state, self.root_path)))
+        task = _worker._new_task(loop, exchange.run(scope))
         if not task.done():
             exchange.task = task
             self.tasks.add(task)
