@@ -316,6 +316,8 @@ def main():
                 median(u, "cpu_us") / median(g, "cpu_us"),
                 ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
                 sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
+    if "gateway" not in SIDES or "uvicorn" not in SIDES:
+        lines = lines[:1]
     if SIDES != ["gateway", "uvicorn"]:
         lines += sides_table(rows)
     text = "\n".join(lines) + "\n"
