@@ -370,6 +370,8 @@ def main():
                 median(u, "cpu_us") / median(g, "cpu_us"),
                 ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
                 sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
+    if "gateway" not in HANDLER_SIDES or "uvicorn" not in HANDLER_SIDES:
+        lines = lines[:1]
     if HANDLER_SIDES != ("gateway", "uvicorn"):
         lines += sides_table(rows)
     if asgi_rows:

@@ -565,3 +565,120 @@ impl Drop for InFlight<'_> {
         tracing::debug!(stream = stream.id, "event cancelled; cancel frame sent");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(kind: u8, meta: &str) -> Vec<u8> {
+        let mut out = vec![kind];
+        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        out.extend_from_slice(meta.as_bytes());
+        out
+    }
+
+    fn frame(stream: u32, payload: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.put_u32(stream);
+        out.put_slice(payload);
+        out
+    }
+
+    #[test]
+    fn the_request_is_acknowledged_by_its_own_shape_and_nothing_else() {
+        let request = multiplex_request();
+        assert_eq!(&request[..], &envelope(b'M', r#"{"version":1}"#)[..]);
+        assert!(check_multiplex_ack(&request).is_ok());
+        let refusals: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "Empty"),
+            (envelope(b'O', "{}"), "UnexpectedKind"),
+            (vec![b'M', 0, 0], "ShortHeader"),
+            (
+                envelope(b'M', r#"{"version":1}"#)[..8].to_vec(),
+                "MetaPastEnd",
+            ),
+            (envelope(b'M', "{}"), "InvalidMeta"),
+            (
+                envelope(b'M', r#"{"version":2}"#),
+                "UnsupportedMultiplexVersion",
+            ),
+        ];
+        for (payload, want) in refusals {
+            let error = check_multiplex_ack(&payload).unwrap_err();
+            assert!(
+                format!("{error:?}").starts_with(want),
+                "{payload:?}: {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_go_to_their_own_stream_and_strays_break_the_protocol() {
+        let shared = Shared::default();
+        let (one, mut one_answer) = mpsc::unbounded_channel();
+        let (two, mut two_answer) = mpsc::unbounded_channel();
+        let (cancelled, mut confirmed) = oneshot::channel();
+        {
+            let mut state = shared.state.lock();
+            state.waiters.insert(1, one);
+            state.waiters.insert(2, two);
+            state.cancelling.insert(3, cancelled);
+        }
+        // Answers in another order than asked, each to its own waiter.
+        dispatch(&shared, frame(2, &envelope(b'O', "{}"))).unwrap();
+        dispatch(&shared, frame(1, &envelope(b'X', "{}"))).unwrap();
+        assert_eq!(two_answer.try_recv().unwrap().unwrap()[0], b'O');
+        assert_eq!(one_answer.try_recv().unwrap().unwrap()[0], b'X');
+        // A streamed answer: its head and chunks keep the stream's waiter,
+        // its last frame ends the exchange.
+        let (streamed, mut parts) = mpsc::unbounded_channel();
+        shared.state.lock().waiters.insert(4, streamed);
+        for kind in [b'H', b'B', b'B', b'D'] {
+            dispatch(&shared, frame(4, &envelope(kind, "{}"))).unwrap();
+            assert_eq!(parts.try_recv().unwrap().unwrap()[0], kind);
+        }
+        assert!(!shared.state.lock().waiters.contains_key(&4));
+        // An answer that crossed the cancel frame is dropped; `Q` confirms.
+        dispatch(&shared, frame(3, &envelope(b'O', "{}"))).unwrap();
+        assert!(confirmed.try_recv().is_err());
+        dispatch(&shared, frame(3, &envelope(CANCELLED, "{}"))).unwrap();
+        assert!(confirmed.try_recv().is_ok());
+        // Streams with nothing in flight, and frames too short for a kind.
+        for (stray, want) in [
+            (frame(1, &envelope(b'O', "{}")), "UnknownStream"),
+            (frame(3, &envelope(CANCELLED, "{}")), "UnknownStream"),
+            (frame(9, b""), "ShortHeader"),
+            (BytesMut::from(&[0, 0][..]), "ShortHeader"),
+        ] {
+            let error = dispatch(&shared, stray).unwrap_err();
+            assert!(format!("{error:?}").starts_with(want), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_connection_gives_every_event_its_own_error() {
+        let shared = Shared::default();
+        let mut answers = Vec::new();
+        for stream in 0..3 {
+            let (waiter, answer) = mpsc::unbounded_channel();
+            shared.state.lock().waiters.insert(stream, waiter);
+            answers.push(answer);
+        }
+        let (cancelled, mut confirmed) = oneshot::channel();
+        shared.state.lock().cancelling.insert(7, cancelled);
+        shared.fail(&NetError::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert!(shared.is_dead());
+        for mut answer in answers {
+            let error = answer.try_recv().unwrap().unwrap_err();
+            assert!(
+                matches!(&error, NetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset),
+                "{error:?}"
+            );
+        }
+        // The worker cancels what ran on a connection it lost.
+        assert!(matches!(
+            confirmed.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+    }
+}

@@ -341,17 +341,17 @@ impl SocketTransport {
             group: &group,
             cancellation: group.claim_cancellation(),
         };
-        // Held until the stream is open: the cancelled stream may have been
-        // the last on its connection, which the new stream should reuse.
-        let mut cancelled_on = None;
         if let Some(cancellation) = claim.cancellation.as_mut() {
             // A dropped sender means the physical connection is gone, and the
-            // worker cancels what ran on it.
+            // worker cancels what ran on it. A worker that never confirms
+            // holds this connect up until the pool's establish timeout; the
+            // cancellation then waits for the slot's next attempt.
             let _ = (&mut cancellation.confirmed).await;
-            cancelled_on = claim.cancellation.take().map(|done| done.physical);
         }
+        // Held until the stream is open: the cancelled stream may have been
+        // the last on its connection, which the new stream should reuse.
+        let _cancelled_on = claim.cancellation.take().map(|done| done.physical);
         let limit = self.max_frame_bytes;
-        let _cancelled_on = cancelled_on;
         let stream = |physical| SocketConn {
             inner: Inner::Stream(MuxStream::open(physical, Arc::clone(&group), limit)),
         };
