@@ -7,6 +7,7 @@ use crate::error::ConfigError;
 
 /// How a worker's connections are used (Nuclio's trigger `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Mode {
     /// Many connections per worker (`max_connections`), one event on each at a time.
     #[default]

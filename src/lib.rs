@@ -28,6 +28,13 @@ mod transport;
 mod worker;
 
 pub use api::AsyncWorkerPool;
+/// The attribute macro that [`Transport`], [`Launcher`] and [`WorkerProcess`]
+/// are written with, for hosts that implement them.
+///
+/// Kept on purpose: an implementation must expand `async fn` exactly as the
+/// trait declares it, so using the crate's own macro means a host needs no
+/// `async-trait` dependency of its own and cannot pick a version that
+/// disagrees.
 pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
 pub use endpoint::{Endpoint, EndpointKind};
@@ -36,7 +43,11 @@ pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{LaunchError, Launcher, WorkerExit, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
-pub use process::{ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
+pub use process::builder::ProcessLauncherBuilder;
+#[cfg(feature = "process")]
+pub use process::launcher::ProcessLauncher;
+#[cfg(feature = "process")]
+pub use process::worker::ProcessWorker;
 pub use slot::Slot;
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,

@@ -10,6 +10,7 @@ use crate::worker::WorkerId;
 
 /// Where a slot is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SlotState {
     /// Connected and free.
     Idle,

@@ -230,7 +230,7 @@ impl Launcher for ProcessLauncher {
     }
 
     /// Refuses a pool that would open more connections to a worker than
-    /// [`ProcessLauncherBuilder::connections`](super::ProcessLauncherBuilder::connections)
+    /// [`ProcessLauncherBuilder::connections`](crate::ProcessLauncherBuilder::connections)
     /// tells it to serve (it would refuse the rest), or more connections in all
     /// than the host's soft open-file limit allows (see
     /// [`raise_fd_limit`](super::raise_fd_limit)).

@@ -18,7 +18,7 @@ use crate::launcher::{WorkerExit, WorkerProcess};
 use crate::net::WorkerSecret;
 use crate::worker::{Attachments, WorkerId};
 
-/// A worker process started by [`ProcessLauncher`](super::ProcessLauncher), the
+/// A worker process started by [`ProcessLauncher`](crate::ProcessLauncher), the
 /// leader of a process group of its own.
 ///
 /// Dropping it before the process was reaped kills the whole group with `SIGKILL`
