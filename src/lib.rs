@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
-mod api;
+mod abort_on_drop;
 mod config;
 mod endpoint;
 mod error;
@@ -23,11 +23,10 @@ mod shared;
 mod slot;
 mod stats;
 mod supervisor;
-mod task;
 mod transport;
 mod worker;
+mod worker_pool;
 
-pub use api::AsyncWorkerPool;
 /// The attribute macro that [`Transport`], [`Launcher`] and [`WorkerProcess`]
 /// are written with, for hosts that implement them.
 ///
@@ -55,3 +54,4 @@ pub use stats::{
 };
 pub use transport::{Transport, is_disconnect_io};
 pub use worker::{Attachments, WorkerId, WorkerInfo};
+pub use worker_pool::AsyncWorkerPool;

@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

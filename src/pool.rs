@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AsyncWorkerPool;
 use crate::config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
 use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
 use crate::launcher::Launcher;
@@ -20,6 +19,7 @@ use crate::slot::{Slot, acquire, acquire_within};
 use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use crate::transport::Transport;
+use crate::worker_pool::AsyncWorkerPool;
 
 /// A pool of `num_workers` worker processes with `max_connections` connections
 /// (slots) to each, serving one event per connection at a time.

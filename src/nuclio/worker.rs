@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use tokio::time::{Instant, timeout};

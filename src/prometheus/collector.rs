@@ -10,8 +10,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::families::{self, Family, Kind, Value};
-use crate::api::AsyncWorkerPool;
 use crate::stats::Stats;
+use crate::worker_pool::AsyncWorkerPool;
 
 /// A `prometheus_client` [`Collector`] that takes one [`Stats`] snapshot per
 /// scrape, so the pool's metrics sit in the host's registry beside its own:
