@@ -153,11 +153,12 @@ impl<T: Transport> Ops<T> {
         let keep = self.shared.worker_count();
         let spare = self.add_worker();
         tracing::info!(%spare, ?workers, recycle, "replacing workers; spare worker starting");
-        if let Err(reason) = self.shared.worker_serving(spare, 0).await {
+        if let Err((reason, source)) = self.shared.worker_serving(spare, 0).await {
             self.remove_workers(keep).await;
             return Err(OpsError::WorkerDidNotStart {
                 worker: spare,
                 reason,
+                source,
             });
         }
         let mut outcome = Ok(());
@@ -167,8 +168,12 @@ impl<T: Transport> Ops<T> {
             let Some(generation) = self.shared.request_replace(w, recycle) else {
                 continue;
             };
-            if let Err(reason) = self.shared.worker_serving(worker, generation).await {
-                outcome = Err(OpsError::WorkerDidNotStart { worker, reason });
+            if let Err((reason, source)) = self.shared.worker_serving(worker, generation).await {
+                outcome = Err(OpsError::WorkerDidNotStart {
+                    worker,
+                    reason,
+                    source,
+                });
                 break;
             }
         }

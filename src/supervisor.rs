@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
 
+use crate::error::Cause;
 use crate::shared::{EndReason, Request, Shared};
 use crate::stats::WorkerState;
 use crate::transport::Transport;
@@ -35,8 +36,9 @@ use crate::worker::{WorkerId, WorkerInfo};
 /// Why a generation of the worker stopped serving.
 enum End {
     Exited(WorkerExit),
-    /// A connection could not be re-established; why its last attempt failed.
-    ReconnectFailed(String),
+    /// A connection could not be re-established; why its last attempt
+    /// failed, and the error behind that where there is one.
+    ReconnectFailed(String, Option<Cause>),
     /// Its liveness probe failed, for the reason given.
     Unresponsive(String),
     /// Asked to make way for a new generation: a reload, or a recycle.
@@ -73,6 +75,7 @@ struct Connected<C> {
     conn: Option<C>,
     was_restart: bool,
     failure: String,
+    cause: Option<Cause>,
 }
 
 pub(crate) struct Supervisor<T: Transport, L: Launcher> {
@@ -179,7 +182,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     process.terminate(self.shared.shutdown_grace()).await;
                     return;
                 }
-                End::ReconnectFailed(cause) => {
+                End::ReconnectFailed(cause, error) => {
                     self.shared.end_generation(
                         worker,
                         WorkerState::Restarting,
@@ -187,11 +190,12 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     );
                     let exit = process.terminate(policy.terminate_grace).await;
                     tracing::warn!(%worker, generation, %exit, cause, "connections could not be re-established; worker terminated");
-                    self.shared.set_last_error(
+                    self.shared.set_last_error_caused(
                         worker,
                         format!(
                             "connections could not be re-established ({cause}); process terminated ({exit})"
                         ),
+                        error,
                     );
                 }
                 End::Unresponsive(reason) => {
@@ -248,9 +252,11 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             Ok(Ok(Ok(process))) => Some(process),
             Ok(Ok(Err(error))) => {
                 let message = format!("launch failed: {}", error.chain());
-                let error: &dyn std::error::Error = &error;
+                let cause: Cause = Arc::new(error);
+                let error: &dyn std::error::Error = &*cause;
                 tracing::warn!(%worker, error, "worker launch failed");
-                self.shared.set_last_error(worker, message);
+                self.shared
+                    .set_last_error_caused(worker, message, Some(cause.clone()));
                 None
             }
             Ok(Err(_panic)) => {
@@ -378,13 +384,13 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     Ok(Connected { slot, conn: Some(conn), was_restart, .. }) => {
                         self.shared.install(self.worker, slot, generation, conn, was_restart);
                     }
-                    Ok(Connected { was_restart, failure, .. }) => {
+                    Ok(Connected { was_restart, failure, cause, .. }) => {
                         if was_restart {
                             self.shared.count_reconnect_failed();
                         }
-                        return End::ReconnectFailed(failure);
+                        return End::ReconnectFailed(failure, cause);
                     }
-                    Err(_join_error) => return End::ReconnectFailed("the connect task ended".into()),
+                    Err(_join_error) => return End::ReconnectFailed("the connect task ended".into(), None),
                 },
             }
         }
@@ -505,6 +511,7 @@ impl<T: Transport> Connector<T> {
         let mut attempt = 0;
         let mut retry_at_once = false;
         let mut failure = String::new();
+        let mut cause: Option<Cause> = None;
         while attempt < self.attempts || retry_at_once {
             if !std::mem::take(&mut retry_at_once) {
                 attempt += 1;
@@ -526,15 +533,18 @@ impl<T: Transport> Connector<T> {
                         conn: Some(conn),
                         was_restart,
                         failure,
+                        cause: None,
                     };
                 }
                 Ok(Ok(Err(error))) => {
-                    let error: crate::BoxError = error.into();
+                    let error: Cause = Arc::from(error.into());
                     failure = connect_failure(&*error);
-                    let error: &dyn std::error::Error = &*error;
-                    tracing::debug!(%worker, slot, attempt, error, "connect failed");
+                    let logged: &dyn std::error::Error = &*error;
+                    tracing::debug!(%worker, slot, attempt, error = logged, "connect failed");
+                    cause = Some(error);
                 }
                 Ok(Err(_panic)) => {
+                    cause = None;
                     failure = "connect panicked".into();
                     tracing::warn!(%worker, slot, attempt, "connect panicked");
                 }
@@ -546,6 +556,7 @@ impl<T: Transport> Connector<T> {
                     retry_at_once = true;
                 }
                 Err(_elapsed) => {
+                    cause = None;
                     failure = format!(
                         "connect timed out after {:?} (establish_connection_timeout)",
                         self.per_attempt
@@ -560,6 +571,7 @@ impl<T: Transport> Connector<T> {
             conn: None,
             was_restart,
             failure,
+            cause,
         }
     }
 }
