@@ -132,8 +132,10 @@ impl RestartPolicy {
 /// worker process before the leak matters: after `max_events_per_worker`
 /// events (plus a jitter of up to a tenth, drawn per worker and generation, so
 /// that workers started together are not all replaced together), or once its
-/// resident memory passes `max_worker_rss` bytes (read from `/proc/PID/status`
-/// every second; on systems without `/proc` this limit is not checked). The
+/// resident memory passes `max_worker_rss` bytes (asked of its handle every
+/// second, [`WorkerProcess::resident_bytes`](crate::WorkerProcess::resident_bytes):
+/// the process launcher reads `/proc/PID/status`, so on systems without
+/// `/proc`, and for launchers that cannot tell, this limit is not checked). The
 /// replacement is the rolling one of [`Pool::reload`](crate::Pool::reload):
 /// a spare worker comes up first, the old process finishes its events in
 /// flight, and no event fails. Counted in
@@ -181,7 +183,8 @@ pub struct PoolConfig {
     /// [Recycling](#recycling)). `None` never does.
     pub max_events_per_worker: Option<u64>,
     /// Replace a worker process whose resident memory passes this many bytes
-    /// (Linux only; see [Recycling](#recycling)). `None` never does.
+    /// (where its launcher can tell: Linux for the process launcher; see
+    /// [Recycling](#recycling)). `None` never does.
     pub max_worker_rss: Option<u64>,
 }
 

@@ -122,6 +122,13 @@ pub trait WorkerProcess: Send + 'static {
     /// Its operating-system process id, where it has one.
     fn pid(&self) -> Option<u32>;
 
+    /// The process's resident memory in bytes, if the launcher can tell:
+    /// what `max_worker_rss` is checked against, about once a second.
+    /// `None` (the default) turns that check off for this process.
+    fn resident_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// What the transport needs to know about this process beyond its
     /// endpoint (a handshake secret, say); the pool copies it into the
     /// [`WorkerInfo`](crate::WorkerInfo) each connect gets. None by default.

@@ -315,11 +315,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         let mut next_heartbeat = heartbeat_after(Instant::now());
         // A deadline that never comes, for a disabled heartbeat branch.
         let never = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut max_rss = self
-            .shared
-            .config
-            .max_worker_rss
-            .filter(|_| info.pid.is_some());
+        let mut max_rss = self.shared.config.max_worker_rss;
         // The first reading a second in: a process just started has not grown yet.
         let mut rss_check =
             tokio::time::interval_at(Instant::now() + RSS_CHECK_INTERVAL, RSS_CHECK_INTERVAL);
@@ -370,8 +366,10 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     _ => {}
                 },
                 _ = rss_check.tick(), if max_rss.is_some() => {
-                    let over = max_rss.zip(info.pid).and_then(|(limit, pid)| {
-                        resident_bytes(pid).filter(|&rss| rss > limit).map(|rss| (rss, limit))
+                    // The launcher's handle knows how to read its process's
+                    // memory (the process layer reads /proc); the core does not.
+                    let over = max_rss.and_then(|limit| {
+                        process.resident_bytes().filter(|&rss| rss > limit).map(|rss| (rss, limit))
                     });
                     if let Some((rss, limit)) = over {
                         tracing::info!(worker = %self.worker, generation, rss, limit, "worker past max_worker_rss; recycling it");
@@ -450,19 +448,6 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             Ok(())
         })
     }
-}
-
-/// The resident memory of process `pid` in bytes, from `/proc/PID/status`
-/// (`VmRSS`); `None` where there is no such file.
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
-}
-
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 /// Restart intensity, OTP style: at most `max_restarts` within `restart_window`.
@@ -621,21 +606,5 @@ mod tests {
         assert!(text.contains("process::raise_fd_limit"), "{text}");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(connect_failure(&refused), "connection refused");
-    }
-
-    #[test]
-    fn vm_rss_is_read_in_bytes_and_garbage_is_none() {
-        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\nThreads:\t1\n";
-        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
-        assert_eq!(parse_vm_rss("VmRSS: lots kB"), None);
-        assert_eq!(parse_vm_rss(""), None);
-    }
-
-    #[test]
-    fn this_process_has_a_resident_size_on_linux() {
-        let rss = resident_bytes(std::process::id());
-        if cfg!(target_os = "linux") {
-            assert!(rss.is_some_and(|bytes| bytes > 0));
-        }
     }
 }

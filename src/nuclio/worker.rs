@@ -132,6 +132,11 @@ impl WorkerProcess for NuclioWorker {
         self.process.pid()
     }
 
+    /// See [`ProcessWorker`]'s.
+    fn resident_bytes(&self) -> Option<u64> {
+        self.process.resident_bytes()
+    }
+
     /// The wrapper's endpoint state, which the transport's connections share.
     fn attachments(&self) -> Attachments {
         self.process.attachments().with(self.endpoint.clone())

@@ -56,6 +56,7 @@
 pub(crate) mod builder;
 mod fd_limit;
 pub(crate) mod launcher;
+mod memory;
 mod output;
 mod python_worker;
 mod socket_dir;

@@ -166,6 +166,15 @@ impl WorkerProcess for ProcessWorker {
         Some(self.pid)
     }
 
+    /// Its `VmRSS` from `/proc/PID/status` while it runs (Linux); `None`
+    /// elsewhere, or once it has been reaped.
+    fn resident_bytes(&self) -> Option<u64> {
+        if self.exit.is_some() {
+            return None;
+        }
+        super::memory::resident_bytes(self.pid)
+    }
+
     /// The process's [`WorkerSecret`], which the socket transport answers its
     /// handshake with; none for a process started without one.
     fn attachments(&self) -> Attachments {
