@@ -31,6 +31,46 @@ use crate::worker_pool::AsyncWorkerPool;
 /// The launcher is not part of the type: only the supervisors use it, and they
 /// own it, so a `Pool<MyTransport>` can be named and stored whatever starts its
 /// workers.
+///
+/// # Examples
+///
+/// Two in-process workers of 10 connections each, answering through a
+/// transport of the host's own (here one that echoes):
+///
+/// ```
+/// use std::time::Duration;
+/// use async_worker_pool::{InProcessLauncher, Pool};
+/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = usize;
+/// #     type Request = String;
+/// #     type Response = String;
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
+/// #         Ok(worker.id.index())
+/// #     }
+/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
+/// #         Ok(format!("{worker}:{event}"))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(Echo, InProcessLauncher)
+///     .num_workers(2)
+///     .max_connections(10)
+///     .build()?;
+/// pool.ready(Duration::from_secs(5)).await?;
+/// let answer = pool.dispatch("ping".to_string()).await?;
+/// assert!(answer.ends_with(":ping"));
+/// // A bound for this call's wait for a slot, below the pool's own.
+/// let answer = pool.dispatch_within("pong".into(), Duration::from_millis(50)).await?;
+/// assert!(answer.ends_with(":pong"));
+/// pool.shutdown(Duration::from_secs(1)).await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Pool<T: Transport> {
     inner: Arc<Inner<T>>,
 }
@@ -427,6 +467,47 @@ impl<T: Transport> AsyncWorkerPool for Pool<T> {
 }
 
 /// Configures and starts a [`Pool`].
+///
+/// # Examples
+///
+/// Settings go in one by one, or as a whole [`PoolConfig`]; a value the pool
+/// cannot work with fails `build` with an error that names the field:
+///
+/// ```
+/// use std::time::Duration;
+/// use async_worker_pool::{BuildError, InProcessLauncher, Pool};
+/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = usize;
+/// #     type Request = String;
+/// #     type Response = String;
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
+/// #         Ok(worker.id.index())
+/// #     }
+/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
+/// #         Ok(format!("{worker}:{event}"))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(Echo, InProcessLauncher)
+///     .num_workers(4)
+///     .max_connections(100)
+///     .acquire_timeout(Duration::from_secs(2))
+///     .event_timeout(Duration::from_secs(30))
+///     .max_waiters(1000)
+///     .build()?;
+/// assert_eq!(pool.stats().capacity, 400);
+///
+/// let refused = Pool::builder(Echo, InProcessLauncher).num_workers(0).build();
+/// let Err(BuildError::Config(error)) = refused else { panic!("built") };
+/// assert_eq!(error.field(), "num_workers");
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct PoolBuilder<T: Transport, L: Launcher> {
     transport: T,
