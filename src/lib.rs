@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// docs.rs builds with `--cfg docsrs` on nightly, where `doc_cfg` marks each
+// item with the features it needs (`doc_auto_cfg` was merged into it).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(rustdoc::broken_intra_doc_links)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
@@ -47,6 +50,12 @@ pub use process::builder::ProcessLauncherBuilder;
 pub use process::launcher::ProcessLauncher;
 #[cfg(feature = "process")]
 pub use process::worker::ProcessWorker;
+/// The `prometheus-client` crate, at the version [`prometheus::PoolCollector`]
+/// implements its `Collector` trait for: register the collector in a registry
+/// of this crate's (`async_worker_pool::prometheus_client::registry::Registry`)
+/// and a host on another version of `prometheus-client` gets no trait mismatch.
+#[cfg(feature = "prometheus-client")]
+pub use prometheus_client;
 pub use slot::Slot;
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
