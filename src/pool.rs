@@ -633,9 +633,15 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
             .map_err(|reason| ConfigError::new("max_connections", reason))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
+        // Weak: the launcher must go when the supervisors do, after shutdown
+        // (a process launcher removes its socket directory then), not when
+        // the last clone of the pool is dropped.
         let check_pool_size: PoolSizeCheck = {
-            let launcher = launcher.clone();
-            Box::new(move |workers, connections| launcher.check_pool_size(workers, connections))
+            let launcher = Arc::downgrade(&launcher);
+            Box::new(move |workers, connections| match launcher.upgrade() {
+                Some(launcher) => launcher.check_pool_size(workers, connections),
+                None => Ok(()),
+            })
         };
         let (shared, workers, recycles) = Shared::new(Arc::new(self.transport), self.config);
         let shutdown = CancellationToken::new();
