@@ -11,7 +11,7 @@ use tokio::time::{Instant, timeout};
 use super::endpoint::EndpointState;
 use crate::endpoint::Endpoint;
 use crate::launcher::{WorkerExit, WorkerProcess};
-use crate::process::ProcessWorker;
+use crate::process::worker::ProcessWorker;
 use crate::worker::{Attachments, WorkerId};
 
 /// A wrapper process started by [`NuclioLauncher`](super::NuclioLauncher): a

@@ -1,5 +1,5 @@
 //! Worker processes started from a program: [`ProcessLauncher`](crate::ProcessLauncher) runs one per
-//! worker, each in a process group of its own, and [`ProcessWorker`] watches,
+//! worker, each in a process group of its own, and [`ProcessWorker`](crate::ProcessWorker) watches,
 //! stops and kills it.
 //!
 //! Each worker is told where to listen with command-line arguments (`--unix PATH`
@@ -72,7 +72,6 @@ pub use python_worker::{AnyProgram, Program, PythonWorker};
 pub(crate) use socket_dir::SocketDir;
 #[cfg(feature = "nuclio")]
 pub(crate) use spawn::{Started, drain_stderr, free_tcp_port, start, worker_command};
-pub(crate) use worker::ProcessWorker;
 
 /// The environment variable that holds the worker's index in the pool.
 pub const WORKER_ID_ENV: &str = "ASYNC_WORKER_POOL_WORKER_ID";
