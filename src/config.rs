@@ -7,6 +7,7 @@ use crate::error::ConfigError;
 
 /// How a worker's connections are used (Nuclio's trigger `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Mode {
     /// Many connections per worker (`max_connections`), one event on each at a time.
     #[default]
@@ -139,8 +140,10 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// worker process before the leak matters: after `max_events_per_worker`
 /// events (plus a jitter of up to a tenth, drawn per worker and generation, so
 /// that workers started together are not all replaced together), or once its
-/// resident memory passes `max_worker_rss` bytes (read from `/proc/PID/status`
-/// every second; on systems without `/proc` this limit is not checked). The
+/// resident memory passes `max_worker_rss` bytes (asked of its handle every
+/// second, [`WorkerProcess::resident_bytes`](crate::WorkerProcess::resident_bytes):
+/// the process launcher reads `/proc/PID/status`, so on systems without
+/// `/proc`, and for launchers that cannot tell, this limit is not checked). The
 /// replacement is the rolling one of [`Pool::reload`](crate::Pool::reload):
 /// a spare worker comes up first, the old process finishes its events in
 /// flight, and no event fails. Counted by bound in
@@ -197,7 +200,8 @@ pub struct PoolConfig {
     /// [Recycling](#recycling)). `None` never does.
     pub max_events_per_worker: Option<u64>,
     /// Replace a worker process whose resident memory passes this many bytes
-    /// (Linux only; see [Recycling](#recycling)). `None` never does.
+    /// (where its launcher can tell: Linux for the process launcher; see
+    /// [Recycling](#recycling)). `None` never does.
     pub max_worker_rss: Option<u64>,
     /// The least time a worker process serves before it is recycled for
     /// either bound (see [Recycling](#recycling)). At most a day.

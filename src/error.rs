@@ -1,8 +1,23 @@
 //! The errors the pool reports: one typed outcome for every way an event can fail.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::worker::WorkerId;
+
+/// An error kept as the cause of another, shared by every copy of it.
+pub(crate) type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether two causes are the same error (not a copy of it): what equality of
+/// the errors that carry them compares.
+fn same_cause(a: &Option<Cause>, b: &Option<Cause>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
 
 /// A boxed error from a [`Transport`](crate::Transport) or [`Launcher`](crate::Launcher),
 /// kept as the `source` of the pool's own error.
@@ -86,28 +101,39 @@ pub enum PoolError {
 }
 
 /// Why [`Pool::ready`](crate::Pool::ready) gave up waiting for full capacity.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// The message quotes the reason in full, causes included, for a log line;
+/// [`source`](std::error::Error::source) hands the cause over as a value (a
+/// [`LaunchError`](crate::LaunchError), the transport's connect error), for a
+/// host that inspects it. Two errors are equal when their causes are the same
+/// error, not copies.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ReadyError {
     /// A worker's first launch failed: its program is missing, its handler does
     /// not import, it exited during start-up, and so on.
-    #[error("worker {worker} could not be launched: {reason}")]
+    #[non_exhaustive]
     LaunchFailed {
         /// The worker.
         worker: WorkerId,
         /// The launcher's error, with the stderr tail where it has one.
         reason: String,
+        /// The launcher's error as a value, where there is one.
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// A worker restarted too often and was left failed.
-    #[error("worker {worker} failed: {reason}")]
+    #[non_exhaustive]
     WorkerFailed {
         /// The worker.
         worker: WorkerId,
         /// Why its last process ended or its last launch failed.
         reason: String,
+        /// The error behind `reason` as a value, where there is one (a process
+        /// that exited has none).
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// Not every connection was up in time.
-    #[error("{connected} of {capacity} connections were up after {waited:?}")]
+    #[non_exhaustive]
     Timeout {
         /// Connections up (idle or busy) when the time ran out.
         connected: usize,
@@ -117,33 +143,176 @@ pub enum ReadyError {
         waited: Duration,
     },
     /// The pool was shut down.
-    #[error("the pool is closed")]
     Closed,
 }
 
 /// Why [`Pool::reload`](crate::Pool::reload),
 /// [`Pool::set_num_workers`](crate::Pool::set_num_workers) or
 /// [`Pool::set_max_connections`](crate::Pool::set_max_connections) failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// As with [`ReadyError`], the message quotes the reason in full and
+/// [`source`](std::error::Error::source) hands its cause over as a value.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum OpsError {
     /// The new size is invalid; nothing was changed.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     /// A new process did not come up: the spare worker of a reload (the pool
     /// is left as it was), or a replaced worker (the reload stops there; the
     /// worker keeps restarting under its restart policy).
-    #[error("worker {worker} did not start: {reason}")]
+    #[non_exhaustive]
     WorkerDidNotStart {
         /// The worker.
         worker: WorkerId,
         /// Why its launch failed or its last process ended.
         reason: String,
+        /// The error behind `reason` as a value, where there is one.
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The pool is shutting down or shut down.
-    #[error("the pool is closed")]
     Closed,
 }
+
+impl fmt::Display for ReadyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LaunchFailed { worker, reason, .. } => {
+                write!(f, "worker {worker} could not be launched: {reason}")
+            }
+            Self::WorkerFailed { worker, reason, .. } => {
+                write!(f, "worker {worker} failed: {reason}")
+            }
+            Self::Timeout {
+                connected,
+                capacity,
+                waited,
+            } => write!(
+                f,
+                "{connected} of {capacity} connections were up after {waited:?}"
+            ),
+            Self::Closed => f.write_str("the pool is closed"),
+        }
+    }
+}
+
+/// The cause itself, not the `Arc` around it, so that it downcasts to its type.
+fn cause_of(cause: &Option<Cause>) -> Option<&(dyn std::error::Error + 'static)> {
+    cause
+        .as_deref()
+        .map(|cause| cause as &(dyn std::error::Error + 'static))
+}
+
+impl std::error::Error for ReadyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::LaunchFailed { source, .. } | Self::WorkerFailed { source, .. } => {
+                cause_of(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OpsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => error.fmt(f),
+            Self::WorkerDidNotStart { worker, reason, .. } => {
+                write!(f, "worker {worker} did not start: {reason}")
+            }
+            Self::Closed => f.write_str("the pool is closed"),
+        }
+    }
+}
+
+impl std::error::Error for OpsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(error) => error.source(),
+            Self::WorkerDidNotStart { source, .. } => cause_of(source),
+            Self::Closed => None,
+        }
+    }
+}
+
+impl From<ConfigError> for OpsError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
+impl PartialEq for ReadyError {
+    fn eq(&self, other: &Self) -> bool {
+        use ReadyError::*;
+        match (self, other) {
+            (
+                LaunchFailed {
+                    worker: w1,
+                    reason: r1,
+                    source: s1,
+                },
+                LaunchFailed {
+                    worker: w2,
+                    reason: r2,
+                    source: s2,
+                },
+            )
+            | (
+                WorkerFailed {
+                    worker: w1,
+                    reason: r1,
+                    source: s1,
+                },
+                WorkerFailed {
+                    worker: w2,
+                    reason: r2,
+                    source: s2,
+                },
+            ) => w1 == w2 && r1 == r2 && same_cause(s1, s2),
+            (
+                Timeout {
+                    connected: c1,
+                    capacity: k1,
+                    waited: t1,
+                },
+                Timeout {
+                    connected: c2,
+                    capacity: k2,
+                    waited: t2,
+                },
+            ) => c1 == c2 && k1 == k2 && t1 == t2,
+            (Closed, Closed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ReadyError {}
+
+impl PartialEq for OpsError {
+    fn eq(&self, other: &Self) -> bool {
+        use OpsError::*;
+        match (self, other) {
+            (Config(a), Config(b)) => a == b,
+            (
+                WorkerDidNotStart {
+                    worker: w1,
+                    reason: r1,
+                    source: s1,
+                },
+                WorkerDidNotStart {
+                    worker: w2,
+                    reason: r2,
+                    source: s2,
+                },
+            ) => w1 == w2 && r1 == r2 && same_cause(s1, s2),
+            (Closed, Closed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for OpsError {}
 
 /// A configuration field with a value the pool cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

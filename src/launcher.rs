@@ -122,6 +122,13 @@ pub trait WorkerProcess: Send + 'static {
     /// Its operating-system process id, where it has one.
     fn pid(&self) -> Option<u32>;
 
+    /// The process's resident memory in bytes, if the launcher can tell:
+    /// what `max_worker_rss` is checked against, about once a second.
+    /// `None` (the default) turns that check off for this process.
+    fn resident_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// What the transport needs to know about this process beyond its
     /// endpoint (a handshake secret, say); the pool copies it into the
     /// [`WorkerInfo`](crate::WorkerInfo) each connect gets. None by default.
@@ -143,6 +150,61 @@ pub trait WorkerProcess: Send + 'static {
 }
 
 /// Starts worker processes.
+///
+/// # Examples
+///
+/// A launcher of the host's own, here one that starts its workers inside the
+/// host (as [`InProcessLauncher`](crate::InProcessLauncher) does) and serves
+/// at most two of them, which it says in
+/// [`check_pool_size`](Self::check_pool_size), so that a bigger pool is
+/// refused at build time:
+///
+/// ```
+/// use async_worker_pool::{
+///     async_trait, BuildError, InProcessLauncher, InProcessWorker, LaunchError, Launcher,
+///     Pool, WorkerId,
+/// };
+/// # use async_worker_pool::{Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = ();
+/// #     type Request = ();
+/// #     type Response = ();
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, _: &WorkerInfo) -> std::io::Result<()> { Ok(()) }
+/// #     async fn call(&self, _: &mut (), _: ()) -> std::io::Result<()> { Ok(()) }
+/// # }
+///
+/// struct TwoAtMost;
+///
+/// #[async_trait]
+/// impl Launcher for TwoAtMost {
+///     type Process = InProcessWorker;
+///
+///     async fn launch(&self, worker: WorkerId) -> Result<InProcessWorker, LaunchError> {
+///         if worker.index() >= 2 {
+///             return Err(LaunchError::new(format!("no room for worker {worker}")));
+///         }
+///         InProcessLauncher.launch(worker).await
+///     }
+///
+///     fn check_pool_size(&self, workers: usize, _connections: usize) -> Result<(), String> {
+///         if workers > 2 {
+///             return Err(format!("asks for {workers} workers; this launcher has room for 2"));
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let refused = Pool::builder(Echo, TwoAtMost).num_workers(3).build();
+/// assert!(matches!(refused, Err(BuildError::Config(_))));
+/// let pool = Pool::builder(Echo, TwoAtMost).num_workers(2).max_connections(4).build().unwrap();
+/// pool.ready(std::time::Duration::from_secs(5)).await.unwrap();
+/// # }
+/// ```
 #[async_trait]
 pub trait Launcher: Send + Sync + 'static {
     /// The process handle it returns.

@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -195,11 +195,12 @@ impl<T: Transport> Ops<T> {
         let keep = self.shared.worker_count();
         let spare = self.add_worker();
         tracing::info!(%spare, ?workers, ?why, "replacing workers; spare worker starting");
-        if let Err(reason) = self.shared.worker_serving(spare, 0).await {
+        if let Err((reason, source)) = self.shared.worker_serving(spare, 0).await {
             self.remove_workers(keep).await;
             return Err(OpsError::WorkerDidNotStart {
                 worker: spare,
                 reason,
+                source,
             });
         }
         let mut outcome = Ok(());
@@ -209,8 +210,12 @@ impl<T: Transport> Ops<T> {
             let Some(generation) = self.shared.request_replace(w, why) else {
                 continue;
             };
-            if let Err(reason) = self.shared.worker_serving(worker, generation).await {
-                outcome = Err(OpsError::WorkerDidNotStart { worker, reason });
+            if let Err((reason, source)) = self.shared.worker_serving(worker, generation).await {
+                outcome = Err(OpsError::WorkerDidNotStart {
+                    worker,
+                    reason,
+                    source,
+                });
                 break;
             }
         }

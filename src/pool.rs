@@ -5,12 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AsyncWorkerPool;
 use crate::config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
 use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
 use crate::launcher::Launcher;
@@ -20,6 +19,7 @@ use crate::slot::{OwnedSlot, Slot, acquire, acquire_owned, acquire_within};
 use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use crate::transport::Transport;
+use crate::worker_pool::AsyncWorkerPool;
 
 /// A pool of `num_workers` worker processes with `max_connections` connections
 /// (slots) to each, serving one event per connection at a time.
@@ -31,6 +31,46 @@ use crate::transport::Transport;
 /// The launcher is not part of the type: only the supervisors use it, and they
 /// own it, so a `Pool<MyTransport>` can be named and stored whatever starts its
 /// workers.
+///
+/// # Examples
+///
+/// Two in-process workers of 10 connections each, answering through a
+/// transport of the host's own (here one that echoes):
+///
+/// ```
+/// use std::time::Duration;
+/// use async_worker_pool::{InProcessLauncher, Pool};
+/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = usize;
+/// #     type Request = String;
+/// #     type Response = String;
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
+/// #         Ok(worker.id.index())
+/// #     }
+/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
+/// #         Ok(format!("{worker}:{event}"))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(Echo, InProcessLauncher)
+///     .num_workers(2)
+///     .max_connections(10)
+///     .build()?;
+/// pool.ready(Duration::from_secs(5)).await?;
+/// let answer = pool.dispatch("ping".to_string()).await?;
+/// assert!(answer.ends_with(":ping"));
+/// // A bound for this call's wait for a slot, below the pool's own.
+/// let answer = pool.dispatch_within("pong".into(), Duration::from_millis(50)).await?;
+/// assert!(answer.ends_with(":pong"));
+/// pool.shutdown(Duration::from_secs(1)).await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Pool<T: Transport> {
     inner: Arc<Inner<T>>,
 }
@@ -443,6 +483,47 @@ impl<T: Transport> AsyncWorkerPool for Pool<T> {
 }
 
 /// Configures and starts a [`Pool`].
+///
+/// # Examples
+///
+/// Settings go in one by one, or as a whole [`PoolConfig`]; a value the pool
+/// cannot work with fails `build` with an error that names the field:
+///
+/// ```
+/// use std::time::Duration;
+/// use async_worker_pool::{BuildError, InProcessLauncher, Pool};
+/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = usize;
+/// #     type Request = String;
+/// #     type Response = String;
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
+/// #         Ok(worker.id.index())
+/// #     }
+/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
+/// #         Ok(format!("{worker}:{event}"))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(Echo, InProcessLauncher)
+///     .num_workers(4)
+///     .max_connections(100)
+///     .acquire_timeout(Duration::from_secs(2))
+///     .event_timeout(Duration::from_secs(30))
+///     .max_waiters(1000)
+///     .build()?;
+/// assert_eq!(pool.stats().capacity, 400);
+///
+/// let refused = Pool::builder(Echo, InProcessLauncher).num_workers(0).build();
+/// let Err(BuildError::Config(error)) = refused else { panic!("built") };
+/// assert_eq!(error.field(), "num_workers");
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct PoolBuilder<T: Transport, L: Launcher> {
     transport: T,
@@ -574,8 +655,9 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
             .map_err(|reason| ConfigError::new("max_connections", reason))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
-        // Weak: the launcher (and what it owns, such as its socket directory)
-        // must go with the supervisors at shutdown, not live on with the pool.
+        // Weak: the launcher must go when the supervisors do, after shutdown
+        // (a process launcher removes its socket directory then), not when
+        // the last clone of the pool is dropped.
         let check_pool_size: PoolSizeCheck = {
             let launcher = Arc::downgrade(&launcher);
             Box::new(move |workers, connections| match launcher.upgrade() {

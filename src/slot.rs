@@ -30,6 +30,45 @@ const EXIT_NOTICE: Duration = Duration::from_millis(200);
 /// pool; [`Pool::acquire_owned`](crate::Pool::acquire_owned) hands out an
 /// [`OwnedSlot`], the same guard holding its own reference to the pool, which can
 /// move into a spawned task.
+///
+/// # Examples
+///
+/// A host that drives the connection itself, or sends several events on one
+/// connection in a row:
+///
+/// ```
+/// use std::time::Duration;
+/// use async_worker_pool::{InProcessLauncher, Pool};
+/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = usize;
+/// #     type Request = String;
+/// #     type Response = String;
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
+/// #         Ok(worker.id.index())
+/// #     }
+/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
+/// #         Ok(format!("{worker}:{event}"))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(Echo, InProcessLauncher).max_connections(2).build()?;
+/// pool.ready(Duration::from_secs(5)).await?;
+/// {
+///     let mut slot = pool.acquire().await?;
+///     assert_eq!(slot.worker().index(), 0);
+///     assert_eq!(slot.call("one".into()).await?, "0:one");
+///     assert_eq!(slot.call("two".into()).await?, "0:two");
+///     assert_eq!(pool.stats().busy, 1);
+/// } // Dropped: the connection is free again.
+/// assert_eq!(pool.stats().idle, 2);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Slot<'a, T: Transport> {
     shared: PoolRef<'a, T>,
     slot: SlotId,

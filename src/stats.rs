@@ -10,6 +10,7 @@ use crate::worker::WorkerId;
 
 /// Where a slot is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SlotState {
     /// Connected and free.
     Idle,
@@ -171,6 +172,45 @@ impl WorkerStats {
 ///
 /// `Stats::default()` is an empty snapshot (no slot, no worker), for hosts
 /// that build one in their own tests, field by field.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use async_worker_pool::{InProcessLauncher, Pool, WorkerState};
+/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl Transport for Echo {
+/// #     type Conn = usize;
+/// #     type Request = String;
+/// #     type Response = String;
+/// #     type Error = std::io::Error;
+/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
+/// #         Ok(worker.id.index())
+/// #     }
+/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
+/// #         Ok(format!("{worker}:{event}"))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(Echo, InProcessLauncher)
+///     .num_workers(2)
+///     .max_connections(3)
+///     .build()?;
+/// pool.ready(Duration::from_secs(5)).await?;
+/// pool.dispatch("hello".into()).await?;
+///
+/// let stats = pool.stats();
+/// assert_eq!((stats.capacity, stats.idle, stats.busy), (6, 6, 0));
+/// assert_eq!(stats.allocations.count, 1);
+/// assert_eq!(stats.allocations.immediate, 1);
+/// assert_eq!(stats.events.ok, 1);
+/// assert!(stats.workers.iter().all(|worker| worker.state == WorkerState::Running));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -19,13 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
+
+use crate::error::Cause;
 use crate::shared::{EndReason, Replacement, Request, Shared};
 use crate::stats::WorkerState;
 use crate::transport::Transport;
@@ -34,8 +36,9 @@ use crate::worker::{WorkerId, WorkerInfo};
 /// Why a generation of the worker stopped serving.
 enum End {
     Exited(WorkerExit),
-    /// A connection could not be re-established; why its last attempt failed.
-    ReconnectFailed(String),
+    /// A connection could not be re-established; why its last attempt
+    /// failed, and the error behind that where there is one.
+    ReconnectFailed(String, Option<Cause>),
     /// Its liveness probe failed, for the reason given.
     Unresponsive(String),
     /// Asked to make way for a new generation: a reload, or a recycle.
@@ -72,6 +75,7 @@ struct Connected<C> {
     conn: Option<C>,
     was_restart: bool,
     failure: String,
+    cause: Option<Cause>,
 }
 
 pub(crate) struct Supervisor<T: Transport, L: Launcher> {
@@ -176,7 +180,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     process.terminate(self.shared.shutdown_grace()).await;
                     return;
                 }
-                End::ReconnectFailed(cause) => {
+                End::ReconnectFailed(cause, error) => {
                     self.shared.end_generation(
                         worker,
                         WorkerState::Restarting,
@@ -184,11 +188,12 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     );
                     let exit = process.terminate(policy.terminate_grace).await;
                     tracing::warn!(%worker, generation, %exit, cause, "connections could not be re-established; worker terminated");
-                    self.shared.set_last_error(
+                    self.shared.set_last_error_caused(
                         worker,
                         format!(
                             "connections could not be re-established ({cause}); process terminated ({exit})"
                         ),
+                        error,
                     );
                 }
                 End::Unresponsive(reason) => {
@@ -245,9 +250,11 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             Ok(Ok(Ok(process))) => Some(process),
             Ok(Ok(Err(error))) => {
                 let message = format!("launch failed: {}", error.chain());
-                let error: &dyn std::error::Error = &error;
+                let cause: Cause = Arc::new(error);
+                let error: &dyn std::error::Error = &*cause;
                 tracing::warn!(%worker, error, "worker launch failed");
-                self.shared.set_last_error(worker, message);
+                self.shared
+                    .set_last_error_caused(worker, message, Some(cause.clone()));
                 None
             }
             Ok(Err(_panic)) => {
@@ -306,11 +313,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
         let mut next_heartbeat = heartbeat_after(Instant::now());
         // A deadline that never comes, for a disabled heartbeat branch.
         let never = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut max_rss = self
-            .shared
-            .config
-            .max_worker_rss
-            .filter(|_| info.pid.is_some());
+        let mut max_rss = self.shared.config.max_worker_rss;
         // The first reading a second in: a process just started has not grown yet.
         let mut rss_check =
             tokio::time::interval_at(Instant::now() + RSS_CHECK_INTERVAL, RSS_CHECK_INTERVAL);
@@ -361,8 +364,10 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     _ => {}
                 },
                 _ = rss_check.tick(), if max_rss.is_some() => {
-                    let over = max_rss.zip(info.pid).and_then(|(limit, pid)| {
-                        resident_bytes(pid).filter(|&rss| rss > limit).map(|rss| (rss, limit))
+                    // The launcher's handle knows how to read its process's
+                    // memory (the process layer reads /proc); the core does not.
+                    let over = max_rss.and_then(|limit| {
+                        process.resident_bytes().filter(|&rss| rss > limit).map(|rss| (rss, limit))
                     });
                     if let Some((rss, limit)) = over {
                         tracing::info!(worker = %self.worker, generation, rss, limit, "worker past max_worker_rss; recycling it");
@@ -375,13 +380,13 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     Ok(Connected { slot, conn: Some(conn), was_restart, .. }) => {
                         self.shared.install(self.worker, slot, generation, conn, was_restart);
                     }
-                    Ok(Connected { was_restart, failure, .. }) => {
+                    Ok(Connected { was_restart, failure, cause, .. }) => {
                         if was_restart {
                             self.shared.count_reconnect_failed();
                         }
-                        return End::ReconnectFailed(failure);
+                        return End::ReconnectFailed(failure, cause);
                     }
-                    Err(_join_error) => return End::ReconnectFailed("the connect task ended".into()),
+                    Err(_join_error) => return End::ReconnectFailed("the connect task ended".into(), None),
                 },
             }
         }
@@ -443,19 +448,6 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
     }
 }
 
-/// The resident memory of process `pid` in bytes, from `/proc/PID/status`
-/// (`VmRSS`); `None` where there is no such file.
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
-}
-
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 /// Restart intensity, OTP style: at most `max_restarts` within `restart_window`.
 fn admit_restart(recent: &mut VecDeque<Instant>, policy: &crate::RestartPolicy) -> bool {
     let now = Instant::now();
@@ -502,6 +494,7 @@ impl<T: Transport> Connector<T> {
         let mut attempt = 0;
         let mut retry_at_once = false;
         let mut failure = String::new();
+        let mut cause: Option<Cause> = None;
         while attempt < self.attempts || retry_at_once {
             if !std::mem::take(&mut retry_at_once) {
                 attempt += 1;
@@ -523,15 +516,18 @@ impl<T: Transport> Connector<T> {
                         conn: Some(conn),
                         was_restart,
                         failure,
+                        cause: None,
                     };
                 }
                 Ok(Ok(Err(error))) => {
-                    let error: crate::BoxError = error.into();
+                    let error: Cause = Arc::from(error.into());
                     failure = connect_failure(&*error);
-                    let error: &dyn std::error::Error = &*error;
-                    tracing::debug!(%worker, slot, attempt, error, "connect failed");
+                    let logged: &dyn std::error::Error = &*error;
+                    tracing::debug!(%worker, slot, attempt, error = logged, "connect failed");
+                    cause = Some(error);
                 }
                 Ok(Err(_panic)) => {
+                    cause = None;
                     failure = "connect panicked".into();
                     tracing::warn!(%worker, slot, attempt, "connect panicked");
                 }
@@ -543,6 +539,7 @@ impl<T: Transport> Connector<T> {
                     retry_at_once = true;
                 }
                 Err(_elapsed) => {
+                    cause = None;
                     failure = format!(
                         "connect timed out after {:?} (establish_connection_timeout)",
                         self.per_attempt
@@ -557,6 +554,7 @@ impl<T: Transport> Connector<T> {
             conn: None,
             was_restart,
             failure,
+            cause,
         }
     }
 }
@@ -606,21 +604,5 @@ mod tests {
         assert!(text.contains("process::raise_fd_limit"), "{text}");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(connect_failure(&refused), "connection refused");
-    }
-
-    #[test]
-    fn vm_rss_is_read_in_bytes_and_garbage_is_none() {
-        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\nThreads:\t1\n";
-        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
-        assert_eq!(parse_vm_rss("VmRSS: lots kB"), None);
-        assert_eq!(parse_vm_rss(""), None);
-    }
-
-    #[test]
-    fn this_process_has_a_resident_size_on_linux() {
-        let rss = resident_bytes(std::process::id());
-        if cfg!(target_os = "linux") {
-            assert!(rss.is_some_and(|bytes| bytes > 0));
-        }
     }
 }

@@ -13,6 +13,41 @@ use crate::worker::WorkerInfo;
 /// connection whose exchange did not finish cleanly instead of reusing it.
 ///
 /// Dropping a `Conn` must close it.
+///
+/// # Examples
+///
+/// A transport to workers that live in the host, one counter per connection;
+/// a real one opens a socket in `connect` and writes and reads in `call`:
+///
+/// ```
+/// use async_worker_pool::{async_trait, Transport, WorkerInfo};
+///
+/// struct Counting;
+///
+/// /// One connection: which worker it reaches, and how many events it carried.
+/// struct Conn {
+///     worker: usize,
+///     events: u64,
+/// }
+///
+/// #[async_trait]
+/// impl Transport for Counting {
+///     type Conn = Conn;
+///     type Request = String;
+///     type Response = String;
+///     type Error = std::io::Error;
+///
+///     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<Conn> {
+///         Ok(Conn { worker: worker.id.index(), events: 0 })
+///     }
+///
+///     async fn call(&self, conn: &mut Conn, event: String) -> std::io::Result<String> {
+///         conn.events += 1;
+///         Ok(format!("worker {} event {}: {event}", conn.worker, conn.events))
+///     }
+/// }
+/// # let _ = Counting;
+/// ```
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// One open connection to a worker.

@@ -144,7 +144,7 @@ async fn ready_reports_a_missing_program_within_seconds() {
     let pool = Pool::builder(Lines, launcher).build().unwrap();
     let started = std::time::Instant::now();
     match pool.ready(Duration::from_secs(10)).await {
-        Err(ReadyError::LaunchFailed { worker, reason }) => {
+        Err(ReadyError::LaunchFailed { worker, reason, .. }) => {
             assert_eq!(worker.index(), 0);
             assert!(reason.contains("not found"), "{reason}");
         }

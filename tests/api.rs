@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use async_worker_pool::{
-    BoxError, Endpoint, InProcessLauncher, Pool, PoolError, ReadyError, Stats, Transport, WorkerId,
-    WorkerInfo, WorkerState, WorkerStats, async_trait,
+    BoxError, Endpoint, InProcessLauncher, LaunchError, Pool, PoolError, ReadyError, Stats,
+    Transport, WorkerId, WorkerInfo, WorkerState, WorkerStats, async_trait,
 };
 use support::{Action, ConnectRule, FakeLauncher, LaunchRule, MemTransport, Req, harness};
 
@@ -78,14 +78,48 @@ async fn ready_reports_a_worker_whose_first_launch_failed_at_once() {
         .build()
         .unwrap();
     let started = tokio::time::Instant::now();
-    match pool.ready(Duration::from_secs(60)).await {
-        Err(ReadyError::LaunchFailed { worker, reason }) => {
+    let error = pool.ready(Duration::from_secs(60)).await.unwrap_err();
+    match &error {
+        ReadyError::LaunchFailed { worker, reason, .. } => {
             assert_eq!(worker.index(), 1);
             assert!(reason.contains("cannot start (scripted)"), "{reason}");
         }
         other => panic!("expected LaunchFailed, got {other:?}"),
     }
+    // The launcher's error is the source, as a value of its own type.
+    let source = std::error::Error::source(&error).expect("a source");
+    let launch = source
+        .downcast_ref::<LaunchError>()
+        .expect("the source is the LaunchError");
+    assert!(launch.to_string().contains("scripted"), "{launch}");
+    assert_eq!(error.clone(), error, "a clone shares its cause");
     assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_cannot_be_connected_to_fails_ready_with_the_connect_error_as_source() {
+    let transport = MemTransport::default();
+    transport.state.set_connect(None, None, ConnectRule::Fail);
+    let pool = Pool::builder(transport, FakeLauncher::default())
+        .max_connections(2)
+        .build()
+        .unwrap();
+    let error = pool.ready(Duration::from_secs(3600)).await.unwrap_err();
+    let ReadyError::WorkerFailed { reason, .. } = &error else {
+        panic!("expected WorkerFailed, got {error:?}");
+    };
+    // The cause is named in the reason (as the WARN log and Stats have it)...
+    assert!(
+        reason.contains("connections could not be re-established (connection refused (scripted))"),
+        "{reason}"
+    );
+    // ...and handed over as the transport's own error.
+    let source = std::error::Error::source(&error).expect("a source");
+    let io = source
+        .downcast_ref::<std::io::Error>()
+        .expect("the transport's io::Error");
+    assert_eq!(io.to_string(), "connection refused (scripted)");
+    pool.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -106,6 +140,7 @@ async fn ready_times_out_saying_how_many_connections_are_up() {
             connected,
             capacity,
             waited,
+            ..
         }) => {
             assert_eq!((connected, capacity), (2, 4));
             assert_eq!(waited, Duration::from_secs(5));

@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_worker_pool::net::SocketTransport;
-use async_worker_pool::{Lifespan, Pool, ProcessLauncher};
+use async_worker_pool::process::Lifespan;
+use async_worker_pool::{Pool, ProcessLauncher};
 
 mod gateway_support;
 

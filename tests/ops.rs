@@ -210,13 +210,21 @@ async fn events_past_the_terminate_grace_fail_and_the_reload_goes_on() {
 async fn a_reload_whose_spare_cannot_start_leaves_the_pool_as_it_was() {
     let h = harness(|b| b.max_connections(2)).await;
     h.launcher.script(1, [LaunchRule::Fail]);
-    match h.pool.reload().await {
-        Err(OpsError::WorkerDidNotStart { worker, reason }) => {
+    let error = h.pool.reload().await.unwrap_err();
+    match &error {
+        OpsError::WorkerDidNotStart { worker, reason, .. } => {
             assert_eq!(worker.index(), 1);
             assert!(reason.contains("scripted"), "{reason}");
         }
         other => panic!("expected WorkerDidNotStart, got {other:?}"),
     }
+    let source = std::error::Error::source(&error).expect("the launch error");
+    assert!(
+        source
+            .downcast_ref::<async_worker_pool::LaunchError>()
+            .is_some(),
+        "{source:?}"
+    );
     let stats = h.until("the spare is gone", |s| s.workers.len() == 1).await;
     assert_eq!(stats.workers[0].generation, 1, "the old worker was kept");
     assert_eq!(stats.capacity, 2);

@@ -22,8 +22,8 @@ pub async fn wait_until_full<T: Transport>(pool: &Pool<T>, limit: Duration) -> R
     };
     pool.shutdown(Duration::ZERO).await;
     Err(match error {
-        ReadyError::LaunchFailed { worker, reason }
-        | ReadyError::WorkerFailed { worker, reason } => {
+        ReadyError::LaunchFailed { worker, reason, .. }
+        | ReadyError::WorkerFailed { worker, reason, .. } => {
             format!("worker {worker} did not start: {reason}")
         }
         ReadyError::Timeout {

@@ -33,7 +33,7 @@ pub struct Args {
         default_value = "auto",
         requires = "asgi"
     )]
-    pub lifespan: async_worker_pool::Lifespan,
+    pub lifespan: async_worker_pool::process::Lifespan,
 
     /// Directory the handler's module is imported from.
     #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handlers"))]

@@ -32,7 +32,7 @@ const MAC_CONTEXT: &[u8] = b"async-worker-pool handshake v1: host answer\0";
 /// launch.
 ///
 /// The worker gets it in its environment
-/// ([`SECRET_ENV`](crate::process::SECRET_ENV), never on its command line, which
+/// (`process::SECRET_ENV`, never on its command line, which
 /// every user can read) and serves a connection only once the host has proved
 /// that it knows the secret: see `docs/protocol.md`, "Handshake".
 ///
@@ -98,7 +98,7 @@ impl WorkerSecret {
     }
 
     /// The secret as lowercase hex digits, the form a worker finds in
-    /// [`SECRET_ENV`](crate::process::SECRET_ENV).
+    /// `process::SECRET_ENV`.
     pub fn to_hex(&self) -> String {
         self.bytes
             .iter()

@@ -73,6 +73,35 @@ const LARGEST_FRAME: usize = u32::MAX as usize;
 /// and a call dropped midway is cancelled in the worker with a cancel frame.
 /// A worker that does not speak it (it closes the connection when asked) is
 /// served one event per connection, as before.
+///
+/// # Examples
+///
+/// A pool of the reference Python worker (it needs `python3`, so the example
+/// is not run here; it needs the `process` feature too):
+///
+#[cfg_attr(feature = "process", doc = "```no_run")]
+#[cfg_attr(not(feature = "process"), doc = "```ignore")]
+/// use std::time::Duration;
+/// use async_worker_pool::net::{Event, Reply, SocketTransport};
+/// use async_worker_pool::{Pool, ProcessLauncher};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let launcher = ProcessLauncher::python_worker("echo:handler")
+///     .handler_path("examples/handlers")
+///     .connections(100)
+///     .build()?;
+/// let pool = Pool::builder(SocketTransport::new().max_frame_bytes(1 << 20), launcher)
+///     .num_workers(2)
+///     .max_connections(100)
+///     .build()?;
+/// pool.ready(Duration::from_secs(10)).await?;
+/// match pool.dispatch(Event::plain("hello")).await? {
+///     Reply::Returned { status, body, .. } => println!("{status}: {body:?}"),
+///     other => println!("the handler did not return: {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SocketTransport {
     max_frame_bytes: usize,

@@ -51,7 +51,7 @@ impl HandlerDurationStats {
     /// quantiles named `nuclio_function_duration_seconds` (`_sum`, `_count`),
     /// a name chosen here in the style of Nuclio's, with `# HELP` and `# TYPE`
     /// lines; append it to
-    /// [`prometheus::render_nuclio`](crate::prometheus::render_nuclio).
+    /// `prometheus::render_nuclio` (feature `prometheus`).
     pub fn render_prometheus(&self) -> String {
         format!(
             "# HELP nuclio_function_duration_seconds Handler run time, as the wrapper measured it.\n\

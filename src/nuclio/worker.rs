@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::task::AbortOnDropHandle;
+use crate::abort_on_drop::AbortOnDropHandle;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use tokio::time::{Instant, timeout};
@@ -11,7 +11,7 @@ use tokio::time::{Instant, timeout};
 use super::endpoint::EndpointState;
 use crate::endpoint::Endpoint;
 use crate::launcher::{WorkerExit, WorkerProcess};
-use crate::process::ProcessWorker;
+use crate::process::worker::ProcessWorker;
 use crate::worker::{Attachments, WorkerId};
 
 /// A wrapper process started by [`NuclioLauncher`](super::NuclioLauncher): a
@@ -130,6 +130,11 @@ impl WorkerProcess for NuclioWorker {
 
     fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    /// See [`ProcessWorker`]'s.
+    fn resident_bytes(&self) -> Option<u64> {
+        self.process.resident_bytes()
     }
 
     /// The wrapper's endpoint state, which the transport's connections share.

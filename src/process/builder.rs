@@ -45,7 +45,8 @@ impl ProcessLauncher {
     /// # Examples
     ///
     /// ```no_run
-    /// use async_worker_pool::{Lifespan, ProcessLauncher};
+    /// use async_worker_pool::ProcessLauncher;
+    /// use async_worker_pool::process::Lifespan;
     ///
     /// let launcher = ProcessLauncher::asgi_app("main:app")
     ///     .handler_path("service")

@@ -34,6 +34,38 @@ use crate::worker::WorkerId;
 /// The launcher owns its socket directory and removes it when dropped; the pool
 /// drops its launcher after [`shutdown`](crate::Pool::shutdown), once every
 /// worker has been reaped.
+///
+/// # Examples
+///
+/// Any program that listens where it is told, here a Python module of the
+/// host's own run by the embedded reference worker (not run here: it needs
+/// `python3` and the handler):
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use async_worker_pool::net::{Event, SocketTransport};
+/// use async_worker_pool::{EndpointKind, Pool, ProcessLauncher};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // The host needs a descriptor per connection: raise its soft limit first.
+/// async_worker_pool::process::raise_fd_limit(4 * 250 + 64)?;
+/// let launcher = ProcessLauncher::python_worker("app:handler")
+///     .handler_path("/srv/app")
+///     .endpoint_kind(EndpointKind::Unix)
+///     .connections(250)
+///     .env("APP_MODE", "production")
+///     .build()?;
+/// let pool = Pool::builder(SocketTransport::new(), launcher)
+///     .num_workers(4)
+///     .max_connections(250)
+///     .build()?;
+/// pool.ready(Duration::from_secs(30)).await?;
+/// let reply = pool.dispatch(Event::plain("work")).await?;
+/// # let _ = reply;
+/// pool.shutdown(Duration::from_secs(10)).await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ProcessLauncher {
     pub(super) program: OsString,
@@ -230,7 +262,7 @@ impl Launcher for ProcessLauncher {
     }
 
     /// Refuses a pool that would open more connections to a worker than
-    /// [`ProcessLauncherBuilder::connections`](super::ProcessLauncherBuilder::connections)
+    /// [`ProcessLauncherBuilder::connections`](crate::ProcessLauncherBuilder::connections)
     /// tells it to serve (it would refuse the rest), or more connections in all
     /// than the host's soft open-file limit allows (see
     /// [`raise_fd_limit`](super::raise_fd_limit)).

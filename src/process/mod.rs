@@ -1,5 +1,5 @@
-//! Worker processes started from a program: [`ProcessLauncher`] runs one per
-//! worker, each in a process group of its own, and [`ProcessWorker`] watches,
+//! Worker processes started from a program: [`ProcessLauncher`](crate::ProcessLauncher) runs one per
+//! worker, each in a process group of its own, and [`ProcessWorker`](crate::ProcessWorker) watches,
 //! stops and kills it.
 //!
 //! Each worker is told where to listen with command-line arguments (`--unix PATH`
@@ -13,7 +13,7 @@
 //! with target `async_worker_pool::worker` and the fields `worker` and `pid`:
 //! stdout at `info`, and each stderr line at the level it starts with
 //! (`WARNING worker.0: ...`, as the reference worker writes them), or at
-//! [`raw_stderr_level`](ProcessLauncherBuilder::raw_stderr_level) (`info` by
+//! [`raw_stderr_level`](crate::ProcessLauncherBuilder::raw_stderr_level) (`info` by
 //! default) when it starts with none.
 //!
 //! Nothing a worker starts outlives its handle: terminating, dropping, or seeing
@@ -53,19 +53,18 @@
 //! # }
 //! ```
 
-mod builder;
+pub(crate) mod builder;
 mod fd_limit;
-mod launcher;
+pub(crate) mod launcher;
+mod memory;
 mod output;
 mod python_worker;
 mod socket_dir;
 mod spawn;
 mod template;
-mod worker;
+pub(crate) mod worker;
 
-pub use builder::ProcessLauncherBuilder;
 pub use fd_limit::raise_fd_limit;
-pub use launcher::ProcessLauncher;
 #[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
 pub use python_worker::{AnyProgram, Lifespan, Program, PythonWorker};
@@ -73,7 +72,6 @@ pub use python_worker::{AnyProgram, Lifespan, Program, PythonWorker};
 pub(crate) use socket_dir::SocketDir;
 #[cfg(feature = "nuclio")]
 pub(crate) use spawn::{Started, drain_stderr, free_tcp_port, start, worker_command};
-pub use worker::ProcessWorker;
 
 /// The environment variable that holds the worker's index in the pool.
 pub const WORKER_ID_ENV: &str = "ASYNC_WORKER_POOL_WORKER_ID";

@@ -1,4 +1,4 @@
-//! The kinds of program a [`ProcessLauncher`](super::ProcessLauncher) runs:
+//! The kinds of program a [`ProcessLauncher`](crate::ProcessLauncher) runs:
 //! any program, or the reference Python worker, which the crate embeds and
 //! which alone has a handler and handler paths.
 
@@ -73,7 +73,7 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// The kind of program a [`ProcessLauncherBuilder`](super::ProcessLauncherBuilder)
+/// The kind of program a [`ProcessLauncherBuilder`](crate::ProcessLauncherBuilder)
 /// configures: [`AnyProgram`] or [`PythonWorker`]. Sealed: the crate's two are
 /// all there is.
 pub trait Program: sealed::Sealed + Clone + std::fmt::Debug {

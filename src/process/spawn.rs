@@ -154,7 +154,7 @@ async fn probe(endpoint: &Endpoint) -> io::Result<()> {
     }
 }
 
-/// For launchers of your own: the process handling of [`ProcessLauncher`](super::ProcessLauncher)
+/// For launchers of your own: the process handling of [`ProcessLauncher`](crate::ProcessLauncher)
 /// without its choice of program and endpoint.
 impl ProcessWorker {
     /// Spawns `command` as worker `worker`, which will listen on `endpoint`,

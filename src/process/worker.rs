@@ -18,7 +18,7 @@ use crate::launcher::{WorkerExit, WorkerProcess};
 use crate::net::WorkerSecret;
 use crate::worker::{Attachments, WorkerId};
 
-/// A worker process started by [`ProcessLauncher`](super::ProcessLauncher), the
+/// A worker process started by [`ProcessLauncher`](crate::ProcessLauncher), the
 /// leader of a process group of its own.
 ///
 /// Dropping it before the process was reaped kills the whole group with `SIGKILL`
@@ -164,6 +164,15 @@ impl WorkerProcess for ProcessWorker {
 
     fn pid(&self) -> Option<u32> {
         Some(self.pid)
+    }
+
+    /// Its `VmRSS` from `/proc/PID/status` while it runs (Linux); `None`
+    /// elsewhere, or once it has been reaped.
+    fn resident_bytes(&self) -> Option<u64> {
+        if self.exit.is_some() {
+            return None;
+        }
+        super::memory::resident_bytes(self.pid)
     }
 
     /// The process's [`WorkerSecret`], which the socket transport answers its

@@ -10,19 +10,25 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::families::{self, Family, Kind, Value};
-use crate::api::AsyncWorkerPool;
 use crate::stats::Stats;
+use crate::worker_pool::AsyncWorkerPool;
 
 /// A `prometheus_client` [`Collector`] that takes one [`Stats`] snapshot per
-/// scrape, so the pool's metrics sit in the host's registry beside its own:
+/// scrape, so the pool's metrics sit in the host's registry beside its own.
+///
+/// It implements the trait of the `prometheus-client` version this crate
+/// depends on, re-exported as
+/// [`async_worker_pool::prometheus_client`](crate::prometheus_client): use
+/// that path for the registry, whatever version the host depends on itself.
 ///
 /// ```
 /// # async fn demo(pool: async_worker_pool::Pool<async_worker_pool::net::SocketTransport>) {
 /// use async_worker_pool::prometheus::PoolCollector;
-/// let mut registry = prometheus_client::registry::Registry::default();
+/// use async_worker_pool::prometheus_client::{encoding::text::encode, registry::Registry};
+/// let mut registry = Registry::default();
 /// registry.register_collector(Box::new(PoolCollector::new(pool)));
 /// let mut text = String::new();
-/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// encode(&mut text, &registry).unwrap();
 /// # }
 /// ```
 ///

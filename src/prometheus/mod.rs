@@ -2,7 +2,7 @@
 //! endpoint: under the crate's own names ([`render`]) or Nuclio's
 //! ([`render_nuclio`]), as text; or, with the `prometheus-client` feature, as a
 //! collector registered in the host's own `prometheus_client` registry beside
-//! its other metrics ([`PoolCollector`]).
+//! its other metrics (`PoolCollector`).
 //!
 //! The metrics are described once, as families built from one snapshot
 //! (`families.rs`); the text writer and the collector only encode them. A

@@ -118,12 +118,14 @@ impl<T: Transport> Shared<T> {
                         return Err(ReadyError::WorkerFailed {
                             worker,
                             reason: reason(),
+                            source: entry.last_cause.clone(),
                         });
                     }
                     if entry.never_launched {
                         return Err(ReadyError::LaunchFailed {
                             worker,
                             reason: reason(),
+                            source: entry.last_cause.clone(),
                         });
                     }
                 }

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PoolConfig;
-use crate::error::{PoolError, ReadyError};
+use crate::error::{Cause, PoolError, ReadyError};
 use crate::stats::{
     AllocationStats, ConnectionRestartStats, EventCounters, RestartReasons, SlotCounts, SlotState,
     Stats, WorkerState, WorkerStats,
@@ -209,6 +209,9 @@ struct WorkerEntry<C> {
     pid: Option<u32>,
     restarts: u64,
     last_error: Option<String>,
+    /// The error behind `last_error`, where there is one: the source of the
+    /// `ready` and operations errors that report it.
+    last_cause: Option<Cause>,
     /// A launch failed before any generation served: `ready` reports it.
     never_launched: bool,
 }
@@ -528,8 +531,19 @@ impl<T: Transport> Shared<T> {
 
     /// Remembers why the worker's last launch or process failed, for Stats.
     pub(crate) fn set_last_error(&self, worker: WorkerId, error: String) {
+        self.set_last_error_caused(worker, error, None);
+    }
+
+    /// [`set_last_error`](Self::set_last_error), with the error behind it.
+    pub(crate) fn set_last_error_caused(
+        &self,
+        worker: WorkerId,
+        error: String,
+        cause: Option<Cause>,
+    ) {
         if let Some(entry) = self.lock().workers.get_mut(worker.index()) {
             entry.last_error = Some(error);
+            entry.last_cause = cause;
         }
     }
 

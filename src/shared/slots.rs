@@ -27,6 +27,7 @@ impl<C> WorkerEntry<C> {
             pid: None,
             restarts: 0,
             last_error: None,
+            last_cause: None,
             never_launched: false,
         }
     }

@@ -109,15 +109,22 @@ impl<T: Transport> Shared<T> {
     /// Resolves once `worker` serves a generation after `after` with every
     /// slot connected; or with the reason it will not: its first launch
     /// failed, or it restarted too often. Cancel safe.
-    pub(crate) async fn worker_serving(&self, worker: WorkerId, after: u64) -> Result<(), String> {
+    pub(crate) async fn worker_serving(
+        &self,
+        worker: WorkerId,
+        after: u64,
+    ) -> Result<(), (String, Option<Cause>)> {
         let mut outcome = Ok(());
         self.until(|core| {
             let Some(entry) = core.workers.get(worker.index()) else {
-                outcome = Err("the worker was removed".into());
+                outcome = Err(("the worker was removed".into(), None));
                 return true;
             };
             if entry.state == WorkerState::Failed || entry.never_launched {
-                outcome = Err(entry.last_error.clone().unwrap_or_default());
+                outcome = Err((
+                    entry.last_error.clone().unwrap_or_default(),
+                    entry.last_cause.clone(),
+                ));
                 return true;
             }
             entry.generation > after && entry.state == WorkerState::Running && entry.connected()
