@@ -19,7 +19,7 @@ cargo build --examples
 $run_tests --all-targets
 cargo test --doc
 # The tower feature: PoolService with tower's middleware, and the axum example's core.
-$run_tests --features tower --test tower_service --test axum_tower
+$run_tests --features tower --test tower_service --test axum_tower --test trace_context
 cargo test --features tower --doc PoolService
 # The reference worker's unit tests, once on asyncio's loop (the system's
 # python3, without uvloop) and once on uvloop's (a virtualenv that has it).

@@ -29,6 +29,7 @@ mod slot;
 mod stats;
 mod supervisor;
 mod task;
+mod trace_context;
 mod transport;
 mod wait_queue;
 mod worker_id;
@@ -51,4 +52,5 @@ pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
     WorkerState, WorkerStats,
 };
+pub use trace_context::{InvalidTraceContext, MAX_TRACESTATE_LEN, TraceContext};
 pub use transport::{Transport, is_disconnect_io};

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ProtocolError;
+use crate::trace_context::TraceContext;
 
 const READY: u8 = b'R';
 const EVENT: u8 = b'E';
@@ -22,12 +23,14 @@ const RAISED: u8 = b'X';
 /// Kind byte and meta length.
 const HEADER_LEN: usize = 5;
 
-/// One event for a worker's handler: a body, and for an HTTP event its method,
-/// path and headers. Kind `E` on the wire.
+/// One event for a worker's handler: a body, for an HTTP event its method,
+/// path and headers, and the caller's trace context if it has one. Kind `E`
+/// on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     http: Option<HttpRequest>,
     body: Bytes,
+    trace: Option<TraceContext>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,31 @@ struct HttpMeta<'a> {
     method: &'a str,
     path: &'a str,
     headers: &'a [(String, String)],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<TraceMeta<'a>>,
+}
+
+/// The meta of a plain event that carries a trace context.
+#[derive(serde::Serialize)]
+struct PlainMeta<'a> {
+    trace: TraceMeta<'a>,
+}
+
+/// The `"trace"` key of an event's meta.
+#[derive(serde::Serialize)]
+struct TraceMeta<'a> {
+    traceparent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
+}
+
+impl<'a> From<&'a TraceContext> for TraceMeta<'a> {
+    fn from(trace: &'a TraceContext) -> Self {
+        Self {
+            traceparent: trace.traceparent(),
+            tracestate: trace.tracestate(),
+        }
+    }
 }
 
 impl Event {
@@ -51,6 +79,7 @@ impl Event {
         Self {
             http: None,
             body: body.into(),
+            trace: None,
         }
     }
 
@@ -68,7 +97,22 @@ impl Event {
                 headers,
             }),
             body: body.into(),
+            trace: None,
         }
+    }
+
+    /// The event with the caller's trace context, which the worker's handler
+    /// sees (the reference worker as `context.trace`). Meta key `"trace"`; a
+    /// worker that predates it ignores it.
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// The caller's trace context, if the event carries one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// The body.
@@ -104,33 +148,43 @@ impl Event {
     /// Appends the event's envelope (the frame payload, without the frame's length
     /// prefix) to `dst`, reserving room for all of it first.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let meta_hint = self.http.as_ref().map_or(2, |http| {
-            // Quotes, brackets and key names; escapes may need more, which is fine.
-            48 + http.method.len()
-                + http.path.len()
-                + http
-                    .headers
-                    .iter()
-                    .map(|(name, value)| name.len() + value.len() + 8)
-                    .sum::<usize>()
+        let trace_hint = self.trace.as_ref().map_or(0, |trace| {
+            48 + trace.traceparent().len() + trace.tracestate().map_or(0, str::len)
         });
+        let meta_hint = trace_hint
+            + self.http.as_ref().map_or(2, |http| {
+                // Quotes, brackets and key names; escapes may need more, which is fine.
+                48 + http.method.len()
+                    + http.path.len()
+                    + http
+                        .headers
+                        .iter()
+                        .map(|(name, value)| name.len() + value.len() + 8)
+                        .sum::<usize>()
+            });
         dst.reserve(HEADER_LEN + meta_hint + self.body.len());
         dst.put_u8(EVENT);
         let len_at = dst.len();
         dst.put_u32(0); // patched below, once the meta's length is known
         let meta_start = dst.len();
-        match &self.http {
-            None => dst.put_slice(b"{}"),
-            Some(http) => {
+        let trace = self.trace.as_ref().map(TraceMeta::from);
+        let written = match (&self.http, trace) {
+            (None, None) => {
+                dst.put_slice(b"{}");
+                Ok(())
+            }
+            (None, Some(trace)) => serde_json::to_writer(dst.writer(), &PlainMeta { trace }),
+            (Some(http), trace) => {
                 let meta = HttpMeta {
                     method: &http.method,
                     path: &http.path,
                     headers: &http.headers,
+                    trace,
                 };
                 serde_json::to_writer(dst.writer(), &meta)
-                    .expect("strings serialize into a BytesMut without error");
             }
-        }
+        };
+        written.expect("strings serialize into a BytesMut without error");
         // Meta over 4 GiB cannot be framed anyway: the frame-length check refuses it.
         let meta_len = u32::try_from(dst.len() - meta_start).unwrap_or(u32::MAX);
         dst[len_at..meta_start].copy_from_slice(&meta_len.to_be_bytes());
@@ -443,6 +497,33 @@ mod tests {
         assert_eq!(event.path(), Some("/p?q=1"));
         assert_eq!(event.headers(), headers);
         assert_eq!(event.into_body(), Bytes::from_static(b"body"));
+    }
+
+    #[test]
+    fn a_trace_context_travels_as_the_trace_key_of_plain_and_http_events() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = TraceContext::parse(parent, Some("congo=t61rcWkgMzE")).unwrap();
+        let plain = Event::plain("b").with_trace(trace.clone());
+        let (_, meta, body) = open_event(&encoded(&plain));
+        assert_eq!(
+            meta,
+            serde_json::json!({"trace": {"traceparent": parent, "tracestate": "congo=t61rcWkgMzE"}})
+        );
+        assert_eq!(body, b"b");
+        let without_state = TraceContext::parse(parent, None).unwrap();
+        let http = Event::http("GET", "/", vec![], "").with_trace(without_state);
+        let (_, meta, _) = open_event(&encoded(&http));
+        assert_eq!(
+            meta,
+            serde_json::json!({
+                "method": "GET", "path": "/", "headers": [],
+                "trace": {"traceparent": parent},
+            })
+        );
+        assert_eq!(
+            http.trace().map(TraceContext::trace_id),
+            Some(&parent[3..35])
+        );
     }
 
     #[test]
