@@ -15,7 +15,7 @@ if [ ! -f "$venv/.complete" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        'uvicorn>=0.30,<1' 'uvloop>=0.19,<1' 'httptools>=0.6,<1'
+        'uvicorn>=0.30,<1' 'uvloop>=0.19,<1' 'httptools>=0.6,<1' 'granian>=2.8,<3'
     touch "$venv/.complete"
 fi
 if ! command -v wrk >/dev/null 2>&1; then

@@ -13,7 +13,12 @@ ratios are of medians, with the range of the per-round ratios beside them.
 
 Environment: E2E_SECONDS (per run, default 10), E2E_ROUNDS (default 3),
 E2E_ONLY (a comma-separated list of scenario names), E2E_OUT (where the
-Markdown table is written, default target/bench-e2e.md).
+Markdown table is written, default target/bench-e2e.md), E2E_SIDES (the
+servers compared, default ``gateway,uvicorn``; also ``gateway-mux``, the
+gateway in its multiplexed mode with E2E_MULTIPLEX physical connections per
+worker (default 1), ``gateway-conn``, one connection per slot, and ``granian-asgi`` and ``granian-rsgi``, one granian
+process each on the same interpreter). With more than the two default sides
+a second table lists every side, with ratios to uvicorn's figures.
 """
 
 import os
@@ -36,6 +41,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 SECONDS = float(os.environ.get("E2E_SECONDS", "10"))
 ROUNDS = int(os.environ.get("E2E_ROUNDS", "3"))
 WARMUP = 2
+SIDES = os.environ.get("E2E_SIDES", "gateway,uvicorn").split(",")
 
 # name, handler, concurrent connections, workers, request body
 SCENARIOS = [
@@ -104,12 +110,23 @@ class Server:
     def __init__(self, side, handler, workers):
         self.side = side
         self.port = free_port()
-        if side == "gateway":
+        if side.startswith("gateway"):
             cmd = [GATEWAY, "--listen", "127.0.0.1:%d" % self.port,
                    "--handler", "handlers:%s" % handler, "--handler-path", HANDLERS,
                    "--python", PYTHON, "--workers", str(workers),
                    "--max-connections", "1000"]
+            if side == "gateway-mux":
+                cmd += ["--multiplex", os.environ.get("E2E_MULTIPLEX", "1")]
+            elif side == "gateway-conn":
+                cmd += ["--multiplex", "0"]
             env = {**os.environ, "RUST_LOG": "warn"}
+        elif side.startswith("granian"):
+            interface = side.split("-")[1]
+            cmd = [PYTHON, "-m", "granian", "--interface", interface,
+                   "--working-dir", HANDLERS, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--loop", "uvloop", "--workers", str(workers), "--backlog", "2048",
+                   "--no-ws", "--log-level", "warning", "%s:%s" % (interface, handler)]
+            env = dict(os.environ)
         else:
             cmd = [PYTHON, "-m", "uvicorn", "asgi:%s" % handler, "--app-dir", HANDLERS,
                    "--host", "127.0.0.1", "--port", str(self.port),
@@ -120,7 +137,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                      start_new_session=True)
         wait_port(self.port, self.proc)
-        if side == "gateway":
+        if side.startswith("gateway"):
             # Listening comes before the pool is full; wait for every connection.
             self._wait_healthy(workers)
         else:
@@ -209,14 +226,14 @@ def scenario(name, handler, connections, workers, body, script_dir):
             f.write('wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n'
                     'wrk.headers["Content-Type"] = "application/octet-stream"\n' % body)
     load = loadavg()
-    servers = {side: Server(side, handler, workers) for side in ("gateway", "uvicorn")}
+    servers = {side: Server(side, handler, workers) for side in SIDES}
     runs = {side: [] for side in servers}
     try:
         for side, server in servers.items():
             run_wrk(server.port, connections, WARMUP, script)
         for round_ in range(ROUNDS):
             # Alternate which side goes first, so that neither always follows the other.
-            order = ["gateway", "uvicorn"] if round_ % 2 == 0 else ["uvicorn", "gateway"]
+            order = SIDES if round_ % 2 == 0 else SIDES[::-1]
             for side in order:
                 run = measure(servers[side], connections, SECONDS, script)
                 runs[side].append(run)
@@ -238,6 +255,30 @@ def median(runs, key):
 def ratio_range(gateway, uvicorn, key, invert=False):
     ratios = [(u[key] / g[key]) if invert else (g[key] / u[key]) for g, u in zip(gateway, uvicorn)]
     return "%.2f–%.2f" % (min(ratios), max(ratios))
+
+
+def sides_table(rows):
+    """Every side of every scenario, with ratios to uvicorn's medians."""
+    lines = [
+        "",
+        "| scenario | side | req/s | req/s ÷ uvicorn | p50 / p99 | p99 ÷ uvicorn "
+        "| CPU/req | req per CPU-s ÷ uvicorn | first process CPU/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, _connections, _workers, _load, runs in rows:
+        base = runs.get("uvicorn")
+        for side in SIDES:
+            r = runs[side]
+            rps, p99, cpu = median(r, "rps"), median(r, "p99"), median(r, "cpu_us")
+            lines.append("| %s | %s | %.0f | %s | %.2f / %.2f ms | %s | %.1f µs | %s | %.1f µs | %d |" % (
+                name, side, rps,
+                "%.2fx" % (rps / median(base, "rps")) if base else "–",
+                median(r, "p50"), p99,
+                "%.2fx" % (p99 / median(base, "p99")) if base else "–",
+                cpu,
+                "%.2fx" % (median(base, "cpu_us") / cpu) if base else "–",
+                median(r, "root_cpu_us"), sum(run["errors"] for run in r)))
+    return lines
 
 
 def main():
@@ -262,6 +303,8 @@ def main():
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, connections, workers, load, runs in rows:
+        if "gateway" not in runs or "uvicorn" not in runs:
+            continue
         g, u = runs["gateway"], runs["uvicorn"]
         lines.append(
             "| %s | %d | %d | %.0f | %.0f | %.2fx (%s) | %.2f / %.2f ms | %.2f / %.2f ms "
@@ -273,6 +316,8 @@ def main():
                 median(u, "cpu_us") / median(g, "cpu_us"),
                 ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
                 sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
+    if SIDES != ["gateway", "uvicorn"]:
+        lines += sides_table(rows)
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench-e2e.md"))

@@ -239,7 +239,7 @@ fn plain(status: StatusCode, text: String) -> Response<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::WorkerId;
+    use crate::worker::WorkerId;
     use std::time::Duration;
 
     #[test]

@@ -5,18 +5,18 @@
 
 mod api;
 mod config;
+mod endpoint;
 mod error;
 mod event;
 #[cfg(feature = "http")]
 pub mod http;
-mod idle_index;
 mod in_process;
 mod launcher;
 #[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "nuclio")]
 pub mod nuclio;
-mod ops;
+mod operations;
 mod pool;
 #[cfg(feature = "process")]
 pub mod process;
@@ -31,20 +31,18 @@ mod supervisor;
 mod task;
 mod trace_context;
 mod transport;
-mod wait_queue;
-mod worker_id;
+mod worker;
 
 pub use api::AsyncWorkerPool;
 pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
+pub use endpoint::{Endpoint, EndpointKind};
 pub use error::{BoxError, BuildError, ConfigError, OpsError, PoolError, ReadyError};
 pub use in_process::{InProcessLauncher, InProcessWorker};
-pub use launcher::{
-    Endpoint, LaunchError, Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess,
-};
+pub use launcher::{LaunchError, Launcher, WorkerExit, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
-pub use process::{EndpointKind, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
+pub use process::{ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 #[cfg(feature = "tower")]
 pub use service::{PoolService, PoolServiceFuture};
 pub use slot::{OwnedSlot, Slot};
@@ -54,3 +52,4 @@ pub use stats::{
 };
 pub use trace_context::{InvalidTraceContext, MAX_TRACESTATE_LEN, TraceContext};
 pub use transport::{Transport, is_disconnect_io};
+pub use worker::{Attachments, WorkerId, WorkerInfo};

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::PoolError;
-use crate::launcher::WorkerId;
 use crate::shared::{Begin, Ended, Shared, SlotId, Taken};
 use crate::transport::Transport;
+use crate::worker::WorkerId;
 
 /// How long a failed exchange waits to learn whether its worker process exited,
 /// which decides between [`PoolError::WorkerExited`] and [`PoolError::Transport`].
@@ -269,7 +269,7 @@ pub(crate) async fn acquire_owned<T: Transport>(
     acquire_with(PoolRef::Owned(shared)).await
 }
 
-/// Takes a slot, waiting for one up to `connection_availability_timeout`.
+/// Takes a slot, waiting for one up to `acquire_timeout`.
 ///
 /// The first poll takes a free slot or joins the queue with its waker, in one
 /// trip through the pool's lock; a waiter's next poll finds its outcome. A
@@ -289,6 +289,26 @@ async fn acquire_with<T: Transport>(pool: PoolRef<'_, T>) -> Result<Slot<'_, T>,
         shared.retract_allocation(taken.waited);
         shared.release(taken.slot, taken.generation, Some(taken.conn), false);
         first_try = false;
+    }
+}
+
+/// [`acquire`], given up after `limit`, which then counts as an acquire timeout.
+pub(crate) async fn acquire_within<T: Transport>(
+    shared: &Shared<T>,
+    limit: Duration,
+) -> Result<Slot<'_, T>, PoolError> {
+    let started = Instant::now();
+    // `timeout` polls the acquire before it looks at the clock, so a free slot
+    // is taken even with a zero limit; when it fires, dropping the acquire
+    // gives up its place in the queue.
+    match tokio::time::timeout(limit, acquire(shared)).await {
+        Ok(result) => result,
+        Err(_elapsed) => {
+            shared.count_acquire_timeout();
+            Err(PoolError::AcquireTimeout {
+                waited: started.elapsed(),
+            })
+        }
     }
 }
 

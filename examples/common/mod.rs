@@ -1,6 +1,8 @@
 //! What both HTTP gateway examples share: waiting for the workers at start, the
-//! mapping of pool errors to HTTP answers, `/healthz` and the shutdown
-//! signal. Included by each example with `#[path]`.
+//! mapping of pool errors to HTTP answers, `/healthz`, the shutdown signal,
+//! and the HTTP listener (`listener`). Included by each example with `#[path]`.
+
+pub mod listener;
 
 use std::time::Duration;
 
@@ -65,9 +67,8 @@ pub fn health(stats: &Stats) -> Response {
     (status, text).into_response()
 }
 
-/// Ctrl-C, SIGTERM or SIGHUP. A hangup would otherwise end the gateway at once,
-/// with no drain. The nuclio gateway's; the HTTP gateway reloads its workers on
-/// SIGHUP instead (its `signals.rs`).
+/// Ctrl-C or SIGTERM. The nuclio gateway's; the HTTP gateway has its own
+/// (its `signals.rs`, with SIGTTIN and SIGTTOU besides).
 ///
 /// The handlers are installed when this is called, not when the future is
 /// first polled, so that a signal sent as soon as the gateway says it listens
@@ -76,20 +77,39 @@ pub fn health(stats: &Stats) -> Response {
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
-    let hangup = signal(SignalKind::hangup());
     let interrupt = signal(SignalKind::interrupt());
     async move {
-        let (Ok(mut term), Ok(mut hangup), Ok(mut interrupt)) = (term, hangup, interrupt) else {
-            tracing::warn!(
-                "cannot listen for SIGTERM, SIGHUP or SIGINT; only Ctrl-C stops the gateway"
-            );
+        let (Ok(mut term), Ok(mut interrupt)) = (term, interrupt) else {
+            tracing::warn!("cannot listen for SIGTERM or SIGINT; only Ctrl-C stops the gateway");
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = term.recv() => {}
-            _ = hangup.recv() => {}
         }
     }
+}
+
+/// Installs a SIGHUP handler now and serves it on a task: each hangup
+/// reloads every worker (`Pool::reload`: new before old, no event fails), as
+/// gunicorn does. Hangups that come during a reload are folded into one more
+/// reload after it. The nuclio gateway's; the HTTP gateway's `signals.rs`
+/// does the same.
+#[allow(dead_code)] // unused by the HTTP gateway
+pub fn reload_on_hangup<T: Transport>(
+    pool: Pool<T>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|error| format!("cannot listen for SIGHUP: {error}"))?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading every worker");
+            match pool.reload().await {
+                Ok(()) => tracing::info!("SIGHUP: reload done"),
+                Err(error) => tracing::warn!(%error, "SIGHUP: reload failed"),
+            }
+        }
+    }))
 }

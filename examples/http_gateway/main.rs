@@ -31,7 +31,6 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
@@ -57,14 +56,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let listener = TcpListener::bind(args.listen).await.map_err(|error| {
-        format!(
-            "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
-            args.listen
-        )
-    })?;
+    let (listener, backlog) =
+        common::listener::bind(args.listen, args.listener.backlog).map_err(|error| {
+            format!(
+                "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
+                args.listen
+            )
+        })?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
-    let wanted = (args.workers * args.max_connections) as u64 + 1024;
+    let reserved =
+        common::listener::reserved_fds(args.workers * args.max_connections, args.max_connections);
+    let wanted = common::listener::wanted_fds(&args.listener, reserved);
     match async_worker_pool::process::raise_fd_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
@@ -74,6 +76,8 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
+    let max_clients = common::listener::client_cap(&args.listener, reserved);
+    tracing::info!(backlog, max_clients, "HTTP listener");
     let pool = start_pool(&args).await?;
     // Listening for signals from before the address is printed on.
     let signalled = signals::stop_signal();
@@ -100,18 +104,15 @@ async fn run(args: Args) -> Result<(), String> {
             stop.cancel();
         }
     });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let served = async {
-        // Requests in flight get the grace to finish; then the pool stops anyway.
-        tokio::select! {
-            result = serve => result.map_err(|e| format!("HTTP server failed: {e}")),
-            () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => Ok(()),
-        }
-    };
-    let result = served.await;
+    let serve = common::listener::serve(listener, app, &args.listener, max_clients, stop.clone());
+    // Requests in flight get the grace to finish; then the pool stops anyway.
+    tokio::select! {
+        () = serve => {}
+        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => {}
+    }
     pool.shutdown(args.shutdown_grace).await;
     println!("http_gateway: stopped");
-    result
+    Ok(())
 }
 
 /// Builds the pool and waits until every worker serves all its connections, so
@@ -136,7 +137,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
         .build()
         .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let mut builder = Pool::builder(
-        SocketTransport::new().max_frame_bytes(args.max_frame_bytes),
+        SocketTransport::new()
+            .max_frame_bytes(args.max_frame_bytes)
+            .multiplex(args.multiplex),
         launcher,
     )
     .num_workers(args.workers)
@@ -153,7 +156,8 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     }
     builder = builder
         .max_events_per_worker(args.max_events_per_worker)
-        .max_worker_rss(args.max_worker_rss);
+        .max_worker_rss(args.max_worker_rss)
+        .min_worker_uptime(args.min_worker_uptime);
     let pool = builder.build().map_err(|error| error.to_string())?;
 
     // One launch plus one full round of connects, each bounded by the same timeout.
