@@ -12,7 +12,8 @@ Command line
 ------------
 ::
 
-    python3 async_pool_worker.py --handler module:function
+    python3 async_pool_worker.py (--handler module:function | --asgi module:app
+        [--lifespan auto|on|off] [--root-path PATH])
         (--unix PATH | --tcp HOST:PORT) --worker-id N
         [--connections N] [--max-frame-bytes N] [--handler-path DIR ...]
         [--handshake-timeout SECONDS] [--no-auth]
@@ -23,6 +24,12 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
                        dotted attribute path). The directories given with
                        ``--handler-path`` and the current directory are put at the
                        front of ``sys.path`` before the module is imported.
+``--asgi``             instead of a handler, an ASGI 3 app (FastAPI, Starlette, ...)
+                       as ``module:attribute``, imported the same way; served by
+                       ``async_pool_asgi.py`` beside this script, which describes
+                       the scope, streaming, lifespan (``--lifespan``) and what is
+                       not supported (WebSocket). A failed lifespan startup exits
+                       with status 3.
 ``--unix PATH``        listen on this Unix socket path (a stale socket file there
                        is removed first).
 ``--tcp HOST:PORT``    listen on this TCP address instead (port 0 picks a free one;
@@ -72,7 +79,8 @@ events already received run to completion and are answered, idle connections are
 closed at once, and the process exits with status 0.
 
 Exit status: 0 after a drain, 1 if the endpoint cannot be opened, 2 for a usage
-error or a handler that cannot be loaded.
+error or a handler that cannot be loaded, 3 for an ASGI app whose lifespan
+startup failed.
 
 Dying with the host: when the environment variable ``ASYNC_WORKER_POOL_LIFELINE``
 is ``stdin`` (the host's launcher sets it), stdin is a pipe the host holds open
@@ -211,7 +219,7 @@ class ProtocolError(Exception):
 class Event:
     """One event as seen by the handler."""
 
-    __slots__ = ("body", "method", "path", "headers", "is_http", "trace")
+    __slots__ = ("body", "method", "path", "headers", "is_http", "meta", "trace")
 
     def __init__(self, body=b"", method=None, path=None, headers=None, is_http=False,
                  trace=None):
@@ -220,6 +228,9 @@ class Event:
         self.path = path
         self.headers = list(headers or [])
         self.is_http = is_http
+        # The event's whole meta (None for a plain event): the ASGI adapter
+        # reads the optional keys (scheme, client, ...) from it.
+        self.meta = None
         self.trace = trace
 
     def header(self, name):
@@ -343,6 +354,7 @@ def _event_from_meta(meta: dict, body: bytes) -> Event:
         pairs.append((item[0], item[1]))
     event = Event(body=body, method=method, path=path, is_http=True, trace=trace)
     event.headers = pairs  # built here, so not copied again
+    event.meta = meta
     return event
 
 
@@ -668,6 +680,8 @@ def remove_launcher_dir(directory) -> None:
     try:
         if os.path.samefile(script, __file__):
             os.unlink(script)
+            # The ASGI adapter the launcher writes beside it, if it did.
+            os.unlink(os.path.join(directory, "async_pool_asgi.py"))
     except OSError:
         pass
     try:
@@ -732,8 +746,15 @@ def _take_secret(parser, args) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Reference worker for the async-worker-pool crate.")
-    parser.add_argument("--handler", required=True, metavar="MODULE:FUNCTION",
-                        help="the async def handler(context, event) to run")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--handler", metavar="MODULE:FUNCTION",
+                      help="the async def handler(context, event) to run")
+    what.add_argument("--asgi", metavar="MODULE:ATTR",
+                      help="an ASGI 3 app to run instead (FastAPI, Starlette, ...)")
+    parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                        help="with --asgi: run the app's lifespan protocol (default %(default)s)")
+    parser.add_argument("--root-path", default="", metavar="PATH",
+                        help="with --asgi: the ASGI root_path (default empty)")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", type=parse_tcp_address,
@@ -776,7 +797,7 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = ("worker", "number", "transport", "state", "buffer", "nonce", "timer",
-                 "busy", "task", "mux")
+                 "busy", "task", "mux", "on_lost")
 
     def __init__(self, worker):
         self.worker = worker
@@ -796,6 +817,9 @@ class _Connection(asyncio.Protocol):
         # Once the host has asked to multiplex: the _Multiplexed that serves
         # the streams from then on.
         self.mux = None
+        # Called once if the connection closes before the event is answered
+        # (the ASGI adapter's http.disconnect); None otherwise.
+        self.on_lost = None
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -991,6 +1015,17 @@ class _Connection(asyncio.Protocol):
         elif self.buffer:
             self.data_received(b"")
 
+    def write_part(self, envelope) -> bool:
+        """Write a frame of an answer before its last one (a streamed response);
+        False, writing nothing, once the connection is closed."""
+        if self.state != _SERVING:
+            return False
+        if len(envelope) < _LARGE_BODY:
+            self.transport.write(_LENGTH.pack(len(envelope)) + envelope)
+        else:
+            self.transport.writelines((_LENGTH.pack(len(envelope)), envelope))
+        return True
+
     def abandoned(self):
         """The handler's task ended without an answer: close the connection."""
         self.task = None
@@ -1015,6 +1050,10 @@ class _Connection(asyncio.Protocol):
             self.state = _CLOSED
             if self.timer is not None:
                 self.timer.cancel()
+        lost = self.on_lost
+        if lost is not None:
+            self.on_lost = None
+            lost()
         if not self.busy:
             # A busy connection is forgotten once its handler is done.
             self.worker.forget(self)
@@ -1023,7 +1062,8 @@ class _Connection(asyncio.Protocol):
 # Above this size an answer goes out as two buffers instead of being joined.
 _LARGE_BODY = 64 * 1024
 
-_CANCELLED_ENVELOPE = encode_envelope(b"D", {})
+# The confirmation of a cancel frame: `Q`, since `D` ends a streamed answer.
+_CANCELLED_ENVELOPE = encode_envelope(b"Q", {})
 
 
 class _Multiplexed:
@@ -1034,7 +1074,8 @@ class _Multiplexed:
     per loop iteration, so a read of many events costs one write back.
     """
 
-    __slots__ = ("conn", "buffer", "tasks", "cancelling", "outgoing", "flush_pending")
+    __slots__ = ("conn", "buffer", "tasks", "cancelling", "outgoing", "flush_pending",
+                 "parts")
 
     def __init__(self, conn):
         self.conn = conn
@@ -1047,6 +1088,8 @@ class _Multiplexed:
         # Frames to write at the end of this loop iteration.
         self.outgoing = []
         self.flush_pending = False
+        # Stream id -> its _StreamAnswer, for events run by the ASGI runner.
+        self.parts = {}
 
     def data_received(self, data):
         buffer = self.buffer
@@ -1095,7 +1138,14 @@ class _Multiplexed:
             self._send(stream, _CANCELLED_ENVELOPE)
             return
         self.cancelling.add(stream)
-        task.cancel()
+        part = self.parts.pop(stream, None)
+        if part is not None and part.on_lost is not None:
+            # An ASGI app hears http.disconnect first and is cancelled after
+            # a grace; its exchange then gives the stream up, which confirms.
+            lost, part.on_lost = part.on_lost, None
+            lost()
+        elif task is not _STARTING:
+            task.cancel()
 
     def done(self, stream, answer):
         """The task of `stream` ended, with `answer` (an envelope) or None."""
@@ -1138,17 +1188,65 @@ class _Multiplexed:
             conn.close()
 
     def lost(self):
-        """The connection closed: cancel every event still running on it."""
+        """The connection closed: cancel every event still running on it (an
+        ASGI app hears http.disconnect first)."""
         self.outgoing = []
-        for task in list(self.tasks.values()):
-            if task is not _STARTING:
+        parts, self.parts = self.parts, {}
+        for stream, task in list(self.tasks.items()):
+            part = parts.get(stream)
+            if part is not None and part.on_lost is not None:
+                lost, part.on_lost = part.on_lost, None
+                lost()
+            elif task is not _STARTING:
                 task.cancel()
+
+    def stream_conn(self, stream):
+        """What an ASGI exchange answers `stream` through: the interface of a
+        connection (see async_pool_asgi.AsgiRunner)."""
+        part = _StreamAnswer(self, stream)
+        self.parts[stream] = part
+        return part
+
+
+class _StreamAnswer:
+    """One stream of a multiplexed connection, as the ASGI runner sees a
+    connection: parts of a streamed answer go out with the next flush, and
+    its last frame (or giving it up) ends the stream's event."""
+
+    __slots__ = ("mux", "stream", "on_lost")
+
+    def __init__(self, mux, stream):
+        self.mux = mux
+        self.stream = stream
+        self.on_lost = None
+
+    def answered(self, answer):
+        self._end(answer)
+
+    def abandoned(self):
+        self._end(None)
+
+    def write_part(self, envelope) -> bool:
+        mux = self.mux
+        if mux.conn.state != _SERVING or self.stream in mux.cancelling:
+            return False
+        mux._send(self.stream, envelope)
+        return True
+
+    def _end(self, answer):
+        mux = self.mux
+        if mux.parts.get(self.stream) is self:
+            del mux.parts[self.stream]
+        if self.stream in mux.tasks:
+            mux.done(self.stream, answer)
 
 
 class Worker:
-    def __init__(self, args, handler):
+    def __init__(self, args, handler, asgi=None):
         self.args = args
         self.handler = handler
+        # An async_pool_asgi.AsgiRunner with --asgi, else None.
+        self.asgi = asgi
         self.worker_id = args.worker_id
         self.max_frame = args.max_frame_bytes
         self.context = Context(logging.getLogger("worker.%d" % args.worker_id), args.worker_id)
@@ -1178,6 +1276,9 @@ class Worker:
         self.drained = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.begin_drain, signum)
+        if self.asgi is not None:
+            # Before listening: the host counts the worker ready once it accepts.
+            await self.asgi.startup()
         self.server = await self._start_server()
         print("%s: worker %d listening on %s (pid %d, loop %s)"
               % (PROG, self.worker_id, self._endpoint(), os.getpid(), loop_name(loop)),
@@ -1188,6 +1289,8 @@ class Worker:
         # Connections remove themselves when done; wait until none is left.
         if self.connections:
             await self.drained.wait()
+        if self.asgi is not None:
+            await self.asgi.shutdown()
         log.info("worker %d: drained, exiting", self.worker_id)
         return 0
 
@@ -1273,11 +1376,15 @@ class Worker:
     def start_event(self, conn, event):
         """Run the handler on `event` in a task of its own, which answers on
         `conn` when it is done. Returns the task."""
+        if self.asgi is not None:
+            return self.asgi.start(conn, event)
         return _new_task(self.loop, self._serve_event(conn, event))
 
     def start_stream_event(self, mux, stream, event):
         """Run the handler on `event`, which came on `stream` of a multiplexed
         connection, in a task of its own. Returns the task."""
+        if self.asgi is not None:
+            return self.asgi.start(mux.stream_conn(stream), event)
         return _new_task(self.loop, self._serve_stream(mux, stream, event))
 
     async def _serve_stream(self, mux, stream, event) -> None:
@@ -1373,21 +1480,56 @@ def _run(coro, loop_factory):
         loop.close()
 
 
+class LifespanFailure(Exception):
+    """Stands for async_pool_asgi.LifespanFailure until --asgi loads it."""
+
+
+def _asgi_module():
+    # Imported only with --asgi: a handler worker does not pay for it. It lives
+    # beside this script (the launcher writes both).
+    global LifespanFailure
+    import async_pool_asgi
+    LifespanFailure = async_pool_asgi.LifespanFailure
+    return async_pool_asgi
+
+
+def _load_asgi(args):
+    """The AsgiRunner for --asgi; HandlerLoadError if the app cannot be loaded."""
+    asgi = _asgi_module()
+    try:
+        app = asgi.load_app(args.asgi, args.handler_path)
+    except asgi.AsgiLoadError as exc:
+        raise HandlerLoadError(str(exc)) from None
+    return asgi.AsgiRunner(app, args.worker_id, args.max_frame_bytes, args.lifespan,
+                           args.root_path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _setup_logging()
+    handler = asgi = None
     try:
-        handler = load_handler(args.handler, args.handler_path)
+        if args.asgi is not None:
+            asgi = _load_asgi(args)
+        else:
+            handler = load_handler(args.handler, args.handler_path)
     except HandlerLoadError as exc:
         _stderr("ERROR", str(exc))
         return 2
     raise_fd_limit(args.connections)
     _check_somaxconn(args.connections)
-    worker = Worker(args, handler)
+    worker = Worker(args, handler, asgi)
     if os.environ.get(LIFELINE_ENV) == "stdin":
         watch_lifeline(worker.host_gone)
     try:
         return _run(worker.run(), _event_loop_factory())
+    except LifespanFailure as exc:
+        failure = str(exc)
+        _stderr("ERROR", "the ASGI app's lifespan startup failed:\n%s" % failure)
+        # Last, so that the launcher's error (which quotes the last lines) names it.
+        _stderr("ERROR", "worker %d not started: lifespan startup failed: %s"
+                % (args.worker_id, _asgi_module().summary(failure)))
+        return 3
     except OSError as exc:
         where = "unix:%s" % args.unix if args.unix else "tcp:%s:%d" % args.tcp
         _stderr("ERROR", "cannot listen on %s: %s" % (where, exc))

@@ -601,7 +601,7 @@ class MultiplexTest(WorkerTestCase):
             time.sleep(0.1)
             sock.sendall(mux_frame(5, envelope(b"K", {})))
             frames = {recv_mux(sock)[:2] for _ in range(2)}
-            self.assertEqual(frames, {(5, b"D"), (6, b"O")})
+            self.assertEqual(frames, {(5, b"Q"), (6, b"O")})
             # The stream carries the next event.
             sock.sendall(mux_frame(5, envelope(b"E", {}, b"0")))
             self.assertEqual(recv_mux(sock)[::3], (5, b"0"))
@@ -612,7 +612,7 @@ class MultiplexTest(WorkerTestCase):
             sock.sendall(mux_frame(8, envelope(b"E", {}, b"done")))
             self.assertEqual(recv_mux(sock)[:2], (8, b"O"))
             sock.sendall(mux_frame(8, envelope(b"K", {})))
-            self.assertEqual(recv_mux(sock)[:2], (8, b"D"))
+            self.assertEqual(recv_mux(sock)[:2], (8, b"Q"))
 
     def test_protocol_breaches_close_the_connection(self):
         worker = self.start("sleepy:handler", extra=["--max-frame-bytes", "4096"])

@@ -1,10 +1,12 @@
 """The end-to-end bench: the HTTP gateway with the reference worker against
-uvicorn (uvloop + httptools) on the same handlers, run alternately, with wrk as
-the load. Run it through ``sh scripts/bench-e2e.sh``, which makes the
-virtualenv, installs wrk and builds the gateway first.
+uvicorn (uvloop + httptools) on the same handlers, and the gateway's --asgi
+against uvicorn and granian (ASGI interface, uvloop) on the same ASGI apps (a
+FastAPI app and a bare one), run alternately, with wrk as the load. Run it
+through ``sh scripts/bench-e2e.sh``, which makes the virtualenv, installs wrk
+and builds the gateway first.
 
-For each scenario both servers are started, warmed up, and then measured in
-alternation, ``ROUNDS`` times each. Reported per side: requests per second,
+For each scenario every server is started, warmed up, and then measured in
+turn, ``ROUNDS`` times each (the order rotates from round to round). Reported per side: requests per second,
 wrk's p50 and p99 latency, and the server's CPU per request: the utime + stime
 of every server-side process (the gateway and its workers; uvicorn and its
 workers), from /proc/PID/stat before and after each measured run, divided by
@@ -41,16 +43,29 @@ TICKS = os.sysconf("SC_CLK_TCK")
 SECONDS = float(os.environ.get("E2E_SECONDS", "10"))
 ROUNDS = int(os.environ.get("E2E_ROUNDS", "3"))
 WARMUP = 2
-SIDES = os.environ.get("E2E_SIDES", "gateway,uvicorn").split(",")
 
-# name, handler, concurrent connections, workers, request body
+# E2E_SIDES picks the sides of the handler scenarios: gateway-mux, gateway-conn,
+# granian-asgi and granian-rsgi beside the two defaults.
+HANDLER_SIDES = tuple(os.environ.get("E2E_SIDES", "gateway,uvicorn").split(","))
+ASGI_SIDES = ("gateway-asgi", "uvicorn", "granian")
+
+# name, handler (or module:app for the ASGI sides), concurrent connections,
+# workers, request body, sides
 SCENARIOS = [
-    ("trivial", "trivial", 64, 1, None),
-    ("echo-1k", "echo", 64, 1, 1024),
-    ("sleep-1000", "sleep", 1000, 1, None),
-    ("trivial-2w", "trivial", 64, 2, None),
-    ("echo-1k-2w", "echo", 64, 2, 1024),
-    ("sleep-1000-2w", "sleep", 1000, 2, None),
+    ("trivial", "trivial", 64, 1, None, HANDLER_SIDES),
+    ("echo-1k", "echo", 64, 1, 1024, HANDLER_SIDES),
+    ("sleep-1000", "sleep", 1000, 1, None, HANDLER_SIDES),
+    ("trivial-2w", "trivial", 64, 2, None, HANDLER_SIDES),
+    ("echo-1k-2w", "echo", 64, 2, 1024, HANDLER_SIDES),
+    ("sleep-1000-2w", "sleep", 1000, 2, None, HANDLER_SIDES),
+    ("fastapi-trivial", "fastapi_bench:trivial", 64, 1, None, ASGI_SIDES),
+    ("fastapi-sleep-1000", "fastapi_bench:sleep", 1000, 1, None, ASGI_SIDES),
+    ("fastapi-trivial-2w", "fastapi_bench:trivial", 64, 2, None, ASGI_SIDES),
+    ("fastapi-sleep-1000-2w", "fastapi_bench:sleep", 1000, 2, None, ASGI_SIDES),
+    ("asgi-trivial", "asgi:trivial", 64, 1, None, ASGI_SIDES),
+    ("asgi-sleep-1000", "asgi:sleep", 1000, 1, None, ASGI_SIDES),
+    ("asgi-trivial-2w", "asgi:trivial", 64, 2, None, ASGI_SIDES),
+    ("asgi-sleep-1000-2w", "asgi:sleep", 1000, 2, None, ASGI_SIDES),
 ]
 
 
@@ -111,8 +126,10 @@ class Server:
         self.side = side
         self.port = free_port()
         if side.startswith("gateway"):
-            cmd = [GATEWAY, "--listen", "127.0.0.1:%d" % self.port,
-                   "--handler", "handlers:%s" % handler, "--handler-path", HANDLERS,
+            serve = (["--asgi", handler, "--lifespan", "off"] if side == "gateway-asgi"
+                     else ["--handler", "handlers:%s" % handler])
+            cmd = [GATEWAY, "--listen", "127.0.0.1:%d" % self.port, *serve,
+                   "--handler-path", HANDLERS,
                    "--python", PYTHON, "--workers", str(workers),
                    "--max-connections", "1000"]
             if side == "gateway-mux":
@@ -121,14 +138,16 @@ class Server:
                 cmd += ["--multiplex", "0"]
             env = {**os.environ, "RUST_LOG": "warn"}
         elif side.startswith("granian"):
-            interface = side.split("-")[1]
+            interface = side.split("-")[1] if "-" in side else "asgi"
+            app = handler if ":" in handler else "%s:%s" % (interface, handler)
             cmd = [PYTHON, "-m", "granian", "--interface", interface,
                    "--working-dir", HANDLERS, "--host", "127.0.0.1", "--port", str(self.port),
                    "--loop", "uvloop", "--workers", str(workers), "--backlog", "2048",
-                   "--no-ws", "--log-level", "warning", "%s:%s" % (interface, handler)]
+                   "--no-ws", "--log-level", "warning", "--no-access-log", app]
             env = dict(os.environ)
         else:
-            cmd = [PYTHON, "-m", "uvicorn", "asgi:%s" % handler, "--app-dir", HANDLERS,
+            app = handler if ":" in handler else "asgi:%s" % handler
+            cmd = [PYTHON, "-m", "uvicorn", app, "--app-dir", HANDLERS,
                    "--host", "127.0.0.1", "--port", str(self.port),
                    "--loop", "uvloop", "--http", "httptools", "--lifespan", "off",
                    "--no-access-log", "--log-level", "warning", "--backlog", "2048",
@@ -218,7 +237,7 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
-def scenario(name, handler, connections, workers, body, script_dir):
+def scenario(name, handler, connections, workers, body, sides, script_dir):
     script = None
     if body:
         script = os.path.join(script_dir, "post-%d.lua" % body)
@@ -226,14 +245,16 @@ def scenario(name, handler, connections, workers, body, script_dir):
             f.write('wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n'
                     'wrk.headers["Content-Type"] = "application/octet-stream"\n' % body)
     load = loadavg()
-    servers = {side: Server(side, handler, workers) for side in SIDES}
-    runs = {side: [] for side in servers}
+    servers = {}
+    runs = {side: [] for side in sides}
     try:
+        for side in sides:
+            servers[side] = Server(side, handler, workers)
         for side, server in servers.items():
             run_wrk(server.port, connections, WARMUP, script)
         for round_ in range(ROUNDS):
-            # Alternate which side goes first, so that neither always follows the other.
-            order = SIDES if round_ % 2 == 0 else SIDES[::-1]
+            # Rotate which side goes first, so that none always follows another.
+            order = list(sides[round_ % len(sides):]) + list(sides[:round_ % len(sides)])
             for side in order:
                 run = measure(servers[side], connections, SECONDS, script)
                 runs[side].append(run)
@@ -267,7 +288,7 @@ def sides_table(rows):
     ]
     for name, _connections, _workers, _load, runs in rows:
         base = runs.get("uvicorn")
-        for side in SIDES:
+        for side in HANDLER_SIDES:
             r = runs[side]
             rps, p99, cpu = median(r, "rps"), median(r, "p99"), median(r, "cpu_us")
             lines.append("| %s | %s | %.0f | %s | %.2f / %.2f ms | %s | %.1f µs | %s | %.1f µs | %d |" % (
@@ -278,20 +299,53 @@ def sides_table(rows):
                 cpu,
                 "%.2fx" % (median(base, "cpu_us") / cpu) if base else "–",
                 median(r, "root_cpu_us"), sum(run["errors"] for run in r)))
+
+
+def asgi_table(rows):
+    """The ASGI scenarios: each side's figures, and the gateway's ratios to
+    uvicorn and to granian (req/s, requests per CPU-second, p99)."""
+    lines = [
+        "",
+        "ASGI apps: the gateway's --asgi (lifespan off, as the others) against uvicorn "
+        "(uvloop + httptools) and granian (--interface asgi --loop uvloop); CPU = every "
+        "server process per request; ratios are the gateway's over the other's "
+        "(for p99, the gateway's p99 over the other's: below 1 is better)",
+        "",
+        "| scenario | conns | workers | side | req/s | p50 / p99 | CPU/req | errors "
+        "| req/s ratio (range) | req per CPU-s ratio (range) | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, connections, workers, load, runs in rows:
+        g = runs["gateway-asgi"]
+        for side in ASGI_SIDES:
+            r = runs[side]
+            if side == "gateway-asgi":
+                ratios = "| | |"
+            else:
+                ratios = "| %.2fx (%s) | %.2fx (%s) | %.2fx |" % (
+                    median(g, "rps") / median(r, "rps"), ratio_range(g, r, "rps"),
+                    median(r, "cpu_us") / median(g, "cpu_us"),
+                    ratio_range(g, r, "cpu_us", invert=True),
+                    median(g, "p99") / median(r, "p99"))
+            lines.append("| %s | %d | %d | %s | %.0f | %.2f / %.2f ms | %.1f µs | %d %s" % (
+                name, connections, workers, side, median(r, "rps"), median(r, "p50"),
+                median(r, "p99"), median(r, "cpu_us"), sum(x["errors"] for x in r), ratios))
+        lines.append("| %s | | | load avg (before → after) | %s | | | | | | |" % (name, load))
     return lines
 
 
 def main():
     only = set(filter(None, os.environ.get("E2E_ONLY", "").split(",")))
-    rows = []
+    rows, asgi_rows = [], []
     with tempfile.TemporaryDirectory() as script_dir:
-        for name, handler, connections, workers, body in SCENARIOS:
+        for name, handler, connections, workers, body, sides in SCENARIOS:
             if only and name not in only:
                 continue
             print("scenario %s (%d connections, %d worker(s))" % (name, connections, workers),
                   file=sys.stderr, flush=True)
-            load, runs = scenario(name, handler, connections, workers, body, script_dir)
-            rows.append((name, connections, workers, load, runs))
+            load, runs = scenario(name, handler, connections, workers, body, sides, script_dir)
+            (asgi_rows if sides == ASGI_SIDES else rows).append(
+                (name, connections, workers, load, runs))
     lines = [
         "wrk -t1, %d x %gs per side and scenario, alternating; medians; "
         "CPU = utime + stime of every server process per request" % (ROUNDS, SECONDS),
@@ -316,8 +370,10 @@ def main():
                 median(u, "cpu_us") / median(g, "cpu_us"),
                 ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
                 sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
-    if SIDES != ["gateway", "uvicorn"]:
+    if HANDLER_SIDES != ("gateway", "uvicorn"):
         lines += sides_table(rows)
+    if asgi_rows:
+        lines += asgi_table(asgi_rows)
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench-e2e.md"))

@@ -16,6 +16,13 @@ fi
 # The gateway's end-to-end test runs the example binary, which test runners
 # build only as a test target.
 cargo build --examples
+# The ASGI tests (tests/asgi.rs) run FastAPI and Starlette apps on the Python
+# of the uvloop virtualenv, which has them; made once, before the tests ask.
+if ASGI_TEST_PYTHON=$(sh scripts/uvloop-venv.sh); then
+    export ASGI_TEST_PYTHON
+else
+    echo "test.sh: no virtualenv with FastAPI; tests/asgi.rs will fail" >&2
+fi
 $run_tests --all-targets
 cargo test --doc
 # The tower feature: PoolService with tower's middleware, and the axum example's core.
@@ -29,8 +36,12 @@ SOAK_GATEWAY=${CARGO_TARGET_DIR:-target}/debug/examples/http_gateway sh scripts/
 # multiplexed mode (two physical connections per worker).
 ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test real_worker_faults --test chaos \
     --test security --test real_workers --test real_worker_liveness --test real_worker_ops
-# The reference worker's unit tests, once on asyncio's loop (the system's
-# python3, without uvloop) and once on uvloop's (a virtualenv that has it).
+# The gateway multiplexes by default; its ASGI tests again with one
+# connection per slot.
+GATEWAY_MULTIPLEX=0 $run_tests --test asgi
+# The reference worker's unit tests (its ASGI adapter's too), once on
+# asyncio's loop (the system's python3, without uvloop) and once on uvloop's
+# (a virtualenv that has it).
 python3 -m unittest discover -s python -p 'test_*.py'
 uvloop_python=$(sh scripts/uvloop-venv.sh)
 "$uvloop_python" -c 'import uvloop'

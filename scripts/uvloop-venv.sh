@@ -1,23 +1,32 @@
 #!/bin/sh
 # Prints the path of a Python interpreter that has uvloop, creating a
 # virtualenv for it under the cargo target directory on first use, so that the
-# reference worker's tests run on uvloop's loop as well as on asyncio's. Exits
+# reference worker's tests run on uvloop's loop as well as on asyncio's. It
+# also has FastAPI and Starlette, for the ASGI tests (tests/asgi.rs). Exits
 # non-zero, saying why, when it cannot (no network, no venv module).
 set -eu
 cd "$(dirname "$0")/.."
 
 venv="${CARGO_TARGET_DIR:-target}/uvloop-venv"
-# Written last, so that a half-made virtualenv is made again.
-stamp="$venv/.complete"
+# Written last, so that a half-made virtualenv is made again; named after what
+# it holds, so that an older one (uvloop only) is made again too.
+stamp="$venv/.complete-uvloop-fastapi"
+if [ ! -f "$stamp" ] && command -v flock >/dev/null 2>&1; then
+    # Test processes may ask at once: one makes it, the others wait for it.
+    mkdir -p "$(dirname "$venv")"
+    exec 9>"$venv.lock"
+    flock 9
+fi
 if [ ! -f "$stamp" ]; then
     rm -rf "$venv"
-    echo "uvloop-venv: creating $venv (pip install uvloop)" >&2
+    echo "uvloop-venv: creating $venv (pip install uvloop fastapi starlette)" >&2
     if ! python3 -m venv "$venv" >&2; then
         echo "uvloop-venv: python3 -m venv failed; install the venv module (python3-venv)" >&2
         exit 1
     fi
-    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'uvloop>=0.19,<1' >&2; then
-        echo "uvloop-venv: pip could not install uvloop (is PyPI reachable?)" >&2
+    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'uvloop>=0.19,<1' \
+            'fastapi>=0.110,<1' 'starlette>=0.37,<2' >&2; then
+        echo "uvloop-venv: pip could not install uvloop, fastapi and starlette (is PyPI reachable?)" >&2
         exit 1
     fi
     touch "$stamp"

@@ -124,33 +124,14 @@ pub fn response_from_reply(reply: Reply) -> Response<Bytes> {
             status,
             headers,
             body,
-        } => {
-            let Ok(status) = StatusCode::from_u16(status) else {
-                return plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the handler returned an invalid status {status}\n"),
-                );
-            };
-            let mut response = Response::new(body);
-            *response.status_mut() = status;
-            let map = response.headers_mut();
-            map.reserve(headers.len());
-            for (name, value) in headers {
-                match (
-                    HeaderName::try_from(name.as_str()),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    (Ok(name), Ok(value)) => {
-                        map.append(name, value);
-                    }
-                    _ => tracing::warn!(
-                        name,
-                        "dropping a header the handler returned that HTTP cannot carry"
-                    ),
-                }
-            }
-            response
-        }
+        } => response_with_head(status, headers, body),
+        Reply::Streamed { status, .. } => plain(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the worker streamed its answer (status {status}) into the event's sink; \
+                 its body is not in the reply\n"
+            ),
+        ),
         Reply::Raised {
             exception_type,
             message,
@@ -163,6 +144,56 @@ pub fn response_from_reply(reply: Reply) -> Response<Bytes> {
             )
         }
     }
+}
+
+/// A response with a worker's status and headers around `body`: the head of
+/// a returned reply, or of a streamed one whose body follows as a stream. A
+/// status that HTTP does not allow gives a 502 instead; a header that HTTP
+/// cannot carry is dropped, with a WARN.
+///
+/// # Examples
+///
+/// ```
+/// use async_worker_pool::http::response_with_head;
+/// use bytes::Bytes;
+///
+/// let headers = vec![("x-a".to_string(), "1".to_string()), ("x-a".to_string(), "2".to_string())];
+/// let response = response_with_head(201, headers, Bytes::from_static(b"made"));
+/// assert_eq!(response.status(), 201);
+/// assert_eq!(response.headers().get_all("x-a").iter().count(), 2);
+/// assert_eq!(response_with_head(42, vec![], Bytes::new()).status(), 502);
+/// ```
+pub fn response_with_head<B: From<Bytes>>(
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: B,
+) -> Response<B> {
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            format!("the handler returned an invalid status {status}\n"),
+        )
+        .map(B::from);
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    map.reserve(headers.len());
+    for (name, value) in headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => tracing::warn!(
+                name,
+                "dropping a header the handler returned that HTTP cannot carry"
+            ),
+        }
+    }
+    response
 }
 
 /// A response as the reply a worker would have sent: for a transport or a

@@ -42,7 +42,7 @@ pub use in_process::{InProcessLauncher, InProcessWorker};
 pub use launcher::{LaunchError, Launcher, WorkerExit, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]
-pub use process::{ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
+pub use process::{Lifespan, ProcessLauncher, ProcessLauncherBuilder, ProcessWorker};
 #[cfg(feature = "tower")]
 pub use service::{PoolService, PoolServiceFuture};
 pub use slot::{OwnedSlot, Slot};

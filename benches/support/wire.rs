@@ -183,7 +183,7 @@ async fn echo_streams(mut stream: UnixStream) -> io::Result<()> {
             let body = &envelope[HEADER + meta_len..];
             let (kind, body) = match kind {
                 b'E' => (b'O', body),
-                b'K' => (b'D', &[][..]),
+                b'K' => (b'Q', &[][..]),
                 _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "not an event")),
             };
             let payload = 4 + HEADER + 2 + body.len();

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -157,8 +158,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 if let Some(pause) = errors.record(&error) {
                     // Out of descriptors or memory: the connection stays in the
@@ -180,7 +181,7 @@ pub async fn serve(
             stop: stop.clone(),
         };
         tokio::spawn(async move {
-            connection.serve(stream).await;
+            connection.serve(stream, peer).await;
             drop(permit);
         });
     }
@@ -199,12 +200,15 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream) {
+    /// Serves one client; its address reaches the handlers as axum's
+    /// `ConnectInfo`, as `into_make_service_with_connect_info` would give it.
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         let activity = Arc::new(Activity::new());
         let service = hyper::service::service_fn({
             let activity = activity.clone();
             let app = self.app;
-            move |request| {
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
                 let active = Active::begin(activity.clone());
                 let app = app.clone();
                 async move {

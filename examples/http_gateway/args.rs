@@ -20,6 +20,21 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_HANDLER", default_value = "hello:handler")]
     pub handler: String,
 
+    /// Serve this ASGI 3 app (FastAPI, Starlette, ...), as module:attribute,
+    /// instead of a handler; its module is imported from --handler-path.
+    /// Streamed responses reach the client as the app sends them.
+    #[arg(long, env = "GATEWAY_ASGI", conflicts_with = "handler")]
+    pub asgi: Option<String>,
+
+    /// With --asgi: run the app's lifespan protocol (auto, on or off, as uvicorn's).
+    #[arg(
+        long,
+        env = "GATEWAY_LIFESPAN",
+        default_value = "auto",
+        requires = "asgi"
+    )]
+    pub lifespan: async_worker_pool::Lifespan,
+
     /// Directory the handler's module is imported from.
     #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handlers"))]
     pub handler_path: PathBuf,

@@ -7,7 +7,9 @@
 //!
 //! Every request becomes one event on a free connection to a worker; the worker's
 //! handler (`examples/handlers/hello.py` unless `--handler` says otherwise) answers
-//! it. `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
+//! it. With `--asgi module:app` the workers run an ASGI app (FastAPI,
+//! Starlette, ...) instead, and its streamed responses reach the client as the
+//! app sends them (`streaming`). `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
 //! says whether any worker serves. Ctrl-C or SIGTERM shut it down
 //! gracefully, leaving no worker process behind; workers also die with the
 //! gateway if it is killed outright (their lifeline, see `process`). As
@@ -20,16 +22,19 @@ mod args;
 mod common;
 mod responses;
 mod signals;
+mod streaming;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::request::Parts;
+use axum::http::{Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
@@ -83,9 +88,13 @@ async fn run(args: Args) -> Result<(), String> {
     let signalled = signals::stop_signal();
     let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let serves = match &args.asgi {
+        Some(app) => format!("ASGI app {app}"),
+        None => format!("handler {}", args.handler),
+    };
     println!(
-        "http_gateway: listening on http://{address} ({} workers x {} connections, handler {})",
-        args.workers, args.max_connections, args.handler
+        "http_gateway: listening on http://{address} ({} workers x {} connections, {serves})",
+        args.workers, args.max_connections
     );
 
     let app = Router::new()
@@ -93,6 +102,10 @@ async fn run(args: Args) -> Result<(), String> {
         .route("/healthz", get(healthz))
         .fallback(forward)
         .layer(DefaultBodyLimit::max(args.max_frame_bytes))
+        .layer(Extension(FrontEnd {
+            asgi: args.asgi.is_some(),
+            server: address,
+        }))
         .with_state(Arc::new(pool.clone()));
 
     let stop = tokio_util::sync::CancellationToken::new();
@@ -119,7 +132,10 @@ async fn run(args: Args) -> Result<(), String> {
 /// that a handler that does not import or a missing interpreter is reported at
 /// start, not on the first request.
 async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
-    let mut launcher = ProcessLauncher::python_worker(&args.handler);
+    let mut launcher = match &args.asgi {
+        Some(app) => ProcessLauncher::asgi_app(app).lifespan(args.lifespan),
+        None => ProcessLauncher::python_worker(&args.handler),
+    };
     if let Some(dir) = &args.socket_dir {
         launcher = launcher.socket_dir_parent(dir);
     }
@@ -165,18 +181,50 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     Ok(pool)
 }
 
+/// What the request handler needs to know about the front end itself.
+#[derive(Debug, Clone, Copy)]
+struct FrontEnd {
+    /// The workers run an ASGI app: events carry what its scope needs, and
+    /// ask for streamed responses.
+    asgi: bool,
+    /// The address the gateway listens on (the scope's `server`).
+    server: SocketAddr,
+}
+
 /// Every other request: one event to a worker.
 async fn forward(
     State(pool): State<Arc<GatewayPool>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Extension(front): Extension<FrontEnd>,
+    parts: Parts,
     body: Bytes,
 ) -> Response {
-    let event = async_worker_pool::http::event_from_parts(&method, &uri, &headers, body);
+    let event =
+        async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
+    if front.asgi {
+        let mut event = event
+            .with_scheme("http")
+            .with_http_version(asgi_http_version(parts.version))
+            .with_server(front.server.ip().to_string(), front.server.port());
+        // There when the server was made with connect info.
+        if let Some(ConnectInfo(client)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            event = event.with_client(client.ip().to_string(), client.port());
+        }
+        return streaming::forward(pool, event).await;
+    }
     match pool.dispatch(event).await {
         Ok(reply) => responses::from_reply(reply),
         Err(error) => common::from_pool_error(error),
+    }
+}
+
+/// The HTTP version as an ASGI scope spells it.
+fn asgi_http_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }
 

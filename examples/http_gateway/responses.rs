@@ -10,3 +10,8 @@ use async_worker_pool::net::Reply;
 pub fn from_reply(reply: Reply) -> Response {
     async_worker_pool::http::response_from_reply(reply).map(Body::from)
 }
+
+/// A response with the worker's status and headers, and `body` (a stream).
+pub fn with_head(status: u16, headers: Vec<(String, String)>, body: Body) -> Response {
+    async_worker_pool::http::response_with_head(status, headers, body)
+}

@@ -1,5 +1,6 @@
 //! The envelope inside every frame: [`Event`] (host to worker), [`Reply`] and
-//! [`Ready`] (worker to host).
+//! [`Ready`] (worker to host), and the frames of a streamed response (`H`,
+//! `B`, `D`), which the transport forwards to the event's [`ResponseSink`].
 //!
 //! ```text
 //! kind u8 | meta_len u32 BE | meta: meta_len bytes of UTF-8 JSON object | body: the rest
@@ -13,23 +14,55 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ProtocolError;
+use super::response_stream::ResponseSink;
 use crate::trace_context::TraceContext;
 
 const READY: u8 = b'R';
 const EVENT: u8 = b'E';
 const RETURNED: u8 = b'O';
 const RAISED: u8 = b'X';
+const HEAD: u8 = b'H';
+const BODY: u8 = b'B';
+
+/// Whether an answer frame of `kind` is followed by more of the same answer
+/// (the head and body chunks of a streamed one).
+pub(crate) fn answer_goes_on(kind: u8) -> bool {
+    matches!(kind, HEAD | BODY)
+}
+const DONE: u8 = b'D';
 
 /// Kind byte and meta length.
 const HEADER_LEN: usize = 5;
 
-/// One event for a worker's handler: a body, for an HTTP event its method,
-/// path and headers, and the caller's trace context if it has one. Kind `E`
-/// on the wire.
+/// One event for a worker's handler: a body, and for an HTTP event its method,
+/// path and headers, and what else the front end knows about the request
+/// (scheme, client and server addresses, HTTP version), and the caller's W3C
+/// trace context if it has one ([`with_trace`](Self::with_trace)). Kind `E` on
+/// the wire.
+///
+/// An event may also carry a [`ResponseSink`]
+/// ([`with_response_sink`](Self::with_response_sink)): the worker may then
+/// stream its response, and the transport forwards the parts into the sink as
+/// they arrive.
+///
+/// # Examples
+///
+/// ```
+/// use async_worker_pool::net::Event;
+///
+/// let event = Event::http("GET", "/items/3?q=x", vec![("accept".into(), "*/*".into())], "")
+///     .with_scheme("https")
+///     .with_client("203.0.113.7", 51234)
+///     .with_server("127.0.0.1", 8080)
+///     .with_http_version("1.1");
+/// assert_eq!(event.scheme(), Some("https"));
+/// assert_eq!(event.client(), Some(("203.0.113.7", 51234)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     http: Option<HttpRequest>,
     body: Bytes,
+    sink: Option<ResponseSink>,
     trace: Option<TraceContext>,
 }
 
@@ -38,22 +71,42 @@ struct HttpRequest {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    scheme: Option<String>,
+    client: Option<(String, u16)>,
+    server: Option<(String, u16)>,
+    http_version: Option<String>,
 }
 
-/// The meta of an HTTP event, borrowed from the [`Event`] for encoding.
+/// The meta of an HTTP event, borrowed from the [`Event`] for encoding. The
+/// optional keys are left out when unknown, so that the meta of an event
+/// without them is what it always was.
 #[derive(serde::Serialize)]
 struct HttpMeta<'a> {
     method: &'a str,
     path: &'a str,
     headers: &'a [(String, String)],
     #[serde(skip_serializing_if = "Option::is_none")]
+    scheme: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<(&'a str, u16)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<(&'a str, u16)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<TraceMeta<'a>>,
 }
 
-/// The meta of a plain event that carries a trace context.
+/// The meta of a plain event that asks for a streamed response or carries a
+/// trace context (without either it is `{}`).
 #[derive(serde::Serialize)]
 struct PlainMeta<'a> {
-    trace: TraceMeta<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<TraceMeta<'a>>,
 }
 
 /// The `"trace"` key of an event's meta.
@@ -79,6 +132,7 @@ impl Event {
         Self {
             http: None,
             body: body.into(),
+            sink: None,
             trace: None,
         }
     }
@@ -95,8 +149,13 @@ impl Event {
                 method: method.into(),
                 path: path.into(),
                 headers,
+                scheme: None,
+                client: None,
+                server: None,
+                http_version: None,
             }),
             body: body.into(),
+            sink: None,
             trace: None,
         }
     }
@@ -113,6 +172,99 @@ impl Event {
     /// The caller's trace context, if the event carries one.
     pub fn trace(&self) -> Option<&TraceContext> {
         self.trace.as_ref()
+    }
+
+    /// Sets the scheme the client used (`http`, `https`); meta key `scheme`.
+    /// Ignored for a plain event.
+    #[must_use]
+    pub fn with_scheme(mut self, scheme: impl Into<String>) -> Self {
+        if let Some(http) = &mut self.http {
+            http.scheme = Some(scheme.into());
+        }
+        self
+    }
+
+    /// Sets the client's address (the peer of the front end's connection, or
+    /// what a trusted proxy said it was); meta key `client`, `[host, port]`.
+    /// Ignored for a plain event.
+    #[must_use]
+    pub fn with_client(mut self, host: impl Into<String>, port: u16) -> Self {
+        if let Some(http) = &mut self.http {
+            http.client = Some((host.into(), port));
+        }
+        self
+    }
+
+    /// Sets the address the request arrived on; meta key `server`,
+    /// `[host, port]`. Ignored for a plain event.
+    #[must_use]
+    pub fn with_server(mut self, host: impl Into<String>, port: u16) -> Self {
+        if let Some(http) = &mut self.http {
+            http.server = Some((host.into(), port));
+        }
+        self
+    }
+
+    /// Sets the HTTP version, as ASGI spells it (`1.0`, `1.1`, `2`); meta key
+    /// `http_version`. Ignored for a plain event.
+    #[must_use]
+    pub fn with_http_version(mut self, version: impl Into<String>) -> Self {
+        if let Some(http) = &mut self.http {
+            http.http_version = Some(version.into());
+        }
+        self
+    }
+
+    /// Asks the worker to stream its response (meta `"stream": true`) and gives
+    /// the transport the sink to forward the parts into as they arrive. A
+    /// worker may still answer with one `O` frame; then nothing goes into the
+    /// sink and the call returns [`Reply::Returned`] as usual.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use async_worker_pool::net::{Event, ResponseSink};
+    ///
+    /// let (sink, _parts) = ResponseSink::channel(8);
+    /// let event = Event::http("GET", "/feed", vec![], "").with_response_sink(sink);
+    /// assert!(event.streams());
+    /// ```
+    #[must_use]
+    pub fn with_response_sink(mut self, sink: ResponseSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Whether the event asks for a streamed response.
+    pub fn streams(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// The sink of a streamed response, for the transport.
+    pub(crate) fn sink(&self) -> Option<&ResponseSink> {
+        self.sink.as_ref()
+    }
+
+    /// The scheme, if the front end set one.
+    pub fn scheme(&self) -> Option<&str> {
+        self.http.as_ref()?.scheme.as_deref()
+    }
+
+    /// The client's address, if the front end set one.
+    pub fn client(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.http.as_ref()?.client.as_ref()?;
+        Some((host.as_str(), *port))
+    }
+
+    /// The server's address, if the front end set one.
+    pub fn server(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.http.as_ref()?.server.as_ref()?;
+        Some((host.as_str(), *port))
+    }
+
+    /// The HTTP version, if the front end set one.
+    pub fn http_version(&self) -> Option<&str> {
+        self.http.as_ref()?.http_version.as_deref()
     }
 
     /// The body.
@@ -154,7 +306,7 @@ impl Event {
         let meta_hint = trace_hint
             + self.http.as_ref().map_or(2, |http| {
                 // Quotes, brackets and key names; escapes may need more, which is fine.
-                48 + http.method.len()
+                160 + http.method.len()
                     + http.path.len()
                     + http
                         .headers
@@ -168,23 +320,38 @@ impl Event {
         dst.put_u32(0); // patched below, once the meta's length is known
         let meta_start = dst.len();
         let trace = self.trace.as_ref().map(TraceMeta::from);
-        let written = match (&self.http, trace) {
-            (None, None) => {
-                dst.put_slice(b"{}");
-                Ok(())
+        match &self.http {
+            None if trace.is_none() && self.sink.is_none() => dst.put_slice(b"{}"),
+            None => {
+                let meta = PlainMeta {
+                    stream: self.sink.is_some(),
+                    trace,
+                };
+                serde_json::to_writer(dst.writer(), &meta)
+                    .expect("strings serialize into a BytesMut without error");
             }
-            (None, Some(trace)) => serde_json::to_writer(dst.writer(), &PlainMeta { trace }),
-            (Some(http), trace) => {
+            Some(http) => {
                 let meta = HttpMeta {
                     method: &http.method,
                     path: &http.path,
                     headers: &http.headers,
+                    scheme: http.scheme.as_deref(),
+                    client: http
+                        .client
+                        .as_ref()
+                        .map(|(host, port)| (host.as_str(), *port)),
+                    server: http
+                        .server
+                        .as_ref()
+                        .map(|(host, port)| (host.as_str(), *port)),
+                    http_version: http.http_version.as_deref(),
+                    stream: self.sink.is_some(),
                     trace,
                 };
                 serde_json::to_writer(dst.writer(), &meta)
+                    .expect("strings serialize into a BytesMut without error");
             }
-        };
-        written.expect("strings serialize into a BytesMut without error");
+        }
         // Meta over 4 GiB cannot be framed anyway: the frame-length check refuses it.
         let meta_len = u32::try_from(dst.len() - meta_start).unwrap_or(u32::MAX);
         dst[len_at..meta_start].copy_from_slice(&meta_len.to_be_bytes());
@@ -205,7 +372,16 @@ pub enum Reply {
         /// The response body, a slice of the frame it arrived in.
         body: Bytes,
     },
-    /// The handler raised an exception (kind `X`).
+    /// The response was streamed (`H`, `B` ..., `D`): its head and body went
+    /// into the event's [`ResponseSink`] as they arrived.
+    Streamed {
+        /// The status the head carried.
+        status: u16,
+        /// How many body bytes went into the sink.
+        body_bytes: u64,
+    },
+    /// The handler raised an exception (kind `X`). After a streamed head, this
+    /// means the stream was cut: the sink got no [`End`](super::ResponsePart::End).
     Raised {
         /// The exception's class name, e.g. `ValueError`.
         exception_type: String,
@@ -296,24 +472,11 @@ impl Reply {
                 })
             }
             RETURNED => {
-                let meta: ReturnedMeta = parse_meta(kind, &payload[HEADER_LEN..meta_end])?;
-                let status = match meta.status {
-                    None => 200,
-                    Some(status) => u16::try_from(status)
-                        .ok()
-                        .filter(|status| (100..=999).contains(status))
-                        .ok_or(ProtocolError::StatusOutOfRange { status })?,
-                };
-                let body = payload.split_off(meta_end);
+                let (status, headers) = head(kind, &payload[HEADER_LEN..meta_end])?;
                 Ok(Self::Returned {
                     status,
-                    headers: meta
-                        .headers
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|HeaderPair(name, value)| (name, value))
-                        .collect(),
-                    body,
+                    headers,
+                    body: payload.split_off(meta_end),
                 })
             }
             RAISED => {
@@ -324,13 +487,73 @@ impl Reply {
                     traceback: String::from_utf8_lossy(&payload[meta_end..]).into_owned(),
                 })
             }
-            READY | EVENT => Err(ProtocolError::UnexpectedKind {
+            READY | EVENT | HEAD | BODY | DONE => Err(ProtocolError::UnexpectedKind {
                 kind,
                 expected: "`O` or `X`",
             }),
             _ => Err(ProtocolError::UnknownKind { kind }),
         }
     }
+}
+
+/// One frame of a worker's answer to an event that asked for streaming.
+#[derive(Debug)]
+pub(crate) enum AnswerFrame {
+    /// `O` or `X`: the whole answer, as without streaming.
+    Whole(Reply),
+    /// `H`: the response's status and headers, and its first body bytes.
+    Head {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    /// `B`: more of the body.
+    Chunk(Bytes),
+    /// `D`: the last of the body; the exchange is over.
+    Done(Bytes),
+}
+
+impl AnswerFrame {
+    /// Decodes one frame of an answer to a streamed event.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reply::decode`], with `H`, `B` and `D` allowed too. Never panics.
+    pub(crate) fn decode(mut payload: Bytes) -> Result<Self, ProtocolError> {
+        let (kind, meta_end) = split(&payload)?;
+        match kind {
+            HEAD => {
+                let (status, headers) = head(kind, &payload[HEADER_LEN..meta_end])?;
+                Ok(Self::Head {
+                    status,
+                    headers,
+                    body: payload.split_off(meta_end),
+                })
+            }
+            BODY => Ok(Self::Chunk(payload.split_off(meta_end))),
+            DONE => Ok(Self::Done(payload.split_off(meta_end))),
+            _ => Reply::decode(payload).map(Self::Whole),
+        }
+    }
+}
+
+/// The status and headers of an `O` or `H` meta.
+fn head(kind: u8, raw: &[u8]) -> Result<(u16, Vec<(String, String)>), ProtocolError> {
+    let meta: ReturnedMeta = parse_meta(kind, raw)?;
+    let status = match meta.status {
+        None => 200,
+        Some(status) => u16::try_from(status)
+            .ok()
+            .filter(|status| (100..=999).contains(status))
+            .ok_or(ProtocolError::StatusOutOfRange { status })?,
+    };
+    let headers = meta
+        .headers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|HeaderPair(name, value)| (name, value))
+        .collect();
+    Ok((status, headers))
 }
 
 /// The ready frame a worker sends first on every connection (kind `R`).
@@ -374,7 +597,7 @@ impl Ready {
                     worker_id: meta.worker_id,
                 })
             }
-            EVENT | RETURNED | RAISED => Err(ProtocolError::UnexpectedKind {
+            EVENT | RETURNED | RAISED | HEAD | BODY | DONE => Err(ProtocolError::UnexpectedKind {
                 kind,
                 expected: "`R`",
             }),
@@ -391,7 +614,7 @@ fn split(payload: &[u8]) -> Result<(u8, usize), ProtocolError> {
     let Some((&kind, rest)) = payload.split_first() else {
         return Err(ProtocolError::Empty);
     };
-    if ![READY, EVENT, RETURNED, RAISED].contains(&kind) {
+    if ![READY, EVENT, RETURNED, RAISED, HEAD, BODY, DONE].contains(&kind) {
         return Err(ProtocolError::UnknownKind { kind });
     }
     let Some((len, _)) = rest.split_first_chunk::<4>() else {
@@ -497,6 +720,66 @@ mod tests {
         assert_eq!(event.path(), Some("/p?q=1"));
         assert_eq!(event.headers(), headers);
         assert_eq!(event.into_body(), Bytes::from_static(b"body"));
+    }
+
+    #[test]
+    fn what_the_front_end_knows_travels_in_optional_meta_keys() {
+        let (sink, _parts) = ResponseSink::channel(1);
+        let event = Event::http("GET", "/p?q=1", vec![], "")
+            .with_scheme("https")
+            .with_client("::1", 4000)
+            .with_server("127.0.0.1", 8080)
+            .with_http_version("2")
+            .with_response_sink(sink);
+        let (_, meta, _) = open_event(&encoded(&event));
+        assert_eq!(
+            meta,
+            serde_json::json!({
+                "method": "GET",
+                "path": "/p?q=1",
+                "headers": [],
+                "scheme": "https",
+                "client": ["::1", 4000],
+                "server": ["127.0.0.1", 8080],
+                "http_version": "2",
+                "stream": true,
+            })
+        );
+        assert_eq!(event.server(), Some(("127.0.0.1", 8080)));
+        assert_eq!(event.http_version(), Some("2"));
+        // Ignored for a plain event, which has no request line to go with them.
+        let plain = Event::plain("x").with_scheme("https").with_client("h", 1);
+        assert_eq!(plain.scheme(), None);
+        assert_eq!(plain.client(), None);
+        assert_eq!(&encoded(&plain)[..], b"E\0\0\0\x02{}x");
+    }
+
+    #[test]
+    fn stream_frames_decode_head_chunks_and_done() {
+        let head = AnswerFrame::decode(envelope(b'H', r#"{"status":201}"#, b"a")).unwrap();
+        assert!(
+            matches!(head, AnswerFrame::Head { status: 201, ref headers, ref body } if headers.is_empty() && body == "a")
+        );
+        assert!(
+            matches!(AnswerFrame::decode(envelope(b'B', "{}", b"b")), Ok(AnswerFrame::Chunk(body)) if body == "b")
+        );
+        assert!(
+            matches!(AnswerFrame::decode(envelope(b'D', "{}", b"")), Ok(AnswerFrame::Done(body)) if body.is_empty())
+        );
+        assert!(matches!(
+            AnswerFrame::decode(envelope(b'O', "{}", b"")),
+            Ok(AnswerFrame::Whole(Reply::Returned { .. }))
+        ));
+        assert!(matches!(
+            AnswerFrame::decode(envelope(b'H', r#"{"status":5}"#, b"")),
+            Err(ProtocolError::StatusOutOfRange { status: 5 })
+        ));
+        for kind in [b'H', b'B', b'D'] {
+            assert!(matches!(
+                Reply::decode(envelope(kind, "{}", b"")),
+                Err(ProtocolError::UnexpectedKind { .. })
+            ));
+        }
     }
 
     #[test]

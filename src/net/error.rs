@@ -183,6 +183,15 @@ pub enum NetError {
     /// may still be on its way: the connection cannot carry another event.
     #[error("an earlier exchange on this connection did not finish; it cannot carry another event")]
     Unusable,
+    /// The reader of a streamed response ([`ResponseParts`](super::ResponseParts))
+    /// went away before the response was complete, e.g. because the HTTP client
+    /// disconnected.
+    #[error("the reader of the streamed response went away before it was complete")]
+    StreamAbandoned,
+    /// The worker's streamed answer came out of order (a body chunk before the
+    /// head, a second head, a whole answer after the head).
+    #[error("the worker's streamed answer broke the protocol")]
+    StreamOrder(#[source] ProtocolError),
 }
 
 /// Shows a kind byte as `` `O` `` when it is printable ASCII, as `0x07` otherwise.

@@ -9,7 +9,7 @@
 //! - A [`MuxStream`] is one stream id on one physical connection, one event at
 //!   a time, as a slot's connection is in the one-per-connection mode.
 //! - A call dropped midway sends a cancel frame (`K`) for its stream; the
-//!   worker cancels that event and confirms (`D`). Until then the cancellation
+//!   worker cancels that event and confirms (`Q`). Until then the cancellation
 //!   is *unclaimed*: the next stream opened to that worker (the slot's
 //!   reconnect) waits for the confirmation, so the worker never runs more events
 //!   than the pool has slots.
@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::envelope::{Event, Ready, Reply};
+use super::envelope::{Event, Ready, Reply, answer_goes_on};
 use super::error::{NetError, ProtocolError};
-use super::transport::{PREFIX_LEN, read_error};
+use super::transport::{AnswerFrames, PREFIX_LEN, read_error, read_streamed};
 
 /// The kind byte of the host's request to multiplex a connection, and of the
 /// worker's acknowledgement.
@@ -37,7 +37,7 @@ pub(crate) const MULTIPLEX: u8 = b'M';
 /// The kind byte of a cancel frame, host to worker.
 const CANCEL: u8 = b'K';
 /// The kind byte of a cancel confirmation, worker to host.
-const CANCELLED: u8 = b'D';
+const CANCELLED: u8 = b'Q';
 /// The multiplexing version this host speaks.
 pub(crate) const MUX_VERSION: u32 = 1;
 /// The stream id in front of every envelope in this mode.
@@ -110,7 +110,8 @@ struct Shared {
 struct PhysicalState {
     dead: bool,
     /// The stream of every event in flight, and where its answer goes.
-    waiters: HashMap<u32, oneshot::Sender<Answer>>,
+    /// A streamed answer comes in several frames, hence a channel.
+    waiters: HashMap<u32, mpsc::UnboundedSender<Answer>>,
     /// Streams whose event was cancelled and not yet confirmed; the sender
     /// tells the reconnect that waits for it.
     cancelling: HashMap<u32, oneshot::Sender<()>>,
@@ -260,7 +261,14 @@ fn dispatch(shared: &Shared, mut frame: BytesMut) -> Result<(), ProtocolError> {
             None => Err(ProtocolError::UnknownStream { stream }),
         };
     }
-    if let Some(waiter) = state.waiters.remove(&stream) {
+    // The waiter stays for the rest of a streamed answer; its last frame
+    // (or any other answer) ends the exchange.
+    let waiter = if answer_goes_on(payload[0]) {
+        state.waiters.get(&stream).cloned()
+    } else {
+        state.waiters.remove(&stream)
+    };
+    if let Some(waiter) = waiter {
         drop(state);
         // A waiter that went away meanwhile has sent its cancel frame.
         let _ = waiter.send(Ok(payload));
@@ -476,7 +484,7 @@ impl MuxStream {
         }
         let prefix = u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes();
         frame[..PREFIX_LEN].copy_from_slice(&prefix);
-        let (answer, answered) = oneshot::channel();
+        let (answer, mut answers) = mpsc::unbounded_channel();
         {
             let mut state = self.physical.shared.state.lock();
             if state.dead {
@@ -485,7 +493,10 @@ impl MuxStream {
             state.waiters.insert(self.id, answer);
         }
         self.usable = false;
-        let mut in_flight = InFlight {
+        // Armed until the exchange has ended well: a call dropped (or failed,
+        // say because a streamed answer's reader went away) while the worker
+        // still answers sends a cancel frame.
+        let in_flight = InFlight {
             stream: self,
             armed: true,
         };
@@ -496,20 +507,24 @@ impl MuxStream {
             .send(frame.freeze())
             .is_err()
         {
-            in_flight.armed = false;
             return Err(NetError::Closed);
         }
-        let answer = answered.await;
+        let reply = match event.sink() {
+            None => Reply::decode(answers.next_answer_frame().await?)?,
+            Some(sink) => read_streamed(&mut answers, sink).await?,
+        };
+        let mut in_flight = in_flight;
         in_flight.armed = false;
         drop(in_flight);
-        let payload = match answer {
-            Ok(Ok(payload)) => payload,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(NetError::Closed),
-        };
-        let reply = Reply::decode(payload)?;
         self.usable = true;
         Ok(reply)
+    }
+}
+
+/// A stream's answer frames, as the reader hands them over.
+impl AnswerFrames for mpsc::UnboundedReceiver<Answer> {
+    async fn next_answer_frame(&mut self) -> Result<Bytes, NetError> {
+        self.recv().await.unwrap_or(Err(NetError::Closed))
     }
 }
 

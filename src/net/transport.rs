@@ -12,10 +12,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use super::envelope::{Event, Ready, Reply};
+use super::envelope::{AnswerFrame, Event, Ready, Reply};
 use super::error::NetError;
 use super::handshake::{CHALLENGE, Challenge};
 use super::mux::{self, Cancellation, Group, MuxStream, Physical};
+use super::response_stream::{ResponsePart, ResponseSink};
 use super::secret::WorkerSecret;
 use super::stream::Stream;
 use crate::endpoint::Endpoint;
@@ -543,10 +544,14 @@ impl SocketConn {
         matches!(self.inner, Inner::Stream(_))
     }
 
-    /// Sends one event and reads exactly one answer frame.
+    /// Sends one event and reads its answer: one frame, or for an event with a
+    /// [`ResponseSink`] that the worker streams, a head, body chunks and an end,
+    /// each forwarded into the sink as it arrives.
     ///
     /// An [`Reply::Raised`] answer is `Ok`: the handler failed, the connection
-    /// did not.
+    /// did not. A streamed answer returns [`Reply::Streamed`] once its last
+    /// frame has arrived and [`ResponsePart::End`] is in the sink; an `X` after
+    /// the head returns [`Reply::Raised`], with no `End` in the sink.
     ///
     /// # Errors
     ///
@@ -554,7 +559,10 @@ impl SocketConn {
     /// after that, [`NetError::Closed`] if the worker closes the connection
     /// before answering, [`NetError::FrameTooLarge`], [`NetError::Protocol`],
     /// [`NetError::Io`], and [`NetError::Unusable`] if an earlier exchange on
-    /// this connection did not finish.
+    /// this connection did not finish; for a streamed answer,
+    /// [`NetError::StreamAbandoned`] if the sink's reader is gone and
+    /// [`NetError::StreamOrder`] for frames out of order. After any of these
+    /// but the first the connection is unusable.
     ///
     /// # Cancel safety
     ///
@@ -615,16 +623,91 @@ impl Direct {
         SinkExt::<Bytes>::flush(&mut self.framed)
             .await
             .map_err(|err| closed_or_io(err, NetError::Closed))?;
-        let frame = match self.framed.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(err)) => return Err(read_error(err, self.limit, NetError::Closed)),
-            None => return Err(NetError::Closed),
+        let reply = match event.sink() {
+            None => Reply::decode(self.next_frame().await?)?,
+            Some(sink) => read_streamed(self, sink).await?,
         };
-        let reply = Reply::decode(frame.freeze())?;
         self.usable = true;
         self.last_used = Instant::now();
         Ok(reply)
     }
+
+    async fn next_frame(&mut self) -> Result<Bytes, NetError> {
+        match self.framed.next().await {
+            Some(Ok(frame)) => Ok(frame.freeze()),
+            Some(Err(err)) => Err(read_error(err, self.limit, NetError::Closed)),
+            None => Err(NetError::Closed),
+        }
+    }
+}
+
+/// Reads the answer to an event that asked for streaming: a whole `O` or
+/// `X`, or `H`, `B`..., and `D` (or `X`), forwarding the parts to `sink`.
+/// `frames` gives the exchange's frames in order, from a connection of its
+/// own or from a stream of a multiplexed one.
+pub(super) async fn read_streamed<F: AnswerFrames>(
+    frames: &mut F,
+    sink: &ResponseSink,
+) -> Result<Reply, NetError> {
+    let (status, mut body_bytes) = match AnswerFrame::decode(frames.next_answer_frame().await?)? {
+        AnswerFrame::Whole(reply) => return Ok(reply),
+        AnswerFrame::Head {
+            status,
+            headers,
+            body,
+        } => {
+            forward(sink, ResponsePart::Head { status, headers }).await?;
+            (status, forward_body(sink, body).await?)
+        }
+        AnswerFrame::Chunk(_) => return Err(out_of_order(b'B', "`H`, `O` or `X`")),
+        AnswerFrame::Done(_) => return Err(out_of_order(b'D', "`H`, `O` or `X`")),
+    };
+    loop {
+        match AnswerFrame::decode(frames.next_answer_frame().await?)? {
+            AnswerFrame::Chunk(body) => body_bytes += forward_body(sink, body).await?,
+            AnswerFrame::Done(body) => {
+                body_bytes += forward_body(sink, body).await?;
+                forward(sink, ResponsePart::End).await?;
+                return Ok(Reply::Streamed { status, body_bytes });
+            }
+            AnswerFrame::Whole(reply @ Reply::Raised { .. }) => return Ok(reply),
+            AnswerFrame::Whole(_) => return Err(out_of_order(b'O', "`B`, `D` or `X`")),
+            AnswerFrame::Head { .. } => return Err(out_of_order(b'H', "`B`, `D` or `X`")),
+        }
+    }
+}
+
+/// Where the frames of one exchange's answer come from.
+pub(super) trait AnswerFrames: Send {
+    /// The next frame of the answer.
+    fn next_answer_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send;
+}
+
+impl AnswerFrames for Direct {
+    fn next_answer_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send {
+        self.next_frame()
+    }
+}
+
+async fn forward(sink: &ResponseSink, part: ResponsePart) -> Result<(), NetError> {
+    if sink.send(part).await {
+        Ok(())
+    } else {
+        Err(NetError::StreamAbandoned)
+    }
+}
+
+/// Forwards a body chunk unless it is empty; returns its length.
+async fn forward_body(sink: &ResponseSink, body: Bytes) -> Result<u64, NetError> {
+    let len = body.len() as u64;
+    if len > 0 {
+        forward(sink, ResponsePart::Chunk(body)).await?;
+    }
+    Ok(len)
+}
+
+fn out_of_order(kind: u8, expected: &'static str) -> NetError {
+    NetError::StreamOrder(super::error::ProtocolError::UnexpectedKind { kind, expected })
 }
 
 /// Classifies an error from reading a frame.
@@ -661,6 +744,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
+    use crate::net::{ResponsePart, ResponseSink};
     use crate::worker::WorkerId;
 
     fn frame(kind: u8, meta: &str, body: &[u8]) -> Vec<u8> {
@@ -706,6 +790,176 @@ mod tests {
             .unwrap();
         assert!(matches!(reply, Reply::Returned { status: 200, ref body, .. } if body == "ping"));
         server.await.unwrap();
+    }
+
+    /// A worker on a Unix socket that answers the first event with `frames`
+    /// (each written and flushed on its own, `gap` apart) and returns the
+    /// event's payload.
+    async fn streaming_worker(
+        frames: Vec<Vec<u8>>,
+        gap: std::time::Duration,
+    ) -> (
+        SocketConn,
+        tokio::task::JoinHandle<Vec<u8>>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream
+                .write_all(&frame(b'R', r#"{"pid":1,"worker_id":0}"#, b""))
+                .await
+                .unwrap();
+            let mut len = [0; 4];
+            stream.read_exact(&mut len).await.unwrap();
+            let mut payload = vec![0; u32::from_be_bytes(len) as usize];
+            stream.read_exact(&mut payload).await.unwrap();
+            for bytes in frames {
+                // The reader may be gone in the tests that drop it.
+                if stream.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(gap).await;
+            }
+            payload
+        });
+        let conn = SocketTransport::new()
+            .connect_endpoint(&Endpoint::Unix(path))
+            .await
+            .unwrap();
+        (conn, server, dir)
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_reaches_the_sink_part_by_part() {
+        let frames = vec![
+            frame(b'H', r#"{"status":206,"headers":[["a","1"]]}"#, b"one "),
+            frame(b'B', "{}", b""),
+            frame(b'B', "{}", b"two "),
+            frame(b'D', "{}", b"three"),
+        ];
+        let (mut conn, server, _dir) = streaming_worker(frames, Duration::ZERO).await;
+        let (sink, mut parts) = ResponseSink::channel(1);
+        let event = Event::http("GET", "/s", vec![], "").with_response_sink(sink);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(part) = parts.recv().await {
+                got.push(part);
+            }
+            got
+        });
+        let reply = conn.call(&event).await.unwrap();
+        assert_eq!(
+            reply,
+            Reply::Streamed {
+                status: 206,
+                body_bytes: 13
+            }
+        );
+        assert!(conn.is_usable());
+        drop(event);
+        assert_eq!(
+            reader.await.unwrap(),
+            [
+                ResponsePart::Head {
+                    status: 206,
+                    headers: vec![("a".into(), "1".into())]
+                },
+                ResponsePart::Chunk(Bytes::from_static(b"one ")),
+                ResponsePart::Chunk(Bytes::from_static(b"two ")),
+                ResponsePart::Chunk(Bytes::from_static(b"three")),
+                ResponsePart::End,
+            ]
+        );
+        let payload = server.await.unwrap();
+        assert!(String::from_utf8_lossy(&payload).contains(r#""stream":true"#));
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_to_a_streamed_event_leaves_the_sink_empty() {
+        let (mut conn, _server, _dir) =
+            streaming_worker(vec![frame(b'O', "{}", b"all")], Duration::ZERO).await;
+        let (sink, mut parts) = ResponseSink::channel(1);
+        let event = Event::plain("x").with_response_sink(sink);
+        let reply = conn.call(&event).await.unwrap();
+        assert!(matches!(reply, Reply::Returned { ref body, .. } if body == "all"));
+        drop(event);
+        assert_eq!(parts.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_raise_after_the_head_is_a_cut_stream_without_end() {
+        let frames = vec![
+            frame(b'H', "{}", b"part"),
+            frame(b'X', r#"{"type":"ValueError","message":"m"}"#, b"tb"),
+        ];
+        let (mut conn, _server, _dir) = streaming_worker(frames, Duration::ZERO).await;
+        let (sink, mut parts) = ResponseSink::channel(8);
+        let event = Event::http("GET", "/", vec![], "").with_response_sink(sink);
+        let reply = conn.call(&event).await.unwrap();
+        assert!(matches!(reply, Reply::Raised { ref message, .. } if message == "m"));
+        drop(event);
+        let mut got = Vec::new();
+        while let Some(part) = parts.recv().await {
+            got.push(part);
+        }
+        assert_eq!(got.len(), 2);
+        assert!(!got.contains(&ResponsePart::End));
+    }
+
+    #[tokio::test]
+    async fn frames_out_of_order_break_the_connection() {
+        for frames in [
+            vec![frame(b'B', "{}", b"x")],
+            vec![frame(b'D', "{}", b"x")],
+            vec![frame(b'H', "{}", b""), frame(b'O', "{}", b"")],
+            vec![frame(b'H', "{}", b""), frame(b'H', "{}", b"")],
+        ] {
+            let (mut conn, _server, _dir) = streaming_worker(frames, Duration::ZERO).await;
+            let (sink, _parts) = ResponseSink::channel(8);
+            let event = Event::http("GET", "/", vec![], "").with_response_sink(sink);
+            let error = conn.call(&event).await.unwrap_err();
+            assert!(matches!(error, NetError::StreamOrder(_)), "{error:?}");
+            assert!(!conn.is_usable());
+        }
+    }
+
+    #[tokio::test]
+    async fn stream_frames_without_a_sink_are_a_protocol_error() {
+        let (mut conn, _server, _dir) =
+            streaming_worker(vec![frame(b'H', "{}", b"")], Duration::ZERO).await;
+        let error = conn.call(&Event::plain("x")).await.unwrap_err();
+        assert!(matches!(
+            error,
+            NetError::Protocol(crate::net::ProtocolError::UnexpectedKind { kind: b'H', .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_goes_away_fails_the_call_and_the_connection() {
+        let frames = vec![
+            frame(b'H', "{}", b"first"),
+            frame(b'B', "{}", b"second"),
+            frame(b'D', "{}", b""),
+        ];
+        let (mut conn, _server, _dir) = streaming_worker(frames, Duration::from_millis(20)).await;
+        let (sink, mut parts) = ResponseSink::channel(1);
+        let event = Event::http("GET", "/", vec![], "").with_response_sink(sink);
+        let reader = async move {
+            // Takes the head and leaves.
+            assert!(matches!(
+                parts.recv().await,
+                Some(ResponsePart::Head { .. })
+            ));
+        };
+        let (result, ()) = tokio::join!(conn.call(&event), reader);
+        assert!(
+            matches!(result, Err(NetError::StreamAbandoned)),
+            "{result:?}"
+        );
+        assert!(!conn.is_usable());
     }
 
     #[tokio::test]

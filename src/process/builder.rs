@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use tracing::Level;
 
 use super::launcher::ProcessLauncher;
-use super::python_worker::{AnyProgram, Program, PythonWorker};
+use super::python_worker::{AnyProgram, Lifespan, Program, PythonWorker};
 use super::socket_dir::SocketDir;
 use super::template;
 use crate::endpoint::EndpointKind;
@@ -34,6 +34,27 @@ impl ProcessLauncher {
     /// builder has those two.
     pub fn python_worker(handler: &str) -> ProcessLauncherBuilder<PythonWorker> {
         ProcessLauncherBuilder::new("python3".into(), PythonWorker::new(handler))
+    }
+
+    /// Starts configuring a launcher for the reference Python worker serving
+    /// the ASGI 3 app `app` (`module:attribute`, e.g. `main:app` for a FastAPI
+    /// or Starlette app), unchanged: `--asgi APP` instead of `--handler`. The
+    /// same as [`python_worker`](Self::python_worker) followed by
+    /// [`asgi`](ProcessLauncherBuilder::asgi).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use async_worker_pool::{Lifespan, ProcessLauncher};
+    ///
+    /// let launcher = ProcessLauncher::asgi_app("main:app")
+    ///     .handler_path("service")
+    ///     .lifespan(Lifespan::On)
+    ///     .build()?;
+    /// # Ok::<(), async_worker_pool::LaunchError>(())
+    /// ```
+    pub fn asgi_app(app: &str) -> ProcessLauncherBuilder<PythonWorker> {
+        Self::python_worker(app).asgi(app)
     }
 }
 
@@ -265,6 +286,27 @@ impl ProcessLauncherBuilder<PythonWorker> {
     /// The Python interpreter to run, instead of `python3` from `PATH`.
     pub fn python(mut self, program: impl Into<OsString>) -> Self {
         self.program = program.into();
+        self
+    }
+
+    /// Runs the ASGI 3 app `app` (`module:attribute`) instead of the handler:
+    /// the worker's `--asgi`. The app's module is imported from the
+    /// [`handler_path`](Self::handler_path)s as a handler's would be. See
+    /// `python/async_pool_asgi.py` for the scope it gets and how its response
+    /// travels; WebSocket is not supported.
+    pub fn asgi(mut self, app: &str) -> Self {
+        self.kind.set_asgi(app);
+        self
+    }
+
+    /// Whether the ASGI app's lifespan protocol runs ([`Lifespan::Auto`] by
+    /// default). Startup runs once per worker process before it counts as
+    /// ready; a failed startup fails the launch with the app's message.
+    /// Shutdown runs when the worker drains.
+    ///
+    /// Without an ASGI app it is an error at [`build`](Self::build).
+    pub fn lifespan(mut self, mode: Lifespan) -> Self {
+        self.kind.set_lifespan(mode);
         self
     }
 }

@@ -68,7 +68,7 @@ pub use fd_limit::raise_fd_limit;
 pub use launcher::ProcessLauncher;
 #[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
-pub use python_worker::{AnyProgram, Program, PythonWorker};
+pub use python_worker::{AnyProgram, Lifespan, Program, PythonWorker};
 #[cfg(feature = "nuclio")]
 pub(crate) use socket_dir::SocketDir;
 #[cfg(feature = "nuclio")]

@@ -89,7 +89,7 @@ async def serve(reader, writer, worker_id):
 
 async def serve_streams(reader, writer):
     """The same acts on a multiplexed connection: one task per event, `K`
-    cancels it and is confirmed with `D`. `garbage` spoils that stream's
+    cancels it and is confirmed with `Q`. `garbage` spoils that stream's
     envelope only; `huge` and `close` take the whole connection down, and with
     it every event on it."""
     tasks = {}
@@ -120,7 +120,7 @@ async def serve_streams(reader, writer):
             tasks.pop(stream, None)
             if stream in cancelled:
                 cancelled.discard(stream)
-                send(stream, envelope(b"D", {}))
+                send(stream, envelope(b"Q", {}))
 
     try:
         while True:
@@ -133,7 +133,7 @@ async def serve_streams(reader, writer):
                     cancelled.add(stream)
                     tasks[stream].cancel()
                 else:
-                    send(stream, envelope(b"D", {}))
+                    send(stream, envelope(b"Q", {}))
                 continue
             (meta_len,) = LENGTH.unpack_from(payload, 5)
             tasks[stream] = asyncio.ensure_future(run(stream, payload[9 + meta_len:]))
