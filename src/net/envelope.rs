@@ -810,6 +810,20 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_event_that_streams_and_carries_a_trace_has_both_keys() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (sink, _parts) = ResponseSink::channel(1);
+        let event = Event::plain("b")
+            .with_response_sink(sink)
+            .with_trace(TraceContext::parse(parent, None).unwrap());
+        let (_, meta, _) = open_event(&encoded(&event));
+        assert_eq!(
+            meta,
+            serde_json::json!({"stream": true, "trace": {"traceparent": parent}})
+        );
+    }
+
+    #[test]
     fn encode_appends_to_what_is_already_in_the_buffer() {
         let mut out = BytesMut::from(&b"prefix"[..]);
         Event::plain("x").encode(&mut out);
