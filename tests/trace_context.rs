@@ -31,44 +31,50 @@ impl Drop for Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_sent_to_the_gateway_is_seen_by_the_handler() {
-    let binary =
-        gateway_support::example_binary("http_gateway", "cargo build --example http_gateway");
-    let (child, base) = gateway_support::spawn_gateway(Command::new(binary).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        "trace:handler",
-        "--handler-path",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/handlers"),
-        "--workers",
-        "1",
-        "--max-connections",
-        "2",
-    ]));
-    let _gateway = Gateway(child);
-    let client = reqwest::Client::new();
-    let seen = client
-        .get(format!("{base}/traced"))
-        .header("traceparent", PARENT)
-        .header("tracestate", "rojo=00f067aa0ba902b7")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        seen,
-        format!(r#"{{"traceparent": "{PARENT}", "tracestate": "rojo=00f067aa0ba902b7"}}"#)
-    );
-    // No trace context in, none for the handler; an invalid one is dropped.
-    for headers in [vec![], vec![("traceparent", "00-garbage-01")]] {
-        let mut request = client.get(format!("{base}/untraced"));
-        for (name, value) in headers {
-            request = request.header(name, value);
+    // Both connection modes: one connection per slot, and streams on one.
+    for multiplex in ["0", "1"] {
+        let binary =
+            gateway_support::example_binary("http_gateway", "cargo build --example http_gateway");
+        let (child, base) = gateway_support::spawn_gateway(Command::new(binary).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            "trace:handler",
+            "--handler-path",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/handlers"),
+            "--workers",
+            "1",
+            "--max-connections",
+            "2",
+            "--multiplex",
+            multiplex,
+        ]));
+        let _gateway = Gateway(child);
+        let client = reqwest::Client::new();
+        let seen = client
+            .get(format!("{base}/traced"))
+            .header("traceparent", PARENT)
+            .header("tracestate", "rojo=00f067aa0ba902b7")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            format!(r#"{{"traceparent": "{PARENT}", "tracestate": "rojo=00f067aa0ba902b7"}}"#),
+            "--multiplex {multiplex}"
+        );
+        // No trace context in, none for the handler; an invalid one is dropped.
+        for headers in [vec![], vec![("traceparent", "00-garbage-01")]] {
+            let mut request = client.get(format!("{base}/untraced"));
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let seen = request.send().await.unwrap().text().await.unwrap();
+            assert_eq!(seen, "null", "--multiplex {multiplex}");
         }
-        let seen = request.send().await.unwrap().text().await.unwrap();
-        assert_eq!(seen, "null");
     }
 }
 
