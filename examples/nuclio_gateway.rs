@@ -264,8 +264,13 @@ async fn forward(
 ) -> Response {
     let target = async_worker_pool::http::request_target(&uri);
     // Nuclio keeps one value per header name; a repeated header keeps its last.
+    let trace = async_worker_pool::http::trace_from_headers(&headers);
     let headers = async_worker_pool::http::header_pairs(&headers);
-    let event = NuclioEvent::from_http_request(method.as_str(), &target, headers, body);
+    let mut event = NuclioEvent::from_http_request(method.as_str(), &target, headers, body);
+    // The trace context, checked, and a repeated Tracestate joined, not cut to its last.
+    if let Some(trace) = trace {
+        event = event.with_trace(&trace);
+    }
     match gateway.pool.dispatch(event).await {
         Ok(response) => from_response(response),
         Err(error) => common::from_pool_error(error),

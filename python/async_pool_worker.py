@@ -104,7 +104,10 @@ event loop and with it every other connection of this worker.
 
 ``context`` has:
     ``logger``      a ``logging.Logger`` named ``worker.N``, writing to stderr;
-    ``worker_id``   this worker's number.
+    ``worker_id``   this worker's number;
+    ``trace``       the caller's W3C trace context, a dict with ``traceparent``
+                    (``str``) and ``tracestate`` (``str`` or None), or None when
+                    the event carries none (meta key ``trace``).
 
 ``event`` has:
     ``body``        the event body, ``bytes``;
@@ -216,9 +219,10 @@ class ProtocolError(Exception):
 class Event:
     """One event as seen by the handler."""
 
-    __slots__ = ("body", "method", "path", "headers", "is_http", "meta")
+    __slots__ = ("body", "method", "path", "headers", "is_http", "meta", "trace")
 
-    def __init__(self, body=b"", method=None, path=None, headers=None, is_http=False):
+    def __init__(self, body=b"", method=None, path=None, headers=None, is_http=False,
+                 trace=None):
         self.body = body
         self.method = method
         self.path = path
@@ -227,6 +231,7 @@ class Event:
         # The event's whole meta (None for a plain event): the ASGI adapter
         # reads the optional keys (scheme, client, ...) from it.
         self.meta = None
+        self.trace = trace
 
     def header(self, name):
         """First value of header `name` (case-insensitive), or None."""
@@ -331,8 +336,9 @@ def _parse_meta(raw: bytes) -> dict:
 
 def _event_from_meta(meta: dict, body: bytes) -> Event:
     # Unknown keys are ignored so that the host may add fields later.
+    trace = _trace_from_meta(meta.get("trace"))
     if "method" not in meta and "path" not in meta and "headers" not in meta:
-        return Event(body=body)
+        return Event(body=body, trace=trace)
     method, path = meta.get("method"), meta.get("path")
     if type(method) is not str or type(path) is not str:
         raise ProtocolError("HTTP event meta needs string 'method' and 'path'")
@@ -346,10 +352,20 @@ def _event_from_meta(meta: dict, body: bytes) -> Event:
                 or type(item[1]) is not str:
             raise ProtocolError("HTTP event 'headers' must be a list of [name, value] strings")
         pairs.append((item[0], item[1]))
-    event = Event(body=body, method=method, path=path, is_http=True)
+    event = Event(body=body, method=method, path=path, is_http=True, trace=trace)
     event.headers = pairs  # built here, so not copied again
     event.meta = meta
     return event
+
+
+def _trace_from_meta(trace):
+    """The meta's ``trace`` as the handler's ``context.trace``, or None."""
+    if trace is None:
+        return None
+    if type(trace) is not dict or type(trace.get("traceparent")) is not str \
+            or type(trace.get("tracestate", "")) is not str:
+        raise ProtocolError("event 'trace' must be an object with a string 'traceparent'")
+    return {"traceparent": trace["traceparent"], "tracestate": trace.get("tracestate")}
 
 
 def _is_string_pair(item) -> bool:
@@ -501,11 +517,19 @@ class HandlerLoadError(Exception):
 class Context:
     """What the handler gets as its first argument."""
 
-    __slots__ = ("logger", "worker_id")
+    __slots__ = ("logger", "worker_id", "trace")
 
-    def __init__(self, logger, worker_id):
+    def __init__(self, logger, worker_id, trace=None):
         self.logger = logger
         self.worker_id = worker_id
+        self.trace = trace
+
+    def for_event(self, event):
+        """This context as one event sees it: itself, or a copy with the
+        event's trace context (events run at once, so it cannot be shared)."""
+        if event.trace is None:
+            return self
+        return Context(self.logger, self.worker_id, event.trace)
 
 
 def load_handler(spec: str, handler_paths: list):
@@ -1383,7 +1407,8 @@ class Worker:
     async def _answer(self, event: Event) -> bytes:
         """Run the handler on one event and return the answer's envelope."""
         try:
-            envelope = encode_response(await self.handler(self.context, event))
+            context = self.context.for_event(event)
+            envelope = encode_response(await self.handler(context, event))
         except Exception as exc:
             log.debug("worker %d: handler raised %r", self.worker_id, exc)
             return encode_raised(exc, self.max_frame)

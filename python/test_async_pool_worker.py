@@ -305,6 +305,26 @@ class ParseEventTest(unittest.TestCase):
                 with self.assertRaises(apw.ProtocolError):
                     apw.parse_event(payload)
 
+    def test_trace_context_from_meta(self):
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        plain = apw.parse_event(envelope(b"E", {"trace": {"traceparent": parent}}, b"b"))
+        self.assertFalse(plain.is_http)
+        self.assertEqual(plain.trace, {"traceparent": parent, "tracestate": None})
+        http = apw.parse_event(envelope(b"E", {"method": "GET", "path": "/", "headers": [],
+                                               "trace": {"traceparent": parent,
+                                                         "tracestate": "a=1"}}, b""))
+        self.assertEqual(http.trace, {"traceparent": parent, "tracestate": "a=1"})
+        self.assertIsNone(apw.parse_event(envelope(b"E", {}, b"")).trace)
+        for bad in ("x", {"tracestate": "a=1"}, {"traceparent": 1}):
+            with self.subTest(bad=bad), self.assertRaises(apw.ProtocolError):
+                apw.parse_event(envelope(b"E", {"trace": bad}, b""))
+        # Each event gets its own context; the worker's own keeps no trace.
+        context = apw.Context(None, 3)
+        seen = context.for_event(http)
+        self.assertEqual((seen.worker_id, seen.trace["tracestate"]), (3, "a=1"))
+        self.assertIsNone(context.trace)
+        self.assertIs(context.for_event(apw.Event()), context)
+
     def test_build_response_rejects_other_values(self):
         for value in (42, [b"x"], (1, 2, 3, 4), (True, b""), (200, "x-not-headers", b"")):
             with self.subTest(value=value):

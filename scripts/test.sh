@@ -26,7 +26,7 @@ fi
 $run_tests --all-targets
 cargo test --doc
 # The tower feature: PoolService with tower's middleware, and the axum example's core.
-$run_tests --features tower --test tower_service --test axum_tower
+$run_tests --features tower --test tower_service --test axum_tower --test trace_context
 cargo test --features tower --doc PoolService
 # The soak test's short version: 2 minutes of mixed load on the gateway with
 # a worker killed each minute; fails on a lost request or on growth.

@@ -42,13 +42,19 @@ use bytes::Bytes;
 
 use crate::error::PoolError;
 use crate::net::{Event, NetError, Reply};
+use crate::trace_context::TraceContext;
+
+/// The W3C trace context's headers.
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// The `Retry-After` a gateway sends with a 503 that waiting may cure, in
 /// seconds: a slot or a restarted worker is usually back within one.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// An HTTP request as an event: its method, its target (path and query), its
-/// headers (a value that is not UTF-8 is decoded lossily) and its body.
+/// headers (a value that is not UTF-8 is decoded lossily), its body, and its
+/// W3C trace context when it has a valid one ([`trace_from_headers`]).
 pub fn event_from_request(request: Request<Bytes>) -> Event {
     let (parts, body) = request.into_parts();
     event_from_parts(&parts.method, &parts.uri, &parts.headers, body)
@@ -57,12 +63,37 @@ pub fn event_from_request(request: Request<Bytes>) -> Event {
 /// [`event_from_request`] for a front end that holds the request in pieces,
 /// as axum's extractors give them.
 pub fn event_from_parts(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Event {
-    Event::http(
+    let event = Event::http(
         method.as_str(),
         request_target(uri),
         header_pairs(headers).collect(),
         body,
-    )
+    );
+    match trace_from_headers(headers) {
+        Some(trace) => event.with_trace(trace),
+        None => event,
+    }
+}
+
+/// The request's W3C trace context: its `traceparent` header, with its
+/// `tracestate` headers joined by commas as the format asks. `None` when
+/// there is no `traceparent`, more than one, or one that is not valid (see
+/// [`TraceContext::parse`]); the request then simply starts no trace here.
+pub fn trace_from_headers(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut parents = headers.get_all(TRACEPARENT).iter();
+    let (Some(parent), None) = (parents.next(), parents.next()) else {
+        return None;
+    };
+    let parent = parent.to_str().ok()?;
+    let mut state = String::new();
+    for value in headers.get_all(TRACESTATE) {
+        let Ok(value) = value.to_str() else { continue };
+        if !state.is_empty() {
+            state.push(',');
+        }
+        state.push_str(value);
+    }
+    TraceContext::parse(parent, Some(state.as_str())).ok()
 }
 
 /// The request's target as a worker sees it: its path and query, without the
@@ -389,5 +420,40 @@ mod tests {
             ]
         );
         assert_eq!(event.body(), "payload");
+        assert_eq!(event.trace(), None);
+    }
+
+    #[test]
+    fn a_traceparent_header_travels_with_the_event_and_tracestates_join() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let request = Request::get("/")
+            .header("traceparent", parent)
+            .header("tracestate", "rojo=1")
+            .header("tracestate", "congo=2")
+            .body(Bytes::new())
+            .unwrap();
+        let event = event_from_request(request);
+        let trace = event.trace().expect("a trace context");
+        assert_eq!(trace.traceparent(), parent);
+        assert_eq!(trace.tracestate(), Some("rojo=1,congo=2"));
+        // The headers still reach the worker as they came.
+        assert!(
+            event
+                .headers()
+                .iter()
+                .any(|(name, _)| name == "traceparent")
+        );
+    }
+
+    #[test]
+    fn an_invalid_or_repeated_traceparent_carries_no_trace() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = HeaderMap::new();
+        headers.append("traceparent", HeaderValue::from_static("00-zz-01"));
+        assert_eq!(trace_from_headers(&headers), None);
+        headers.clear();
+        headers.append("traceparent", HeaderValue::from_static(parent));
+        headers.append("traceparent", HeaderValue::from_static(parent));
+        assert_eq!(trace_from_headers(&headers), None);
     }
 }

@@ -31,6 +31,7 @@ mod shared;
 mod slot;
 mod stats;
 mod supervisor;
+mod trace_context;
 mod transport;
 mod worker;
 mod worker_pool;
@@ -68,6 +69,7 @@ pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
     WorkerState, WorkerStats,
 };
+pub use trace_context::{InvalidTraceContext, MAX_TRACESTATE_LEN, TraceContext};
 pub use transport::{Transport, is_disconnect_io};
 pub use worker::{Attachments, WorkerId, WorkerInfo};
 pub use worker_pool::AsyncWorkerPool;

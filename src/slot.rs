@@ -105,15 +105,6 @@ impl<T: Transport> Deref for PoolRef<'_, T> {
     }
 }
 
-impl<T: Transport> Clone for PoolRef<'_, T> {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Borrowed(shared) => Self::Borrowed(shared),
-            Self::Owned(shared) => Self::Owned(shared.clone()),
-        }
-    }
-}
-
 impl<'a, T: Transport> Slot<'a, T> {
     fn new(shared: PoolRef<'a, T>, taken: Taken<T::Conn>) -> Self {
         Self {
@@ -316,12 +307,14 @@ pub(crate) async fn acquire_owned<T: Transport>(
 /// restarted, and the acquire tries again.
 #[inline]
 async fn acquire_with<T: Transport>(pool: PoolRef<'_, T>) -> Result<Slot<'_, T>, PoolError> {
-    let shared: &Shared<T> = &pool;
     let mut first_try = true;
     loop {
+        let shared: &Shared<T> = &pool;
         let mut taken = take(shared, first_try).await?;
         if !shared.transport.is_broken(&mut taken.conn) {
-            return Ok(Slot::new(pool.clone(), taken));
+            // Moved, not cloned: an owned slot costs one reference count, taken
+            // by `Pool::acquire_owned`.
+            return Ok(Slot::new(pool, taken));
         }
         let worker = shared.worker_of(taken.slot);
         tracing::debug!(%worker, "connection broken before use; restarting it");

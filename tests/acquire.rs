@@ -296,3 +296,31 @@ async fn owned_slot_moves_into_a_spawned_task_and_comes_back_on_drop() {
     // A clean owned slot goes back to the idle slots and serves the next event.
     assert_eq!(h.pool.dispatch(Req::now(12)).await.unwrap().id, 12);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_owned_slot_that_outlives_every_pool_handle_ends_without_hanging() {
+    let h = harness(|b| b.max_connections(1)).await;
+    let mut slot = h.pool.acquire_owned().await.unwrap();
+    let support::Harness {
+        pool, transport, ..
+    } = h;
+    drop(pool);
+    settle().await;
+    // The workers are gone with the pool; the call ends one way or the other,
+    // and giving the slot back to a pool that is gone is harmless.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), slot.call(Req::now(13))).await;
+    match outcome.expect("the call ends") {
+        Ok(resp) => assert_eq!(resp.id, 13),
+        Err(error) => assert!(
+            matches!(error, PoolError::Closed | PoolError::WorkerExited { .. }),
+            "{error:?}"
+        ),
+    }
+    drop(slot);
+    settle().await;
+    assert_eq!(
+        transport.live.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no connection outlives the pool and its last slot"
+    );
+}

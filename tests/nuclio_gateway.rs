@@ -97,6 +97,24 @@ async fn a_request_reaches_the_handler_as_nuclios_http_trigger_gives_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_reaches_the_handler_in_its_headers_with_tracestates_joined() {
+    let gateway = start(&["--handler", "peer_handlers:http_view"]);
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = reqwest::Client::new()
+        .get(format!("{}/traced", gateway.base))
+        .header("traceparent", parent)
+        .header("tracestate", "rojo=1")
+        .header("tracestate", "congo=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(seen["traceparent"], parent);
+    assert_eq!(seen["tracestate"], "rojo=1,congo=2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_timeout_flag_bounds_an_event_without_a_spec() {
     let gateway = start(&[
         "--handler",

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ProtocolError;
 use super::response_stream::ResponseSink;
+use crate::trace_context::TraceContext;
 
 const READY: u8 = b'R';
 const EVENT: u8 = b'E';
@@ -35,7 +36,9 @@ const HEADER_LEN: usize = 5;
 
 /// One event for a worker's handler: a body, and for an HTTP event its method,
 /// path and headers, and what else the front end knows about the request
-/// (scheme, client and server addresses, HTTP version). Kind `E` on the wire.
+/// (scheme, client and server addresses, HTTP version), and the caller's W3C
+/// trace context if it has one ([`with_trace`](Self::with_trace)). Kind `E` on
+/// the wire.
 ///
 /// An event may also carry a [`ResponseSink`]
 /// ([`with_response_sink`](Self::with_response_sink)): the worker may then
@@ -60,6 +63,7 @@ pub struct Event {
     http: Option<HttpRequest>,
     body: Bytes,
     sink: Option<ResponseSink>,
+    trace: Option<TraceContext>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,35 @@ struct HttpMeta<'a> {
     http_version: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<TraceMeta<'a>>,
+}
+
+/// The meta of a plain event that asks for a streamed response or carries a
+/// trace context (without either it is `{}`).
+#[derive(serde::Serialize)]
+struct PlainMeta<'a> {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<TraceMeta<'a>>,
+}
+
+/// The `"trace"` key of an event's meta.
+#[derive(serde::Serialize)]
+struct TraceMeta<'a> {
+    traceparent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
+}
+
+impl<'a> From<&'a TraceContext> for TraceMeta<'a> {
+    fn from(trace: &'a TraceContext) -> Self {
+        Self {
+            traceparent: trace.traceparent(),
+            tracestate: trace.tracestate(),
+        }
+    }
 }
 
 impl Event {
@@ -100,6 +133,7 @@ impl Event {
             http: None,
             body: body.into(),
             sink: None,
+            trace: None,
         }
     }
 
@@ -122,7 +156,22 @@ impl Event {
             }),
             body: body.into(),
             sink: None,
+            trace: None,
         }
+    }
+
+    /// The event with the caller's trace context, which the worker's handler
+    /// sees (the reference worker as `context.trace`). Meta key `"trace"`; a
+    /// worker that predates it ignores it.
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// The caller's trace context, if the event carries one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// Sets the scheme the client used (`http`, `https`); meta key `scheme`.
@@ -251,24 +300,36 @@ impl Event {
     /// Appends the event's envelope (the frame payload, without the frame's length
     /// prefix) to `dst`, reserving room for all of it first.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let meta_hint = self.http.as_ref().map_or(2, |http| {
-            // Quotes, brackets and key names; escapes may need more, which is fine.
-            160 + http.method.len()
-                + http.path.len()
-                + http
-                    .headers
-                    .iter()
-                    .map(|(name, value)| name.len() + value.len() + 8)
-                    .sum::<usize>()
+        let trace_hint = self.trace.as_ref().map_or(0, |trace| {
+            48 + trace.traceparent().len() + trace.tracestate().map_or(0, str::len)
         });
+        let meta_hint = trace_hint
+            + self.http.as_ref().map_or(2, |http| {
+                // Quotes, brackets and key names; escapes may need more, which is fine.
+                160 + http.method.len()
+                    + http.path.len()
+                    + http
+                        .headers
+                        .iter()
+                        .map(|(name, value)| name.len() + value.len() + 8)
+                        .sum::<usize>()
+            });
         dst.reserve(HEADER_LEN + meta_hint + self.body.len());
         dst.put_u8(EVENT);
         let len_at = dst.len();
         dst.put_u32(0); // patched below, once the meta's length is known
         let meta_start = dst.len();
+        let trace = self.trace.as_ref().map(TraceMeta::from);
         match &self.http {
-            None if self.sink.is_some() => dst.put_slice(br#"{"stream":true}"#),
-            None => dst.put_slice(b"{}"),
+            None if trace.is_none() && self.sink.is_none() => dst.put_slice(b"{}"),
+            None => {
+                let meta = PlainMeta {
+                    stream: self.sink.is_some(),
+                    trace,
+                };
+                serde_json::to_writer(dst.writer(), &meta)
+                    .expect("strings serialize into a BytesMut without error");
+            }
             Some(http) => {
                 let meta = HttpMeta {
                     method: &http.method,
@@ -285,6 +346,7 @@ impl Event {
                         .map(|(host, port)| (host.as_str(), *port)),
                     http_version: http.http_version.as_deref(),
                     stream: self.sink.is_some(),
+                    trace,
                 };
                 serde_json::to_writer(dst.writer(), &meta)
                     .expect("strings serialize into a BytesMut without error");
@@ -718,6 +780,47 @@ mod tests {
                 Err(ProtocolError::UnexpectedKind { .. })
             ));
         }
+    }
+
+    #[test]
+    fn a_trace_context_travels_as_the_trace_key_of_plain_and_http_events() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = TraceContext::parse(parent, Some("congo=t61rcWkgMzE")).unwrap();
+        let plain = Event::plain("b").with_trace(trace.clone());
+        let (_, meta, body) = open_event(&encoded(&plain));
+        assert_eq!(
+            meta,
+            serde_json::json!({"trace": {"traceparent": parent, "tracestate": "congo=t61rcWkgMzE"}})
+        );
+        assert_eq!(body, b"b");
+        let without_state = TraceContext::parse(parent, None).unwrap();
+        let http = Event::http("GET", "/", vec![], "").with_trace(without_state);
+        let (_, meta, _) = open_event(&encoded(&http));
+        assert_eq!(
+            meta,
+            serde_json::json!({
+                "method": "GET", "path": "/", "headers": [],
+                "trace": {"traceparent": parent},
+            })
+        );
+        assert_eq!(
+            http.trace().map(TraceContext::trace_id),
+            Some(&parent[3..35])
+        );
+    }
+
+    #[test]
+    fn a_plain_event_that_streams_and_carries_a_trace_has_both_keys() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (sink, _parts) = ResponseSink::channel(1);
+        let event = Event::plain("b")
+            .with_response_sink(sink)
+            .with_trace(TraceContext::parse(parent, None).unwrap());
+        let (_, meta, _) = open_event(&encoded(&event));
+        assert_eq!(
+            meta,
+            serde_json::json!({"stream": true, "trace": {"traceparent": parent}})
+        );
     }
 
     #[test]

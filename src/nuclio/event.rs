@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::error::NuclioError;
+use crate::trace_context::TraceContext;
 
 /// The trigger an event came from, as the wrapper shows it to the handler
 /// (`event.trigger.kind`, `event.trigger.name`).
@@ -111,6 +112,25 @@ impl NuclioEvent {
         event.headers = headers;
         event.trigger = TriggerInfo::new("http", "http");
         event
+    }
+
+    /// The event with the caller's W3C trace context, as the headers
+    /// `Traceparent` and `Tracestate` (canonical names, as Nuclio's HTTP
+    /// trigger gives them), which is where a Nuclio handler finds it
+    /// (`event.get_header("Traceparent")`): Nuclio's wrapper has no other
+    /// place for it. A `Tracestate` already there is replaced, or removed
+    /// when `trace` has none.
+    #[must_use]
+    pub fn with_trace(mut self, trace: &TraceContext) -> Self {
+        self.headers
+            .insert("Traceparent".to_owned(), trace.traceparent().to_owned());
+        match trace.tracestate() {
+            Some(state) => self
+                .headers
+                .insert("Tracestate".to_owned(), state.to_owned()),
+            None => self.headers.remove("Tracestate"),
+        };
+        self
     }
 
     /// An HTTP event as Nuclio's HTTP trigger makes it from a request:
@@ -297,6 +317,20 @@ mod tests {
         r#type: String,
         body: serde_bytes::ByteBuf,
         method: String,
+    }
+
+    #[test]
+    fn a_trace_context_becomes_the_traceparent_and_tracestate_headers() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = [("tracestate".to_owned(), "stale=1".to_owned())];
+        let event = NuclioEvent::from_http_request("GET", "/", headers, Vec::new());
+        let with = event
+            .clone()
+            .with_trace(&TraceContext::parse(parent, Some("a=1,b=2")).unwrap());
+        assert_eq!(with.headers["Traceparent"], parent);
+        assert_eq!(with.headers["Tracestate"], "a=1,b=2");
+        let without_state = event.with_trace(&TraceContext::parse(parent, None).unwrap());
+        assert!(!without_state.headers.contains_key("Tracestate"));
     }
 
     #[test]

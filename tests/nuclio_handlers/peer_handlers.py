@@ -88,6 +88,8 @@ async def http_view(context, event):
         "fields": event.fields,
         "x_h5": event.get_header("X-H5"),
         "content_type": event.get_header("Content-Type"),
+        "traceparent": event.get_header("Traceparent"),
+        "tracestate": event.get_header("Tracestate"),
     }
 
 
