@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 
 mod gateway_support;
 
+/// One test at a time in this binary, also under `cargo test`'s threads:
+/// each measures latency or CPU, or opens a thousand connections.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A running gateway, stopped with SIGTERM (so that it stops its workers)
 /// when the test ends, killed if that takes too long.
 struct Gateway {
@@ -171,6 +175,7 @@ fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_2000_connections_overflows_no_backlog_and_waits_under_500_ms() {
+    let _alone = ALONE.lock().await;
     const BURST: usize = 2000;
     raise_own_fd_limit(BURST as u64 + 256);
     let gateway = start("", &[]);
@@ -263,6 +268,7 @@ async fn trickle(address: String) -> std::io::Result<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_trickling_headers_do_not_slow_others_and_close_at_the_header_timeout() {
+    let _alone = ALONE.lock().await;
     const SLOW: usize = 1000;
     const TIMEOUT: Duration = Duration::from_secs(4);
     raise_own_fd_limit(SLOW as u64 + 256);
@@ -426,6 +432,7 @@ async fn saturate(args: &[&str]) -> Saturated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_low_fd_limit_the_client_cap_keeps_descriptors_for_the_workers() {
+    let _alone = ALONE.lock().await;
     let saturated = saturate(&[]).await;
     assert!(saturated.served + saturated.waiting == 1000);
     // 256 minus the workers' reserve (8 + 8 + 64).
@@ -444,6 +451,7 @@ async fn under_a_low_fd_limit_the_client_cap_keeps_descriptors_for_the_workers()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_accept_errors_pause_the_loop_and_are_logged_at_a_bounded_rate() {
+    let _alone = ALONE.lock().await;
     // A cap above what the limit holds, and no probes (which need a
     // descriptor of their own): accepts fail for lack of descriptors.
     let started = Instant::now();
@@ -468,6 +476,7 @@ async fn out_of_file_descriptors_accept_errors_pause_the_loop_and_are_logged_at_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed_at_the_keep_alive_timeout() {
+    let _alone = ALONE.lock().await;
     let gateway = start("", &["--keep-alive-timeout", "1s"]);
     let mut stream = TcpStream::connect(&gateway.address).await.unwrap();
     // Busy for longer than the timeout: requests 300 ms apart keep it open.
