@@ -44,8 +44,8 @@ def panel(out, index, rows, title, unit, series):
     out.append('<text x="%d" y="%d" class="title">%s</text>' % (LEFT, y0 - 8, title))
     out.append('<rect x="%d" y="%d" width="%d" height="%d" class="frame"/>'
                % (LEFT, y0, WIDTH - LEFT - RIGHT, PANEL))
-    for i in range(5):
-        v = top * i / 4
+    for i in range(6):
+        v = top * i / 5
         out.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" class="grid"/>'
                    % (LEFT, WIDTH - RIGHT, y(v), y(v)))
         out.append('<text x="%d" y="%.1f" class="tick" text-anchor="end">%g</text>'
@@ -94,7 +94,7 @@ def main():
           [("fds", "gateway fds", "#2ca02c")])
     panel(out, 2, rows, "Requests per second (x axis: minutes)", "req/s",
           [("req_per_s", "answered", "#1f77b4"),
-           ("per_s_not_200", "500/502 (asked, killed)", "#d62728"),
+           ("per_s_not_200", "500 / 502", "#d62728"),
            ("per_s_unexpected", "lost or wrong", "#000000")])
     out.append("</svg>")
     with open(sys.argv[2], "w") as f:

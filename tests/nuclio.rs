@@ -124,9 +124,11 @@ fn full_body(body: &NuclioBody) -> Bytes {
 
 #[tokio::test]
 async fn launch_waits_for_wrapper_initialized_and_terminate_sends_sigusr1() {
-    let launcher = launcher("peer_handlers:echo").build().unwrap();
+    let launcher = launcher("peer_handlers:echo_or_await_termination")
+        .build()
+        .unwrap();
     let mut worker = launcher.launch(WorkerId::new(3)).await.unwrap();
-    assert!(worker.pid().is_some());
+    let pid = worker.pid().expect("a wrapper process");
     // Ready means listening: connections open at once, each started with `s`.
     let transport = NuclioTransport::new();
     let mut conns = Vec::new();
@@ -143,11 +145,26 @@ async fn launch_waits_for_wrapper_initialized_and_terminate_sends_sigusr1() {
         .await
         .unwrap();
     assert_eq!(full_body(&response.body), "direct");
-    let exit = worker.terminate(Duration::from_secs(5)).await;
+    // An event that is answered only once the wrapper was told to terminate.
+    // `terminate` waits for it (up to the grace), so its answer shows that
+    // SIGUSR1 came first, however slowly a loaded machine lets the wrapper
+    // run; how the wrapper then exits (by itself, or at SIGTERM if it takes
+    // longer than NuclioWorker::IDLE_SETTLE) is the machine's timing.
+    let (mut conn, transport) = (conns.swap_remove(0), transport.clone());
+    let waiting = tokio::spawn(async move {
+        conn.call(&transport, &NuclioEvent::new("await termination"))
+            .await
+    });
+    while worker.events_in_flight() == 0 {
+        sleep(Duration::from_millis(5)).await;
+    }
+    worker.terminate(Duration::from_secs(60)).await;
+    let response = waiting.await.unwrap().unwrap();
+    assert_eq!(full_body(&response.body), "told to terminate");
     assert_eq!(
-        exit.exit_code(),
-        Some(0),
-        "SIGUSR1 ends the wrapper cleanly"
+        kill(Pid::from_raw(pid as i32), None),
+        Err(nix::errno::Errno::ESRCH),
+        "the wrapper is gone"
     );
     // The control socket file was removed once the wrapper had connected.
     assert_eq!(std::fs::read_dir(launcher.socket_dir()).unwrap().count(), 0);

@@ -194,7 +194,11 @@ impl NuclioTransport {
                         stash.stash(started);
                     }
                 });
-                receiver
+                let mut opening = Opening {
+                    receiver,
+                    stash: endpoint_state.clone(),
+                };
+                (&mut opening.receiver)
                     .await
                     .map_err(|_| NuclioError::ClosedBeforeReady)??
             }
@@ -490,5 +494,26 @@ impl NuclioConn {
     async fn next_line(&mut self) -> Result<Option<String>, NuclioError> {
         let io = self.io.as_mut().ok_or(NuclioError::Unusable)?;
         next_line(&mut io.lines, io.limit).await
+    }
+}
+
+/// The connect side of a task opening a connection. Dropped by a connect
+/// that was given up, it keeps a connection that was handed over but not
+/// yet taken: the task's send can succeed just before the connect is
+/// dropped, and the connection would otherwise be closed with the channel,
+/// which the early-2025 wrapper answers by exiting.
+struct Opening {
+    receiver: oneshot::Receiver<Result<Started, NuclioError>>,
+    stash: Arc<EndpointState>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        // No send succeeds after `close`: a later one returns the connection
+        // to the task, which stashes it; an earlier one is taken here.
+        self.receiver.close();
+        if let Ok(Ok(started)) = self.receiver.try_recv() {
+            self.stash.stash(started);
+        }
     }
 }

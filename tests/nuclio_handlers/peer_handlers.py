@@ -5,6 +5,9 @@ import asyncio
 import nuclio_sdk
 
 drained = False
+# Set when the wrapper is told to terminate (SIGUSR1, or whatever the
+# platform's termination callback stands for).
+terminating = asyncio.Event()
 
 
 def init_context(context):
@@ -13,6 +16,7 @@ def init_context(context):
         drained = True
 
     context.platform.set_drain_callback(on_drain)
+    context.platform.set_termination_callback(terminating.set)
     context.logger.info_with("initialized", worker=context.worker_id)
 
 
@@ -63,6 +67,15 @@ async def slow(context, event):
     """Sleeps for the body's seconds, then says whether a drain was seen."""
     await asyncio.sleep(float(event.body.decode() or "0.5"))
     return f"slept; drained={drained}"
+
+
+async def echo_or_await_termination(context, event):
+    """The body back; for the body "await termination", the answer comes only
+    once the wrapper has been told to terminate."""
+    if event.body == b"await termination":
+        await terminating.wait()
+        return "told to terminate"
+    return event.body
 
 
 async def trivial(context, event):
