@@ -1,7 +1,7 @@
 //! Group `handshake`: what the authenticated handshake costs, measured beside
 //! the same thing without it, in the same run.
 //!
-//! - `connect/*`: one `SocketTransport::connect_endpoint` (connect, handshake
+//! - `connect/*`: one `SocketTransport::connect` (connect, handshake
 //!   if the worker asks, ready frame) and the close, to the in-process Rust
 //!   echo worker (`rust-echo`) and to the real Python worker (`python`), each
 //!   with the handshake (`handshake`) and without it (`plain`: the echo worker
@@ -28,7 +28,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_worker_pool::net::{SocketTransport, WorkerSecret};
-use async_worker_pool::{Endpoint, Launcher, ProcessLauncher, WorkerId, WorkerProcess};
+use async_worker_pool::{
+    Attachments, Endpoint, Launcher, ProcessLauncher, Transport, WorkerId, WorkerInfo,
+    WorkerProcess,
+};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::net::UnixListener;
@@ -63,16 +66,11 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-/// Times `PAIRED_CONNECTS` connects (and closes) to `endpoint`, per connect.
-async fn connects(transport: &SocketTransport, endpoint: &Endpoint) -> Duration {
+/// Times `PAIRED_CONNECTS` connects (and closes) to `worker`, per connect.
+async fn connects(transport: &SocketTransport, worker: &WorkerInfo) -> Duration {
     let started = Instant::now();
     for _ in 0..PAIRED_CONNECTS {
-        drop(
-            transport
-                .connect_endpoint(endpoint)
-                .await
-                .expect("a connection"),
-        );
+        drop(transport.connect(worker).await.expect("a connection"));
     }
     started.elapsed() / PAIRED_CONNECTS as u32
 }
@@ -116,7 +114,6 @@ fn handshake(c: &mut Criterion) {
     let (_auth_dir, auth_path) = wire::socket_path("auth.sock");
     let secret = WorkerSecret::generate().expect("a secret");
     start_echo_worker(&auth_path, Some(secret.clone()));
-    let _registration = secret.register(Endpoint::Unix(auth_path.clone()));
 
     // The Python worker, with and without the handshake.
     let python = |no_auth: bool| {
@@ -137,11 +134,31 @@ fn handshake(c: &mut Criterion) {
     let (_plain_launcher, mut plain_python) = python(true);
     let (_auth_launcher, mut auth_python) = python(false);
 
+    // The secrets travel as a pool's connects get them: attached to the process.
+    let info = |endpoint: Endpoint, attachments: Attachments| {
+        WorkerInfo::new(WorkerId::new(0), 1, endpoint, None).with_attachments(attachments)
+    };
     let endpoints = [
-        ("rust-echo", "plain", Endpoint::Unix(plain_path)),
-        ("rust-echo", "handshake", Endpoint::Unix(auth_path)),
-        ("python", "plain", plain_python.endpoint()),
-        ("python", "handshake", auth_python.endpoint()),
+        (
+            "rust-echo",
+            "plain",
+            info(Endpoint::Unix(plain_path), Attachments::new()),
+        ),
+        (
+            "rust-echo",
+            "handshake",
+            info(Endpoint::Unix(auth_path), Attachments::new().with(secret)),
+        ),
+        (
+            "python",
+            "plain",
+            info(plain_python.endpoint(), plain_python.attachments()),
+        ),
+        (
+            "python",
+            "handshake",
+            info(auth_python.endpoint(), auth_python.attachments()),
+        ),
     ];
     let mut group = c.benchmark_group("handshake");
     group
@@ -153,10 +170,7 @@ fn handshake(c: &mut Criterion) {
             BenchmarkId::new(format!("connect/{worker}"), protocol),
             |b| {
                 b.to_async(&runtime).iter(|| async {
-                    let conn = transport
-                        .connect_endpoint(endpoint)
-                        .await
-                        .expect("a connection");
+                    let conn = transport.connect(endpoint).await.expect("a connection");
                     drop(conn);
                 });
             },
@@ -167,10 +181,15 @@ fn handshake(c: &mut Criterion) {
     let body = Bytes::from(vec![b'x'; 64]);
     let mut pools = Vec::new();
     for (_, protocol, endpoint) in endpoints.iter().filter(|(w, ..)| *w == "python") {
-        let Endpoint::Unix(path) = endpoint else {
+        let Endpoint::Unix(path) = &endpoint.endpoint else {
             panic!("a Unix socket endpoint");
         };
-        let pool = runtime.block_on(wire::socket_pool(path, IN_FLIGHT));
+        let pool = runtime.block_on(wire::socket_pool_with(
+            path,
+            IN_FLIGHT,
+            0,
+            endpoint.attachments.clone(),
+        ));
         let callers = Mutex::new(Some(wire::pool_callers(&pool, IN_FLIGHT, &body)));
         group.bench_function(BenchmarkId::new("event/python", protocol), |b| {
             b.to_async(&runtime)

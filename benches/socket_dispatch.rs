@@ -1,7 +1,8 @@
 //! Group `socket_dispatch`: events per second through the pool's built-in
-//! socket transport (`SocketTransport`, framed by tokio-util) against a
-//! hand-written raw-socket client, both with 64 events in flight on 64 Unix
-//! socket connections to the same in-process Rust echo worker, for 64-byte and
+//! socket transport (`SocketTransport`, framed by tokio-util), one connection
+//! per slot and multiplexed on one connection, against a hand-written
+//! raw-socket client (one connection per event in flight), with 1, 64 and 1000
+//! events in flight to the same in-process Rust echo worker, for 64-byte and
 //! 64 KiB bodies.
 //!
 //! The echo worker runs on a runtime of its own in its own thread; the host side
@@ -24,8 +25,8 @@ use criterion::{
 use tokio::net::UnixListener;
 use wire::{Caller, Stop};
 
-/// Events in flight, and connections of each contender.
-const IN_FLIGHT: usize = 64;
+/// Events in flight, and slots of each contender.
+const IN_FLIGHT: [usize; 3] = [1, 64, 1000];
 const BODIES: [(usize, &str); 2] = [(64, "64B"), (64 * 1024, "64KiB")];
 
 /// Starts the echo worker on `path` in a thread of its own, for the rest of the
@@ -72,6 +73,8 @@ fn bench_callers<C: Caller>(
 }
 
 fn socket_dispatch(c: &mut Criterion) {
+    // Two sockets per event in flight at 1000 (the pool's and the raw client's).
+    let _ = async_worker_pool::process::raise_fd_limit(4 * 1024);
     let (_dir, path) = wire::socket_path("echo.sock");
     start_echo_worker(&path);
     let runtime = wire::host_runtime();
@@ -81,17 +84,31 @@ fn socket_dispatch(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .sample_size(20)
         .throughput(Throughput::Elements(1));
-    for (len, label) in BODIES {
+    for (len, body_label) in BODIES {
         let body = Bytes::from(vec![b'x'; len]);
+        for in_flight in IN_FLIGHT {
+            let label = format!("{body_label}/{in_flight}");
 
-        let pool = runtime.block_on(wire::socket_pool(&path, IN_FLIGHT));
-        let callers = wire::pool_callers(&pool, IN_FLIGHT, &body);
-        bench_callers(&mut group, &runtime, "async-worker-pool", label, callers);
-        runtime.block_on(pool.shutdown(Duration::ZERO));
+            let pool = runtime.block_on(wire::socket_pool(&path, in_flight));
+            let callers = wire::pool_callers(&pool, in_flight, &body);
+            bench_callers(&mut group, &runtime, "async-worker-pool", &label, callers);
+            runtime.block_on(pool.shutdown(Duration::ZERO));
 
-        let conns = runtime.block_on(wire::raw_conns(&path, IN_FLIGHT, None));
-        let callers = wire::raw_callers(conns, &body);
-        bench_callers(&mut group, &runtime, "raw-socket", label, callers);
+            let pool = runtime.block_on(wire::socket_pool_multiplexed(&path, in_flight, 1));
+            let callers = wire::pool_callers(&pool, in_flight, &body);
+            bench_callers(
+                &mut group,
+                &runtime,
+                "async-worker-pool-mux",
+                &label,
+                callers,
+            );
+            runtime.block_on(pool.shutdown(Duration::ZERO));
+
+            let conns = runtime.block_on(wire::raw_conns(&path, in_flight, None));
+            let callers = wire::raw_callers(conns, &body);
+            bench_callers(&mut group, &runtime, "raw-socket", &label, callers);
+        }
     }
     group.finish();
 }

@@ -21,7 +21,8 @@
 //! second). `/metrics` serves
 //! the pool's numbers under the crate's names, Nuclio's names and the handler
 //! durations; `/healthz` says whether a worker serves. Ctrl-C or SIGTERM stop
-//! it gracefully.
+//! it gracefully; SIGHUP reloads every worker (new before old, no request
+//! fails), as the HTTP gateway does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +37,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use async_worker_pool::nuclio::{
     HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioSpec, NuclioTransport,
@@ -100,6 +100,10 @@ struct Args {
     /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+
+    /// The HTTP listener: backlog, client timeouts, connection cap.
+    #[command(flatten)]
+    listener: common::listener::ListenerArgs,
 }
 
 struct Gateway {
@@ -151,10 +155,10 @@ fn spec_config(args: &Args) -> Result<PoolConfig, String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let config = pool_config(&args)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let (listener, backlog) = common::listener::bind(args.listen, args.listener.backlog)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
-    let wanted = config.capacity() as u64 + 1024;
+    let reserved = common::listener::reserved_fds(config.capacity(), config.max_connections);
+    let wanted = common::listener::wanted_fds(&args.listener, reserved);
     if let Ok(limit) = async_worker_pool::process::raise_fd_limit(wanted) {
         if limit < wanted {
             tracing::warn!(
@@ -164,6 +168,8 @@ async fn run(args: Args) -> Result<(), String> {
             );
         }
     }
+    let max_clients = common::listener::client_cap(&args.listener, reserved);
+    tracing::info!(backlog, max_clients, "HTTP listener");
     let launcher = NuclioLauncher::builder(&args.wrapper, &args.handler)
         .python(&args.python)
         .handler_path(&args.handler_path)
@@ -178,6 +184,9 @@ async fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| error.to_string())?;
     wait_until_serving(&pool, 2 * establish).await?;
+    // Listening for signals from before the address is printed on.
+    let signalled = common::shutdown_signal();
+    let _reloads = common::reload_on_hangup(pool.clone())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let stats = pool.stats();
     println!(
@@ -203,19 +212,20 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            common::shutdown_signal().await;
+            signalled.await;
             tracing::info!("shutting down");
             stop.cancel();
         }
     });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let result = tokio::select! {
-        result = serve => result.map_err(|e| format!("HTTP server failed: {e}")),
-        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => Ok(()),
-    };
+    let serve = common::listener::serve(listener, app, &args.listener, max_clients, stop.clone());
+    // Requests in flight get the grace to finish; then the pool stops anyway.
+    tokio::select! {
+        () = serve => {}
+        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => {}
+    }
     pool.shutdown(args.shutdown_grace).await;
     println!("nuclio_gateway: stopped");
-    result
+    Ok(())
 }
 
 /// Waits until every worker serves at least one connection; the pool keeps
@@ -252,9 +262,9 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let target = common::request_target(&uri);
+    let target = async_worker_pool::http::request_target(&uri);
     // Nuclio keeps one value per header name; a repeated header keeps its last.
-    let headers = common::header_pairs(&headers);
+    let headers = async_worker_pool::http::header_pairs(&headers);
     let event = NuclioEvent::from_http_request(method.as_str(), &target, headers, body);
     match gateway.pool.dispatch(event).await {
         Ok(response) => from_response(response),

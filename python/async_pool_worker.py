@@ -38,8 +38,9 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
 ``--connections N``    how many connections the host will open (default 1000). At
                        most N + 4 connections are served at once (the 4 for the
                        host's liveness probes), and at most as many may be in their
-                       handshake; more are closed at once. The listen backlog is at
-                       least N and the RLIMIT_NOFILE soft limit is raised to
+                       handshake; more are closed at once. The listen backlog is
+                       the larger of N and 2048, capped by net.core.somaxconn,
+                       and the RLIMIT_NOFILE soft limit is raised to
                        2 (N + 4) + 64 when the hard limit allows it.
 ``--max-frame-bytes N`` largest frame accepted or sent (default 16 MiB, at least 512).
 ``--handshake-timeout SECONDS`` how long a new connection may take to answer the
@@ -177,6 +178,12 @@ SPARE_DESCRIPTORS = 64
 _LENGTH = struct.Struct(">I")
 _HEADER_LEN = 1 + _LENGTH.size  # kind byte + meta length
 _EVENT_KIND = ord("E")
+# Multiplexing (docs/protocol.md, "Multiplexing").
+_MULTIPLEX_KIND = ord("M")
+_CANCEL_KIND = ord("K")
+MULTIPLEX_VERSION = 1
+_STREAM = struct.Struct(">I")
+_FRAME_HEAD = struct.Struct(">II")  # frame length, stream id
 
 # The handshake (docs/protocol.md, "Handshake").
 SECRET_ENV = "ASYNC_WORKER_POOL_SECRET"
@@ -571,15 +578,31 @@ def raise_fd_limit(connections: int) -> None:
               % (connections, needed, hard, hard, needed))
 
 
+# The listen backlog asked for at least: uvicorn's and gunicorn's default.
+DEFAULT_BACKLOG = 2048
+
+
+def _somaxconn():
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _listen_backlog(connections: int) -> int:
+    """The larger of `connections` and DEFAULT_BACKLOG, capped by somaxconn
+    (which the kernel would apply silently)."""
+    wanted = max(connections, DEFAULT_BACKLOG)
+    cap = _somaxconn()
+    return min(wanted, cap) if cap else wanted
+
+
 def _check_somaxconn(connections: int) -> None:
     # The kernel silently caps the listen backlog; a host connecting all at once
     # would then see some connects stall or fail.
-    try:
-        with open("/proc/sys/net/core/somaxconn") as f:
-            cap = int(f.read().strip())
-    except (OSError, ValueError):
-        return
-    if cap < connections:
+    cap = _somaxconn()
+    if cap is not None and cap < connections:
         _warn("net.core.somaxconn is %d, below the %d connections the host will "
               "open at once; some connects may be refused" % (cap, connections))
 
@@ -750,7 +773,7 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = ("worker", "number", "transport", "state", "buffer", "nonce", "timer",
-                 "busy", "task", "on_lost")
+                 "busy", "task", "mux", "on_lost")
 
     def __init__(self, worker):
         self.worker = worker
@@ -767,6 +790,9 @@ class _Connection(asyncio.Protocol):
         # The handler's task, held so that it is not collected mid-event; None
         # when no event runs.
         self.task = None
+        # Once the host has asked to multiplex: the _Multiplexed that serves
+        # the streams from then on.
+        self.mux = None
         # Called once if the connection closes before the event is answered
         # (the ASGI adapter's http.disconnect); None otherwise.
         self.on_lost = None
@@ -806,7 +832,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data):
         try:
-            if self.state == _SERVING:
+            if self.mux is not None:
+                if self.state == _SERVING:
+                    self.mux.data_received(data)
+            elif self.state == _SERVING:
                 if self.buffer:
                     self.buffer += data
                     if self.task is None:
@@ -911,6 +940,13 @@ class _Connection(asyncio.Protocol):
             if not buffered:
                 self.buffer += data
             return
+        if data[_LENGTH.size] == _MULTIPLEX_KIND:
+            rest = bytes(memoryview(data)[end:])
+            self._start_multiplexing(bytes(memoryview(data)[_LENGTH.size:end]))
+            if buffered:
+                del data[:]
+            self.mux.data_received(rest)
+            return
         if buffered:
             event = parse_event(bytes(memoryview(data)[_LENGTH.size:end]))
             del data[:end]
@@ -925,6 +961,17 @@ class _Connection(asyncio.Protocol):
         task = self.worker.start_event(self, event)
         if self.task is _STARTING:
             self.task = task
+
+    def _start_multiplexing(self, request):
+        """The host's `M`: from now on every frame carries a stream id."""
+        self.busy = False
+        meta = _parse_meta(bytes(request[_HEADER_LEN:]))
+        if meta.get("version") != MULTIPLEX_VERSION:
+            raise ProtocolError("multiplexing version %r requested; this worker speaks %d"
+                                % (meta.get("version"), MULTIPLEX_VERSION))
+        self.mux = _Multiplexed(self)
+        ack = encode_envelope(b"M", {"version": MULTIPLEX_VERSION})
+        self.transport.write(_LENGTH.pack(len(ack)) + ack)
 
     def answered(self, answer):
         """The handler's task is done: send `answer` (an envelope) unless the
@@ -970,6 +1017,8 @@ class _Connection(asyncio.Protocol):
         self._closed()
 
     def _closed(self):
+        if self.mux is not None:
+            self.mux.lost()
         self._leave_handshake()
         if self.state == _SERVING:
             self.worker.serving -= 1
@@ -988,6 +1037,184 @@ class _Connection(asyncio.Protocol):
 
 # Above this size an answer goes out as two buffers instead of being joined.
 _LARGE_BODY = 64 * 1024
+
+# The confirmation of a cancel frame: `Q`, since `D` ends a streamed answer.
+_CANCELLED_ENVELOPE = encode_envelope(b"Q", {})
+
+
+class _Multiplexed:
+    """The streams of a connection the host asked to multiplex.
+
+    Every frame read is handled at once, each event in a task of its own;
+    answers (and cancel confirmations) are queued and written together once
+    per loop iteration, so a read of many events costs one write back.
+    """
+
+    __slots__ = ("conn", "buffer", "tasks", "cancelling", "outgoing", "flush_pending",
+                 "parts")
+
+    def __init__(self, conn):
+        self.conn = conn
+        # Bytes of a frame not yet complete.
+        self.buffer = bytearray()
+        # Stream id -> its handler's task (_STARTING while it is being made).
+        self.tasks = {}
+        # Streams the host cancelled whose task has not ended yet.
+        self.cancelling = set()
+        # Frames to write at the end of this loop iteration.
+        self.outgoing = []
+        self.flush_pending = False
+        # Stream id -> its _StreamAnswer, for events run by the ASGI runner.
+        self.parts = {}
+
+    def data_received(self, data):
+        buffer = self.buffer
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        size = len(data)
+        max_frame = self.conn.worker.max_frame
+        view = memoryview(data)
+        at = 0
+        while size - at >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(data, at)
+            if length > max_frame:
+                raise ProtocolError("frame of %d bytes exceeds --max-frame-bytes %d"
+                                    % (length, max_frame))
+            end = at + _LENGTH.size + length
+            if end > size:
+                break
+            self._frame(view[at + _LENGTH.size:end])
+            at = end
+        if at < size:
+            buffer += view[at:]
+
+    def _frame(self, payload):
+        if len(payload) < _STREAM.size + 1:
+            raise ProtocolError("multiplexed frame of %d bytes has no envelope" % len(payload))
+        (stream,) = _STREAM.unpack_from(payload)
+        if payload[_STREAM.size] == _CANCEL_KIND:
+            self._cancel(stream)
+            return
+        tasks = self.tasks
+        if stream in tasks:
+            raise ProtocolError("an event for stream %d, which has one in flight" % stream)
+        event = parse_event(payload[_STREAM.size:])
+        self.conn.busy = True
+        tasks[stream] = _STARTING
+        task = self.conn.worker.start_stream_event(self, stream, event)
+        if tasks.get(stream) is _STARTING:
+            tasks[stream] = task
+
+    def _cancel(self, stream):
+        task = self.tasks.get(stream)
+        if task is None:
+            # Answered already (the answer crossed the cancel frame): confirm.
+            self._send(stream, _CANCELLED_ENVELOPE)
+            return
+        self.cancelling.add(stream)
+        part = self.parts.pop(stream, None)
+        if part is not None and part.on_lost is not None:
+            # An ASGI app hears http.disconnect first and is cancelled after
+            # a grace; its exchange then gives the stream up, which confirms.
+            lost, part.on_lost = part.on_lost, None
+            lost()
+        elif task is not _STARTING:
+            task.cancel()
+
+    def done(self, stream, answer):
+        """The task of `stream` ended, with `answer` (an envelope) or None."""
+        tasks = self.tasks
+        tasks.pop(stream, None)
+        conn = self.conn
+        if stream in self.cancelling:
+            self.cancelling.discard(stream)
+            self._send(stream, _CANCELLED_ENVELOPE)
+        elif answer is not None:
+            self._send(stream, answer)
+        elif conn.state == _SERVING:
+            # Ended without an answer nobody asked to cancel: the host would
+            # wait for it forever, so fail the connection's events instead.
+            log.warning("worker %d: an event on connection %d ended without an answer",
+                        conn.worker.worker_id, conn.number)
+            conn.close()
+        if not tasks:
+            conn.busy = False
+            if conn.state == _CLOSED:
+                conn.worker.forget(conn)
+
+    def _send(self, stream, envelope):
+        if self.conn.state != _SERVING:
+            return
+        self.outgoing.append(_FRAME_HEAD.pack(len(envelope) + _STREAM.size, stream))
+        self.outgoing.append(envelope)
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.conn.worker.loop.call_soon(self._flush)
+
+    def _flush(self):
+        self.flush_pending = False
+        outgoing, self.outgoing = self.outgoing, []
+        conn = self.conn
+        if conn.state != _SERVING:
+            return
+        conn.transport.write(b"".join(outgoing))
+        if conn.worker.draining and not self.tasks:
+            conn.close()
+
+    def lost(self):
+        """The connection closed: cancel every event still running on it (an
+        ASGI app hears http.disconnect first)."""
+        self.outgoing = []
+        parts, self.parts = self.parts, {}
+        for stream, task in list(self.tasks.items()):
+            part = parts.get(stream)
+            if part is not None and part.on_lost is not None:
+                lost, part.on_lost = part.on_lost, None
+                lost()
+            elif task is not _STARTING:
+                task.cancel()
+
+    def stream_conn(self, stream):
+        """What an ASGI exchange answers `stream` through: the interface of a
+        connection (see async_pool_asgi.AsgiRunner)."""
+        part = _StreamAnswer(self, stream)
+        self.parts[stream] = part
+        return part
+
+
+class _StreamAnswer:
+    """One stream of a multiplexed connection, as the ASGI runner sees a
+    connection: parts of a streamed answer go out with the next flush, and
+    its last frame (or giving it up) ends the stream's event."""
+
+    __slots__ = ("mux", "stream", "on_lost")
+
+    def __init__(self, mux, stream):
+        self.mux = mux
+        self.stream = stream
+        self.on_lost = None
+
+    def answered(self, answer):
+        self._end(answer)
+
+    def abandoned(self):
+        self._end(None)
+
+    def write_part(self, envelope) -> bool:
+        mux = self.mux
+        if mux.conn.state != _SERVING or self.stream in mux.cancelling:
+            return False
+        mux._send(self.stream, envelope)
+        return True
+
+    def _end(self, answer):
+        mux = self.mux
+        if mux.parts.get(self.stream) is self:
+            del mux.parts[self.stream]
+        if self.stream in mux.tasks:
+            mux.done(self.stream, answer)
 
 
 class Worker:
@@ -1045,7 +1272,7 @@ class Worker:
 
     async def _start_server(self):
         loop = asyncio.get_running_loop()
-        backlog = max(self.args.connections, 128)
+        backlog = _listen_backlog(self.args.connections)
         if self.args.unix:
             _remove_stale_socket(self.args.unix)
             server = await loop.create_unix_server(
@@ -1074,6 +1301,10 @@ class Worker:
         for conn in list(self.connections):
             if not conn.busy:
                 conn.close()
+            elif conn.mux is not None:
+                # A multiplexed connection would bring new events for as long
+                # as the host sends them: take no more, finish those running.
+                conn.transport.pause_reading()
         self.stop.set()
 
     def forget(self, conn) -> None:
@@ -1124,6 +1355,20 @@ class Worker:
         if self.asgi is not None:
             return self.asgi.start(conn, event)
         return _new_task(self.loop, self._serve_event(conn, event))
+
+    def start_stream_event(self, mux, stream, event):
+        """Run the handler on `event`, which came on `stream` of a multiplexed
+        connection, in a task of its own. Returns the task."""
+        if self.asgi is not None:
+            return self.asgi.start(mux.stream_conn(stream), event)
+        return _new_task(self.loop, self._serve_stream(mux, stream, event))
+
+    async def _serve_stream(self, mux, stream, event) -> None:
+        answer = None
+        try:
+            answer = await self._answer(event)
+        finally:
+            mux.done(stream, answer)
 
     async def _serve_event(self, conn, event) -> None:
         try:

@@ -85,6 +85,16 @@ PROBE_MODULE = textwrap.dedent('''
     async def cancelled(context, event):
         raise asyncio.CancelledError()
 
+    async def record_cancel(context, event):
+        # Sleeps until cancelled, and writes down which event was.
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            with open("cancelled.log", "ab") as f:
+                f.write(event.body + b"\\n")
+            raise
+        return b"late"
+
     def sync_handler(context, event):
         return b"never"
 
@@ -348,6 +358,11 @@ class ServeTest(WorkerTestCase):
         self.assertEqual(meta, {"pid": worker.proc.pid, "worker_id": 7})
         self.assertEqual(body, b"")
 
+    def test_listen_backlog_is_at_least_2048_within_somaxconn(self):
+        cap = apw._somaxconn() or 1 << 20
+        self.assertEqual(apw._listen_backlog(10), min(2048, cap))
+        self.assertEqual(apw._listen_backlog(5000), min(5000, cap))
+
     def test_listening_line_and_stale_socket(self):
         # Leave a stale socket file behind, as a killed worker would.
         stale = socket.socket(socket.AF_UNIX)
@@ -506,6 +521,135 @@ class ServeTest(WorkerTestCase):
             self.assertEqual((kind, meta["type"]), (b"X", "ValueError"))
             self.assertIn("exceeds", meta["message"])
             self.assertEqual(self.call(sock, b"small")[2], b"small")
+
+
+def mux_frame(stream, payload):
+    """A multiplexed frame: length, stream id, envelope."""
+    return struct.pack(">II", 4 + len(payload), stream) + payload
+
+
+def recv_mux(sock):
+    """Read one multiplexed frame: (stream, kind, meta, body)."""
+    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+    payload = recv_exactly(sock, length)
+    (stream, meta_len) = struct.unpack(">IxI", payload[:9])
+    return stream, payload[4:5], json.loads(payload[9:9 + meta_len]), payload[9 + meta_len:]
+
+
+class MultiplexTest(WorkerTestCase):
+    """docs/protocol.md, "Multiplexing"."""
+
+    def multiplexed(self, worker):
+        sock = worker.connect()
+        sock.sendall(frame(envelope(b"M", {"version": 1})))
+        self.assertEqual(recv_envelope(sock), (b"M", {"version": 1}, b""))
+        return sock
+
+    def test_many_events_in_one_write_each_answered_on_its_stream(self):
+        worker = self.start("sleepy:handler")
+        with self.multiplexed(worker) as sock:
+            # Longest first: the answers come back in another order than asked.
+            delays = {9: b"0.3", 4: b"0.2", 1: b"0.1", 77: b"0.0"}
+            sock.sendall(b"".join(mux_frame(stream, envelope(b"E", {}, body))
+                                  for stream, body in delays.items()))
+            answers = {}
+            for _ in delays:
+                stream, kind, _meta, body = recv_mux(sock)
+                self.assertEqual(kind, b"O")
+                answers[stream] = body
+            self.assertEqual(answers, delays)
+            # A stream is free again once answered.
+            sock.sendall(mux_frame(9, envelope(b"E", {}, b"0")))
+            self.assertEqual(recv_mux(sock)[::3], (9, b"0"))
+
+    def test_a_frame_split_across_reads(self):
+        worker = self.start()
+        with self.multiplexed(worker) as sock:
+            body = bytes(range(256)) * 1024
+            data = mux_frame(3, envelope(b"E", {}, body)) + mux_frame(4, envelope(b"E", {}, b"x"))
+            for start in range(0, len(data), 100000):
+                sock.sendall(data[start:start + 100000])
+                time.sleep(0.02)
+            answers = dict(recv_mux(sock)[::3] for _ in range(2))
+            self.assertEqual(answers, {3: body, 4: b"x"})
+
+    def test_a_cancel_frame_cancels_the_event_and_is_confirmed(self):
+        worker = self.start("sleepy:handler")
+        with self.multiplexed(worker) as sock:
+            sock.sendall(mux_frame(5, envelope(b"E", {}, b"30")))
+            sock.sendall(mux_frame(6, envelope(b"E", {}, b"0.1")))
+            time.sleep(0.1)
+            sock.sendall(mux_frame(5, envelope(b"K", {})))
+            frames = {recv_mux(sock)[:2] for _ in range(2)}
+            self.assertEqual(frames, {(5, b"Q"), (6, b"O")})
+            # The stream carries the next event.
+            sock.sendall(mux_frame(5, envelope(b"E", {}, b"0")))
+            self.assertEqual(recv_mux(sock)[::3], (5, b"0"))
+
+    def test_a_cancel_that_crossed_the_answer_is_confirmed_too(self):
+        worker = self.start()
+        with self.multiplexed(worker) as sock:
+            sock.sendall(mux_frame(8, envelope(b"E", {}, b"done")))
+            self.assertEqual(recv_mux(sock)[:2], (8, b"O"))
+            sock.sendall(mux_frame(8, envelope(b"K", {})))
+            self.assertEqual(recv_mux(sock)[:2], (8, b"Q"))
+
+    def test_protocol_breaches_close_the_connection(self):
+        worker = self.start("sleepy:handler", extra=["--max-frame-bytes", "4096"])
+        cases = [
+            # A second event on a busy stream.
+            mux_frame(1, envelope(b"E", {}, b"5")) + mux_frame(1, envelope(b"E", {}, b"5")),
+            # A frame over the limit, refused from its length alone.
+            struct.pack(">I", 5000),
+            # No envelope after the stream id; an unknown kind.
+            mux_frame(2, b""),
+            mux_frame(2, envelope(b"Z", {})),
+        ]
+        for data in cases:
+            with self.subTest(data=data[:16]), self.multiplexed(worker) as sock:
+                sock.sendall(data)
+                assert_closed(self, sock)
+        # Another version than 1 is refused.
+        with worker.connect() as sock:
+            sock.sendall(frame(envelope(b"M", {"version": 2})))
+            assert_closed(self, sock)
+        # Other connections are served all along.
+        with worker.connect() as sock:
+            self.assertEqual(self.call(sock, b"0")[::2], (b"O", b"0"))
+
+    def test_sigterm_finishes_the_events_running_and_takes_no_more(self):
+        worker = self.start("sleepy:handler")
+        with self.multiplexed(worker) as sock:
+            sock.sendall(mux_frame(1, envelope(b"E", {}, b"0.6"))
+                         + mux_frame(2, envelope(b"E", {}, b"0.3")))
+            time.sleep(0.2)
+            worker.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            # Sent after the signal: not run.
+            sock.sendall(mux_frame(3, envelope(b"E", {}, b"0")))
+            answers = {recv_mux(sock)[::3] for _ in range(2)}
+            self.assertEqual(answers, {(1, b"0.6"), (2, b"0.3")})
+            assert_closed(self, sock)
+        self.assertEqual(worker.wait(), 0)
+
+    def test_events_of_a_closed_connection_are_cancelled(self):
+        worker = self.start("probe:record_cancel")
+        with self.multiplexed(worker) as sock:
+            sock.sendall(mux_frame(1, envelope(b"E", {}, b"a"))
+                         + mux_frame(2, envelope(b"E", {}, b"b")))
+            time.sleep(0.2)
+        path = os.path.join(self.tmpdir, "cancelled.log")
+
+        def cancelled():
+            if not os.path.exists(path):
+                return []
+            with open(path) as f:
+                return sorted(f.read().split())
+
+        deadline = time.monotonic() + IO_TIMEOUT
+        while cancelled() != ["a", "b"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(cancelled(), ["a", "b"])
 
 
 class StartupTest(WorkerTestCase):

@@ -15,7 +15,12 @@ ratios are of medians, with the range of the per-round ratios beside them.
 
 Environment: E2E_SECONDS (per run, default 10), E2E_ROUNDS (default 3),
 E2E_ONLY (a comma-separated list of scenario names), E2E_OUT (where the
-Markdown table is written, default target/bench-e2e.md).
+Markdown table is written, default target/bench-e2e.md), E2E_SIDES (the
+servers compared, default ``gateway,uvicorn``; also ``gateway-mux``, the
+gateway in its multiplexed mode with E2E_MULTIPLEX physical connections per
+worker (default 1), ``gateway-conn``, one connection per slot, and ``granian-asgi`` and ``granian-rsgi``, one granian
+process each on the same interpreter). With more than the two default sides
+a second table lists every side, with ratios to uvicorn's figures.
 """
 
 import os
@@ -39,7 +44,9 @@ SECONDS = float(os.environ.get("E2E_SECONDS", "10"))
 ROUNDS = int(os.environ.get("E2E_ROUNDS", "3"))
 WARMUP = 2
 
-HANDLER_SIDES = ("gateway", "uvicorn")
+# E2E_SIDES picks the sides of the handler scenarios: gateway-mux, gateway-conn,
+# granian-asgi and granian-rsgi beside the two defaults.
+HANDLER_SIDES = tuple(os.environ.get("E2E_SIDES", "gateway,uvicorn").split(","))
 ASGI_SIDES = ("gateway-asgi", "uvicorn", "granian")
 
 # name, handler (or module:app for the ASGI sides), concurrent connections,
@@ -125,13 +132,18 @@ class Server:
                    "--handler-path", HANDLERS,
                    "--python", PYTHON, "--workers", str(workers),
                    "--max-connections", "1000"]
+            if side == "gateway-mux":
+                cmd += ["--multiplex", os.environ.get("E2E_MULTIPLEX", "1")]
+            elif side == "gateway-conn":
+                cmd += ["--multiplex", "0"]
             env = {**os.environ, "RUST_LOG": "warn"}
-        elif side == "granian":
-            cmd = [os.path.join(os.path.dirname(PYTHON), "granian"), handler,
-                   "--interface", "asgi", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--loop", "uvloop", "--no-ws", "--workers", str(workers),
-                   "--working-dir", HANDLERS, "--log-level", "warning", "--no-access-log",
-                   "--backlog", "2048"]
+        elif side.startswith("granian"):
+            interface = side.split("-")[1] if "-" in side else "asgi"
+            app = handler if ":" in handler else "%s:%s" % (interface, handler)
+            cmd = [PYTHON, "-m", "granian", "--interface", interface,
+                   "--working-dir", HANDLERS, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--loop", "uvloop", "--workers", str(workers), "--backlog", "2048",
+                   "--no-ws", "--log-level", "warning", "--no-access-log", app]
             env = dict(os.environ)
         else:
             app = handler if ":" in handler else "asgi:%s" % handler
@@ -271,6 +283,29 @@ def ratio_range(gateway, uvicorn, key, invert=False):
     return "%.2f–%.2f" % (min(ratios), max(ratios))
 
 
+def sides_table(rows):
+    """Every side of every scenario, with ratios to uvicorn's medians."""
+    lines = [
+        "",
+        "| scenario | side | req/s | req/s ÷ uvicorn | p50 / p99 | p99 ÷ uvicorn "
+        "| CPU/req | req per CPU-s ÷ uvicorn | first process CPU/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, _connections, _workers, _load, runs in rows:
+        base = runs.get("uvicorn")
+        for side in HANDLER_SIDES:
+            r = runs[side]
+            rps, p99, cpu = median(r, "rps"), median(r, "p99"), median(r, "cpu_us")
+            lines.append("| %s | %s | %.0f | %s | %.2f / %.2f ms | %s | %.1f µs | %s | %.1f µs | %d |" % (
+                name, side, rps,
+                "%.2fx" % (rps / median(base, "rps")) if base else "–",
+                median(r, "p50"), p99,
+                "%.2fx" % (p99 / median(base, "p99")) if base else "–",
+                cpu,
+                "%.2fx" % (median(base, "cpu_us") / cpu) if base else "–",
+                median(r, "root_cpu_us"), sum(run["errors"] for run in r)))
+
+
 def asgi_table(rows):
     """The ASGI scenarios: each side's figures, and the gateway's ratios to
     uvicorn and to granian (req/s, requests per CPU-second, p99)."""
@@ -327,6 +362,8 @@ def main():
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, connections, workers, load, runs in rows:
+        if "gateway" not in runs or "uvicorn" not in runs:
+            continue
         g, u = runs["gateway"], runs["uvicorn"]
         lines.append(
             "| %s | %d | %d | %.0f | %.0f | %.2fx (%s) | %.2f / %.2f ms | %.2f / %.2f ms "
@@ -338,6 +375,8 @@ def main():
                 median(u, "cpu_us") / median(g, "cpu_us"),
                 ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
                 sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
+    if HANDLER_SIDES != ("gateway", "uvicorn"):
+        lines += sides_table(rows)
     if asgi_rows:
         lines += asgi_table(asgi_rows)
     text = "\n".join(lines) + "\n"

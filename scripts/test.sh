@@ -25,6 +25,20 @@ else
 fi
 $run_tests --all-targets
 cargo test --doc
+# The tower feature: PoolService with tower's middleware, and the axum example's core.
+$run_tests --features tower --test tower_service --test axum_tower
+cargo test --features tower --doc PoolService
+# The soak test's short version: 2 minutes of mixed load on the gateway with
+# a worker killed each minute; fails on a lost request or on growth.
+# `sh scripts/soak.sh` alone runs the 30-minute one.
+SOAK_GATEWAY=${CARGO_TARGET_DIR:-target}/debug/examples/http_gateway sh scripts/soak.sh 2m
+# The fault suite and the real-worker tests again, in the socket transport's
+# multiplexed mode (two physical connections per worker).
+ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test real_worker_faults --test chaos \
+    --test security --test real_workers --test real_worker_liveness --test real_worker_ops
+# The gateway multiplexes by default; its ASGI tests again with one
+# connection per slot.
+GATEWAY_MULTIPLEX=0 $run_tests --test asgi
 # The reference worker's unit tests (its ASGI adapter's too), once on
 # asyncio's loop (the system's python3, without uvloop) and once on uvloop's
 # (a virtualenv that has it).

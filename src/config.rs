@@ -85,6 +85,13 @@ impl RestartPolicy {
     }
 }
 
+/// The default `min_worker_uptime`: a worker replaced at most
+/// once a minute for its bounds costs little.
+const DEFAULT_MIN_WORKER_UPTIME: Duration = Duration::from_secs(60);
+
+/// The largest [`PoolConfig::min_worker_uptime`] `validate` accepts.
+const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
+
 /// The pool's configuration. Field names follow Nuclio's where it has one.
 ///
 /// | field | Nuclio | default |
@@ -92,7 +99,7 @@ impl RestartPolicy {
 /// | `num_workers` | `numWorkers` | 1 |
 /// | `max_connections` | `async.maxConnectionsNumber` | 1000 |
 /// | `mode` | trigger `mode` | [`Mode::Async`] |
-/// | `connection_availability_timeout` | `async.connectionAvailabilityTimeout` | 10 s |
+/// | `acquire_timeout` | `async.connectionAvailabilityTimeout` | 10 s |
 /// | `event_timeout` | `spec.eventTimeout` | none |
 /// | `reconnect_attempts` | (3, fixed) | 3 |
 /// | `establish_connection_timeout` | `async.establishConnectionTimeout` | 30 s |
@@ -101,6 +108,7 @@ impl RestartPolicy {
 /// | `probe_interval` | — | 5 s |
 /// | `max_events_per_worker` | — | none |
 /// | `max_worker_rss` | — | none |
+/// | `min_worker_uptime` | — | 60 s |
 ///
 /// # Liveness
 ///
@@ -135,8 +143,17 @@ impl RestartPolicy {
 /// every second; on systems without `/proc` this limit is not checked). The
 /// replacement is the rolling one of [`Pool::reload`](crate::Pool::reload):
 /// a spare worker comes up first, the old process finishes its events in
-/// flight, and no event fails. Counted in
-/// [`RestartReasons::recycled`](crate::RestartReasons::recycled).
+/// flight, and no event fails. Counted by bound in
+/// [`RestartReasons::recycled_events`](crate::RestartReasons::recycled_events)
+/// and [`RestartReasons::recycled_rss`](crate::RestartReasons::recycled_rss).
+///
+/// A worker is never recycled before it has served `min_worker_uptime`
+/// (60 s by default): one that comes due sooner is recycled once it has.
+/// Without it, a handler already past `max_worker_rss` when it is imported
+/// would have each new process replaced a second after it started, and the
+/// fleet would restart in a loop; with it, such a worker is replaced at most
+/// once per `min_worker_uptime`. Reloads, crashes and failed probes do not
+/// wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -146,9 +163,14 @@ pub struct PoolConfig {
     pub max_connections: usize,
     /// Async (many connections per worker) or sync (one).
     pub mode: Mode,
-    /// How long an event waits for a free slot when every slot is busy.
-    /// Zero means it does not wait at all.
-    pub connection_availability_timeout: Duration,
+    /// How long an event waits for a free slot when every slot is busy, after
+    /// which it fails with
+    /// [`PoolError::AcquireTimeout`](crate::PoolError::AcquireTimeout) (the
+    /// `acquire_timeout` outcome and metric label). Zero means it does not wait
+    /// at all. Nuclio calls it `connectionAvailabilityTimeout`;
+    /// [`Pool::acquire_within`](crate::Pool::acquire_within) bounds one call.
+    #[doc(alias = "connection_availability_timeout")]
+    pub acquire_timeout: Duration,
     /// An event running longer fails with
     /// [`PoolError::EventTimeout`](crate::PoolError::EventTimeout) and its
     /// connection is restarted. `None` means no limit.
@@ -177,6 +199,9 @@ pub struct PoolConfig {
     /// Replace a worker process whose resident memory passes this many bytes
     /// (Linux only; see [Recycling](#recycling)). `None` never does.
     pub max_worker_rss: Option<u64>,
+    /// The least time a worker process serves before it is recycled for
+    /// either bound (see [Recycling](#recycling)). At most a day.
+    pub min_worker_uptime: Duration,
 }
 
 impl Default for PoolConfig {
@@ -185,7 +210,7 @@ impl Default for PoolConfig {
             num_workers: 1,
             max_connections: 1000,
             mode: Mode::Async,
-            connection_availability_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(10),
             event_timeout: None,
             reconnect_attempts: 3,
             establish_connection_timeout: Duration::from_secs(30),
@@ -195,6 +220,7 @@ impl Default for PoolConfig {
             probe_interval: Some(DEFAULT_PROBE_INTERVAL),
             max_events_per_worker: None,
             max_worker_rss: None,
+            min_worker_uptime: DEFAULT_MIN_WORKER_UPTIME,
         }
     }
 }
@@ -279,8 +305,7 @@ impl PoolConfig {
         if self.max_waiters == Some(0) {
             return bad(
                 "max_waiters",
-                "must be at least 1; use a zero connection_availability_timeout to never wait"
-                    .into(),
+                "must be at least 1; use a zero acquire_timeout to never wait".into(),
             );
         }
         if self.probe_timeout == Some(Duration::ZERO) {
@@ -314,6 +339,16 @@ impl PoolConfig {
                 "must be above zero bytes; use None for no memory limit".into(),
             );
         }
+        if self.min_worker_uptime > MAX_MIN_WORKER_UPTIME {
+            return bad(
+                "min_worker_uptime",
+                format!(
+                    "must be at most {MAX_MIN_WORKER_UPTIME:?}; a worker kept past its bounds \
+                     longer is not being recycled at all (use None for max_events_per_worker and \
+                     max_worker_rss instead)"
+                ),
+            );
+        }
         let policy = &self.restart;
         if policy.max_backoff < policy.initial_backoff {
             return bad(
@@ -334,6 +369,24 @@ impl PoolConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_worker_uptime_defaults_to_a_minute_and_is_bounded_by_a_day() {
+        assert_eq!(
+            PoolConfig::default().min_worker_uptime,
+            Duration::from_secs(60)
+        );
+        let day = PoolConfig {
+            min_worker_uptime: Duration::from_secs(86_400),
+            ..PoolConfig::default()
+        };
+        assert_eq!(day.validate(), Ok(()));
+        let longer = PoolConfig {
+            min_worker_uptime: Duration::from_secs(86_401),
+            ..PoolConfig::default()
+        };
+        assert_eq!(longer.validate().unwrap_err().field(), "min_worker_uptime");
+    }
 
     #[test]
     fn relaunch_delay_doubles_up_to_the_cap() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::worker_id::WorkerId;
+use crate::worker::WorkerId;
 
 /// A boxed error from a [`Transport`](crate::Transport) or [`Launcher`](crate::Launcher),
 /// kept as the `source` of the pool's own error.
@@ -16,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// Every slot stayed busy for `connection_availability_timeout`.
+    /// Every slot stayed busy for `acquire_timeout`.
     #[error("no connection became free within {waited:?}")]
     AcquireTimeout {
         /// How long the event waited.

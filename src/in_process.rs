@@ -7,8 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::Endpoint;
 use crate::launcher::LaunchError;
-use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
+use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
+use crate::worker::WorkerId;
 
 /// A [`Launcher`] whose workers are not processes: launching one always succeeds
 /// at once, and the "process" only ends when the pool terminates it.

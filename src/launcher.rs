@@ -1,65 +1,15 @@
 //! The [`Launcher`] and [`WorkerProcess`] traits: how the pool starts, watches and
-//! stops worker processes, and the names it gives them.
+//! stops worker processes; how one ended ([`WorkerExit`]) or failed to start
+//! ([`LaunchError`]).
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::endpoint::Endpoint;
 use crate::error::BoxError;
-pub use crate::worker_id::WorkerId;
-
-/// Where a worker process accepts connections.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Endpoint {
-    /// A Unix domain socket path.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// Any other address a host's own transport understands.
-    Named(String),
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-            Self::Tcp(addr) => write!(f, "tcp:{addr}"),
-            Self::Named(name) => f.write_str(name),
-        }
-    }
-}
-
-/// One running generation of a worker, as the transport needs it to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// Which worker.
-    pub id: WorkerId,
-    /// Which process of that worker: 1 for the first launch, one more per restart.
-    pub generation: u64,
-    /// Where it accepts connections.
-    pub endpoint: Endpoint,
-    /// Its operating-system process id, where it has one.
-    pub pid: Option<u32>,
-}
-
-impl WorkerInfo {
-    /// Generation `generation` of worker `id`, listening on `endpoint`, with
-    /// process id `pid` where it has one. The pool builds these itself; this is
-    /// for tests of a [`Transport`](crate::Transport) and for custom pools.
-    pub fn new(id: WorkerId, generation: u64, endpoint: Endpoint, pid: Option<u32>) -> Self {
-        Self {
-            id,
-            generation,
-            endpoint,
-            pid,
-        }
-    }
-}
+use crate::worker::{Attachments, WorkerId};
 
 /// A [`Launcher`] could not start a worker process.
 ///
@@ -172,6 +122,13 @@ pub trait WorkerProcess: Send + 'static {
     /// Its operating-system process id, where it has one.
     fn pid(&self) -> Option<u32>;
 
+    /// What the transport needs to know about this process beyond its
+    /// endpoint (a handshake secret, say); the pool copies it into the
+    /// [`WorkerInfo`](crate::WorkerInfo) each connect gets. None by default.
+    fn attachments(&self) -> Attachments {
+        Attachments::new()
+    }
+
     /// Resolves when the process has exited.
     ///
     /// # Cancel safety
@@ -196,6 +153,21 @@ pub trait Launcher: Send + Sync + 'static {
     /// The pool bounds it with `establish_connection_timeout` and runs it in a task
     /// of its own; a launch that fails, hangs or panics counts as a failed restart.
     async fn launch(&self, worker: WorkerId) -> Result<Self::Process, LaunchError>;
+
+    /// Whether this launcher's workers, and the host, can serve a pool of
+    /// `num_workers` workers with `max_connections` connections each; `Err`
+    /// says why not, naming the values at odds.
+    ///
+    /// The pool asks at build time and before each resize and refuses what
+    /// this refuses ([`ConfigError`](crate::ConfigError) on `max_connections`),
+    /// so that a limit the launcher knows of (how many connections it tells
+    /// each worker to serve, the host's open-file limit) fails at once and
+    /// plainly instead of as connects that fail and workers that restart in a
+    /// loop. The default accepts every size.
+    fn check_pool_size(&self, num_workers: usize, max_connections: usize) -> Result<(), String> {
+        let _ = (num_workers, max_connections);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

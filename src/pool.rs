@@ -14,9 +14,9 @@ use crate::api::AsyncWorkerPool;
 use crate::config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
 use crate::error::{BuildError, ConfigError, OpsError, PoolError, ReadyError};
 use crate::launcher::Launcher;
-use crate::ops::{Command, Ops, Spawn, Supervisors};
+use crate::operations::{Command, Ops, Spawn, Supervisors};
 use crate::shared::Shared;
-use crate::slot::{Slot, acquire};
+use crate::slot::{OwnedSlot, Slot, acquire, acquire_owned, acquire_within};
 use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use crate::transport::Transport;
@@ -39,7 +39,7 @@ struct Inner<T: Transport> {
     shared: Arc<Shared<T>>,
     /// Shared with the operations task, which adds and removes workers.
     supervisors: Supervisors,
-    /// Fails waiters whose `connection_availability_timeout` is up; ends on close.
+    /// Fails waiters whose `acquire_timeout` is up; ends on close.
     _sweeper: AbortOnDropHandle<()>,
     /// Runs reloads, recycles and resizes one at a time; ends on close.
     _ops: AbortOnDropHandle<()>,
@@ -47,7 +47,12 @@ struct Inner<T: Transport> {
     shutdown: CancellationToken,
     /// Held by a running `shutdown`, so that a second call waits for it.
     stopping: tokio::sync::Mutex<()>,
+    /// The launcher's [`Launcher::check_pool_size`], for resizes.
+    check_pool_size: PoolSizeCheck,
 }
+
+/// A launcher's check of a pool size, kept apart from the erased launcher.
+type PoolSizeCheck = Box<dyn Fn(usize, usize) -> Result<(), String> + Send + Sync>;
 
 impl<T: Transport> Drop for Inner<T> {
     fn drop(&mut self) {
@@ -85,7 +90,8 @@ impl<T: Transport> Pool<T> {
     }
 
     /// Takes a free slot, waiting first come first served for up to
-    /// `connection_availability_timeout` when every slot is busy.
+    /// `acquire_timeout` when every slot is busy
+    /// ([`acquire_within`](Self::acquire_within) bounds one call).
     ///
     /// The slot goes to the worker with the most idle connections at the moment
     /// one is free, never to a worker chosen in advance.
@@ -103,52 +109,123 @@ impl<T: Transport> Pool<T> {
         acquire(&self.inner.shared).await
     }
 
+    /// Takes a free slot as [`acquire`](Self::acquire) does, as an
+    /// [`OwnedSlot`] that holds its own reference to the pool and so can move
+    /// into a spawned task.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire): dropping the future gives up
+    /// its place in the queue, and a slot granted to it in the meantime goes to
+    /// the next waiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use async_worker_pool::{InProcessLauncher, Pool, Transport, WorkerInfo, async_trait};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl Transport for Echo {
+    /// #     type Conn = ();
+    /// #     type Request = String;
+    /// #     type Response = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn connect(&self, _: &WorkerInfo) -> std::io::Result<()> { Ok(()) }
+    /// #     async fn call(&self, _: &mut (), request: String) -> std::io::Result<String> {
+    /// #         Ok(request)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = Pool::builder(Echo, InProcessLauncher).max_connections(2).build()?;
+    /// let mut slot = pool.acquire_owned().await?;
+    /// let answer = tokio::spawn(async move { slot.call("hello".to_owned()).await }).await??;
+    /// assert_eq!(answer, "hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn acquire_owned(&self) -> Result<OwnedSlot<T>, PoolError> {
+        acquire_owned(self.inner.shared.clone()).await
+    }
+
     /// Sends one event through a free slot and returns the worker's answer.
     ///
     /// # Tracing
     ///
     /// Each event runs in a `debug` span named `event`, with the fields
-    /// `worker`, `generation`, `waited_us` (the time it waited for a slot) and
-    /// `outcome` (`ok`, or the error's kind such as `event_timeout`), so that a
-    /// host's tracing or OpenTelemetry pipeline sees waiting apart from
-    /// running. With no subscriber interested in it, the span costs nothing.
+    /// `worker`, `generation`, `waited_us` (the time it waited for a slot),
+    /// `run_us` (the time the worker took to answer) and `outcome` (`ok`, or
+    /// the error's kind such as `event_timeout`), so that a host's tracing or
+    /// OpenTelemetry pipeline sees waiting apart from running. With no
+    /// subscriber interested in it, the span costs nothing.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future loses no slot; a connection whose exchange was cut
     /// short is restarted instead of reused.
     pub async fn dispatch(&self, request: T::Request) -> Result<T::Response, PoolError> {
-        use tracing::Instrument;
-        let span = tracing::debug_span!(
-            "event",
-            worker = tracing::field::Empty,
-            generation = tracing::field::Empty,
-            waited_us = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        if span.is_disabled() {
-            return self.acquire().await?.call(request).await;
-        }
-        let traced = async {
+        self.dispatch_bounded(request, None).await
+    }
+
+    /// Like [`acquire`](Self::acquire), but waits for at most `limit` (or the
+    /// pool's `acquire_timeout`, if that is shorter): a bound for one call,
+    /// such as what is left of a request's own deadline.
+    ///
+    /// A slot free at once is taken even with a zero `limit`. Giving up after
+    /// `limit` counts as an acquire timeout in [`Stats`](crate::Stats), as the
+    /// pool's own timeout does.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::AcquireTimeout`] once `limit` is up, and those of
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`acquire`](Self::acquire).
+    pub async fn acquire_within(&self, limit: Duration) -> Result<Slot<'_, T>, PoolError> {
+        acquire_within(&self.inner.shared, limit).await
+    }
+
+    /// Like [`dispatch`](Self::dispatch), but waits for a slot for at most
+    /// `limit` (see [`acquire_within`](Self::acquire_within)); the event's own
+    /// run is bounded by `event_timeout` as usual.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::AcquireTimeout`] once `limit` is up, and those of
+    /// [`dispatch`](Self::dispatch).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`dispatch`](Self::dispatch).
+    pub async fn dispatch_within(
+        &self,
+        request: T::Request,
+        limit: Duration,
+    ) -> Result<T::Response, PoolError> {
+        self.dispatch_bounded(request, Some(limit)).await
+    }
+
+    /// `dispatch`, waiting for a slot up to `limit` if one is given.
+    async fn dispatch_bounded(
+        &self,
+        request: T::Request,
+        limit: Option<Duration>,
+    ) -> Result<T::Response, PoolError> {
+        let acquire = async {
             let started = tokio::time::Instant::now();
-            let result = match self.acquire().await {
-                Ok(mut slot) => {
-                    let span = tracing::Span::current();
-                    span.record("worker", slot.worker().index());
-                    span.record("generation", slot.generation());
-                    span.record("waited_us", started.elapsed().as_micros() as u64);
-                    slot.call(request).await
-                }
-                Err(error) => Err(error),
+            let slot = match limit {
+                None => self.acquire().await?,
+                Some(limit) => self.acquire_within(limit).await?,
             };
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(error) => error.kind(),
-            };
-            tracing::Span::current().record("outcome", outcome);
-            result
+            Ok((slot, started.elapsed()))
         };
-        traced.instrument(span).await
+        crate::event::run(acquire, request).await
     }
 
     /// Waits until every connection of every worker is up, for at most
@@ -263,7 +340,9 @@ impl<T: Transport> Pool<T> {
     /// # Errors
     ///
     /// [`OpsError::Config`] for zero, for anything but 1 in [`Mode::Sync`],
-    /// or for more than [`MAX_CAPACITY`] slots in all; [`OpsError::Closed`]
+    /// for more than [`MAX_CAPACITY`] slots in all, or for more than the
+    /// launcher's workers or the host can serve
+    /// ([`Launcher::check_pool_size`]); [`OpsError::Closed`]
     /// when the pool shuts down.
     ///
     /// # Cancel safety
@@ -290,7 +369,8 @@ impl<T: Transport> Pool<T> {
             );
             return Err(ConfigError::new("max_connections", reason).into());
         }
-        Ok(())
+        (self.inner.check_pool_size)(workers, connections)
+            .map_err(|reason| ConfigError::new("max_connections", reason).into())
     }
 
     /// Hands `command` to the operations task and waits for its outcome.
@@ -406,10 +486,16 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
-    /// See [`PoolConfig::connection_availability_timeout`].
-    pub fn connection_availability_timeout(mut self, timeout: Duration) -> Self {
-        self.config.connection_availability_timeout = timeout;
+    /// See [`PoolConfig::acquire_timeout`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.config.acquire_timeout = timeout;
         self
+    }
+
+    /// [`acquire_timeout`](Self::acquire_timeout) under Nuclio's name
+    /// (`async.connectionAvailabilityTimeout`).
+    pub fn connection_availability_timeout(self, timeout: Duration) -> Self {
+        self.acquire_timeout(timeout)
     }
 
     /// See [`PoolConfig::event_timeout`].
@@ -460,6 +546,12 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
+    /// See [`PoolConfig::min_worker_uptime`].
+    pub fn min_worker_uptime(mut self, uptime: Duration) -> Self {
+        self.config.min_worker_uptime = uptime;
+        self
+    }
+
     /// See [`PoolConfig::restart`].
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;
@@ -477,8 +569,20 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
     /// [`BuildError::NoRuntime`] if called outside a tokio runtime.
     pub fn build(self) -> Result<Pool<T>, BuildError> {
         self.config.validate()?;
+        self.launcher
+            .check_pool_size(self.config.num_workers, self.config.max_connections)
+            .map_err(|reason| ConfigError::new("max_connections", reason))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let launcher = Arc::new(self.launcher);
+        // Weak: the launcher (and what it owns, such as its socket directory)
+        // must go with the supervisors at shutdown, not live on with the pool.
+        let check_pool_size: PoolSizeCheck = {
+            let launcher = Arc::downgrade(&launcher);
+            Box::new(move |workers, connections| match launcher.upgrade() {
+                Some(launcher) => launcher.check_pool_size(workers, connections),
+                None => Ok(()),
+            })
+        };
         let (shared, workers, recycles) = Shared::new(Arc::new(self.transport), self.config);
         let shutdown = CancellationToken::new();
         // The operations task starts the supervisors of workers added later,
@@ -521,6 +625,7 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
                 commands,
                 shutdown,
                 stopping: tokio::sync::Mutex::new(()),
+                check_pool_size,
             }),
         })
     }

@@ -1,14 +1,17 @@
-//! The [`Slot`] guard: one connection, held by one event, given back on drop.
+//! The [`Slot`] guard: one connection, held by one event, given back on drop;
+//! borrowed from the pool ([`Slot`]) or holding it ([`OwnedSlot`]).
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::PoolError;
-use crate::launcher::WorkerId;
 use crate::shared::{Begin, Ended, Shared, SlotId, Taken};
 use crate::transport::Transport;
+use crate::worker::WorkerId;
 
 /// How long a failed exchange waits to learn whether its worker process exited,
 /// which decides between [`PoolError::WorkerExited`] and [`PoolError::Transport`].
@@ -22,8 +25,13 @@ const EXIT_NOTICE: Duration = Duration::from_millis(200);
 /// [`mark_for_restart`](Self::mark_for_restart)) the connection is closed and a new
 /// one is established in the background, so that no event can ever read an answer
 /// meant for another.
+///
+/// [`Pool::acquire`](crate::Pool::acquire) lends a `Slot<'_, T>` that borrows the
+/// pool; [`Pool::acquire_owned`](crate::Pool::acquire_owned) hands out an
+/// [`OwnedSlot`], the same guard holding its own reference to the pool, which can
+/// move into a spawned task.
 pub struct Slot<'a, T: Transport> {
-    shared: &'a Shared<T>,
+    shared: PoolRef<'a, T>,
     slot: SlotId,
     generation: u64,
     /// `Some` until the guard is dropped.
@@ -32,8 +40,43 @@ pub struct Slot<'a, T: Transport> {
     clean: bool,
 }
 
+/// A slot that holds its own reference to the pool's state, so that it is
+/// `'static` and can move into [`tokio::spawn`]. It is the [`Slot`] guard with
+/// the same methods and the same release on drop.
+///
+/// It does not keep the pool running: once every [`Pool`](crate::Pool) handle
+/// is dropped the workers are stopped, and a call on the slot then fails.
+pub type OwnedSlot<T> = Slot<'static, T>;
+
+/// How a slot reaches the pool's state: borrowed for the lifetime of the
+/// [`Pool`](crate::Pool) handle, or shared for as long as the slot lives.
+enum PoolRef<'a, T: Transport> {
+    Borrowed(&'a Shared<T>),
+    Owned(Arc<Shared<T>>),
+}
+
+impl<T: Transport> Deref for PoolRef<'_, T> {
+    type Target = Shared<T>;
+
+    fn deref(&self) -> &Shared<T> {
+        match self {
+            Self::Borrowed(shared) => shared,
+            Self::Owned(shared) => shared,
+        }
+    }
+}
+
+impl<T: Transport> Clone for PoolRef<'_, T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Borrowed(shared) => Self::Borrowed(shared),
+            Self::Owned(shared) => Self::Owned(shared.clone()),
+        }
+    }
+}
+
 impl<'a, T: Transport> Slot<'a, T> {
-    fn new(shared: &'a Shared<T>, taken: Taken<T::Conn>) -> Self {
+    fn new(shared: PoolRef<'a, T>, taken: Taken<T::Conn>) -> Self {
         Self {
             shared,
             slot: taken.slot,
@@ -78,7 +121,7 @@ impl<'a, T: Transport> Slot<'a, T> {
         };
         // Armed before the first await: a call dropped midway leaves it unclean.
         self.clean = false;
-        let shared = self.shared;
+        let shared: &Shared<T> = &self.shared;
         let mut ended = shared.ended(worker);
         let generation = self.generation;
         let exchange = async {
@@ -213,25 +256,59 @@ impl<T: Transport> fmt::Debug for Slot<'_, T> {
     }
 }
 
-/// Takes a slot, waiting for one up to `connection_availability_timeout`.
+/// Takes a slot that borrows the pool; see [`acquire_with`].
+#[inline]
+pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_, T>, PoolError> {
+    acquire_with(PoolRef::Borrowed(shared)).await
+}
+
+/// Takes a slot that holds its own reference to the pool; see [`acquire_with`].
+pub(crate) async fn acquire_owned<T: Transport>(
+    shared: Arc<Shared<T>>,
+) -> Result<OwnedSlot<T>, PoolError> {
+    acquire_with(PoolRef::Owned(shared)).await
+}
+
+/// Takes a slot, waiting for one up to `acquire_timeout`.
 ///
 /// The first poll takes a free slot or joins the queue with its waker, in one
 /// trip through the pool's lock; a waiter's next poll finds its outcome. A
 /// connection the transport reports broken ([`Transport::is_broken`]) is
 /// restarted, and the acquire tries again.
 #[inline]
-pub(crate) async fn acquire<T: Transport>(shared: &Shared<T>) -> Result<Slot<'_, T>, PoolError> {
+async fn acquire_with<T: Transport>(pool: PoolRef<'_, T>) -> Result<Slot<'_, T>, PoolError> {
+    let shared: &Shared<T> = &pool;
     let mut first_try = true;
     loop {
         let mut taken = take(shared, first_try).await?;
         if !shared.transport.is_broken(&mut taken.conn) {
-            return Ok(Slot::new(shared, taken));
+            return Ok(Slot::new(pool.clone(), taken));
         }
         let worker = shared.worker_of(taken.slot);
         tracing::debug!(%worker, "connection broken before use; restarting it");
         shared.retract_allocation(taken.waited);
         shared.release(taken.slot, taken.generation, Some(taken.conn), false);
         first_try = false;
+    }
+}
+
+/// [`acquire`], given up after `limit`, which then counts as an acquire timeout.
+pub(crate) async fn acquire_within<T: Transport>(
+    shared: &Shared<T>,
+    limit: Duration,
+) -> Result<Slot<'_, T>, PoolError> {
+    let started = Instant::now();
+    // `timeout` polls the acquire before it looks at the clock, so a free slot
+    // is taken even with a zero limit; when it fires, dropping the acquire
+    // gives up its place in the queue.
+    match tokio::time::timeout(limit, acquire(shared)).await {
+        Ok(result) => result,
+        Err(_elapsed) => {
+            shared.count_acquire_timeout();
+            Err(PoolError::AcquireTimeout {
+                waited: started.elapsed(),
+            })
+        }
     }
 }
 

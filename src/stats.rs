@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::launcher::WorkerId;
+use crate::worker::WorkerId;
 
 /// Where a slot is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,7 +57,8 @@ pub struct AllocationStats {
     pub immediate: u64,
     /// Acquires that got a slot after waiting.
     pub after_wait: u64,
-    /// Acquires that waited `connection_availability_timeout` in vain.
+    /// Acquires that waited `acquire_timeout`, or their call's own bound
+    /// ([`Pool::acquire_within`](crate::Pool::acquire_within)), in vain.
     pub timeout: u64,
     /// Acquires refused because `max_waiters` were already waiting.
     pub queue_full: u64,
@@ -102,11 +103,28 @@ pub struct RestartReasons {
     pub unresponsive: u64,
     /// A launch failed, hung or panicked before the process served.
     pub launch_failed: u64,
-    /// The process reached `max_events_per_worker` or `max_worker_rss` and was
+    /// The process served `max_events_per_worker` events and was replaced,
+    /// new before old (see [`PoolConfig`](crate::PoolConfig#recycling)).
+    pub recycled_events: u64,
+    /// The process's resident memory passed `max_worker_rss` and it was
     /// replaced, new before old (see [`PoolConfig`](crate::PoolConfig#recycling)).
-    pub recycled: u64,
+    pub recycled_rss: u64,
     /// The process was replaced by [`Pool::reload`](crate::Pool::reload).
     pub reloaded: u64,
+}
+
+impl RestartReasons {
+    /// Recycles for either bound: `recycled_events + recycled_rss`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let reasons = async_worker_pool::RestartReasons::default();
+    /// assert_eq!(reasons.recycled(), 0);
+    /// ```
+    pub fn recycled(&self) -> u64 {
+        self.recycled_events + self.recycled_rss
+    }
 }
 
 /// One worker, as the snapshot saw it.

@@ -25,20 +25,22 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::launcher::{Launcher, WorkerExit, WorkerId, WorkerInfo, WorkerProcess};
-use crate::shared::{EndReason, Request, Shared};
+use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
+use crate::shared::{EndReason, Replacement, Request, Shared};
 use crate::stats::WorkerState;
 use crate::transport::Transport;
+use crate::worker::{WorkerId, WorkerInfo};
 
 /// Why a generation of the worker stopped serving.
 enum End {
     Exited(WorkerExit),
-    ReconnectFailed,
+    /// A connection could not be re-established; why its last attempt failed.
+    ReconnectFailed(String),
     /// Its liveness probe failed, for the reason given.
     Unresponsive(String),
     /// Asked to make way for a new generation: a reload, or a recycle.
     Replace {
-        recycle: bool,
+        why: Replacement,
     },
     /// The worker is being removed.
     Retire,
@@ -63,11 +65,13 @@ type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// probe's time: a refused connect is retried rather than believed at once.
 const PROBE_RETRY: Duration = Duration::from_millis(20);
 
-/// What a connect task reports: a connection, or `None` once every attempt failed.
+/// What a connect task reports: a connection, or `None` once every attempt
+/// failed, and then why the last one did.
 struct Connected<C> {
     slot: u32,
     conn: Option<C>,
     was_restart: bool,
+    failure: String,
 }
 
 pub(crate) struct Supervisor<T: Transport, L: Launcher> {
@@ -134,15 +138,13 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 consecutive = 0;
             }
             match end {
-                End::Replace { recycle } => {
-                    let why = if recycle {
-                        EndReason::Recycled
-                    } else {
-                        EndReason::Reloaded
-                    };
+                End::Replace { why } => {
                     let drained = self.drain(&mut process, generation).await;
-                    self.shared
-                        .end_generation(worker, WorkerState::Starting, why);
+                    self.shared.end_generation(
+                        worker,
+                        WorkerState::Starting,
+                        EndReason::Replaced(why),
+                    );
                     let exit = match drained {
                         Drained::Exited(exit) => exit,
                         Drained::Done => process.terminate(policy.terminate_grace).await,
@@ -151,7 +153,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                             break;
                         }
                     };
-                    tracing::info!(%worker, generation, %exit, recycle, "worker replaced; relaunching");
+                    tracing::info!(%worker, generation, %exit, ?why, "worker replaced; relaunching");
                     replaced = true;
                 }
                 End::Retire => {
@@ -174,18 +176,18 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     process.terminate(self.shared.shutdown_grace()).await;
                     return;
                 }
-                End::ReconnectFailed => {
+                End::ReconnectFailed(cause) => {
                     self.shared.end_generation(
                         worker,
                         WorkerState::Restarting,
                         EndReason::ReconnectFailed,
                     );
                     let exit = process.terminate(policy.terminate_grace).await;
-                    tracing::warn!(%worker, generation, %exit, "connections could not be re-established; worker terminated");
+                    tracing::warn!(%worker, generation, %exit, cause, "connections could not be re-established; worker terminated");
                     self.shared.set_last_error(
                         worker,
                         format!(
-                            "connections could not be re-established; process terminated ({exit})"
+                            "connections could not be re-established ({cause}); process terminated ({exit})"
                         ),
                     );
                 }
@@ -275,6 +277,7 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
             generation,
             endpoint: process.endpoint(),
             pid: process.pid(),
+            attachments: process.attachments(),
         });
         let slots = self
             .shared
@@ -346,8 +349,8 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     Request::Connect { slot, generation: of } if of == generation => {
                         connects.spawn(connector.clone().connect(slot, false));
                     }
-                    Request::Replace { generation: of, recycle } if of == generation => {
-                        return End::Replace { recycle };
+                    Request::Replace { generation: of, why } if of == generation => {
+                        return End::Replace { why };
                     }
                     // The worker is suspect already; a probe in progress decides.
                     Request::Probe { generation: of } if of == generation && probe.is_none() => {
@@ -369,16 +372,16 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                     }
                 }
                 Some(joined) = connects.join_next() => match joined {
-                    Ok(Connected { slot, conn: Some(conn), was_restart }) => {
+                    Ok(Connected { slot, conn: Some(conn), was_restart, .. }) => {
                         self.shared.install(self.worker, slot, generation, conn, was_restart);
                     }
-                    Ok(Connected { was_restart, .. }) => {
+                    Ok(Connected { was_restart, failure, .. }) => {
                         if was_restart {
                             self.shared.count_reconnect_failed();
                         }
-                        return End::ReconnectFailed;
+                        return End::ReconnectFailed(failure);
                     }
-                    Err(_join_error) => return End::ReconnectFailed,
+                    Err(_join_error) => return End::ReconnectFailed("the connect task ended".into()),
                 },
             }
         }
@@ -498,6 +501,7 @@ impl<T: Transport> Connector<T> {
         let worker = self.info.id;
         let mut attempt = 0;
         let mut retry_at_once = false;
+        let mut failure = String::new();
         while attempt < self.attempts || retry_at_once {
             if !std::mem::take(&mut retry_at_once) {
                 attempt += 1;
@@ -518,14 +522,19 @@ impl<T: Transport> Connector<T> {
                         slot,
                         conn: Some(conn),
                         was_restart,
+                        failure,
                     };
                 }
                 Ok(Ok(Err(error))) => {
                     let error: crate::BoxError = error.into();
+                    failure = connect_failure(&*error);
                     let error: &dyn std::error::Error = &*error;
                     tracing::debug!(%worker, slot, attempt, error, "connect failed");
                 }
-                Ok(Err(_panic)) => tracing::warn!(%worker, slot, attempt, "connect panicked"),
+                Ok(Err(_panic)) => {
+                    failure = "connect panicked".into();
+                    tracing::warn!(%worker, slot, attempt, "connect panicked");
+                }
                 // A worker that accepts connections one at a time, slowly, has
                 // the last of them wait long: while it keeps establishing
                 // others, a wait that timed out is not held against the slot.
@@ -533,21 +542,71 @@ impl<T: Transport> Connector<T> {
                     tracing::debug!(%worker, slot, attempt, "connect timed out while the worker made progress; trying again");
                     retry_at_once = true;
                 }
-                Err(_elapsed) => tracing::debug!(%worker, slot, attempt, "connect timed out"),
+                Err(_elapsed) => {
+                    failure = format!(
+                        "connect timed out after {:?} (establish_connection_timeout)",
+                        self.per_attempt
+                    );
+                    tracing::debug!(%worker, slot, attempt, "connect timed out");
+                }
             }
         }
-        tracing::warn!(%worker, slot, attempts = self.attempts, "could not establish a connection");
+        tracing::warn!(%worker, slot, attempts = self.attempts, last_error = failure, "could not establish a connection");
         Connected {
             slot,
             conn: None,
             was_restart,
+            failure,
         }
     }
+}
+
+/// A failed connect as `Stats::last_error`, `ready()` and the log say it: the
+/// error and its causes, and what to do when the host ran out of descriptors.
+fn connect_failure(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut out_of_files = false;
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            // EMFILE and ENFILE: this process's limit, or the system's.
+            out_of_files |= matches!(io.raw_os_error(), Some(23 | 24));
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    if out_of_files {
+        text.push_str(
+            "; the host is out of file descriptors: each connection holds one, so raise the \
+             open-file limit to num_workers × max_connections and some to spare \
+             (process::raise_fd_limit, or `ulimit -n`)",
+        );
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_failure_names_its_causes_and_the_fd_limit_when_out_of_files() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the socket")]
+        struct Wrapped(#[source] std::io::Error);
+        let emfile = Wrapped(std::io::Error::from_raw_os_error(24));
+        let text = connect_failure(&emfile);
+        assert!(
+            text.starts_with("cannot open the socket: Too many open files"),
+            "{text}"
+        );
+        assert!(text.contains("process::raise_fd_limit"), "{text}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(connect_failure(&refused), "connection refused");
+    }
 
     #[test]
     fn vm_rss_is_read_in_bytes_and_garbage_is_none() {

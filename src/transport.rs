@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::launcher::WorkerInfo;
+use crate::worker::WorkerInfo;
 
 /// Connections to worker processes, and one event exchange on a connection.
 ///

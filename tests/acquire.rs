@@ -121,12 +121,49 @@ async fn a_waiter_fails_with_acquire_timeout_saying_how_long_it_waited() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_bounds_its_own_wait_below_the_pools_acquire_timeout() {
+    let h = harness(|b| b.max_connections(1)).await;
+    // A free slot is taken even with no time to wait.
+    let held = h.pool.acquire_within(Duration::ZERO).await.unwrap();
+    let started = Instant::now();
+    let error = h
+        .pool
+        .dispatch_within(Req::now(1), Duration::from_millis(250))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PoolError::AcquireTimeout { waited } if waited == Duration::from_millis(250)),
+        "{error:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert_eq!(error.kind(), "acquire_timeout");
+    // Counted as the pool's own timeout is, and nobody is left queued.
+    let stats = h.pool.stats();
+    assert_eq!((stats.allocations.timeout, stats.waiters), (1, 0));
+    // A bound longer than the pool's is cut to the pool's (10 s).
+    let error = h
+        .pool
+        .acquire_within(Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PoolError::AcquireTimeout { waited } if waited == Duration::from_secs(10)),
+        "{error:?}"
+    );
+    assert_eq!(h.pool.stats().allocations.timeout, 2);
+    // And the slot, once free, still serves a bounded call.
+    drop(held);
+    let reply = h
+        .pool
+        .dispatch_within(Req::now(2), Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(reply.id, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_timed_out_waiter_does_not_take_the_next_free_slot() {
-    let h = harness(|b| {
-        b.max_connections(1)
-            .connection_availability_timeout(Duration::from_secs(1))
-    })
-    .await;
+    let h = harness(|b| b.max_connections(1).acquire_timeout(Duration::from_secs(1))).await;
     let held = h.pool.acquire().await.unwrap();
     let early = tokio::spawn({
         let pool = h.pool.clone();
@@ -158,7 +195,7 @@ async fn late_binding_serves_every_event_from_the_healthy_worker_while_one_is_st
     let h = harness(|b| {
         b.num_workers(2)
             .max_connections(CONNS)
-            .connection_availability_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(60))
             .probe_timeout(None)
             .probe_interval(None)
     })
@@ -238,4 +275,24 @@ async fn beyond_max_waiters_dispatch_fails_at_once_with_queue_full() {
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(h.pool.stats().allocations.queue_full, 1);
     drop(waiters);
+}
+
+#[tokio::test(start_paused = true)]
+async fn owned_slot_moves_into_a_spawned_task_and_comes_back_on_drop() {
+    let h = harness(|b| b.max_connections(1)).await;
+    let mut slot = h.pool.acquire_owned().await.unwrap();
+    let worker = slot.worker();
+    let task = tokio::spawn(async move {
+        let resp = slot.call(Req::now(11)).await.unwrap();
+        // The slot is still held here: the pool has nothing idle.
+        (resp, slot)
+    });
+    let (resp, slot) = task.await.unwrap();
+    assert_eq!((resp.id, resp.worker), (11, worker.index()));
+    assert_eq!(h.pool.stats().busy, 1);
+    drop(slot);
+    let stats = h.until("the owned slot is back", |s| s.idle == 1).await;
+    assert_eq!(stats.busy, 0);
+    // A clean owned slot goes back to the idle slots and serves the next event.
+    assert_eq!(h.pool.dispatch(Req::now(12)).await.unwrap().id, 12);
 }

@@ -436,3 +436,53 @@ async fn reload_cut_at_every_poll_still_replaces_the_worker() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn acquire_owned_that_waits_for_a_busy_slot_cut_at_every_poll() {
+    matrix("acquire_owned, all busy", |n| async move {
+        let h = harness(|b| b.max_connections(1)).await;
+        let holder = {
+            let pool = h.pool.clone();
+            tokio::spawn(async move {
+                let slot = pool.acquire_owned().await.unwrap();
+                sleep(Duration::from_millis(20)).await;
+                drop(slot);
+            })
+        };
+        settle().await;
+        assert_eq!(h.pool.stats().busy, 1);
+        let ran = cut_at(n, h.pool.acquire_owned()).await;
+        let report = report(&ran);
+        if let Ran::Completed(slot, _) = ran {
+            let slot = slot.unwrap();
+            sleep(Duration::from_millis(5)).await;
+            drop(slot);
+        }
+        holder.await.unwrap();
+        assert_whole(&h, &format!("acquire_owned, all busy, cut at {n}")).await;
+        report
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn owned_slot_call_in_a_spawned_task_cut_at_every_poll() {
+    // The owned slot moves into a task; the call inside it is cut, and the
+    // task (with the slot) ends there.
+    matrix("owned slot call, spawned", |n| async move {
+        let h = harness(|b| b.num_workers(2).max_connections(1)).await;
+        let mut slot = h.pool.acquire_owned().await.unwrap();
+        let ran = tokio::spawn(async move {
+            let ran = cut_at(n, slot.call(Req::reply(4, Duration::from_millis(40)))).await;
+            if let Ran::Completed(result, _) = &ran {
+                assert_eq!(result.as_ref().unwrap().id, 4);
+            }
+            report(&ran)
+        })
+        .await
+        .unwrap();
+        assert_whole(&h, &format!("owned slot call, cut at {n}")).await;
+        ran
+    })
+    .await;
+}

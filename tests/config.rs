@@ -13,10 +13,7 @@ fn defaults_match_nuclio_and_the_design() {
     assert_eq!(config.num_workers, 1);
     assert_eq!(config.max_connections, 1000);
     assert_eq!(config.mode, Mode::Async);
-    assert_eq!(
-        config.connection_availability_timeout,
-        Duration::from_secs(10)
-    );
+    assert_eq!(config.acquire_timeout, Duration::from_secs(10));
     assert_eq!(config.event_timeout, None);
     assert_eq!(config.reconnect_attempts, 3);
     assert_eq!(config.establish_connection_timeout, Duration::from_secs(30));
@@ -133,7 +130,7 @@ async fn durations_too_long_to_represent_neither_panic_nor_fire() {
         policy.unresponsive_grace = Duration::MAX;
         policy.reconnect_backoff = Duration::MAX;
         b.max_connections(2)
-            .connection_availability_timeout(Duration::MAX)
+            .acquire_timeout(Duration::MAX)
             .event_timeout(Duration::MAX)
             .establish_connection_timeout(Duration::MAX)
             .probe_timeout(Duration::MAX)
@@ -150,11 +147,7 @@ async fn durations_too_long_to_represent_neither_panic_nor_fire() {
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_availability_timeout_is_valid_and_means_do_not_wait() {
-    let h = harness(|b| {
-        b.max_connections(1)
-            .connection_availability_timeout(Duration::ZERO)
-    })
-    .await;
+    let h = harness(|b| b.max_connections(1).acquire_timeout(Duration::ZERO)).await;
     let _held = h.pool.acquire().await.expect("the one slot is free");
     let error = h.pool.acquire().await.expect_err("no slot is free");
     assert!(

@@ -472,7 +472,7 @@ async fn metric(gateway: &Gateway, sample: &str) -> u64 {
 }
 
 const RELOADED: &str = "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"}";
-const RECYCLED: &str = "async_worker_pool_worker_restart_reasons_total{reason=\"recycled\"}";
+const RECYCLED: &str = "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_events\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_replaces_both_workers_under_load_with_no_failed_request() {
@@ -524,6 +524,8 @@ async fn max_events_per_worker_recycles_under_load_with_no_failed_request() {
         "20",
         "--max-events-per-worker",
         "200",
+        "--min-worker-uptime",
+        "0s",
     ]);
     let sent = under_steady_load(&gateway, async {
         tokio::time::sleep(Duration::from_secs(8)).await;

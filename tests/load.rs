@@ -44,7 +44,7 @@ async fn a_hundred_thousand_events_ten_thousand_at_a_time_all_accounted_for() {
     );
     let pool = python_pool("echo:handler", WORKERS, CONNECTIONS, |b| {
         // Heartbeats every 500 ms, so that many probes meet the full load.
-        b.connection_availability_timeout(Duration::from_secs(10))
+        b.acquire_timeout(Duration::from_secs(10))
             .event_timeout(Duration::from_secs(30))
             .probe_interval(Duration::from_millis(500))
     });

@@ -11,7 +11,7 @@ use async_worker_pool::net::{
     DEFAULT_MAX_FRAME_BYTES, Event, NetError, ProtocolError, Reply, SocketTransport, WorkerSecret,
 };
 use async_worker_pool::process::SECRET_ENV;
-use async_worker_pool::{Endpoint, Transport};
+use async_worker_pool::{Attachments, Endpoint, Transport, WorkerId, WorkerInfo};
 use bytes::Bytes;
 use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -568,18 +568,27 @@ async fn real_python_worker_reports_a_raising_handler_as_raised() {
 }
 
 #[tokio::test]
-async fn the_handshake_is_answered_with_the_secret_registered_for_the_endpoint() {
+async fn the_handshake_is_answered_with_the_secret_attached_to_the_workers_process() {
     for worker in [
         TestWorker::unix(Script::Authenticated),
         TestWorker::tcp(Script::Authenticated).await,
     ] {
-        let _registration = test_secret().register(worker.endpoint.clone());
-        check_round_trips(&worker.endpoint).await;
+        let info = WorkerInfo::new(WorkerId::new(0), 1, worker.endpoint.clone(), None)
+            .with_attachments(Attachments::new().with(test_secret()));
+        let transport = SocketTransport::new();
+        let mut conn = transport.connect(&info).await.unwrap();
+        assert_eq!(conn.ready().pid(), 1234);
+        let reply = transport.call(&mut conn, Event::plain("x")).await.unwrap();
+        assert!(matches!(reply, Reply::Returned { body, .. } if body == "x"));
+        // Without the attachment, the same worker is not served.
+        let bare = WorkerInfo::new(WorkerId::new(0), 1, worker.endpoint.clone(), None);
+        let err = transport.connect(&bare).await.unwrap_err();
+        assert!(matches!(err, NetError::NoSecret { .. }), "{err:?}");
     }
 }
 
 #[tokio::test]
-async fn a_worker_that_asks_for_a_secret_nobody_registered_fails_connect_with_no_secret() {
+async fn a_worker_that_asks_for_a_secret_the_host_lacks_fails_connect_with_no_secret() {
     let worker = TestWorker::unix(Script::Authenticated);
     let err = SocketTransport::new()
         .connect_endpoint(&worker.endpoint)

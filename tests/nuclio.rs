@@ -22,7 +22,9 @@ use std::time::Duration;
 use async_worker_pool::nuclio::{
     NuclioBody, NuclioEvent, NuclioLauncher, NuclioLauncherBuilder, NuclioSpec, NuclioTransport,
 };
-use async_worker_pool::{Launcher, Pool, PoolConfig, Stats, WorkerId, WorkerProcess};
+use async_worker_pool::{
+    Launcher, Pool, PoolConfig, Stats, Transport, WorkerId, WorkerInfo, WorkerProcess,
+};
 use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -603,10 +605,11 @@ async fn terminate_lets_the_event_in_flight_finish_before_it_stops_the_wrapper()
         .unwrap();
     let mut worker = launcher.launch(WorkerId::new(0)).await.unwrap();
     let transport = NuclioTransport::new();
-    let mut conn = transport
-        .connect_endpoint(&worker.endpoint(), WorkerId::new(0))
-        .await
-        .unwrap();
+    // As a pool connects: with the wrapper's state attached, so its handle
+    // counts the event in flight.
+    let info = WorkerInfo::new(WorkerId::new(0), 1, worker.endpoint(), worker.pid())
+        .with_attachments(worker.attachments());
+    let mut conn = transport.connect(&info).await.unwrap();
     let in_flight =
         tokio::spawn(async move { conn.call(&transport, &NuclioEvent::new("0.8")).await });
     sleep(Duration::from_millis(100)).await;

@@ -120,3 +120,99 @@ async fn the_event_timeout_flag_bounds_an_event_without_a_spec() {
         .unwrap();
     assert_eq!(quick.status(), 200);
 }
+
+/// The gateway's worker processes, from the kernel's list of its children.
+fn children(pid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        pids.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
+    }
+    pids.sort_unstable();
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_the_wrapper_under_load_with_no_failed_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    let gateway = start(&["--handler", "peer_handlers:slow"]);
+    let pid = gateway.child.id();
+    let old = children(pid);
+    assert_eq!(old.len(), 1, "one wrapper process: {old:?}");
+
+    // 100 requests a second, each a 20 ms event, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (base, stop) = (gateway.base.clone(), stop.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            let mut requests = Vec::new();
+            while !stop.load(SeqCst) {
+                every.tick().await;
+                let (client, url) = (client.clone(), format!("{base}/"));
+                requests.push(tokio::spawn(async move {
+                    match client.post(url).body("0.02").send().await {
+                        Ok(response) if response.status() == 200 => None,
+                        Ok(response) => Some(format!(
+                            "{}: {}",
+                            response.status(),
+                            response.text().await.unwrap_or_default()
+                        )),
+                        Err(error) => Some(error.to_string()),
+                    }
+                }));
+            }
+            let sent = requests.len();
+            let mut failures = Vec::new();
+            for request in requests {
+                failures.extend(request.await.unwrap());
+            }
+            (sent, failures)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
+    loop {
+        let now = children(pid);
+        if now.len() == 1 && !old.contains(&now[0]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no new wrapper after 30 s: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, SeqCst);
+    let (sent, failures) = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {failures:?}",
+        failures.len()
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gateway.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        nix::sys::signal::kill(Pid::from_raw(old[0]), None),
+        Err(nix::errno::Errno::ESRCH),
+        "the old wrapper still runs"
+    );
+    println!("figure: SIGHUP replaced the wrapper in {took:?}; {sent} requests at 100/s, 0 failed");
+}

@@ -257,6 +257,7 @@ async fn max_events_per_worker_recycles_each_worker_with_jitter_and_no_failed_ev
         b.num_workers(2)
             .max_connections(2)
             .max_events_per_worker(40)
+            .min_worker_uptime(Duration::ZERO)
     })
     .await;
     let (tasks, stop) = load(&h.pool, 4, Duration::from_millis(10));
@@ -266,7 +267,7 @@ async fn max_events_per_worker_recycles_each_worker_with_jitter_and_no_failed_ev
         })
         .await;
     let sent = finish(tasks, stop).await;
-    assert!(stats.restart_reasons.recycled >= 4, "{stats:#?}");
+    assert!(stats.restart_reasons.recycled_events >= 4, "{stats:#?}");
     assert_eq!(stats.worker_restarts, 0);
     let stats = h.pool.stats();
     assert_eq!(stats.events.error, 0);

@@ -9,8 +9,9 @@ mod real_support;
 
 use async_worker_pool::process::{ENDPOINT_ENV, PythonWorker, SECRET_ENV};
 use async_worker_pool::{
-    Endpoint, EndpointKind, LaunchError, Launcher, Pool, ProcessLauncher, ProcessLauncherBuilder,
-    ProcessWorker, Transport, WorkerId, WorkerInfo, WorkerProcess, async_trait,
+    BuildError, Endpoint, EndpointKind, LaunchError, Launcher, OpsError, Pool, ProcessLauncher,
+    ProcessLauncherBuilder, ProcessWorker, Transport, WorkerId, WorkerInfo, WorkerProcess,
+    async_trait,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -543,5 +544,62 @@ async fn a_foreign_programs_raw_stderr_gets_the_configured_level() {
             .contains(&(tracing::Level::INFO, "plain text".to_string())),
         "{:?}",
         lines.seen()
+    );
+}
+
+#[tokio::test]
+async fn a_pool_that_would_open_more_connections_than_its_workers_serve_is_refused() {
+    // The launcher tells each worker to serve 1, the pool would open 10: the
+    // worker would refuse 9 of them and the pool restart it in a loop.
+    let launcher = echo_worker().connections(1).build().unwrap();
+    let Err(BuildError::Config(error)) = Pool::builder(ConnectOnly, launcher)
+        .max_connections(10)
+        .build()
+    else {
+        panic!("a pool of 10 connections over workers told 1 was built");
+    };
+    assert_eq!(error.field(), "max_connections");
+    let message = error.to_string();
+    assert!(
+        message.contains("is 10") && message.contains("the 1 connections"),
+        "{message}"
+    );
+
+    // Fewer than the workers serve is fine, and growing past them is refused.
+    let launcher = echo_worker().connections(2).build().unwrap();
+    let pool = Pool::builder(ConnectOnly, launcher)
+        .max_connections(1)
+        .build()
+        .unwrap();
+    let Err(OpsError::Config(error)) = pool.set_max_connections(3).await else {
+        panic!("grew past the workers' connections");
+    };
+    assert!(error.to_string().contains("is 3"), "{error}");
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_pool_beyond_the_open_file_limit_is_refused_naming_the_limit() {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("the open-file limit");
+    // Two workers of `soft` connections each need twice the limit.
+    let connections = usize::try_from(soft).unwrap().min(1 << 19);
+    let launcher = echo_worker().connections(connections).build().unwrap();
+    let result = Pool::builder(ConnectOnly, launcher)
+        .num_workers(2)
+        .max_connections(connections)
+        .build();
+    if soft > 1 << 19 {
+        // No pool of at most MAX_CAPACITY slots can pass this limit.
+        return;
+    }
+    let Err(BuildError::Config(error)) = result else {
+        panic!("a pool of 2 × {connections} was built under a limit of {soft}");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("open-file limit of {soft}"))
+            && message.contains("process::raise_fd_limit"),
+        "{message}"
     );
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
-use async_worker_pool::net::{Event, NetError, SocketTransport};
+use async_worker_pool::net::{Event, NetError};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher, RestartPolicy, WorkerState};
 use nix::sys::signal::Signal;
 use real_support::{
@@ -59,7 +59,7 @@ async fn with_probes_off_a_blocked_worker_is_restarted_by_the_reconnect_ladder()
     let pool = python_pool("faulty:handler", 2, 1, |b| {
         b.event_timeout(Duration::from_secs(1))
             .establish_connection_timeout(Duration::from_secs(2))
-            .connection_availability_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(30))
             .restart_policy(policy)
             .probe_timeout(None)
             .probe_interval(None)
@@ -112,7 +112,7 @@ async fn sigkill_fails_the_in_flight_events_of_that_worker_only() {
     const CONNS: usize = 10;
     let pool = python_pool("sleepy:handler", 2, CONNS, |b| {
         b.event_timeout(Duration::from_secs(20))
-            .connection_availability_timeout(Duration::from_secs(20))
+            .acquire_timeout(Duration::from_secs(20))
     });
     let pids = worker_pids(&until_full(&pool).await);
 
@@ -201,7 +201,7 @@ async fn malformed_and_oversized_frames_restart_only_their_connection() {
         .connections(CONNS)
         .build()
         .unwrap();
-    let transport = SocketTransport::new().max_frame_bytes(64 * 1024);
+    let transport = real_support::transport().max_frame_bytes(64 * 1024);
     let pool = Pool::builder(transport, launcher)
         .max_connections(CONNS)
         .event_timeout(Duration::from_secs(10))

@@ -29,7 +29,7 @@ async fn a_blocking_handler_costs_its_worker_less_than_three_seconds() {
     // The set-up: one worker, a thousand connections, default liveness.
     let pool = python_pool("faulty:handler", 1, 1000, |b| {
         b.event_timeout(EVENT_TIMEOUT)
-            .connection_availability_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
     });
     let old_pid = worker_pids(&until_full(&pool).await)[0];
 
@@ -77,7 +77,7 @@ async fn with_one_of_two_workers_blocked_nothing_fails_after_the_first_second() 
     const LOOPS: usize = 20;
     let pool = python_pool("faulty:handler", 2, CONNS, |b| {
         b.event_timeout(EVENT_TIMEOUT)
-            .connection_availability_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
     });
     let pids = worker_pids(&until_full(&pool).await);
 
@@ -165,7 +165,7 @@ async fn a_thousand_concurrent_sleeps_never_look_like_a_blocked_worker() {
     let pool = python_pool("sleepy:handler", 1, CONNS, |b| {
         b.event_timeout(Duration::from_millis(500))
             .probe_interval(Duration::from_millis(200))
-            .connection_availability_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(30))
     });
     until_full(&pool).await;
     let mut events = JoinSet::new();

@@ -51,7 +51,7 @@ async fn two_workers_run_a_thousand_sleeping_events_at_once() {
     let _turn = one_at_a_time().await;
     const EVENTS: usize = 5000;
     let pool = python_pool("sleepy:handler", 2, 500, |b| {
-        b.connection_availability_timeout(Duration::from_secs(30))
+        b.acquire_timeout(Duration::from_secs(30))
             .event_timeout(Duration::from_secs(30))
     });
     until_full(&pool).await;

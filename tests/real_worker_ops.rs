@@ -77,7 +77,10 @@ async fn reload_replaces_real_workers_under_load_with_no_failed_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_events_per_worker_recycles_a_real_worker_with_no_failed_event() {
-    let pool = python_pool("sleepy:handler", 1, 4, |b| b.max_events_per_worker(50));
+    let pool = python_pool("sleepy:handler", 1, 4, |b| {
+        b.max_events_per_worker(50)
+            .min_worker_uptime(Duration::ZERO)
+    });
     let first = worker_pids(&until_full(&pool).await);
     let (tasks, stop) = load(&pool, 4);
     let stats = wait_for(&pool, "two recycles", Duration::from_secs(60), |s| {
@@ -86,16 +89,19 @@ async fn max_events_per_worker_recycles_a_real_worker_with_no_failed_event() {
     .await;
     finish(tasks, stop).await;
     assert_eq!(pool.stats().events.error, 0);
-    assert!(stats.restart_reasons.recycled >= 2, "{stats:#?}");
+    assert!(stats.restart_reasons.recycled_events >= 2, "{stats:#?}");
     assert!(!is_alive(first[0]));
     pool.shutdown(Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_worker_rss_recycles_a_real_worker_past_the_limit() {
-    // Any interpreter is past 1 MiB: each generation is recycled about a
-    // second after it starts serving, over and over, and still no event fails.
-    let pool = python_pool("sleepy:handler", 1, 4, |b| b.max_worker_rss(1 << 20));
+    // Any interpreter is past 1 MiB: with no minimum uptime, each generation
+    // is recycled about a second after it starts serving, over and over, and
+    // still no event fails.
+    let pool = python_pool("sleepy:handler", 1, 4, |b| {
+        b.max_worker_rss(1 << 20).min_worker_uptime(Duration::ZERO)
+    });
     let first = worker_pids(&until_full(&pool).await);
     let (tasks, stop) = load(&pool, 2);
     let seen = wait_for(
@@ -105,7 +111,7 @@ async fn max_worker_rss_recycles_a_real_worker_past_the_limit() {
         |s| s.workers.len() == 1 && s.workers[0].generation >= 3,
     )
     .await;
-    assert!(seen.restart_reasons.recycled >= 2, "{seen:#?}");
+    assert!(seen.restart_reasons.recycled_rss >= 2, "{seen:#?}");
     finish(tasks, stop).await;
     assert_eq!(pool.stats().events.error, 0);
     assert!(!is_alive(first[0]));
@@ -114,7 +120,8 @@ async fn max_worker_rss_recycles_a_real_worker_past_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_workers_and_connections_resize_under_load_with_no_failed_event() {
-    let pool = python_pool("sleepy:handler", 1, 5, |b| b);
+    // The workers are told to serve 8, the most the pool grows to.
+    let pool = python_pool("sleepy:handler", 1, 8, |b| b.max_connections(5));
     until_full(&pool).await;
     let (tasks, stop) = load(&pool, 4);
 

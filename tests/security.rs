@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use alloc_counter::peak_during;
 use async_worker_pool::net::{Event, NetError, SocketTransport, WorkerSecret};
-use async_worker_pool::{Endpoint, EndpointKind, Launcher, Pool, WorkerId, WorkerProcess};
+use async_worker_pool::{
+    Endpoint, EndpointKind, Launcher, Pool, Transport, WorkerId, WorkerInfo, WorkerProcess,
+};
 use real_support::{is_alive, python_worker, returned_body, until_full, worker_pids};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -44,7 +46,7 @@ async fn read_event(stream: &mut UnixStream) -> std::io::Result<()> {
 async fn unix_socket_directory_is_private_and_removed_after_shutdown() {
     let launcher = python_worker("echo:handler", 4).build().unwrap();
     let dir = launcher.socket_dir().to_path_buf();
-    let pool = Pool::builder(SocketTransport::new(), launcher)
+    let pool = Pool::builder(real_support::transport(), launcher)
         .num_workers(2)
         .max_connections(4)
         .build()
@@ -99,7 +101,7 @@ async fn tcp_workers_listen_on_loopback_unless_told_otherwise() {
         .collect();
     assert_eq!(listening, [format!("0100007F{port}")], "{listening:?}");
     let mut conn = SocketTransport::new()
-        .connect_endpoint(&worker.endpoint())
+        .connect_authenticated(&worker.endpoint(), worker.secret().unwrap())
         .await
         .unwrap();
     let reply = conn.call(&Event::plain("tcp")).await.unwrap();
@@ -311,7 +313,7 @@ async fn a_local_client_without_the_secret_runs_no_event_and_learns_no_pid() {
         .args(["--handshake-timeout", "0.5"])
         .build()
         .unwrap();
-    let pool = Pool::builder(SocketTransport::new(), launcher)
+    let pool = Pool::builder(real_support::transport(), launcher)
         .num_workers(1)
         .max_connections(2)
         .build()
@@ -371,4 +373,67 @@ async fn a_local_client_without_the_secret_runs_no_event_and_learns_no_pid() {
     assert_eq!(stats.worker_restarts, 0, "{stats:#?}");
     println!("the pool served {served} events while three foreign clients were turned away");
     pool.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_in_one_process_keep_their_workers_secrets_apart() {
+    // Each worker's secret travels attached to its own process handle: a
+    // worker of one pool does not serve the other pool's secret, though both
+    // are worker 0 of a pool in the same host process.
+    let (unix, tcp) = (
+        python_worker("echo:handler", 2).build().unwrap(),
+        python_worker("echo:handler", 2)
+            .endpoint_kind(EndpointKind::Tcp)
+            .build()
+            .unwrap(),
+    );
+    let (mut first, mut second) = (
+        unix.launch(WorkerId::new(0)).await.unwrap(),
+        tcp.launch(WorkerId::new(0)).await.unwrap(),
+    );
+    assert_ne!(first.endpoint(), second.endpoint());
+    assert_ne!(
+        first.secret().unwrap().to_hex(),
+        second.secret().unwrap().to_hex()
+    );
+    let info = |process: &dyn WorkerProcess, attachments| {
+        WorkerInfo::new(WorkerId::new(0), 1, process.endpoint(), process.pid())
+            .with_attachments(attachments)
+    };
+    let transport = SocketTransport::new();
+    let crossed = info(&first, second.attachments());
+    let err = transport.connect(&crossed).await.unwrap_err();
+    assert!(matches!(err, NetError::Rejected), "{err:?}");
+    for process in [&first, &second] {
+        let own = info(process, process.attachments());
+        let mut conn = transport.connect(&own).await.unwrap();
+        let reply = transport
+            .call(&mut conn, Event::plain("own"))
+            .await
+            .unwrap();
+        assert_eq!(returned_body(reply), "own");
+    }
+    first.terminate(Duration::from_secs(2)).await;
+    second.terminate(Duration::from_secs(2)).await;
+
+    // And two pools of them serve side by side.
+    let pools = [unix, tcp].map(|launcher| {
+        Pool::builder(SocketTransport::new(), launcher)
+            .num_workers(1)
+            .max_connections(2)
+            .build()
+            .unwrap()
+    });
+    for pool in &pools {
+        until_full(pool).await;
+    }
+    let (a, b) = tokio::join!(
+        pools[0].dispatch(Event::plain("a")),
+        pools[1].dispatch(Event::plain("b"))
+    );
+    assert_eq!(returned_body(a.unwrap()), "a");
+    assert_eq!(returned_body(b.unwrap()), "b");
+    for pool in &pools {
+        pool.shutdown(Duration::from_secs(2)).await;
+    }
 }

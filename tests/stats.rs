@@ -13,7 +13,7 @@ async fn every_counter_matches_a_scripted_scenario() {
         b.num_workers(2)
             .max_connections(2)
             .event_timeout(Duration::from_secs(1))
-            .connection_availability_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(2))
     })
     .await;
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_worker_pool::net::{Challenge, Event, Reply, SocketTransport, WorkerSecret};
 use async_worker_pool::{
-    Endpoint, LaunchError, Launcher, Pool, WorkerExit, WorkerId, WorkerProcess, async_trait,
+    Attachments, Endpoint, LaunchError, Launcher, Pool, WorkerExit, WorkerId, WorkerProcess,
+    async_trait,
 };
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -138,6 +139,13 @@ async fn echo_connection(mut stream: UnixStream, secret: Option<WorkerSecret>) -
     let mut input = Vec::with_capacity(8 * 1024);
     while read_frame(&mut stream, &mut input).await? {
         let (kind, body) = kind_and_body(&input)?;
+        if kind == b'M' {
+            // The host asks to multiplex (docs/protocol.md, "Multiplexing").
+            out.clear();
+            put_frame(&mut out, b'M', br#"{"version":1}"#, b"");
+            stream.write_all(&out).await?;
+            return echo_streams(stream).await;
+        }
         if kind != b'E' {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not an event"));
         }
@@ -148,15 +156,62 @@ async fn echo_connection(mut stream: UnixStream, secret: Option<WorkerSecret>) -
     Ok(())
 }
 
+/// The echo worker on a multiplexed connection: every read may bring many
+/// frames, and the answers to all of them go out in one write.
+async fn echo_streams(mut stream: UnixStream) -> io::Result<()> {
+    let mut input: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
+    loop {
+        input.reserve(64 * 1024);
+        if stream.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        out.clear();
+        while input.len() - at >= PREFIX {
+            let len = u32::from_be_bytes(input[at..at + PREFIX].try_into().expect("4 bytes"));
+            let end = at + PREFIX + len as usize;
+            if end > input.len() {
+                break;
+            }
+            // Stream id, then the envelope.
+            let frame = &input[at + PREFIX..end];
+            let (stream_id, envelope) = frame.split_at(4);
+            let meta_len =
+                u32::from_be_bytes(envelope[1..HEADER].try_into().expect("4 bytes")) as usize;
+            let kind = envelope[0];
+            let body = &envelope[HEADER + meta_len..];
+            let (kind, body) = match kind {
+                b'E' => (b'O', body),
+                b'K' => (b'Q', &[][..]),
+                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "not an event")),
+            };
+            let payload = 4 + HEADER + 2 + body.len();
+            out.extend_from_slice(&u32::try_from(payload).expect("a bench frame").to_be_bytes());
+            out.extend_from_slice(stream_id);
+            out.push(kind);
+            out.extend_from_slice(&2u32.to_be_bytes());
+            out.extend_from_slice(b"{}");
+            out.extend_from_slice(body);
+            at = end;
+        }
+        input.drain(..at);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
 /// A launcher for one worker that is already listening at a fixed endpoint:
 /// its "process" never exits and stopping it does nothing, so the pool and the
-/// raw client can drive the very same worker.
+/// raw client can drive the very same worker. Its attachments (a secret, say)
+/// go to the transport with the process.
 #[derive(Debug, Clone)]
-pub struct Listening(pub Endpoint);
+pub struct Listening(pub Endpoint, pub Attachments);
 
 /// The never-ending process of [`Listening`].
 #[derive(Debug)]
-pub struct ListeningWorker(Endpoint);
+pub struct ListeningWorker(Endpoint, Attachments);
 
 #[async_trait]
 impl WorkerProcess for ListeningWorker {
@@ -166,6 +221,10 @@ impl WorkerProcess for ListeningWorker {
 
     fn pid(&self) -> Option<u32> {
         None
+    }
+
+    fn attachments(&self) -> Attachments {
+        self.1.clone()
     }
 
     async fn wait(&mut self) -> WorkerExit {
@@ -182,7 +241,7 @@ impl Launcher for Listening {
     type Process = ListeningWorker;
 
     async fn launch(&self, _worker: WorkerId) -> Result<ListeningWorker, LaunchError> {
-        Ok(ListeningWorker(self.0.clone()))
+        Ok(ListeningWorker(self.0.clone(), self.1.clone()))
     }
 }
 
@@ -191,9 +250,30 @@ pub type SocketPool = Pool<SocketTransport>;
 /// A pool of one worker at `path` with `connections` connections, once every
 /// connection is open and idle.
 pub async fn socket_pool(path: &Path, connections: usize) -> SocketPool {
+    socket_pool_multiplexed(path, connections, 0).await
+}
+
+/// As [`socket_pool`], in the multiplexed mode with `multiplex` physical
+/// connections (0: one connection per slot).
+pub async fn socket_pool_multiplexed(
+    path: &Path,
+    connections: usize,
+    multiplex: usize,
+) -> SocketPool {
+    socket_pool_with(path, connections, multiplex, Attachments::new()).await
+}
+
+/// [`socket_pool_multiplexed`], with `attachments` on the worker's process
+/// (its secret).
+pub async fn socket_pool_with(
+    path: &Path,
+    connections: usize,
+    multiplex: usize,
+    attachments: Attachments,
+) -> SocketPool {
     let pool = Pool::builder(
-        SocketTransport::new(),
-        Listening(Endpoint::Unix(path.to_path_buf())),
+        SocketTransport::new().multiplex(multiplex),
+        Listening(Endpoint::Unix(path.to_path_buf()), attachments),
     )
     .num_workers(1)
     .max_connections(connections)
@@ -362,6 +442,9 @@ pub struct Run {
     pub elapsed: Duration,
     /// User + system CPU time of this process (every thread) during the run.
     pub cpu: Duration,
+    /// Times this process went to sleep waiting (voluntary context switches
+    /// of `getrusage`) during the run: its wake-ups.
+    pub wakeups: u64,
     /// One entry per event when asked for, unordered.
     pub latencies: Vec<Duration>,
 }
@@ -369,6 +452,11 @@ pub struct Run {
 impl Run {
     pub fn events_per_sec(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Events per wake-up.
+    pub fn events_per_wakeup(&self) -> f64 {
+        self.events as f64 / self.wakeups.max(1) as f64
     }
 
     pub fn cpu_per_event(&self) -> Duration {
@@ -394,6 +482,7 @@ pub async fn drive<C: Caller>(callers: Vec<C>, stop: Stop, record: bool) -> (Vec
     let tasks = callers.len() as u64;
     let started = Instant::now();
     let cpu_before = cpu_time();
+    let wakeups_before = wakeups();
     let handles: Vec<_> = callers
         .into_iter()
         .enumerate()
@@ -432,7 +521,16 @@ pub async fn drive<C: Caller>(callers: Vec<C>, stop: Stop, record: bool) -> (Vec
     }
     run.elapsed = started.elapsed();
     run.cpu = cpu_time().saturating_sub(cpu_before);
+    run.wakeups = wakeups().saturating_sub(wakeups_before);
     (callers, run)
+}
+
+/// Voluntary context switches of this process so far: how often it slept
+/// waiting for something.
+pub fn wakeups() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage of this process");
+    u64::try_from(usage.voluntary_context_switches()).unwrap_or(0)
 }
 
 /// User + system CPU time of this process so far, all threads, children not
@@ -498,5 +596,6 @@ pub fn merge(total: &mut Run, run: Run) {
     total.events += run.events;
     total.elapsed += run.elapsed;
     total.cpu += run.cpu;
+    total.wakeups += run.wakeups;
     total.latencies.extend(run.latencies);
 }

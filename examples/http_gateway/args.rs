@@ -87,6 +87,12 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_WORKER_RSS", value_parser = byte_size)]
     pub max_worker_rss: Option<u64>,
 
+    /// The least time a worker serves before it is recycled for either bound
+    /// above, so that a handler past --max-worker-rss from the start is not
+    /// replaced over and over.
+    #[arg(long, env = "GATEWAY_MIN_WORKER_UPTIME", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub min_worker_uptime: Duration,
+
     /// Largest request or response body, in bytes (one frame of the wire protocol).
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = async_worker_pool::net::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
@@ -100,9 +106,20 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_TCP")]
     pub tcp: bool,
 
+    /// Physical connections to each worker in the multiplexed mode (every
+    /// slot a stream on one of them); 0 for one connection per slot. One by
+    /// default: it used the least CPU per event in the socket dispatch bench
+    /// (BENCHMARKS.md, "Multiplexing").
+    #[arg(long, env = "GATEWAY_MULTIPLEX", default_value_t = 1)]
+    pub multiplex: usize,
+
     /// On Ctrl-C or SIGTERM, how long requests in flight get to finish.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The HTTP listener: backlog, client timeouts, connection cap.
+    #[command(flatten)]
+    pub listener: crate::common::listener::ListenerArgs,
 }
 
 /// A size in bytes: `1048576`, `512K`, `200M`, `2G` (powers of 1024).

@@ -36,9 +36,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use clap::Parser;
-use tokio::net::TcpListener;
 
-use async_worker_pool::net::{Event, SocketTransport};
+use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
 
 use args::Args;
@@ -62,14 +61,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let listener = TcpListener::bind(args.listen).await.map_err(|error| {
-        format!(
-            "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
-            args.listen
-        )
-    })?;
+    let (listener, backlog) =
+        common::listener::bind(args.listen, args.listener.backlog).map_err(|error| {
+            format!(
+                "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
+                args.listen
+            )
+        })?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
-    let wanted = (args.workers * args.max_connections) as u64 + 1024;
+    let reserved =
+        common::listener::reserved_fds(args.workers * args.max_connections, args.max_connections);
+    let wanted = common::listener::wanted_fds(&args.listener, reserved);
     match async_worker_pool::process::raise_fd_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
@@ -79,6 +81,8 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
+    let max_clients = common::listener::client_cap(&args.listener, reserved);
+    tracing::info!(backlog, max_clients, "HTTP listener");
     let pool = start_pool(&args).await?;
     // Listening for signals from before the address is printed on.
     let signalled = signals::stop_signal();
@@ -113,22 +117,15 @@ async fn run(args: Args) -> Result<(), String> {
             stop.cancel();
         }
     });
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let served = async {
-        // Requests in flight get the grace to finish; then the pool stops anyway.
-        tokio::select! {
-            result = serve => result.map_err(|e| format!("HTTP server failed: {e}")),
-            () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => Ok(()),
-        }
-    };
-    let result = served.await;
+    let serve = common::listener::serve(listener, app, &args.listener, max_clients, stop.clone());
+    // Requests in flight get the grace to finish; then the pool stops anyway.
+    tokio::select! {
+        () = serve => {}
+        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => {}
+    }
     pool.shutdown(args.shutdown_grace).await;
     println!("http_gateway: stopped");
-    result
+    Ok(())
 }
 
 /// Builds the pool and waits until every worker serves all its connections, so
@@ -156,7 +153,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
         .build()
         .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let mut builder = Pool::builder(
-        SocketTransport::new().max_frame_bytes(args.max_frame_bytes),
+        SocketTransport::new()
+            .max_frame_bytes(args.max_frame_bytes)
+            .multiplex(args.multiplex),
         launcher,
     )
     .num_workers(args.workers)
@@ -173,7 +172,8 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     }
     builder = builder
         .max_events_per_worker(args.max_events_per_worker)
-        .max_worker_rss(args.max_worker_rss);
+        .max_worker_rss(args.max_worker_rss)
+        .min_worker_uptime(args.min_worker_uptime);
     let pool = builder.build().map_err(|error| error.to_string())?;
 
     // One launch plus one full round of connects, each bounded by the same timeout.
@@ -198,13 +198,8 @@ async fn forward(
     parts: Parts,
     body: Bytes,
 ) -> Response {
-    let headers = common::header_pairs(&parts.headers).collect();
-    let event = Event::http(
-        parts.method.as_str(),
-        common::request_target(&parts.uri),
-        headers,
-        body,
-    );
+    let event =
+        async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
     if front.asgi {
         let mut event = event
             .with_scheme("http")

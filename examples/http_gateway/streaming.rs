@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::Stream;
 
@@ -22,7 +21,7 @@ use async_worker_pool::PoolError;
 use async_worker_pool::net::{Event, Reply, ResponsePart, ResponseParts, ResponseSink};
 
 use crate::GatewayPool;
-use crate::common::{self, plain};
+use crate::common;
 use crate::responses;
 
 /// Parts of a response buffered between the worker's connection and the HTTP
@@ -63,10 +62,9 @@ fn streamed(
     dispatch: Option<Dispatch>,
 ) -> Response {
     let Some(ResponsePart::Head { status, headers }) = head else {
-        return plain(
-            StatusCode::BAD_GATEWAY,
-            "the worker's streamed response did not start with its head\n".into(),
-        );
+        let text = "the worker's streamed response did not start with its head\n";
+        let content_type = ("content-type".into(), "text/plain; charset=utf-8".into());
+        return responses::with_head(502, vec![content_type], Body::from(text));
     };
     let body = Body::from_stream(StreamedBody {
         parts,

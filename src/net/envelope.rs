@@ -22,6 +22,12 @@ const RETURNED: u8 = b'O';
 const RAISED: u8 = b'X';
 const HEAD: u8 = b'H';
 const BODY: u8 = b'B';
+
+/// Whether an answer frame of `kind` is followed by more of the same answer
+/// (the head and body chunks of a streamed one).
+pub(crate) fn answer_goes_on(kind: u8) -> bool {
+    matches!(kind, HEAD | BODY)
+}
 const DONE: u8 = b'D';
 
 /// Kind byte and meta length.

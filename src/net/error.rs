@@ -86,6 +86,27 @@ pub enum ProtocolError {
         /// The payload's length.
         len: usize,
     },
+    /// A multiplexed frame for a stream that has no event in flight and none
+    /// being cancelled (`docs/protocol.md`, "Multiplexing").
+    #[error("a frame for stream {stream}, which has no event in flight")]
+    UnknownStream {
+        /// The stream id received.
+        stream: u32,
+    },
+    /// The worker acknowledged multiplexing in a version this host does not
+    /// speak.
+    #[error("the worker multiplexes in version {version}; this host speaks version 1")]
+    UnsupportedMultiplexVersion {
+        /// The version received.
+        version: u32,
+    },
+    /// A multiplexed connection carrying this event broke the protocol on
+    /// another stream; every event on it failed.
+    #[error("the shared connection broke the protocol: {reason}")]
+    OnSharedConnection {
+        /// What the worker did wrong, as text.
+        reason: String,
+    },
     /// An `O` reply with a status outside `100..=999`.
     #[error("status {status} is outside 100..=999")]
     StatusOutOfRange {
@@ -137,10 +158,12 @@ pub enum NetError {
     #[error("the worker's handshake challenge is malformed or of another version")]
     Handshake(#[source] ProtocolError),
     /// The worker asks the host to prove that it knows the worker's secret, and
-    /// none is registered for its endpoint (see
-    /// [`WorkerSecret::register`](super::WorkerSecret::register)).
+    /// the connect has none: its [`WorkerInfo`](crate::WorkerInfo) carries no
+    /// [`WorkerSecret`](super::WorkerSecret) in its attachments, or it was
+    /// [`connect_endpoint`](super::SocketTransport::connect_endpoint).
     #[error(
-        "the worker at `{endpoint}` asks for its secret, and none is registered for that endpoint"
+        "the worker at `{endpoint}` asks for its secret, and the host has none for that worker \
+         (the launcher attached none to its process)"
     )]
     NoSecret {
         /// The endpoint connected to.

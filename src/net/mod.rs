@@ -16,9 +16,9 @@
 //! - Every connection opens with a handshake when the worker has a
 //!   [`WorkerSecret`]: the worker sends a [`Challenge`], and serves the
 //!   connection only once the host has answered it with an HMAC that only the
-//!   holder of the secret can compute. The transport finds the secret of an
-//!   endpoint in the table [`WorkerSecret::register`] fills, as
-//!   [`ProcessLauncher`](crate::ProcessLauncher) does for every launch.
+//!   holder of the secret can compute. The transport finds the secret attached
+//!   to the worker's process ([`WorkerInfo::attachments`](crate::WorkerInfo::attachments)),
+//!   where the process launcher puts the secret of every launch.
 //!
 //! ```no_run
 //! use async_worker_pool::Endpoint;
@@ -43,6 +43,7 @@
 mod envelope;
 mod error;
 mod handshake;
+mod mux;
 mod response_stream;
 mod secret;
 mod stream;
@@ -52,5 +53,5 @@ pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
 pub use handshake::{Challenge, HANDSHAKE_VERSION, NONCE_LEN};
 pub use response_stream::{ResponsePart, ResponseParts, ResponseSink};
-pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, SecretRegistration, WorkerSecret};
+pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, WorkerSecret};
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};

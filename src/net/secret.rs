@@ -1,18 +1,13 @@
 //! [`WorkerSecret`]: the secret a launcher gives one worker process, by which
-//! the worker tells its host's connections from anyone else's, and the
-//! process-wide table through which [`SocketTransport`](super::SocketTransport)
-//! finds the secret of the endpoint it connects to.
+//! the worker tells its host's connections from anyone else's. It travels to
+//! the transport attached to that process's handle
+//! ([`WorkerProcess::attachments`](crate::WorkerProcess::attachments)).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use hmac::{KeyInit, Mac};
-use parking_lot::Mutex;
-
-use crate::launcher::Endpoint;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -132,68 +127,6 @@ impl WorkerSecret {
         mac.update(nonce);
         mac
     }
-
-    /// Makes this the secret that every [`SocketTransport`](super::SocketTransport)
-    /// of this process answers with when it connects to `endpoint`, until the
-    /// returned registration is dropped.
-    ///
-    /// [`ProcessLauncher`](crate::ProcessLauncher) registers the secret of each
-    /// worker it launches, and its [`ProcessWorker`](crate::ProcessWorker)
-    /// holds the registration, so a pool of them needs nothing more. A host with
-    /// a launcher of its own registers its secrets here, or passes them to
-    /// [`SocketTransport::connect_authenticated`](super::SocketTransport::connect_authenticated).
-    ///
-    /// A later registration for the same endpoint (the next process of the same
-    /// worker) replaces this one; dropping an older registration then leaves the
-    /// newer one in place.
-    pub fn register(&self, endpoint: Endpoint) -> SecretRegistration {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let serial = NEXT.fetch_add(1, Ordering::Relaxed);
-        REGISTERED
-            .lock()
-            .insert(endpoint.clone(), (serial, self.clone()));
-        SecretRegistration { endpoint, serial }
-    }
-
-    /// The secret registered for `endpoint`, if any.
-    pub(crate) fn registered_for(endpoint: &Endpoint) -> Option<Self> {
-        REGISTERED
-            .lock()
-            .get(endpoint)
-            .map(|(_, secret)| secret.clone())
-    }
-}
-
-/// The secrets registered with [`WorkerSecret::register`], by endpoint.
-static REGISTERED: LazyLock<Mutex<HashMap<Endpoint, (u64, WorkerSecret)>>> =
-    LazyLock::new(Mutex::default);
-
-/// Keeps a [`WorkerSecret`] registered for an endpoint; see
-/// [`WorkerSecret::register`]. Dropping it unregisters the secret.
-#[derive(Debug)]
-#[must_use = "the secret is unregistered when the registration is dropped"]
-pub struct SecretRegistration {
-    endpoint: Endpoint,
-    serial: u64,
-}
-
-impl SecretRegistration {
-    /// The endpoint the secret is registered for.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-}
-
-impl Drop for SecretRegistration {
-    fn drop(&mut self) {
-        let mut registered = REGISTERED.lock();
-        if registered
-            .get(&self.endpoint)
-            .is_some_and(|(serial, _)| *serial == self.serial)
-        {
-            registered.remove(&self.endpoint);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -255,28 +188,5 @@ mod tests {
         assert!(!secret.verify(nonce, &wrong));
         assert!(!secret.verify(nonce, &answer[..31]));
         assert!(!secret.verify(b"another nonce", &answer));
-    }
-
-    #[test]
-    fn a_newer_registration_survives_the_older_ones_drop() {
-        let endpoint = Endpoint::Named("secret-test/0".into());
-        let (first, second) = (
-            WorkerSecret::generate().unwrap(),
-            WorkerSecret::generate().unwrap(),
-        );
-        let old = first.register(endpoint.clone());
-        assert_eq!(
-            WorkerSecret::registered_for(&endpoint).unwrap().to_hex(),
-            first.to_hex()
-        );
-        let new = second.register(endpoint.clone());
-        drop(old);
-        assert_eq!(
-            WorkerSecret::registered_for(&endpoint).unwrap().to_hex(),
-            second.to_hex()
-        );
-        assert_eq!(new.endpoint(), &endpoint);
-        drop(new);
-        assert!(WorkerSecret::registered_for(&endpoint).is_none());
     }
 }

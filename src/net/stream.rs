@@ -29,6 +29,28 @@ impl Stream {
     }
 }
 
+/// The read half of a split [`Stream`].
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a split [`Stream`]; dropping it shuts the socket's
+/// write side down.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl Stream {
+    /// Splits the socket into halves that a reader and a writer task own.
+    pub(crate) fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Self::Unix(stream) => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Self::Tcp(stream) => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -1,7 +1,9 @@
 //! [`SocketTransport`]: the [`Transport`] that speaks the wire protocol over Unix
 //! or TCP sockets, and [`SocketConn`], one connection it opened.
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,11 +15,13 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 use super::envelope::{AnswerFrame, Event, Ready, Reply};
 use super::error::NetError;
 use super::handshake::{CHALLENGE, Challenge};
+use super::mux::{self, Cancellation, Group, MuxStream, Physical};
 use super::response_stream::{ResponsePart, ResponseSink};
 use super::secret::WorkerSecret;
 use super::stream::Stream;
-use crate::launcher::{Endpoint, WorkerInfo};
+use crate::endpoint::Endpoint;
 use crate::transport::Transport;
+use crate::worker::WorkerInfo;
 
 /// The maximum frame length unless [`SocketTransport::max_frame_bytes`] says
 /// otherwise: 16 MiB, the reference worker's default too.
@@ -29,7 +33,7 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The length prefix is 4 bytes, so no frame can be longer than this.
-const PREFIX_LEN: usize = 4;
+pub(crate) const PREFIX_LEN: usize = 4;
 
 /// The largest payload a 4-byte length prefix can announce.
 const LARGEST_FRAME: usize = u32::MAX as usize;
@@ -52,15 +56,67 @@ const LARGEST_FRAME: usize = u32::MAX as usize;
 /// # Handshake
 ///
 /// A worker that has a secret opens every connection with a challenge; the
-/// transport answers it with the [`WorkerSecret`] registered for the endpoint
-/// ([`WorkerSecret::register`], which [`ProcessLauncher`](crate::ProcessLauncher)
-/// does for every launch) before it waits for the ready frame, so a pool of
+/// transport answers it with the [`WorkerSecret`] attached to the worker's
+/// process ([`WorkerInfo::attachments`], where the process launcher puts the
+/// secret of every launch) before it waits for the ready frame, so a pool of
 /// launched workers needs no setting for it. The cost is one more round trip
 /// per connection, none per event. A worker without a secret sends its ready
 /// frame at once and is served as before.
+///
+/// # Multiplexing
+///
+/// By default every connection carries one event at a time, and a worker with
+/// 1000 slots has 1000 sockets. [`multiplex`](Self::multiplex) turns on the
+/// multiplexed mode (`docs/protocol.md`, "Multiplexing"): each slot's
+/// connection is then a stream on one of a few physical connections per
+/// worker, events and answers that are ready together share one system call,
+/// and a call dropped midway is cancelled in the worker with a cancel frame.
+/// A worker that does not speak it (it closes the connection when asked) is
+/// served one event per connection, as before.
 #[derive(Debug, Clone)]
 pub struct SocketTransport {
     max_frame_bytes: usize,
+    /// The multiplexed mode's groups of physical connections, one group per
+    /// worker process; `None` in the one-per-connection mode.
+    multiplex: Option<Arc<Multiplexed>>,
+}
+
+/// The state of the multiplexed mode, shared by the clones of a transport.
+#[derive(Debug)]
+struct Multiplexed {
+    per_worker: usize,
+    groups: parking_lot::Mutex<HashMap<(String, u64), Arc<Group>>>,
+}
+
+impl Multiplexed {
+    /// The group of the worker process at `endpoint` in its `generation`;
+    /// groups of processes that are gone are dropped on the way.
+    fn group(&self, endpoint: &Endpoint, generation: u64) -> Arc<Group> {
+        let mut groups = self.groups.lock();
+        let key = (endpoint.to_string(), generation);
+        if let Some(group) = groups.get(&key) {
+            return Arc::clone(group);
+        }
+        // A group nothing else holds (no stream, no connect under way) has
+        // no live connection either: streams keep theirs alive.
+        groups.retain(|_, group| Arc::strong_count(group) > 1);
+        Arc::clone(groups.entry(key).or_default())
+    }
+}
+
+/// Gives a claimed cancellation back if the connect that waits for it is
+/// dropped, so that the next reconnect waits for it instead.
+struct Claim<'a> {
+    group: &'a Group,
+    cancellation: Option<Cancellation>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(cancellation) = self.cancellation.take() {
+            self.group.unclaim(cancellation);
+        }
+    }
 }
 
 impl Default for SocketTransport {
@@ -74,7 +130,47 @@ impl SocketTransport {
     pub fn new() -> Self {
         Self {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            multiplex: None,
         }
+    }
+
+    /// Turns on the multiplexed mode with `connections_per_worker` physical
+    /// connections to each worker (at least 1), or, with 0, goes back to one
+    /// connection per slot. See [Multiplexing](Self#multiplexing).
+    ///
+    /// In this mode [`Transport::connect`] opens a stream, not a socket; a
+    /// call dropped midway sends a cancel frame, and the next connect to that
+    /// worker waits for the worker to confirm it (bounded by the pool's
+    /// `establish_connection_timeout`), so the worker never runs more events
+    /// than the pool has slots. [`connect_endpoint`](Self::connect_endpoint)
+    /// and the liveness probe always open a connection of their own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use async_worker_pool::net::SocketTransport;
+    ///
+    /// let transport = SocketTransport::new().multiplex(2);
+    /// assert_eq!(transport.connections_per_worker(), Some(2));
+    /// assert_eq!(transport.multiplex(0).connections_per_worker(), None);
+    /// ```
+    #[must_use]
+    pub fn multiplex(mut self, connections_per_worker: usize) -> Self {
+        self.multiplex = (connections_per_worker > 0).then(|| {
+            Arc::new(Multiplexed {
+                per_worker: connections_per_worker,
+                groups: parking_lot::Mutex::default(),
+            })
+        });
+        self
+    }
+
+    /// The physical connections per worker in the multiplexed mode, or
+    /// `None` in the one-per-connection mode.
+    pub fn connections_per_worker(&self) -> Option<usize> {
+        self.multiplex
+            .as_ref()
+            .map(|multiplex| multiplex.per_worker)
     }
 
     /// Sets the maximum frame length, in bytes of payload (the 4-byte length
@@ -108,14 +204,11 @@ impl SocketTransport {
     /// Opens a connection to `endpoint` and resolves once the worker has sent a
     /// valid ready frame on it.
     ///
-    /// If the worker opens with a handshake challenge, it is answered with the
-    /// secret registered for `endpoint` (see [`WorkerSecret::register`]; a
-    /// [`ProcessLauncher`](crate::ProcessLauncher) registers the secret of every
-    /// worker it launches). A worker that sends its ready frame at once, having
-    /// no secret, is served without a handshake.
-    ///
-    /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for hosts
-    /// (and tests) that drive a worker without a pool.
+    /// This knows no secret: a worker that sends its ready frame at once,
+    /// having none, is served; one that opens with a handshake challenge fails
+    /// the connect with [`NetError::NoSecret`]. For such a worker, use
+    /// [`connect_authenticated`](Self::connect_authenticated) with its secret,
+    /// or [`Transport::connect`] with a [`WorkerInfo`] that carries it.
     ///
     /// # Errors
     ///
@@ -123,7 +216,7 @@ impl SocketTransport {
     /// [`NetError::Io`] if the socket cannot be opened;
     /// [`NetError::ClosedBeforeReady`] if the worker closes it first;
     /// [`NetError::Handshake`] for a challenge this host cannot answer,
-    /// [`NetError::NoSecret`] if no secret is registered for `endpoint`, and
+    /// [`NetError::NoSecret`] if the worker asks for a secret, and
     /// [`NetError::Rejected`] if the worker closes the connection after the
     /// answer; [`NetError::FrameTooLarge`] or [`NetError::NotReady`] if the
     /// worker's frame is not a valid ready frame.
@@ -133,13 +226,12 @@ impl SocketTransport {
     /// Cancel safe: dropping the future closes the half-open socket, and no
     /// event has been sent on it.
     pub async fn connect_endpoint(&self, endpoint: &Endpoint) -> Result<SocketConn, NetError> {
-        let secret = WorkerSecret::registered_for(endpoint);
-        self.open(endpoint, secret.as_ref()).await
+        self.open(endpoint, None).await.map(Direct::into_conn)
     }
 
     /// Like [`connect_endpoint`](Self::connect_endpoint), but answers a
-    /// challenge with `secret` instead of looking one up: for hosts that keep
-    /// their workers' secrets themselves.
+    /// challenge with `secret`: for hosts with a launcher of their own that
+    /// keep their workers' secrets themselves and connect without a pool.
     ///
     /// # Errors
     ///
@@ -155,14 +247,16 @@ impl SocketTransport {
         endpoint: &Endpoint,
         secret: &WorkerSecret,
     ) -> Result<SocketConn, NetError> {
-        self.open(endpoint, Some(secret)).await
+        self.open(endpoint, Some(secret))
+            .await
+            .map(Direct::into_conn)
     }
 
     async fn open(
         &self,
         endpoint: &Endpoint,
         secret: Option<&WorkerSecret>,
-    ) -> Result<SocketConn, NetError> {
+    ) -> Result<Direct, NetError> {
         let stream = match endpoint {
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
             Endpoint::Tcp(addr) => {
@@ -210,13 +304,116 @@ impl SocketTransport {
             authenticated = secret.is_some(),
             "connected to worker"
         );
-        Ok(SocketConn {
+        Ok(Direct {
             framed,
             ready,
             limit,
             usable: true,
             last_used: Instant::now(),
         })
+    }
+}
+
+impl SocketTransport {
+    /// A connection of its own to `worker`, answering its challenge with the
+    /// secret its launcher attached, if any.
+    async fn connect_direct(&self, worker: &WorkerInfo) -> Result<SocketConn, NetError> {
+        let secret = worker.attachments.get::<WorkerSecret>();
+        self.open(&worker.endpoint, secret)
+            .await
+            .map(Direct::into_conn)
+    }
+
+    /// A stream to `worker` in the multiplexed mode: on the least loaded of
+    /// its physical connections, once as many are open as configured, after
+    /// waiting for one unconfirmed cancellation to that worker, if any.
+    async fn connect_stream(
+        &self,
+        multiplex: &Multiplexed,
+        worker: &WorkerInfo,
+    ) -> Result<SocketConn, NetError> {
+        let endpoint = &worker.endpoint;
+        let group = multiplex.group(endpoint, worker.generation);
+        if group.refused() {
+            return self.connect_direct(worker).await;
+        }
+        let mut claim = Claim {
+            group: &group,
+            cancellation: group.claim_cancellation(),
+        };
+        // Held until the stream is open: the cancelled stream may have been
+        // the last on its connection, which the new stream should reuse.
+        let mut cancelled_on = None;
+        if let Some(cancellation) = claim.cancellation.as_mut() {
+            // A dropped sender means the physical connection is gone, and the
+            // worker cancels what ran on it.
+            let _ = (&mut cancellation.confirmed).await;
+            cancelled_on = claim.cancellation.take().map(|done| done.physical);
+        }
+        let limit = self.max_frame_bytes;
+        let _cancelled_on = cancelled_on;
+        let stream = |physical| SocketConn {
+            inner: Inner::Stream(MuxStream::open(physical, Arc::clone(&group), limit)),
+        };
+        if let Some(physical) = group.pick(multiplex.per_worker) {
+            return Ok(stream(physical));
+        }
+        let _opening = group.opening.lock().await;
+        if let Some(physical) = group.pick(multiplex.per_worker) {
+            return Ok(stream(physical));
+        }
+        match self.open_physical(worker).await? {
+            Some(physical) => {
+                group.add(&physical);
+                Ok(stream(physical))
+            }
+            None => {
+                tracing::info!(%endpoint, "the worker does not multiplex; one event per connection");
+                group.refuse();
+                self.connect_direct(worker).await
+            }
+        }
+    }
+
+    /// Opens a connection, asks the worker to multiplex it, and starts its
+    /// reader and writer; `None` if the worker closed the connection or
+    /// answered anything but an acknowledgement.
+    async fn open_physical(&self, worker: &WorkerInfo) -> Result<Option<Arc<Physical>>, NetError> {
+        let endpoint = &worker.endpoint;
+        let Direct {
+            mut framed, ready, ..
+        } = self
+            .open(endpoint, worker.attachments.get::<WorkerSecret>())
+            .await?;
+        framed
+            .send(mux::multiplex_request())
+            .await
+            .map_err(|err| closed_or_io(err, NetError::Closed))?;
+        let ack = match framed.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => match read_error(err, self.max_frame_bytes, NetError::Closed) {
+                NetError::Closed => return Ok(None),
+                error => return Err(error),
+            },
+            None => return Ok(None),
+        };
+        if let Err(error) = mux::check_multiplex_ack(&ack) {
+            // Not an acknowledgement: a worker from before multiplexing that
+            // took `M` for an event, say. Serve it one event per connection.
+            tracing::debug!(%endpoint, %error, "the worker did not acknowledge multiplexing");
+            return Ok(None);
+        }
+        let parts = framed.into_parts();
+        let (read, write) = parts.io.into_split();
+        tracing::debug!(%endpoint, pid = ready.pid(), "multiplexed connection opened");
+        Ok(Some(Physical::start(
+            read,
+            write,
+            parts.read_buf,
+            self.frame_codec(),
+            self.max_frame_bytes,
+            ready,
+        )))
     }
 }
 
@@ -227,13 +424,29 @@ impl Transport for SocketTransport {
     type Response = Reply;
     type Error = NetError;
 
-    /// Connects to `worker.endpoint`; see [`SocketTransport::connect_endpoint`].
+    /// Connects to `worker.endpoint` and answers a handshake challenge with
+    /// the [`WorkerSecret`] attached to the worker's process
+    /// ([`WorkerInfo::attachments`]); see
+    /// [`SocketTransport::connect_authenticated`].
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future closes the half-open socket.
     async fn connect(&self, worker: &WorkerInfo) -> Result<SocketConn, NetError> {
-        self.connect_endpoint(&worker.endpoint).await
+        match &self.multiplex {
+            None => self.connect_direct(worker).await,
+            Some(multiplex) => self.connect_stream(multiplex, worker).await,
+        }
+    }
+
+    /// Opens a connection of its own and waits for the worker's ready frame,
+    /// in either mode: only a running event loop writes it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future closes the half-open socket.
+    async fn probe(&self, worker: &WorkerInfo) -> Result<(), NetError> {
+        self.connect_direct(worker).await.map(drop)
     }
 
     /// Sends `event` and reads its answer; see [`SocketConn::call`].
@@ -248,9 +461,18 @@ impl Transport for SocketTransport {
     /// A connection idle for a second or more is broken if the worker closed it
     /// or sent something unasked meanwhile (one non-blocking read); one used
     /// more recently is trusted.
+    ///
+    /// A stream of the multiplexed mode is broken once its physical
+    /// connection is.
     fn is_broken(&self, conn: &mut SocketConn) -> bool {
-        conn.last_used.elapsed() >= IDLE_CHECK_AFTER
-            && (!conn.framed.read_buffer().is_empty() || conn.framed.get_ref().closed_or_readable())
+        match &mut conn.inner {
+            Inner::Direct(direct) => {
+                direct.last_used.elapsed() >= IDLE_CHECK_AFTER
+                    && (!direct.framed.read_buffer().is_empty()
+                        || direct.framed.get_ref().closed_or_readable())
+            }
+            Inner::Stream(stream) => stream.is_broken(),
+        }
     }
 
     /// [`NetError::EventTooLarge`] is refused before a byte is sent.
@@ -268,8 +490,26 @@ impl Transport for SocketTransport {
 }
 
 /// One open connection to a worker, ready for events. Dropping it closes it.
+///
+/// In the multiplexed mode ([`SocketTransport::multiplex`]) it is a stream on a
+/// physical connection shared with other slots; dropping it closes the stream,
+/// and the physical connection once its last stream is gone.
 #[derive(Debug)]
 pub struct SocketConn {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// Boxed: a stream is a few pointers, a direct connection its codec's
+    /// buffers; one allocation per connect costs nothing per event.
+    Direct(Box<Direct>),
+    Stream(MuxStream),
+}
+
+/// A connection that carries one event at a time.
+#[derive(Debug)]
+struct Direct {
     framed: Framed<Stream, LengthDelimitedCodec>,
     ready: Ready,
     limit: usize,
@@ -280,15 +520,28 @@ pub struct SocketConn {
 }
 
 impl SocketConn {
-    /// The ready frame the worker sent when the connection opened.
+    /// The ready frame the worker sent when the connection opened (in the
+    /// multiplexed mode, when the physical connection opened).
     pub fn ready(&self) -> Ready {
-        self.ready
+        match &self.inner {
+            Inner::Direct(direct) => direct.ready,
+            Inner::Stream(stream) => stream.ready(),
+        }
     }
 
     /// Whether the connection can carry another event: false once an exchange
-    /// failed or was dropped before it finished.
+    /// failed or was dropped before it finished (in the multiplexed mode, also
+    /// once the physical connection broke).
     pub fn is_usable(&self) -> bool {
-        self.usable
+        match &self.inner {
+            Inner::Direct(direct) => direct.usable,
+            Inner::Stream(stream) => stream.is_usable(),
+        }
+    }
+
+    /// Whether it is a stream of the multiplexed mode.
+    pub fn is_multiplexed(&self) -> bool {
+        matches!(self.inner, Inner::Stream(_))
     }
 
     /// Sends one event and reads its answer: one frame, or for an event with a
@@ -316,8 +569,25 @@ impl SocketConn {
     /// Not cancel safe: if the future is dropped before it completes, the event
     /// may be half written or its answer still on its way, so the connection
     /// becomes unusable and every later call fails with [`NetError::Unusable`].
-    /// The pool drops such a connection and opens a new one.
+    /// The pool drops such a connection and opens a new one. In the
+    /// multiplexed mode the dropped call also sends a cancel frame, so that
+    /// the worker cancels the event.
     pub async fn call(&mut self, event: &Event) -> Result<Reply, NetError> {
+        match &mut self.inner {
+            Inner::Direct(direct) => direct.call(event).await,
+            Inner::Stream(stream) => stream.call(event).await,
+        }
+    }
+}
+
+impl Direct {
+    fn into_conn(self) -> SocketConn {
+        SocketConn {
+            inner: Inner::Direct(Box::new(self)),
+        }
+    }
+
+    async fn call(&mut self, event: &Event) -> Result<Reply, NetError> {
         if !self.usable {
             return Err(NetError::Unusable);
         }
@@ -355,7 +625,7 @@ impl SocketConn {
             .map_err(|err| closed_or_io(err, NetError::Closed))?;
         let reply = match event.sink() {
             None => Reply::decode(self.next_frame().await?)?,
-            Some(sink) => self.read_streamed(sink).await?,
+            Some(sink) => read_streamed(self, sink).await?,
         };
         self.usable = true;
         self.last_used = Instant::now();
@@ -369,36 +639,53 @@ impl SocketConn {
             None => Err(NetError::Closed),
         }
     }
+}
 
-    /// Reads the answer to an event that asked for streaming: a whole `O` or
-    /// `X`, or `H`, `B`..., and `D` (or `X`), forwarding the parts to `sink`.
-    async fn read_streamed(&mut self, sink: &ResponseSink) -> Result<Reply, NetError> {
-        let (status, mut body_bytes) = match AnswerFrame::decode(self.next_frame().await?)? {
-            AnswerFrame::Whole(reply) => return Ok(reply),
-            AnswerFrame::Head {
-                status,
-                headers,
-                body,
-            } => {
-                forward(sink, ResponsePart::Head { status, headers }).await?;
-                (status, forward_body(sink, body).await?)
-            }
-            AnswerFrame::Chunk(_) => return Err(out_of_order(b'B', "`H`, `O` or `X`")),
-            AnswerFrame::Done(_) => return Err(out_of_order(b'D', "`H`, `O` or `X`")),
-        };
-        loop {
-            match AnswerFrame::decode(self.next_frame().await?)? {
-                AnswerFrame::Chunk(body) => body_bytes += forward_body(sink, body).await?,
-                AnswerFrame::Done(body) => {
-                    body_bytes += forward_body(sink, body).await?;
-                    forward(sink, ResponsePart::End).await?;
-                    return Ok(Reply::Streamed { status, body_bytes });
-                }
-                AnswerFrame::Whole(reply @ Reply::Raised { .. }) => return Ok(reply),
-                AnswerFrame::Whole(_) => return Err(out_of_order(b'O', "`B`, `D` or `X`")),
-                AnswerFrame::Head { .. } => return Err(out_of_order(b'H', "`B`, `D` or `X`")),
-            }
+/// Reads the answer to an event that asked for streaming: a whole `O` or
+/// `X`, or `H`, `B`..., and `D` (or `X`), forwarding the parts to `sink`.
+/// `frames` gives the exchange's frames in order, from a connection of its
+/// own or from a stream of a multiplexed one.
+pub(super) async fn read_streamed<F: AnswerFrames>(
+    frames: &mut F,
+    sink: &ResponseSink,
+) -> Result<Reply, NetError> {
+    let (status, mut body_bytes) = match AnswerFrame::decode(frames.next_answer_frame().await?)? {
+        AnswerFrame::Whole(reply) => return Ok(reply),
+        AnswerFrame::Head {
+            status,
+            headers,
+            body,
+        } => {
+            forward(sink, ResponsePart::Head { status, headers }).await?;
+            (status, forward_body(sink, body).await?)
         }
+        AnswerFrame::Chunk(_) => return Err(out_of_order(b'B', "`H`, `O` or `X`")),
+        AnswerFrame::Done(_) => return Err(out_of_order(b'D', "`H`, `O` or `X`")),
+    };
+    loop {
+        match AnswerFrame::decode(frames.next_answer_frame().await?)? {
+            AnswerFrame::Chunk(body) => body_bytes += forward_body(sink, body).await?,
+            AnswerFrame::Done(body) => {
+                body_bytes += forward_body(sink, body).await?;
+                forward(sink, ResponsePart::End).await?;
+                return Ok(Reply::Streamed { status, body_bytes });
+            }
+            AnswerFrame::Whole(reply @ Reply::Raised { .. }) => return Ok(reply),
+            AnswerFrame::Whole(_) => return Err(out_of_order(b'O', "`B`, `D` or `X`")),
+            AnswerFrame::Head { .. } => return Err(out_of_order(b'H', "`B`, `D` or `X`")),
+        }
+    }
+}
+
+/// Where the frames of one exchange's answer come from.
+pub(super) trait AnswerFrames: Send {
+    /// The next frame of the answer.
+    fn next_answer_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send;
+}
+
+impl AnswerFrames for Direct {
+    fn next_answer_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send {
+        self.next_frame()
     }
 }
 
@@ -424,7 +711,7 @@ fn out_of_order(kind: u8, expected: &'static str) -> NetError {
 }
 
 /// Classifies an error from reading a frame.
-fn read_error(err: io::Error, limit: usize, closed: NetError) -> NetError {
+pub(crate) fn read_error(err: io::Error, limit: usize, closed: NetError) -> NetError {
     if err
         .get_ref()
         .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
@@ -457,8 +744,8 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
-    use crate::launcher::WorkerId;
     use crate::net::{ResponsePart, ResponseSink};
+    use crate::worker::WorkerId;
 
     fn frame(kind: u8, meta: &str, body: &[u8]) -> Vec<u8> {
         let payload_len = 5 + meta.len() + body.len();
@@ -492,12 +779,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let worker = WorkerInfo {
-            id: WorkerId::new(3),
-            generation: 1,
-            endpoint: Endpoint::Unix(path),
-            pid: Some(42),
-        };
+        let worker = WorkerInfo::new(WorkerId::new(3), 1, Endpoint::Unix(path), Some(42));
         let transport = SocketTransport::new();
         let mut conn = transport.connect(&worker).await.unwrap();
         assert_eq!(conn.ready().pid(), 42);

@@ -46,7 +46,7 @@ use crate::config::{Mode, PoolConfig};
 ///     "numWorkers": 2, "async": {"maxConnectionsNumber": 50}}}}}"#)?;
 /// let config = spec.pool_config("http")?;
 /// assert_eq!((config.num_workers, config.max_connections), (2, 50));
-/// assert_eq!(config.connection_availability_timeout, Duration::from_secs(10));
+/// assert_eq!(config.acquire_timeout, Duration::from_secs(10));
 /// # Ok::<(), async_worker_pool::nuclio::SpecError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -153,7 +153,7 @@ impl NuclioSpec {
     /// | `…numWorkers` | `num_workers` |
     /// | `…mode` | `mode`; `sync` also sets `max_connections` to 1 |
     /// | `…async.maxConnectionsNumber` | `max_connections` |
-    /// | `…async.connectionAvailabilityTimeout` | `connection_availability_timeout` |
+    /// | `…async.connectionAvailabilityTimeout` | `acquire_timeout` |
     /// | `…async.establishConnectionTimeout` | `establish_connection_timeout` |
     ///
     /// A trigger without `mode` is taken as `async`: this crate drives the async
@@ -182,7 +182,7 @@ impl NuclioSpec {
             config.max_connections = connections;
         }
         if let Some(timeout) = asynchronous.connection_availability_timeout {
-            config.connection_availability_timeout = timeout;
+            config.acquire_timeout = timeout;
         }
         if let Some(timeout) = asynchronous.establish_connection_timeout {
             config.establish_connection_timeout = timeout;
@@ -231,10 +231,7 @@ mod tests {
         assert_eq!(config.max_connections, 200);
         assert_eq!(config.mode, Mode::Async);
         assert_eq!(config.event_timeout, Some(Duration::from_secs(90)));
-        assert_eq!(
-            config.connection_availability_timeout,
-            Duration::from_millis(500)
-        );
+        assert_eq!(config.acquire_timeout, Duration::from_millis(500));
         assert_eq!(config.establish_connection_timeout, Duration::from_secs(5));
     }
 

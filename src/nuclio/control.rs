@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
 use super::logs;
-use crate::launcher::WorkerId;
+use crate::worker::WorkerId;
 
 /// Control messages are small; a longer line is a broken wrapper.
 const MAX_CONTROL_LINE: usize = 1024 * 1024;

@@ -2,9 +2,12 @@
 //! endpoint: whose turn it is to be accepted, the connections it started for
 //! connects that were given up, and how many events are in flight.
 //!
-//! The state is found by the endpoint's address, so a [`NuclioTransport`]
-//! needs no link to the [`NuclioLauncher`] that started the wrapper: a wrapper
-//! holds its port for as long as it runs, so one address names one wrapper.
+//! The [`NuclioLauncher`] makes the state of each wrapper it starts and
+//! attaches it to the wrapper's handle, where the [`NuclioTransport`] finds
+//! it ([`WorkerInfo::attachments`](crate::WorkerInfo::attachments)): it
+//! belongs to that one wrapper, not to every pool of the host process. A
+//! transport asked to connect to a bare address keeps a table of its own
+//! ([`EndpointTable`]).
 //!
 //! [`NuclioTransport`]: super::NuclioTransport
 //! [`NuclioLauncher`]: super::NuclioLauncher
@@ -12,15 +15,34 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::transport::Started;
+use super::socket::Started;
 
-/// Every endpoint someone still holds state for.
-static ENDPOINTS: LazyLock<parking_lot::Mutex<HashMap<SocketAddr, Weak<EndpointState>>>> =
-    LazyLock::new(Default::default);
+/// The states of the endpoints one transport (and its clones) connected to by
+/// address alone, while anyone holds them: a wrapper holds its port for as
+/// long as it runs, so one address names one wrapper.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EndpointTable {
+    states: Arc<parking_lot::Mutex<HashMap<SocketAddr, Weak<EndpointState>>>>,
+}
+
+impl EndpointTable {
+    /// The state of the wrapper at `addr`, shared with everyone else who holds it.
+    pub(crate) fn of(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        let mut states = self.states.lock();
+        if let Some(state) = states.get(&addr).and_then(Weak::upgrade) {
+            return state;
+        }
+        // Entries of wrappers nobody holds any more go as new ones come.
+        states.retain(|_, state| state.strong_count() > 0);
+        let state = Arc::new(EndpointState::default());
+        states.insert(addr, Arc::downgrade(&state));
+        state
+    }
+}
 
 /// The shared state of one wrapper's event endpoint.
 #[derive(Debug, Default)]
@@ -39,28 +61,9 @@ pub(crate) struct EndpointState {
 }
 
 impl EndpointState {
-    /// The state of the wrapper at `addr`, shared with everyone else who holds it.
-    pub(crate) fn of(addr: SocketAddr) -> Arc<Self> {
-        let mut endpoints = ENDPOINTS.lock();
-        if let Some(state) = endpoints.get(&addr).and_then(Weak::upgrade) {
-            return state;
-        }
-        // Entries of wrappers nobody holds any more go as new ones come.
-        endpoints.retain(|_, state| state.strong_count() > 0);
-        let state = Arc::new(Self::default());
-        endpoints.insert(addr, Arc::downgrade(&state));
-        state
-    }
-
-    /// A fresh state for a wrapper just started at `addr`, in place of any
-    /// left by an earlier one at the same port (whose stashed connections
-    /// would be dead).
-    pub(crate) fn fresh(addr: SocketAddr) -> Arc<Self> {
-        let mut endpoints = ENDPOINTS.lock();
-        endpoints.retain(|_, state| state.strong_count() > 0);
-        let state = Arc::new(Self::default());
-        endpoints.insert(addr, Arc::downgrade(&state));
-        state
+    /// A fresh state for a wrapper just started, to attach to its handle.
+    pub(crate) fn fresh() -> Arc<Self> {
+        Arc::new(Self::default())
     }
 
     /// Waits for this connection's turn to be accepted.
@@ -109,22 +112,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_address_is_one_state_while_anyone_holds_it() {
+    fn one_address_is_one_state_per_table_while_anyone_holds_it() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let first = EndpointState::of(addr);
-        let second = EndpointState::of(addr);
+        let table = EndpointTable::default();
+        let first = table.of(addr);
+        let second = table.clone().of(addr);
         assert!(Arc::ptr_eq(&first, &second));
         let guard = first.event_in_flight();
         assert_eq!(second.in_flight(), 1);
         drop(guard);
         assert_eq!(second.in_flight(), 0);
+        // Another transport's table, or a launcher's fresh state, is apart.
+        assert!(!Arc::ptr_eq(&first, &EndpointTable::default().of(addr)));
+        assert!(!Arc::ptr_eq(&first, &EndpointState::fresh()));
         drop((first, second));
-        let fresh = EndpointState::of(addr);
-        let _guard = fresh.event_in_flight();
-        assert_eq!(EndpointState::of(addr).in_flight(), 1);
-        // A new wrapper at the same port starts from nothing.
-        let replaced = EndpointState::fresh(addr);
-        assert!(!Arc::ptr_eq(&fresh, &replaced));
-        assert_eq!(EndpointState::of(addr).in_flight(), 0);
+        let again = table.of(addr);
+        assert_eq!(again.in_flight(), 0);
     }
 }

@@ -19,11 +19,13 @@ use super::control;
 use super::endpoint::EndpointState;
 use super::logs;
 use super::worker::NuclioWorker;
+use crate::endpoint::Endpoint;
 use crate::launcher::LaunchError;
-use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
+use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
 use crate::process::{
     SocketDir, Started, drain_stderr, free_tcp_port, start, with_stderr_tail, worker_command,
 };
+use crate::worker::WorkerId;
 
 /// A [`Launcher`] for Nuclio's own Python async wrapper
 /// (`_nuclio_async_wrapper.py`), run unchanged.
@@ -269,11 +271,7 @@ impl Launcher for NuclioLauncher {
             Ok(Ok(lines)) => {
                 tracing::info!(%worker, pid, %endpoint, "Nuclio wrapper initialized");
                 let control = AbortOnDropHandle::new(tokio::spawn(control::follow(lines, worker)));
-                Ok(NuclioWorker::new(
-                    process,
-                    control,
-                    EndpointState::fresh(addr),
-                ))
+                Ok(NuclioWorker::new(process, control, EndpointState::fresh()))
             }
             Ok(Err(exited)) => {
                 let exit = match exited {

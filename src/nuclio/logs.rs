@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::launcher::WorkerId;
+use crate::worker::WorkerId;
 
 /// The target of every forwarded log record.
 pub(crate) const TARGET: &str = "async_worker_pool::nuclio::handler";

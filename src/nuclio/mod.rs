@@ -44,6 +44,7 @@ mod launcher;
 mod logs;
 mod packet;
 mod response;
+mod socket;
 mod transport;
 mod worker;
 

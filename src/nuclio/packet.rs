@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::error::NuclioError;
 use super::logs::{self, LogRecord, Via};
-use crate::launcher::WorkerId;
+use crate::worker::WorkerId;
 
 /// One line from the wrapper, its type byte stripped.
 #[derive(Debug, PartialEq, Eq)]

@@ -6,22 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, sleep};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::durations::HandlerDurations;
-use super::endpoint::EndpointState;
+use super::endpoint::{EndpointState, EndpointTable};
 use super::error::NuclioError;
 use super::event::NuclioEvent;
 use super::packet::{self, Packet};
 use super::response::{self, NuclioBody, NuclioResponse, WireResponse, decode_base64};
-use crate::launcher::{Endpoint, WorkerId, WorkerInfo};
+use super::socket::{Started, next_line, open};
+use crate::endpoint::Endpoint;
 use crate::transport::Transport;
+use crate::worker::{WorkerId, WorkerInfo};
 
 /// The maximum line length unless [`NuclioTransport::max_line_bytes`] says
 /// otherwise: 16 MiB, room for a 12 MiB body in base64.
@@ -34,9 +31,6 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// The maximum streamed body unless [`NuclioTransport::max_stream_bytes`] says
 /// otherwise: 64 MiB.
 pub const DEFAULT_MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
-
-/// How often a refused connection is tried again while the wrapper starts to listen.
-const REFUSED_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A [`Transport`] to Nuclio's Python async wrapper over TCP.
 ///
@@ -82,6 +76,9 @@ pub struct NuclioTransport {
     max_stream_bytes: usize,
     refused_retry: Duration,
     durations: HandlerDurations,
+    /// For connects to a bare address (`connect_endpoint`); a pool's connects
+    /// find the wrapper's state attached to its handle.
+    endpoints: EndpointTable,
 }
 
 impl Default for NuclioTransport {
@@ -99,6 +96,7 @@ impl NuclioTransport {
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
             refused_retry: Duration::from_secs(5),
             durations: HandlerDurations::default(),
+            endpoints: EndpointTable::default(),
         }
     }
 
@@ -142,7 +140,12 @@ impl NuclioTransport {
     /// wrapper has sent `s` on it.
     ///
     /// [`Transport::connect`] does the same for a [`WorkerInfo`]; this is for
-    /// hosts (and tests) that drive a wrapper without a pool.
+    /// hosts (and tests) that drive a wrapper without a pool. Its connections
+    /// to one address take turns with this transport's (and its clones')
+    /// other connects to that address only; [`Transport::connect`] with the
+    /// wrapper's attachments ([`WorkerProcess::attachments`](crate::WorkerProcess::attachments)
+    /// of its [`NuclioWorker`](super::NuclioWorker)) shares the wrapper's own
+    /// state, so that its handle counts the events in flight when it drains.
     ///
     /// # Errors
     ///
@@ -164,8 +167,18 @@ impl NuclioTransport {
         let Endpoint::Tcp(addr) = endpoint else {
             return Err(NuclioError::UnsupportedEndpoint(endpoint.to_string()));
         };
-        let addr = *addr;
-        let endpoint_state = EndpointState::of(addr);
+        let endpoint_state = self.endpoints.of(*addr);
+        self.connect_to(*addr, endpoint_state, worker).await
+    }
+
+    /// Opens a connection to the wrapper at `addr`, whose shared state is
+    /// `endpoint_state`, in its turn.
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        endpoint_state: Arc<EndpointState>,
+        worker: WorkerId,
+    ) -> Result<NuclioConn, NuclioError> {
         let turn = endpoint_state.accept_turn().await;
         let started = match endpoint_state.take_stashed() {
             Some(started) => started,
@@ -290,7 +303,15 @@ impl Transport for NuclioTransport {
     ///
     /// Cancel safe; see [`NuclioTransport::connect_endpoint`].
     async fn connect(&self, worker: &WorkerInfo) -> Result<NuclioConn, NuclioError> {
-        self.connect_endpoint(&worker.endpoint, worker.id).await
+        match (
+            &worker.endpoint,
+            worker.attachments.get::<Arc<EndpointState>>(),
+        ) {
+            (Endpoint::Tcp(addr), Some(state)) => {
+                self.connect_to(*addr, state.clone(), worker.id).await
+            }
+            _ => self.connect_endpoint(&worker.endpoint, worker.id).await,
+        }
     }
 
     /// Sends `event` and reads every packet up to its response; see
@@ -469,67 +490,5 @@ impl NuclioConn {
     async fn next_line(&mut self) -> Result<Option<String>, NuclioError> {
         let io = self.io.as_mut().ok_or(NuclioError::Unusable)?;
         next_line(&mut io.lines, io.limit).await
-    }
-}
-
-/// A connection the wrapper has started (sent `s` on), not yet handed out.
-#[derive(Debug)]
-pub(crate) struct Started {
-    lines: FramedRead<OwnedReadHalf, LinesCodec>,
-    write: OwnedWriteHalf,
-    limit: usize,
-}
-
-/// Opens a connection to `addr`, retrying a refused one for `refused_retry`,
-/// and waits for the wrapper's `s` on it.
-async fn open(
-    addr: SocketAddr,
-    limit: usize,
-    refused_retry: Duration,
-) -> Result<Started, NuclioError> {
-    // A window too long to represent never closes.
-    let deadline = Instant::now().checked_add(refused_retry);
-    let stream = loop {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => break stream,
-            Err(error)
-                if error.kind() == std::io::ErrorKind::ConnectionRefused
-                    && deadline.is_none_or(|deadline| Instant::now() < deadline) =>
-            {
-                sleep(REFUSED_RETRY_INTERVAL).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
-    // Small packets each way: Nagle would only add latency.
-    stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(limit));
-    match next_line(&mut lines, limit).await {
-        Ok(Some(line)) => match Packet::parse(&line)? {
-            Packet::Start => Ok(Started {
-                lines,
-                write,
-                limit,
-            }),
-            other => Err(NuclioError::NotReady { kind: other.kind() }),
-        },
-        Ok(None) | Err(NuclioError::Closed) => Err(NuclioError::ClosedBeforeReady),
-        Err(error) => Err(error),
-    }
-}
-
-/// The next line of `lines`, `None` at end of stream.
-async fn next_line(
-    lines: &mut FramedRead<OwnedReadHalf, LinesCodec>,
-    limit: usize,
-) -> Result<Option<String>, NuclioError> {
-    match lines.next().await {
-        None => Ok(None),
-        Some(Ok(line)) => Ok(Some(line)),
-        Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-            Err(NuclioError::LineTooLong { limit })
-        }
-        Some(Err(LinesCodecError::Io(error))) => Err(error.into()),
     }
 }

@@ -9,8 +9,10 @@ use nix::sys::signal::Signal;
 use tokio::time::{Instant, timeout};
 
 use super::endpoint::EndpointState;
-use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
+use crate::endpoint::Endpoint;
+use crate::launcher::{WorkerExit, WorkerProcess};
 use crate::process::ProcessWorker;
+use crate::worker::{Attachments, WorkerId};
 
 /// A wrapper process started by [`NuclioLauncher`](super::NuclioLauncher): a
 /// [`ProcessWorker`] whose terminate signal is `SIGUSR1`, plus the task that
@@ -128,6 +130,11 @@ impl WorkerProcess for NuclioWorker {
 
     fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    /// The wrapper's endpoint state, which the transport's connections share.
+    fn attachments(&self) -> Attachments {
+        self.process.attachments().with(self.endpoint.clone())
     }
 
     /// See [`ProcessWorker::wait`](WorkerProcess::wait).

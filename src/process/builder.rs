@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use tracing::Level;
 
-use super::launcher::{EndpointKind, ProcessLauncher};
+use super::launcher::ProcessLauncher;
 use super::python_worker::{AnyProgram, Lifespan, Program, PythonWorker};
 use super::socket_dir::SocketDir;
 use super::template;
+use crate::endpoint::EndpointKind;
 use crate::launcher::LaunchError;
 
 impl ProcessLauncher {
@@ -165,9 +166,13 @@ impl<P: Program> ProcessLauncherBuilder<P> {
 
     /// How many connections the pool opens to each worker, passed to it as
     /// `--connections N` so it can size its backlog and file limit; default 1000.
-    /// Set it to the pool's `max_connections`: the reference worker serves at
-    /// most N + 4 connections at once (the 4 for liveness probes) and refuses
-    /// the rest.
+    /// The reference worker serves at most N + 4 connections at once (the 4
+    /// for liveness probes) and refuses the rest, so a pool of this launcher
+    /// refuses a `max_connections` above N, at build time
+    /// ([`BuildError::Config`](crate::BuildError::Config), naming both values)
+    /// and in [`Pool::set_max_connections`](crate::Pool::set_max_connections)
+    /// (see [`Launcher::check_pool_size`](crate::Launcher::check_pool_size)).
+    /// Set it to the pool's `max_connections`, or to the most the pool grows to.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;
         self

@@ -26,6 +26,23 @@ pub fn raise_fd_limit(wanted: u64) -> std::io::Result<u64> {
     Ok(target)
 }
 
+/// The descriptors a pool of `workers` × `connections` holds in the host, with
+/// some to spare: one per connection, three pipes per worker (its lifeline,
+/// stdout and stderr) and a few for the runtime and the host itself.
+pub(crate) fn descriptors_needed(workers: usize, connections: usize) -> u64 {
+    let per_worker = connections.saturating_add(3) as u64;
+    (workers as u64)
+        .saturating_mul(per_worker)
+        .saturating_add(16)
+}
+
+/// This process's soft limit on open files, if it can be read.
+pub(crate) fn soft_fd_limit() -> Option<u64> {
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +54,12 @@ mod tests {
         let raised = raise_fd_limit(hard).unwrap();
         assert_eq!(raised, hard.max(soft));
         assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, raised);
+        assert_eq!(soft_fd_limit(), Some(raised));
+    }
+
+    #[test]
+    fn a_pool_needs_a_descriptor_per_connection_and_a_few_per_worker() {
+        assert_eq!(descriptors_needed(2, 1000), 2022);
+        assert_eq!(descriptors_needed(usize::MAX, usize::MAX), u64::MAX);
     }
 }

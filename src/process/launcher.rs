@@ -18,23 +18,11 @@ use super::spawn::{
 use super::template::Values;
 use super::worker::ProcessWorker;
 use super::{ENDPOINT_ENV, LIFELINE_ENV, SECRET_ENV, SOCKET_DIR_ENV, WORKER_ID_ENV};
+use crate::endpoint::{Endpoint, EndpointKind};
 use crate::launcher::LaunchError;
-use crate::launcher::{Endpoint, Launcher, WorkerExit, WorkerId, WorkerProcess};
+use crate::launcher::{Launcher, WorkerExit, WorkerProcess};
 use crate::net::WorkerSecret;
-
-/// Where a worker process accepts connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum EndpointKind {
-    /// A Unix socket `worker-N.sock` in the launcher's private directory: no port
-    /// to collide with, and only the host's user can connect.
-    #[default]
-    Unix,
-    /// A free TCP port on
-    /// [`tcp_host`](super::ProcessLauncherBuilder::tcp_host), loopback unless
-    /// told otherwise.
-    Tcp,
-}
+use crate::worker::WorkerId;
 
 /// A [`Launcher`] that runs a program per worker and hands it an endpoint to
 /// listen on: a Unix socket in a private directory, or a free loopback TCP port.
@@ -229,7 +217,7 @@ impl Launcher for ProcessLauncher {
                     self.program.to_string_lossy()
                 ))
             })?;
-        process.hold_secret(secret.clone(), secret.register(endpoint.clone()));
+        process.hold_secret(secret);
         let pid = process.pid().unwrap_or_default();
         tracing::debug!(%worker, pid, %endpoint, "worker process started");
 
@@ -239,5 +227,30 @@ impl Launcher for ProcessLauncher {
         };
         drain_stderr(stderr_forwarder).await;
         Err(self.exited_error(worker, exit, &tail.lines()))
+    }
+
+    /// Refuses a pool that would open more connections to a worker than
+    /// [`ProcessLauncherBuilder::connections`](super::ProcessLauncherBuilder::connections)
+    /// tells it to serve (it would refuse the rest), or more connections in all
+    /// than the host's soft open-file limit allows (see
+    /// [`raise_fd_limit`](super::raise_fd_limit)).
+    fn check_pool_size(&self, num_workers: usize, max_connections: usize) -> Result<(), String> {
+        if max_connections > self.connections {
+            return Err(format!(
+                "is {max_connections}, more than the {} connections the launcher tells each \
+                 worker to serve (ProcessLauncherBuilder::connections); set both to \
+                 {max_connections}, or max_connections to at most {}",
+                self.connections, self.connections
+            ));
+        }
+        let need = super::fd_limit::descriptors_needed(num_workers, max_connections);
+        match super::fd_limit::soft_fd_limit() {
+            Some(limit) if limit < need => Err(format!(
+                "needs about {need} file descriptors in the host ({num_workers} workers × \
+                 {max_connections} connections, and some to spare), more than the open-file \
+                 limit of {limit}: raise it first (process::raise_fd_limit({need}), or `ulimit -n`)"
+            )),
+            _ => Ok(()),
+        }
     }
 }

@@ -65,7 +65,7 @@ mod worker;
 
 pub use builder::ProcessLauncherBuilder;
 pub use fd_limit::raise_fd_limit;
-pub use launcher::{EndpointKind, ProcessLauncher};
+pub use launcher::ProcessLauncher;
 #[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
 pub use python_worker::{AnyProgram, Lifespan, Program, PythonWorker};

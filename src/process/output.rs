@@ -9,7 +9,7 @@ use tokio::process::{ChildStderr, ChildStdout};
 use tokio::task::JoinHandle;
 use tracing::Level;
 
-use crate::launcher::WorkerId;
+use crate::worker::WorkerId;
 
 /// How many stderr lines a worker keeps for its error messages.
 pub(crate) const STDERR_TAIL_LINES: usize = 20;

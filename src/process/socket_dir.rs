@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::launcher::LaunchError;
-use crate::launcher::WorkerId;
+use crate::worker::WorkerId;
 
 /// The longest socket path every Unix accepts (`sun_path` is 104 bytes on the
 /// BSDs and macOS, 108 on Linux, both counting the terminating NUL).

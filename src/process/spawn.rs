@@ -16,8 +16,10 @@ use tracing::Level;
 
 use super::output::{StderrTail, forward_stderr, forward_stdout};
 use super::worker::ProcessWorker;
+use crate::endpoint::Endpoint;
 use crate::launcher::LaunchError;
-use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
+use crate::launcher::{WorkerExit, WorkerProcess};
+use crate::worker::WorkerId;
 
 /// How often a starting worker's endpoint is tried.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);

@@ -6,9 +6,10 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use super::launcher::EndpointKind;
+use crate::endpoint::Endpoint;
+use crate::endpoint::EndpointKind;
 use crate::launcher::LaunchError;
-use crate::launcher::{Endpoint, WorkerId};
+use crate::worker::WorkerId;
 
 /// The placeholders, and the endpoint kind each needs (`None`: any).
 const NAMES: [(&str, Option<EndpointKind>); 6] = [

@@ -13,8 +13,10 @@ use nix::unistd::Pid;
 use tokio::process::{Child, ChildStdin};
 
 use super::output::StderrTail;
-use crate::launcher::{Endpoint, WorkerExit, WorkerId, WorkerProcess};
-use crate::net::{SecretRegistration, WorkerSecret};
+use crate::endpoint::Endpoint;
+use crate::launcher::{WorkerExit, WorkerProcess};
+use crate::net::WorkerSecret;
+use crate::worker::{Attachments, WorkerId};
 
 /// A worker process started by [`ProcessLauncher`](super::ProcessLauncher), the
 /// leader of a process group of its own.
@@ -35,9 +37,9 @@ pub struct ProcessWorker {
     /// The write end of the worker's stdin, never written: the worker sees end
     /// of file once it is closed, which happens when the host process dies.
     _lifeline: Option<ChildStdin>,
-    /// The secret the process was given, registered for its endpoint while the
-    /// handle lives.
-    secret: Option<(WorkerSecret, SecretRegistration)>,
+    /// The secret the process was given, which the transport finds among its
+    /// attachments.
+    secret: Option<WorkerSecret>,
 }
 
 impl ProcessWorker {
@@ -62,9 +64,9 @@ impl ProcessWorker {
         }
     }
 
-    /// Keeps the process's secret, and its registration, as long as the handle.
-    pub(crate) fn hold_secret(&mut self, secret: WorkerSecret, registration: SecretRegistration) {
-        self.secret = Some((secret, registration));
+    /// Keeps the process's secret, for the transport to answer its handshake with.
+    pub(crate) fn hold_secret(&mut self, secret: WorkerSecret) {
+        self.secret = Some(secret);
     }
 
     /// The secret the process was given in
@@ -72,7 +74,7 @@ impl ProcessWorker {
     /// [`SocketTransport::connect_authenticated`](crate::net::SocketTransport::connect_authenticated);
     /// `None` for a process started without one (a Nuclio wrapper).
     pub fn secret(&self) -> Option<&WorkerSecret> {
-        self.secret.as_ref().map(|(secret, _)| secret)
+        self.secret.as_ref()
     }
 
     /// Makes [`terminate`](WorkerProcess::terminate) ask the process to stop with
@@ -162,6 +164,15 @@ impl WorkerProcess for ProcessWorker {
 
     fn pid(&self) -> Option<u32> {
         Some(self.pid)
+    }
+
+    /// The process's [`WorkerSecret`], which the socket transport answers its
+    /// handshake with; none for a process started without one.
+    fn attachments(&self) -> Attachments {
+        match &self.secret {
+            Some(secret) => Attachments::new().with(secret.clone()),
+            None => Attachments::new(),
+        }
     }
 
     /// Resolves when the process has exited, and reaps it and kills whatever is

@@ -123,8 +123,8 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::launcher::WorkerId;
     use crate::stats::{WorkerState, WorkerStats};
+    use crate::worker::WorkerId;
 
     fn scrape(collector: PoolCollector) -> String {
         let mut registry = Registry::default();

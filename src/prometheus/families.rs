@@ -112,8 +112,21 @@ fn named<V>(pairs: impl IntoIterator<Item = (&'static str, V)>) -> Vec<(String, 
         .collect()
 }
 
-/// Allocations by result, under the labels Nuclio uses (both name sets).
+/// Allocations by result: the successes under Nuclio's labels, the failures
+/// under the names of their [`PoolError::kind`](crate::PoolError::kind)
+/// (`acquire_timeout`, `queue_full`), as the event span's outcome has them.
 fn allocation_results(a: &crate::stats::AllocationStats) -> Vec<(String, u64)> {
+    named([
+        ("success_immediate", a.immediate),
+        ("success_after_wait", a.after_wait),
+        ("acquire_timeout", a.timeout),
+        ("queue_full", a.queue_full),
+    ])
+}
+
+/// Allocations by result under Nuclio's own labels, kept as they are so that
+/// dashboards and alerts built for Nuclio's processor work unchanged.
+fn nuclio_allocation_results(a: &crate::stats::AllocationStats) -> Vec<(String, u64)> {
     named([
         ("success_immediate", a.immediate),
         ("success_after_wait", a.after_wait),
@@ -187,8 +200,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             "worker_restart_reasons_total",
             Counter,
             "Why worker processes stopped serving: exited, reconnect_failed, unresponsive \
-             (failed a liveness probe), launch_failed, recycled (max events or memory) or \
-             reloaded.",
+             (failed a liveness probe), launch_failed, recycled_events (served max events), \
+             recycled_rss (passed the memory bound) or reloaded.",
         )
         .by(
             "reason",
@@ -197,7 +210,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
                 ("reconnect_failed", reasons.reconnect_failed),
                 ("unresponsive", reasons.unresponsive),
                 ("launch_failed", reasons.launch_failed),
-                ("recycled", reasons.recycled),
+                ("recycled_events", reasons.recycled_events),
+                ("recycled_rss", reasons.recycled_rss),
                 ("reloaded", reasons.reloaded),
             ]),
         ),
@@ -264,7 +278,7 @@ pub(super) fn nuclio(stats: &Stats) -> Vec<Family> {
             Counter,
             "Worker (connection) allocations by result.",
         )
-        .by("result", allocation_results(a)),
+        .by("result", nuclio_allocation_results(a)),
         Family::new(
             "nuclio_processor_worker_allocation_wait_duration_milliseconds_sum".into(),
             Counter,

@@ -25,6 +25,11 @@ pub const PREFIX: &str = "async_worker_pool";
 /// Renders `stats` as Prometheus text (format version 0.0.4), every metric with
 /// its `# HELP` and `# TYPE` lines. Serve it with the content type
 /// `text/plain; version=0.0.4`.
+///
+/// `async_worker_pool_allocations_total` counts by `result`:
+/// `success_immediate`, `success_after_wait`, and the failures under their
+/// [`PoolError::kind`](crate::PoolError::kind): `acquire_timeout` (after
+/// `acquire_timeout`, or a call's own bound) and `queue_full`.
 pub fn render(stats: &Stats) -> String {
     text::write(&families::pool(stats))
 }
@@ -53,8 +58,8 @@ pub fn render_nuclio(stats: &Stats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launcher::WorkerId;
     use crate::stats::{AllocationStats, WorkerState, WorkerStats};
+    use crate::worker::WorkerId;
 
     fn sample_stats() -> Stats {
         Stats {
@@ -83,7 +88,8 @@ mod tests {
             restart_reasons: crate::stats::RestartReasons {
                 exited: 1,
                 unresponsive: 2,
-                recycled: 3,
+                recycled_events: 3,
+                recycled_rss: 4,
                 ..Default::default()
             },
             workers: vec![WorkerStats {
@@ -108,7 +114,7 @@ mod tests {
             "async_worker_pool_waiters 3",
             "async_worker_pool_allocations_total{result=\"success_immediate\"} 7",
             "async_worker_pool_allocations_total{result=\"success_after_wait\"} 2",
-            "async_worker_pool_allocations_total{result=\"error_timeout\"} 1",
+            "async_worker_pool_allocations_total{result=\"acquire_timeout\"} 1",
             "async_worker_pool_allocation_wait_seconds_sum 1.5",
             "async_worker_pool_events_total{result=\"timeout\"} 1",
             "async_worker_pool_connection_restarts_total{result=\"ok\"} 2",
@@ -116,7 +122,8 @@ mod tests {
             "async_worker_pool_worker_restart_reasons_total{reason=\"exited\"} 1",
             "async_worker_pool_worker_restart_reasons_total{reason=\"unresponsive\"} 2",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reconnect_failed\"} 0",
-            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled\"} 3",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_events\"} 3",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_rss\"} 4",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"draining\"} 0",

@@ -20,20 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::PoolConfig;
 use crate::error::{PoolError, ReadyError};
-use crate::idle_index::IdleIndex;
-use crate::launcher::WorkerId;
 use crate::stats::{
     AllocationStats, ConnectionRestartStats, EventCounters, RestartReasons, SlotCounts, SlotState,
     Stats, WorkerState, WorkerStats,
 };
 use crate::transport::Transport;
-use crate::wait_queue::{Outcome, WaitQueue};
+use crate::worker::WorkerId;
+use idle_index::IdleIndex;
+use wait_queue::{Outcome, WaitQueue};
 
 mod health;
-mod ops;
+mod idle_index;
 mod slots;
 mod snapshot;
+mod wait_queue;
 mod waiters;
+mod worker_set;
 
 /// A slot: its worker, and its place in that worker's segment of the table.
 /// Each worker has a segment of its own so that workers and their connections
@@ -77,8 +79,22 @@ pub(crate) enum Request {
     /// Probe the worker: an event of this generation ran past its timeout.
     Probe { generation: u64 },
     /// Drain this generation and relaunch the worker: a reload, or a recycle.
-    Replace { generation: u64, recycle: bool },
+    Replace { generation: u64, why: Replacement },
 }
+
+/// Why a worker's generation is replaced, new before old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replacement {
+    /// [`Pool::reload`](crate::Pool::reload).
+    Reload,
+    /// It served `max_events_per_worker` events.
+    Events,
+    /// Its resident memory passed `max_worker_rss`.
+    Rss,
+}
+
+/// A worker's generation that came due for a recycle, and why.
+pub(crate) type DueRecycle = (usize, u64, Replacement);
 
 /// The newest generation of a worker that has ended, and whether it ended
 /// because it stopped answering its liveness probe.
@@ -94,8 +110,7 @@ pub(crate) enum EndReason {
     Exited,
     ReconnectFailed,
     Unresponsive,
-    Recycled,
-    Reloaded,
+    Replaced(Replacement),
     /// The worker was removed, or the pool shut down.
     Shutdown,
 }
@@ -110,7 +125,7 @@ struct Aftermath<C> {
     /// A slot of a draining or shrinking worker closed: `progress` is told.
     shed: bool,
     /// This worker's generation reached `max_events_per_worker`.
-    recycle: Option<(usize, u64)>,
+    recycle: Option<DueRecycle>,
 }
 
 impl<C> Aftermath<C> {
@@ -181,6 +196,8 @@ struct WorkerEntry<C> {
     released: u64,
     /// At this count the generation is recycled; `u64::MAX` when it never is.
     recycle_at: u64,
+    /// When the current generation began serving, for `min_worker_uptime`.
+    started: Instant,
     /// Idle connections of the current generation, most recently freed last.
     idle: Vec<(u32, C)>,
     generation: u64,
@@ -230,7 +247,7 @@ pub(crate) struct Shared<T: Transport> {
     /// removed, so that every entry has its link.
     links: RwLock<Vec<WorkerLink>>,
     /// Tells the operations task that a worker is due for recycling.
-    recycle: mpsc::UnboundedSender<(usize, u64)>,
+    recycle: mpsc::UnboundedSender<DueRecycle>,
     /// Signalled when the last busy slot is released during shutdown.
     drained: Notify,
     /// Wakes the parked timeout sweeper: a waiter joined, or the pool closes.
@@ -249,7 +266,7 @@ impl<T: Transport> Shared<T> {
     ) -> (
         Arc<Self>,
         Vec<NewWorker>,
-        mpsc::UnboundedReceiver<(usize, u64)>,
+        mpsc::UnboundedReceiver<DueRecycle>,
     ) {
         let (workers, conns) = (config.num_workers, config.max_connections);
         let mut new_workers = Vec::with_capacity(workers);
@@ -332,7 +349,7 @@ impl<T: Transport> Shared<T> {
                 return Begin::Refused(PoolError::QueueFull { max_waiters });
             }
         }
-        if self.config.connection_availability_timeout.is_zero() {
+        if self.config.acquire_timeout.is_zero() {
             core.allocations.timeout += 1;
             return Begin::Refused(PoolError::AcquireTimeout {
                 waited: Duration::ZERO,
@@ -443,6 +460,7 @@ impl<T: Transport> Shared<T> {
         entry.shedding = entry.slots.len() > entry.target;
         entry.released = 0;
         entry.recycle_at = recycle_at;
+        entry.started = Instant::now();
         entry.state = WorkerState::Running;
         entry.pid = pid;
         let mut connecting = Vec::new();
@@ -466,8 +484,9 @@ impl<T: Transport> Shared<T> {
             EndReason::Exited => reasons.exited += 1,
             EndReason::ReconnectFailed => reasons.reconnect_failed += 1,
             EndReason::Unresponsive => reasons.unresponsive += 1,
-            EndReason::Recycled => reasons.recycled += 1,
-            EndReason::Reloaded => reasons.reloaded += 1,
+            EndReason::Replaced(Replacement::Events) => reasons.recycled_events += 1,
+            EndReason::Replaced(Replacement::Rss) => reasons.recycled_rss += 1,
+            EndReason::Replaced(Replacement::Reload) => reasons.reloaded += 1,
             EndReason::Shutdown => {}
         }
         let w = worker.index();

@@ -18,6 +18,7 @@ impl<C> WorkerEntry<C> {
             shedding: false,
             released: 0,
             recycle_at: u64::MAX,
+            started: Instant::now(),
             idle: Vec::with_capacity(connections),
             generation: 0,
             serving: false,
@@ -216,7 +217,7 @@ impl<C> Core<C> {
             }
         };
         if recycle {
-            after.recycle = Some((w, worker_generation));
+            after.recycle = Some((w, worker_generation, Replacement::Events));
         }
         after.drained = self.closing && self.counts.get(SlotState::Busy) == 0;
         after

@@ -1,6 +1,6 @@
 //! The timing of waiters: polling a queued acquire for its outcome, giving up
 //! a place in the queue, and the sweeper that fails waiters whose
-//! `connection_availability_timeout` is up, with one timer for the whole queue.
+//! `acquire_timeout` is up, with one timer for the whole queue.
 
 // The pool's shared state is one type; its parts are split by concern.
 #[allow(clippy::wildcard_imports)]
@@ -55,7 +55,12 @@ impl<T: Transport> Shared<T> {
         }
     }
 
-    /// Fails every waiter that has waited `connection_availability_timeout`, until
+    /// Counts an acquire given up by its own bound (`Pool::acquire_within`).
+    pub(crate) fn count_acquire_timeout(&self) {
+        self.lock().allocations.timeout += 1;
+    }
+
+    /// Fails every waiter that has waited `acquire_timeout`, until
     /// the pool closes. Runs as one task per pool.
     ///
     /// One timer serves the whole queue: deadlines rise from front to back, so the
@@ -63,7 +68,7 @@ impl<T: Transport> Shared<T> {
     /// until a waiter joins. A waiter therefore costs no timer of its own, which
     /// is most of what waiting used to cost under contention.
     pub(crate) async fn expire_waiters(&self) {
-        let limit = self.config.connection_availability_timeout;
+        let limit = self.config.acquire_timeout;
         loop {
             let mut expired = Vec::new();
             let next = {

@@ -51,6 +51,26 @@ pub fn python_worker(handler: &str, connections: usize) -> ProcessLauncherBuilde
         .connections(connections)
 }
 
+/// The variable that runs the real-worker tests in the multiplexed mode:
+/// `ASYNC_WORKER_POOL_TEST_MULTIPLEX=N` gives every worker N physical
+/// connections; unset or 0, one connection per slot. `scripts/test.sh` runs
+/// the fault suite both ways.
+pub const MULTIPLEX_ENV: &str = "ASYNC_WORKER_POOL_TEST_MULTIPLEX";
+
+/// The socket transport of the real-worker tests, in the mode
+/// [`MULTIPLEX_ENV`] asks for.
+pub fn transport() -> SocketTransport {
+    let per_worker = std::env::var(MULTIPLEX_ENV)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .map_or(0, |value| {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{MULTIPLEX_ENV}={value:?} is not a number"))
+        });
+    SocketTransport::new().multiplex(per_worker)
+}
+
 /// A pool of `workers` reference workers with `connections` connections each,
 /// serving `handler`; `configure` adds the test's own settings.
 pub fn python_pool(
@@ -62,7 +82,7 @@ pub fn python_pool(
     ) -> PoolBuilder<SocketTransport, ProcessLauncher>,
 ) -> RealPool {
     let launcher = python_worker(handler, connections).build().unwrap();
-    let builder = Pool::builder(SocketTransport::new(), launcher)
+    let builder = Pool::builder(transport(), launcher)
         .num_workers(workers)
         .max_connections(connections);
     configure(builder).build().unwrap()

@@ -26,6 +26,7 @@ import os
 import struct
 
 LENGTH = struct.Struct(">I")
+STREAM_FRAME = struct.Struct(">II")  # frame length, stream id
 PID = str(os.getpid())
 
 
@@ -52,6 +53,11 @@ async def serve(reader, writer, worker_id):
         while True:
             (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
             payload = await reader.readexactly(length)
+            if payload[:1] == b"M":
+                # The host asks to multiplex (docs/protocol.md, "Multiplexing").
+                writer.write(frame(envelope(b"M", {"version": 1})))
+                await serve_streams(reader, writer)
+                return
             (meta_len,) = LENGTH.unpack_from(payload, 1)
             body = payload[1 + LENGTH.size + meta_len:]
             act = action(body)
@@ -79,6 +85,61 @@ async def serve(reader, writer, worker_id):
         pass  # the host closed the connection, as it does after a bad frame
     finally:
         writer.close()
+
+
+async def serve_streams(reader, writer):
+    """The same acts on a multiplexed connection: one task per event, `K`
+    cancels it and is confirmed with `Q`. `garbage` spoils that stream's
+    envelope only; `huge` and `close` take the whole connection down, and with
+    it every event on it."""
+    tasks = {}
+    cancelled = set()
+
+    def send(stream, payload):
+        writer.write(STREAM_FRAME.pack(4 + len(payload), stream) + payload)
+
+    async def run(stream, body):
+        try:
+            act = action(body)
+            if act == b"echo":
+                send(stream, envelope(b"O", {"status": 200, "headers": [["x-pid", PID]]}, body))
+            elif act == b"raise":
+                meta = {"type": "RuntimeError", "message": body.decode("utf-8", "replace")}
+                send(stream, envelope(b"X", meta, b"Traceback: chaos\n"))
+            elif act == b"hang":
+                await asyncio.sleep(3600)
+            elif act == b"garbage":
+                send(stream, b"?" + os.urandom(31))
+            elif act == b"huge":
+                writer.write(LENGTH.pack(1 << 30))
+            elif act == b"close":
+                writer.close()
+            else:
+                send(stream, envelope(b"X", {"type": "ValueError", "message": "bad act"}))
+        finally:
+            tasks.pop(stream, None)
+            if stream in cancelled:
+                cancelled.discard(stream)
+                send(stream, envelope(b"Q", {}))
+
+    try:
+        while True:
+            (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+            payload = await reader.readexactly(length)
+            (stream,) = LENGTH.unpack_from(payload)
+            kind = payload[4:5]
+            if kind == b"K":
+                if stream in tasks:
+                    cancelled.add(stream)
+                    tasks[stream].cancel()
+                else:
+                    send(stream, envelope(b"Q", {}))
+                continue
+            (meta_len,) = LENGTH.unpack_from(payload, 5)
+            tasks[stream] = asyncio.ensure_future(run(stream, payload[9 + meta_len:]))
+    finally:
+        for task in list(tasks.values()):
+            task.cancel()
 
 
 async def main():

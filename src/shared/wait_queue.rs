@@ -14,7 +14,7 @@ use std::task::Waker;
 
 use tokio::time::Instant;
 
-use crate::shared::SlotId;
+use super::SlotId;
 
 const NIL: u32 = u32::MAX;
 
@@ -31,7 +31,7 @@ pub(crate) enum Outcome<C> {
     Closed,
     /// Every worker failed.
     NoWorker,
-    /// It waited `connection_availability_timeout` in vain.
+    /// It waited `acquire_timeout` in vain.
     TimedOut,
 }
 

@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::task::AbortOnDropHandle;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::OpsError;
-use crate::launcher::WorkerId;
-use crate::shared::{NewWorker, Shared};
+use crate::shared::{DueRecycle, NewWorker, Replacement, Shared};
 use crate::transport::Transport;
+use crate::worker::WorkerId;
 
 /// Starts the supervisor of a new worker (it owns the launcher).
 pub(crate) type Spawn = Box<dyn Fn(NewWorker) -> AbortOnDropHandle<()> + Send + Sync>;
@@ -51,8 +52,11 @@ impl<T: Transport> Ops<T> {
     pub(crate) async fn run(
         self,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        mut recycles: mpsc::UnboundedReceiver<(usize, u64)>,
+        mut recycles: mpsc::UnboundedReceiver<DueRecycle>,
     ) {
+        // Recycles that came due before `min_worker_uptime`, each waiting
+        // out the rest of it.
+        let mut deferred: JoinSet<DueRecycle> = JoinSet::new();
         loop {
             tokio::select! {
                 biased;
@@ -61,7 +65,7 @@ impl<T: Transport> Ops<T> {
                     let (result, reply) = match command {
                         Command::Reload(reply) => {
                             let all: Vec<usize> = (0..self.shared.worker_count()).collect();
-                            (self.or_closed(self.replace(&all, false)).await, reply)
+                            (self.or_closed(self.replace(&all, Replacement::Reload)).await, reply)
                         }
                         Command::SetNumWorkers(n, reply) => {
                             (self.or_closed(self.set_num_workers(n)).await, reply)
@@ -79,19 +83,57 @@ impl<T: Transport> Ops<T> {
                     while let Ok(next) = recycles.try_recv() {
                         due.push(next);
                     }
-                    let mut workers: Vec<usize> = due
-                        .into_iter()
-                        .filter(|&(w, generation)| self.shared.runs_generation(w, generation))
-                        .map(|(w, _)| w)
-                        .collect();
-                    workers.sort_unstable();
-                    workers.dedup();
-                    if !workers.is_empty() {
-                        if let Err(error) = self.or_closed(self.replace(&workers, true)).await {
-                            tracing::warn!(%error, "recycling workers failed");
-                        }
-                    }
+                    self.recycle(due, &mut deferred).await;
                 }
+                Some(Ok(later)) = deferred.join_next() => {
+                    self.recycle(vec![later], &mut deferred).await;
+                }
+            }
+        }
+    }
+
+    /// Replaces the workers in `due` that still run the generation that came
+    /// due, new before old; one that has not served `min_worker_uptime` yet
+    /// is put off until it has, so that a worker past its bounds from the
+    /// start is not replaced over and over.
+    async fn recycle(&self, due: Vec<DueRecycle>, deferred: &mut JoinSet<DueRecycle>) {
+        let min_uptime = self.shared.config.min_worker_uptime;
+        let mut now: Vec<(usize, Replacement)> = Vec::with_capacity(due.len());
+        for (w, generation, why) in due {
+            let Some(uptime) = self.shared.uptime(w, generation) else {
+                continue;
+            };
+            if let Some(wait) = min_uptime.checked_sub(uptime).filter(|w| !w.is_zero()) {
+                tracing::info!(
+                    worker = w,
+                    generation,
+                    ?why,
+                    ?uptime,
+                    ?wait,
+                    "worker due for recycling before min_worker_uptime; recycling it later"
+                );
+                deferred.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    (w, generation, why)
+                });
+                continue;
+            }
+            if !now.iter().any(|&(other, _)| other == w) {
+                now.push((w, why));
+            }
+        }
+        for why in [Replacement::Events, Replacement::Rss] {
+            let mut workers: Vec<usize> = now
+                .iter()
+                .filter(|&&(_, cause)| cause == why)
+                .map(|&(w, _)| w)
+                .collect();
+            workers.sort_unstable();
+            if workers.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.or_closed(self.replace(&workers, why)).await {
+                tracing::warn!(%error, "recycling workers failed");
             }
         }
     }
@@ -149,10 +191,10 @@ impl<T: Transport> Ops<T> {
     }
 
     /// Replaces each of `workers`, new before old (see the module's docs).
-    async fn replace(&self, workers: &[usize], recycle: bool) -> Result<(), OpsError> {
+    async fn replace(&self, workers: &[usize], why: Replacement) -> Result<(), OpsError> {
         let keep = self.shared.worker_count();
         let spare = self.add_worker();
-        tracing::info!(%spare, ?workers, recycle, "replacing workers; spare worker starting");
+        tracing::info!(%spare, ?workers, ?why, "replacing workers; spare worker starting");
         if let Err(reason) = self.shared.worker_serving(spare, 0).await {
             self.remove_workers(keep).await;
             return Err(OpsError::WorkerDidNotStart {
@@ -164,7 +206,7 @@ impl<T: Transport> Ops<T> {
         for &w in workers {
             let worker = WorkerId::new(w as u32);
             // A worker between generations comes back as a new one anyway.
-            let Some(generation) = self.shared.request_replace(w, recycle) else {
+            let Some(generation) = self.shared.request_replace(w, why) else {
                 continue;
             };
             if let Err(reason) = self.shared.worker_serving(worker, generation).await {

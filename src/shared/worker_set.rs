@@ -54,7 +54,7 @@ impl<T: Transport> Shared<T> {
 
     /// Asks `worker`'s supervisor to replace its current generation, if that
     /// generation is running; returns the generation asked about.
-    pub(crate) fn request_replace(&self, worker: usize, recycle: bool) -> Option<u64> {
+    pub(crate) fn request_replace(&self, worker: usize, why: Replacement) -> Option<u64> {
         let generation = {
             let core = self.lock();
             let entry = core.workers.get(worker)?;
@@ -63,10 +63,7 @@ impl<T: Transport> Shared<T> {
             }
             entry.generation
         };
-        let request = Request::Replace {
-            generation,
-            recycle,
-        };
+        let request = Request::Replace { generation, why };
         let link = self.links.read();
         link.get(worker)?.requests.send(request).ok()?;
         Some(generation)
@@ -258,18 +255,21 @@ impl<T: Transport> Shared<T> {
         .await;
     }
 
-    /// Whether `worker` still runs `generation`, for a recycle request that
-    /// may have been overtaken by a restart or a reload.
-    pub(crate) fn runs_generation(&self, worker: usize, generation: u64) -> bool {
+    /// How long `worker` has served `generation`, if it still does: `None`
+    /// for a recycle request overtaken by a restart or a reload.
+    pub(crate) fn uptime(&self, worker: usize, generation: u64) -> Option<Duration> {
         self.lock()
             .workers
             .get(worker)
-            .is_some_and(|entry| entry.serving && !entry.draining && entry.generation == generation)
+            .filter(|entry| entry.serving && !entry.draining && entry.generation == generation)
+            .map(|entry| entry.started.elapsed())
     }
 
     /// A supervisor found its worker's memory past `max_worker_rss`.
     pub(crate) fn request_recycle(&self, worker: WorkerId, generation: u64) {
-        let _ = self.recycle.send((worker.index(), generation));
+        let _ = self
+            .recycle
+            .send((worker.index(), generation, Replacement::Rss));
     }
 
     /// Resolves once `condition` holds, checked under the lock each time the
