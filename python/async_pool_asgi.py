@@ -44,6 +44,12 @@ What an app sees, and how it maps onto the wire protocol (``docs/protocol.md``):
 - **WebSocket** is not supported: a request that asks to upgrade to WebSocket
   gets a 501 without the app being called, and a WebSocket scope never reaches
   it.
+
+Known limits: the request body arrives whole (one frame, so at most
+``--max-frame-bytes``), and a streamed response is not slowed down by a slow
+host: ``send()`` writes each chunk at once, so an app that produces much
+faster than its client reads buffers the difference in this process (the host
+side is bounded: it reads from the worker only as fast as its client takes).
 """
 
 from __future__ import annotations

@@ -206,7 +206,12 @@ def run_wrk(port, connections, seconds, script):
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    # wrk pads some figures with a trailing space ("1.64s ").
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
+    if "50" not in latency or "99" not in latency:
+        # No latency distribution: no request completed. Say so, and go on.
+        print("  wrk gave no latency distribution:\n" + out, file=sys.stderr, flush=True)
+        latency = {"50": "0ms", "99": "0ms"}
     return {
         "requests": requests,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
