@@ -130,15 +130,14 @@ async fn launch_waits_for_wrapper_initialized_and_terminate_sends_sigusr1() {
     let mut worker = launcher.launch(WorkerId::new(3)).await.unwrap();
     let pid = worker.pid().expect("a wrapper process");
     // Ready means listening: connections open at once, each started with `s`.
+    // Connected through the worker's own endpoint state (its attachments), as
+    // a pool connects, so that the worker counts the events in flight on them.
     let transport = NuclioTransport::new();
+    let info = WorkerInfo::new(WorkerId::new(3), 1, worker.endpoint(), Some(pid))
+        .with_attachments(worker.attachments());
     let mut conns = Vec::new();
     for _ in 0..3 {
-        conns.push(
-            transport
-                .connect_endpoint(&worker.endpoint(), WorkerId::new(3))
-                .await
-                .unwrap(),
-        );
+        conns.push(transport.connect(&info).await.unwrap());
     }
     let response = conns[2]
         .call(&transport, &NuclioEvent::new("direct"))
@@ -155,9 +154,14 @@ async fn launch_waits_for_wrapper_initialized_and_terminate_sends_sigusr1() {
         conn.call(&transport, &NuclioEvent::new("await termination"))
             .await
     });
-    while worker.events_in_flight() == 0 {
-        sleep(Duration::from_millis(5)).await;
-    }
+    let started = async {
+        while worker.events_in_flight() == 0 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("the worker counts the event in flight");
     worker.terminate(Duration::from_secs(60)).await;
     let response = waiting.await.unwrap().unwrap();
     assert_eq!(full_body(&response.body), "told to terminate");
