@@ -304,6 +304,7 @@ def sides_table(rows):
                 cpu,
                 "%.2fx" % (median(base, "cpu_us") / cpu) if base else "–",
                 median(r, "root_cpu_us"), sum(run["errors"] for run in r)))
+    return lines
 
 
 def asgi_table(rows):
