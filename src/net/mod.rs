@@ -40,6 +40,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod envelope;
 mod error;
 mod handshake;

@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+use super::answer::{AnswerFrames, PREFIX_LEN, read_error, read_streamed};
 use super::envelope::{Event, Ready, Reply, answer_goes_on};
 use super::error::{NetError, ProtocolError};
-use super::transport::{AnswerFrames, PREFIX_LEN, read_error, read_streamed};
 
 /// The kind byte of the host's request to multiplex a connection, and of the
 /// worker's acknowledgement.

@@ -2,7 +2,6 @@
 //! or TCP sockets, and [`SocketConn`], one connection it opened.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,13 +9,13 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::envelope::{AnswerFrame, Event, Ready, Reply};
+use super::answer::{AnswerFrames, PREFIX_LEN, closed_or_io, read_error, read_streamed};
+use super::envelope::{Event, Ready, Reply};
 use super::error::NetError;
 use super::handshake::{CHALLENGE, Challenge};
 use super::mux::{self, Cancellation, Group, MuxStream, Physical};
-use super::response_stream::{ResponsePart, ResponseSink};
 use super::secret::WorkerSecret;
 use super::stream::Stream;
 use crate::endpoint::Endpoint;
@@ -31,9 +30,6 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// it is used again; one used more recently is trusted, so that the hot path
 /// pays no system call.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
-
-/// The length prefix is 4 bytes, so no frame can be longer than this.
-pub(crate) const PREFIX_LEN: usize = 4;
 
 /// The largest payload a 4-byte length prefix can announce.
 const LARGEST_FRAME: usize = u32::MAX as usize;
@@ -670,105 +666,16 @@ impl Direct {
     }
 }
 
-/// Reads the answer to an event that asked for streaming: a whole `O` or
-/// `X`, or `H`, `B`..., and `D` (or `X`), forwarding the parts to `sink`.
-/// `frames` gives the exchange's frames in order, from a connection of its
-/// own or from a stream of a multiplexed one.
-pub(super) async fn read_streamed<F: AnswerFrames>(
-    frames: &mut F,
-    sink: &ResponseSink,
-) -> Result<Reply, NetError> {
-    let (status, mut body_bytes) = match AnswerFrame::decode(frames.next_answer_frame().await?)? {
-        AnswerFrame::Whole(reply) => return Ok(reply),
-        AnswerFrame::Head {
-            status,
-            headers,
-            body,
-        } => {
-            forward(sink, ResponsePart::Head { status, headers }).await?;
-            (status, forward_body(sink, body).await?)
-        }
-        AnswerFrame::Chunk(_) => return Err(out_of_order(b'B', "`H`, `O` or `X`")),
-        AnswerFrame::Done(_) => return Err(out_of_order(b'D', "`H`, `O` or `X`")),
-    };
-    loop {
-        match AnswerFrame::decode(frames.next_answer_frame().await?)? {
-            AnswerFrame::Chunk(body) => body_bytes += forward_body(sink, body).await?,
-            AnswerFrame::Done(body) => {
-                body_bytes += forward_body(sink, body).await?;
-                forward(sink, ResponsePart::End).await?;
-                return Ok(Reply::Streamed { status, body_bytes });
-            }
-            AnswerFrame::Whole(reply @ Reply::Raised { .. }) => return Ok(reply),
-            AnswerFrame::Whole(_) => return Err(out_of_order(b'O', "`B`, `D` or `X`")),
-            AnswerFrame::Head { .. } => return Err(out_of_order(b'H', "`B`, `D` or `X`")),
-        }
-    }
-}
-
-/// Where the frames of one exchange's answer come from.
-pub(super) trait AnswerFrames: Send {
-    /// The next frame of the answer.
-    fn next_answer_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send;
-}
-
 impl AnswerFrames for Direct {
     fn next_answer_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send {
         self.next_frame()
     }
 }
 
-async fn forward(sink: &ResponseSink, part: ResponsePart) -> Result<(), NetError> {
-    if sink.send(part).await {
-        Ok(())
-    } else {
-        Err(NetError::StreamAbandoned)
-    }
-}
-
-/// Forwards a body chunk unless it is empty; returns its length.
-async fn forward_body(sink: &ResponseSink, body: Bytes) -> Result<u64, NetError> {
-    let len = body.len() as u64;
-    if len > 0 {
-        forward(sink, ResponsePart::Chunk(body)).await?;
-    }
-    Ok(len)
-}
-
-fn out_of_order(kind: u8, expected: &'static str) -> NetError {
-    NetError::StreamOrder(super::error::ProtocolError::UnexpectedKind { kind, expected })
-}
-
-/// Classifies an error from reading a frame.
-pub(crate) fn read_error(err: io::Error, limit: usize, closed: NetError) -> NetError {
-    if err
-        .get_ref()
-        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
-    {
-        return NetError::FrameTooLarge { limit };
-    }
-    // At end of stream inside a frame, tokio-util's `decode_eof` reports an
-    // `ErrorKind::Other` ("bytes remaining on stream"); socket errors from the OS
-    // are never of that kind.
-    if err.kind() == io::ErrorKind::Other {
-        return closed;
-    }
-    closed_or_io(err, closed)
-}
-
-/// Reports a peer that closed or reset the connection as `closed`.
-fn closed_or_io(err: io::Error, closed: NetError) -> NetError {
-    match err.kind() {
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted => closed,
-        _ => NetError::Io(err),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixListener;
 
