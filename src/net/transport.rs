@@ -570,12 +570,12 @@ impl SocketConn {
     }
 
     /// Sends one event and reads its answer: one frame, or for an event with a
-    /// [`ResponseSink`] that the worker streams, a head, body chunks and an end,
+    /// [`ResponseSink`](super::ResponseSink) that the worker streams, a head, body chunks and an end,
     /// each forwarded into the sink as it arrives.
     ///
     /// An [`Reply::Raised`] answer is `Ok`: the handler failed, the connection
     /// did not. A streamed answer returns [`Reply::Streamed`] once its last
-    /// frame has arrived and [`ResponsePart::End`] is in the sink; an `X` after
+    /// frame has arrived and [`ResponsePart::End`](super::ResponsePart::End) is in the sink; an `X` after
     /// the head returns [`Reply::Raised`], with no `End` in the sink.
     ///
     /// # Errors
