@@ -370,40 +370,14 @@ fn workers_and_their_socket_files_go_within_two_seconds_of_a_gateway_sigkill() {
     drop(gateway);
 }
 
-/// Sends a request of a 50 ms event (the sleepy handler) every 10 ms, 100
-/// per second, until `stop` is set; returns how many it sent and what went
-/// wrong with any that did not get a 200.
-async fn steady_load(base: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
-    let client = reqwest::Client::new();
-    let mut every = tokio::time::interval(Duration::from_millis(10));
-    let mut requests = Vec::new();
-    while !stop.load(SeqCst) {
-        every.tick().await;
-        let (client, url) = (client.clone(), format!("{base}/"));
-        requests.push(tokio::spawn(async move {
-            match client.post(url).body("0.05").send().await {
-                Ok(response) if response.status() == 200 => None,
-                Ok(response) => Some(format!(
-                    "{}: {}",
-                    response.status(),
-                    response.text().await.unwrap_or_default()
-                )),
-                Err(error) => Some(error.to_string()),
-            }
-        }));
-    }
-    let sent = requests.len();
-    let mut failures = Vec::new();
-    for request in requests {
-        failures.extend(request.await.unwrap());
-    }
-    (sent, failures)
-}
-
 /// A steady load on `gateway` while `operate` runs; panics if any request failed.
 async fn under_steady_load<F: Future<Output = ()>>(gateway: &Gateway, operate: F) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(steady_load(gateway.base.clone(), stop.clone()));
+    let load = tokio::spawn(gateway_support::steady_load(
+        gateway.base.clone(),
+        "0.05",
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     operate.await;
     tokio::time::sleep(Duration::from_secs(1)).await;

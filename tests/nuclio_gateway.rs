@@ -163,35 +163,11 @@ async fn sighup_replaces_the_wrapper_under_load_with_no_failed_request() {
 
     // 100 requests a second, each a 20 ms event, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn({
-        let (base, stop) = (gateway.base.clone(), stop.clone());
-        async move {
-            let client = reqwest::Client::new();
-            let mut every = tokio::time::interval(Duration::from_millis(10));
-            let mut requests = Vec::new();
-            while !stop.load(SeqCst) {
-                every.tick().await;
-                let (client, url) = (client.clone(), format!("{base}/"));
-                requests.push(tokio::spawn(async move {
-                    match client.post(url).body("0.02").send().await {
-                        Ok(response) if response.status() == 200 => None,
-                        Ok(response) => Some(format!(
-                            "{}: {}",
-                            response.status(),
-                            response.text().await.unwrap_or_default()
-                        )),
-                        Err(error) => Some(error.to_string()),
-                    }
-                }));
-            }
-            let sent = requests.len();
-            let mut failures = Vec::new();
-            for request in requests {
-                failures.extend(request.await.unwrap());
-            }
-            (sent, failures)
-        }
-    });
+    let load = tokio::spawn(gateway_support::steady_load(
+        gateway.base.clone(),
+        "0.02",
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();

@@ -49,3 +49,38 @@ pub fn spawn_gateway(command: &mut Command) -> (Child, String) {
     std::thread::spawn(move || for _ in lines {});
     (child, base)
 }
+
+/// Posts `body` (the sleepy handlers read it as seconds to sleep) every
+/// 10 ms, 100 requests a second, until `stop` is set; returns how many it
+/// sent and what went wrong with any that did not get a 200.
+pub async fn steady_load(
+    base: String,
+    body: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Vec<String>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let client = reqwest::Client::new();
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(10));
+    let mut requests = Vec::new();
+    while !stop.load(SeqCst) {
+        every.tick().await;
+        let (client, url) = (client.clone(), format!("{base}/"));
+        requests.push(tokio::spawn(async move {
+            match client.post(url).body(body).send().await {
+                Ok(response) if response.status() == 200 => None,
+                Ok(response) => Some(format!(
+                    "{}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                )),
+                Err(error) => Some(error.to_string()),
+            }
+        }));
+    }
+    let sent = requests.len();
+    let mut failures = Vec::new();
+    for request in requests {
+        failures.extend(request.await.unwrap());
+    }
+    (sent, failures)
+}
