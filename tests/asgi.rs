@@ -8,7 +8,7 @@
 //! what is missing: none passes without having run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -66,18 +66,7 @@ fn python() -> PathBuf {
     }
 }
 
-/// A running gateway, killed if the test fails before stopping it.
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use gateway_support::Gateway;
 
 fn gateway_command(app: &str, args: &[&str]) -> Command {
     let binary =
@@ -95,8 +84,7 @@ fn gateway_command(app: &str, args: &[&str]) -> Command {
 }
 
 fn start(app: &str, args: &[&str]) -> Gateway {
-    let (child, base) = gateway_support::spawn_gateway(&mut gateway_command(app, args));
-    Gateway { child, base }
+    gateway_support::start_gateway(&mut gateway_command(app, args))
 }
 
 async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {

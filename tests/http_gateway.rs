@@ -5,7 +5,7 @@
 //! (`cargo build --examples`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -17,18 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use real_support::is_alive;
 
-/// A running gateway, killed if the test fails before stopping it.
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use gateway_support::Gateway;
 
 fn gateway_binary() -> PathBuf {
     gateway_support::example_binary("http_gateway", "cargo build --example http_gateway")
@@ -40,13 +29,12 @@ fn start(args: &[&str]) -> Gateway {
 
 /// Starts the gateway with extra environment variables.
 fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Gateway {
-    let (child, base) = gateway_support::spawn_gateway(
+    gateway_support::start_gateway(
         Command::new(gateway_binary())
             .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
             .args(args)
             .envs(env.iter().copied()),
-    );
-    Gateway { child, base }
+    )
 }
 
 /// The gateway's worker processes, from the kernel's list of its children.

@@ -6,7 +6,7 @@ mod gateway_support;
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,23 +19,13 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// The gateway, killed when the test ends.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_sent_to_the_gateway_is_seen_by_the_handler() {
     // Both connection modes: one connection per slot, and streams on one.
     for multiplex in ["0", "1"] {
         let binary =
             gateway_support::example_binary("http_gateway", "cargo build --example http_gateway");
-        let (child, base) = gateway_support::spawn_gateway(Command::new(binary).args([
+        let gateway = gateway_support::start_gateway(Command::new(binary).args([
             "--listen",
             "127.0.0.1:0",
             "--handler",
@@ -49,7 +39,7 @@ async fn a_traceparent_sent_to_the_gateway_is_seen_by_the_handler() {
             "--multiplex",
             multiplex,
         ]));
-        let _gateway = Gateway(child);
+        let base = &gateway.base;
         let client = reqwest::Client::new();
         let seen = client
             .get(format!("{base}/traced"))

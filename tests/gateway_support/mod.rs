@@ -84,3 +84,23 @@ pub async fn steady_load(
     }
     (sent, failures)
 }
+
+/// A running gateway, killed if the test ends (or fails) before stopping it.
+pub struct Gateway {
+    pub child: Child,
+    /// `http://HOST:PORT`, as the gateway printed it.
+    pub base: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// [`spawn_gateway`], as a [`Gateway`] that is killed when dropped.
+pub fn start_gateway(command: &mut Command) -> Gateway {
+    let (child, base) = spawn_gateway(command);
+    Gateway { child, base }
+}
