@@ -51,6 +51,11 @@ mod common;
 
 type GatewayPool = Pool<NuclioTransport>;
 
+/// The allocator of the whole front end: see the `mimalloc` entry in
+/// Cargo.toml for why not the system's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An HTTP front end that forwards every request to Nuclio's Python async
 /// wrapper, many connections per worker.
 #[derive(Debug, Parser)]

@@ -44,6 +44,11 @@ use args::Args;
 
 type GatewayPool = Pool<SocketTransport>;
 
+/// The allocator of the whole gateway process: see the `mimalloc` entry in
+/// Cargo.toml for why not the system's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
