@@ -109,6 +109,10 @@ struct Args {
     /// The HTTP listener: backlog, client timeouts, connection cap.
     #[command(flatten)]
     listener: common::listener::ListenerArgs,
+
+    /// The async runtime's threads.
+    #[command(flatten)]
+    runtime: common::runtime::RuntimeArgs,
 }
 
 struct Gateway {
@@ -116,14 +120,25 @@ struct Gateway {
     durations: HandlerDurations,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    let outcome = pool_config(&args).and_then(|config| {
+        let threads = common::runtime::threads(
+            args.runtime.threads,
+            config.num_workers,
+            common::runtime::cores(),
+        );
+        let runtime = common::runtime::build(threads)
+            .map_err(|error| format!("cannot start the async runtime: {error}"))?;
+        tracing::info!(threads, "async runtime");
+        runtime.block_on(run(args, config))
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("nuclio_gateway: {message}");
@@ -158,8 +173,7 @@ fn spec_config(args: &Args) -> Result<PoolConfig, String> {
         .map_err(|error| format!("{}: {error}", path.display()))
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let config = pool_config(&args)?;
+async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
     let (listener, backlog) = common::listener::bind(args.listen, args.listener.backlog)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let reserved = common::listener::reserved_fds(config.capacity(), config.max_connections);

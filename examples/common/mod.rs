@@ -1,8 +1,10 @@
 //! What both HTTP gateway examples share: waiting for the workers at start, the
 //! mapping of pool errors to HTTP answers, `/healthz`, the shutdown signal,
-//! and the HTTP listener (`listener`). Included by each example with `#[path]`.
+//! the HTTP listener (`listener`) and the async runtime (`runtime`). Included
+//! by each example with `#[path]`.
 
 pub mod listener;
+pub mod runtime;
 
 use std::time::Duration;
 

@@ -120,6 +120,10 @@ pub struct Args {
     /// The HTTP listener: backlog, client timeouts, connection cap.
     #[command(flatten)]
     pub listener: crate::common::listener::ListenerArgs,
+
+    /// The async runtime's threads.
+    #[command(flatten)]
+    pub runtime: crate::common::runtime::RuntimeArgs,
 }
 
 /// A size in bytes: `1048576`, `512K`, `200M`, `2G` (powers of 1024).

@@ -49,14 +49,22 @@ type GatewayPool = Pool<SocketTransport>;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    let threads =
+        common::runtime::threads(args.runtime.threads, args.workers, common::runtime::cores());
+    let outcome = common::runtime::build(threads)
+        .map_err(|error| format!("cannot start the async runtime: {error}"))
+        .and_then(|runtime| {
+            tracing::info!(threads, "async runtime");
+            runtime.block_on(run(args))
+        });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("http_gateway: {message}");
