@@ -128,15 +128,7 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let outcome = pool_config(&args).and_then(|config| {
-        let threads = common::runtime::threads(
-            args.runtime.threads,
-            config.num_workers,
-            common::runtime::cores(),
-        );
-        let runtime = common::runtime::build(threads)
-            .map_err(|error| format!("cannot start the async runtime: {error}"))?;
-        tracing::info!(threads, "async runtime");
-        runtime.block_on(run(args, config))
+        common::runtime::block_on(args.runtime.threads, config.num_workers, run(args, config))
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -229,6 +229,34 @@ async fn gateway_answers_503_with_retry_after_when_no_connection_is_free() {
     stop(gateway);
 }
 
+/// The threads of the gateway's tokio runtime, by the name tokio gives them
+/// by default. The gateway starts no blocking-pool threads, which would carry
+/// the same name.
+fn runtime_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|task| {
+            let comm = task.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap_or_default().trim() == "tokio-rt-worker"
+        })
+        .count()
+}
+
+#[test]
+fn gateway_sizes_its_runtime_beside_its_workers_unless_told() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let gateway = start(&["--workers", "2", "--max-connections", "4"]);
+    assert_eq!(
+        runtime_threads(gateway.child.id()),
+        cores.saturating_sub(2).max(1),
+        "by default, the cores the 2 workers leave free, at least one ({cores} cores)"
+    );
+    stop(gateway);
+    let gateway = start(&["--threads", "3", "--max-connections", "4"]);
+    assert_eq!(runtime_threads(gateway.child.id()), 3);
+    stop(gateway);
+}
+
 #[test]
 fn gateway_refuses_a_handler_that_does_not_import_at_start() {
     let output = Command::new(gateway_binary())

@@ -9,7 +9,6 @@
 //! therefore leaves a core to each worker and gives the gateway the rest, at
 //! least one.
 
-use std::io;
 use std::num::NonZeroUsize;
 
 /// The runtime's command-line flag, shared by both gateways.
@@ -21,6 +20,24 @@ pub struct RuntimeArgs {
     pub threads: Option<NonZeroUsize>,
 }
 
+/// Runs `main` to its end on a multi-threaded runtime (I/O and timers on)
+/// with [`threads`] worker threads for `workers` worker processes: the count
+/// is fixed at start, so workers added later by a signal do not change it.
+pub fn block_on(
+    requested: Option<NonZeroUsize>,
+    workers: usize,
+    main: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    let threads = threads(requested, workers, cores());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the async runtime: {error}"))?;
+    tracing::info!(threads, "async runtime");
+    runtime.block_on(main)
+}
+
 /// The runtime threads for `workers` worker processes on `cores` cores,
 /// unless `requested` names a number.
 pub fn threads(requested: Option<NonZeroUsize>, workers: usize, cores: usize) -> usize {
@@ -30,17 +47,9 @@ pub fn threads(requested: Option<NonZeroUsize>, workers: usize, cores: usize) ->
     }
 }
 
-/// A multi-threaded runtime with `threads` worker threads, I/O and timers on.
-pub fn build(threads: usize) -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-}
-
 /// The cores this process may run on (its CPU affinity and cgroup quota, as
 /// the standard library reads them); one if that cannot be read.
-pub fn cores() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 

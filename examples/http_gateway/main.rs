@@ -56,15 +56,7 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    let threads =
-        common::runtime::threads(args.runtime.threads, args.workers, common::runtime::cores());
-    let outcome = common::runtime::build(threads)
-        .map_err(|error| format!("cannot start the async runtime: {error}"))
-        .and_then(|runtime| {
-            tracing::info!(threads, "async runtime");
-            runtime.block_on(run(args))
-        });
-    match outcome {
+    match common::runtime::block_on(args.runtime.threads, args.workers, run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("http_gateway: {message}");
