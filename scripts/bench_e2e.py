@@ -2,7 +2,7 @@
 uvicorn (uvloop + httptools) on the same handlers, and the gateway's --asgi
 against uvicorn and granian (ASGI interface, uvloop) on the same ASGI apps (a
 FastAPI app and a bare one), run alternately, with wrk as the load. Run it
-through ``sh scripts/bench-e2e.sh``, which makes the virtualenv, installs wrk
+through ``sh scripts/bench_e2e.sh``, which makes the virtualenv, installs wrk
 and builds the gateway first.
 
 For each scenario every server is started, warmed up, and then measured in
@@ -15,7 +15,7 @@ ratios are of medians, with the range of the per-round ratios beside them.
 
 Environment: E2E_SECONDS (per run, default 10), E2E_ROUNDS (default 3),
 E2E_ONLY (a comma-separated list of scenario names), E2E_OUT (where the
-Markdown table is written, default target/bench-e2e.md), E2E_SIDES (the
+Markdown table is written, default target/bench_e2e.md), E2E_SIDES (the
 servers compared, default ``gateway,uvicorn``; also ``gateway-mux``, the
 gateway in its multiplexed mode with E2E_MULTIPLEX physical connections per
 worker (default 1), ``gateway-conn``, one connection per slot, and ``granian-asgi`` and ``granian-rsgi``, one granian
@@ -36,7 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANDLERS = os.path.join(ROOT, "benches", "e2e")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-GATEWAY = os.environ.get("E2E_GATEWAY", os.path.join(TARGET, "release", "examples", "http_gateway"))
+GATEWAY = os.environ.get("E2E_GATEWAY", os.path.join(TARGET, "release", "http_gateway"))
 PYTHON = sys.executable  # the virtualenv's: uvicorn, uvloop, httptools
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -384,7 +384,7 @@ def main():
         lines += asgi_table(asgi_rows)
     text = "\n".join(lines) + "\n"
     print(text)
-    out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench-e2e.md"))
+    out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench_e2e.md"))
     with open(out, "w") as f:
         f.write(text)
 

@@ -1,16 +1,16 @@
 #!/bin/sh
 # Peak and current resident memory of the HTTP gateway holding 4 x 1000 idle
-# connections to echo workers: starts the built example, waits until /healthz
+# connections to echo workers: starts the built gateway, waits until /healthz
 # reports every connection idle, prints VmHWM and VmRSS from /proc/PID/status
 # (the gateway alone; its Python workers are separate processes), then stops it.
 #
-#   cargo build --release --example http_gateway
+#   cargo build --release -p async-worker-pool-gateway --bin http_gateway
 #   sh scripts/gateway_rss.sh [PATH_TO_http_gateway]
 set -eu
 cd "$(dirname "$0")/.."
 
 target=${CARGO_TARGET_DIR:-target}
-gateway=${1:-$target/release/examples/http_gateway}
+gateway=${1:-$target/release/http_gateway}
 workers=4
 connections=1000
 port=${GATEWAY_RSS_PORT:-18080}

@@ -20,9 +20,9 @@ cd "$(dirname "$0")/.."
 duration=${1:-30m}
 csv=${2:-}
 target=${CARGO_TARGET_DIR:-target}
-gateway=${SOAK_GATEWAY:-$target/debug/examples/http_gateway}
+gateway=${SOAK_GATEWAY:-$target/debug/http_gateway}
 if [ -z "${SOAK_GATEWAY:-}" ]; then
-    cargo build --example http_gateway
+    cargo build -p async-worker-pool-gateway --bin http_gateway
 fi
 exec python3 scripts/soak.py --gateway "$gateway" --duration "$duration" \
     --rate "${SOAK_RATE:-200}" ${csv:+--csv "$csv"}

@@ -46,7 +46,7 @@ fn python() -> PathBuf {
             return Err(
                 "NUCLIO_TEST_PYTHON is not set. Run `sh scripts/test.sh`, which makes a \
                         virtualenv with msgpack and nuclio-sdk, or set it to a Python that has \
-                        both (`sh scripts/nuclio-venv.sh` prints one)"
+                        both (`sh scripts/nuclio_venv.sh` prints one)"
                     .to_owned(),
             );
         };

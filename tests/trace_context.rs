@@ -1,12 +1,10 @@
-//! Trace context and the event span: a `traceparent` sent to the HTTP gateway
-//! reaches the Python handler as `context.trace`, and the `event` span records
-//! how long an event waited for a slot and how long it ran.
+//! The event span: it records how long an event waited for a slot and how
+//! long it ran. (A `traceparent` reaching the Python handler through the HTTP
+//! gateway is tested with the gateway, in gateway/tests/http_gateway.rs.)
 
-mod gateway_support;
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,57 +14,6 @@ use tokio::time::sleep;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-
-const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_traceparent_sent_to_the_gateway_is_seen_by_the_handler() {
-    // Both connection modes: one connection per slot, and streams on one.
-    for multiplex in ["0", "1"] {
-        let binary =
-            gateway_support::example_binary("http_gateway", "cargo build --example http_gateway");
-        let gateway = gateway_support::start_gateway(Command::new(binary).args([
-            "--listen",
-            "127.0.0.1:0",
-            "--handler",
-            "trace:handler",
-            "--handler-path",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/handlers"),
-            "--workers",
-            "1",
-            "--max-connections",
-            "2",
-            "--multiplex",
-            multiplex,
-        ]));
-        let base = &gateway.base;
-        let client = reqwest::Client::new();
-        let seen = client
-            .get(format!("{base}/traced"))
-            .header("traceparent", PARENT)
-            .header("tracestate", "rojo=00f067aa0ba902b7")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(
-            seen,
-            format!(r#"{{"traceparent": "{PARENT}", "tracestate": "rojo=00f067aa0ba902b7"}}"#),
-            "--multiplex {multiplex}"
-        );
-        // No trace context in, none for the handler; an invalid one is dropped.
-        for headers in [vec![], vec![("traceparent", "00-garbage-01")]] {
-            let mut request = client.get(format!("{base}/untraced"));
-            for (name, value) in headers {
-                request = request.header(name, value);
-            }
-            let seen = request.send().await.unwrap().text().await.unwrap();
-            assert_eq!(seen, "null", "--multiplex {multiplex}");
-        }
-    }
-}
 
 /// Every field recorded on spans named `event`, one map per span.
 #[derive(Clone, Default)]

@@ -1,4 +1,4 @@
-"""The end-to-end bench's ASGI apps for uvicorn (scripts/bench-e2e.sh): the same
+"""The end-to-end bench's ASGI apps for uvicorn (scripts/bench_e2e.sh): the same
 work per request as the reference worker's handlers in ``handlers.py``.
 """
 

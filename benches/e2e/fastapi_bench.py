@@ -1,4 +1,4 @@
-"""The end-to-end bench's FastAPI apps (scripts/bench-e2e.sh): the same app is
+"""The end-to-end bench's FastAPI apps (scripts/bench_e2e.sh): the same app is
 served by the gateway's --asgi, uvicorn and granian. wrk asks for /bench."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""The end-to-end bench's handlers for the reference worker (scripts/bench-e2e.sh).
+"""The end-to-end bench's handlers for the reference worker (scripts/bench_e2e.sh).
 
 Each does what the ASGI app of the same name in ``asgi.py`` does, so that the
 gateway and uvicorn run the same work per request.

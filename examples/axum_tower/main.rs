@@ -5,9 +5,9 @@
 //! ```sh
 //! # Workers inside the host, no Python:
 //! cargo run --features tower --example axum_tower
-//! # The reference Python worker with examples/handlers/hello.py:
-//! cargo run --features tower --example axum_tower -- --handler hello:handler
-//! curl http://127.0.0.1:8081/some/path
+//! # The reference Python worker with examples/handlers/echo.py:
+//! cargo run --features tower --example axum_tower -- --handler echo:handler
+//! curl -d 'some body' http://127.0.0.1:8081/some/path
 //! ```
 //!
 //! Ctrl-C stops it; in-flight requests get `--shutdown-grace` to finish.

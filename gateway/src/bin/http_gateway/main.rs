@@ -1,13 +1,13 @@
 //! The main job: an HTTP gateway in front of a pool of Python asyncio workers.
 //!
 //! ```sh
-//! cargo run --release --example http_gateway
+//! cargo run --release -p async-worker-pool-gateway
 //! curl http://127.0.0.1:8080/some/path
 //! ```
 //!
 //! Every request becomes one event on a free connection to a worker; the worker's
-//! handler (`examples/handlers/hello.py` unless `--handler` says otherwise) answers
-//! it. With `--asgi module:app` the workers run an ASGI app (FastAPI,
+//! handler (`handlers/hello.py`, embedded in the binary, unless `--handler`
+//! says otherwise) answers it. With `--asgi module:app` the workers run an ASGI app (FastAPI,
 //! Starlette, ...) instead, and its streamed responses reach the client as the
 //! app sends them (`streaming`). `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
 //! says whether any worker serves. Ctrl-C or SIGTERM shut it down
@@ -18,13 +18,11 @@
 //! setting.
 
 mod args;
-#[path = "../common/mod.rs"]
-mod common;
 mod responses;
-mod signals;
 mod streaming;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -39,6 +37,7 @@ use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
+use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
 
 use args::Args;
 
@@ -50,13 +49,9 @@ type GatewayPool = Pool<SocketTransport>;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    logging::init();
     let args = Args::parse();
-    match common::runtime::block_on(args.runtime.threads, args.workers, run(args)) {
+    match runtime::block_on(args.runtime.threads, args.workers, run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("http_gateway: {message}");
@@ -67,7 +62,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let (listener, backlog) =
-        common::listener::bind(args.listen, args.listener.backlog).map_err(|error| {
+        listener::bind(args.listen, args.listener.backlog).map_err(|error| {
             format!(
                 "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
                 args.listen
@@ -75,8 +70,8 @@ async fn run(args: Args) -> Result<(), String> {
         })?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
     let reserved =
-        common::listener::reserved_fds(args.workers * args.max_connections, args.max_connections);
-    let wanted = common::listener::wanted_fds(&args.listener, reserved);
+        listener::reserved_fds(args.workers * args.max_connections, args.max_connections);
+    let wanted = listener::wanted_fds(&args.listener, reserved);
     match async_worker_pool::process::raise_fd_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
@@ -86,9 +81,12 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
-    let max_clients = common::listener::client_cap(&args.listener, reserved);
+    let max_clients = listener::client_cap(&args.listener, reserved);
     tracing::info!(backlog, max_clients, "HTTP listener");
-    let pool = start_pool(&args).await?;
+    // Kept until the gateway exits: the workers import the default handler
+    // from it, at start and at every relaunch.
+    let default_handlers = default_handler_dir(&args)?;
+    let pool = start_pool(&args, default_handlers.as_ref().map(|dir| dir.path())).await?;
     // Listening for signals from before the address is printed on.
     let signalled = signals::stop_signal();
     let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
@@ -98,8 +96,10 @@ async fn run(args: Args) -> Result<(), String> {
         None => format!("handler {}", args.handler),
     };
     println!(
-        "http_gateway: listening on http://{address} ({} workers x {} connections, {serves})",
-        args.workers, args.max_connections
+        "http_gateway: listening on http://{address} ({} {} x {} connections, {serves})",
+        args.workers,
+        answers::plural(args.workers, "worker", "workers"),
+        args.max_connections
     );
 
     let app = Router::new()
@@ -122,7 +122,7 @@ async fn run(args: Args) -> Result<(), String> {
             stop.cancel();
         }
     });
-    let serve = common::listener::serve(listener, app, &args.listener, max_clients, stop.clone());
+    let serve = listener::serve(listener, app, &args.listener, max_clients, stop.clone());
     // Requests in flight get the grace to finish; then the pool stops anyway.
     tokio::select! {
         () = serve => {}
@@ -136,7 +136,7 @@ async fn run(args: Args) -> Result<(), String> {
 /// Builds the pool and waits until every worker serves all its connections, so
 /// that a handler that does not import or a missing interpreter is reported at
 /// start, not on the first request.
-async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
+async fn start_pool(args: &Args, default_handlers: Option<&Path>) -> Result<GatewayPool, String> {
     let mut launcher = match &args.asgi {
         Some(app) => ProcessLauncher::asgi_app(app).lifespan(args.lifespan),
         None => ProcessLauncher::python_worker(&args.handler),
@@ -146,7 +146,12 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     }
     let launcher = launcher
         .python(&args.python)
-        .handler_path(&args.handler_path)
+        .handler_path(
+            args.handler_path
+                .as_deref()
+                .or(default_handlers)
+                .unwrap_or(Path::new(".")),
+        )
         .connections(args.max_connections)
         .endpoint_kind(if args.tcp {
             EndpointKind::Tcp
@@ -182,8 +187,27 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     let pool = builder.build().map_err(|error| error.to_string())?;
 
     // One launch plus one full round of connects, each bounded by the same timeout.
-    common::wait_until_full(&pool, 2 * args.establish_connection_timeout).await?;
+    answers::wait_until_full(&pool, 2 * args.establish_connection_timeout).await?;
     Ok(pool)
+}
+
+/// The gateway's own handler, `hello:handler`, the default: embedded so that
+/// the installed binary runs without a checkout.
+const HELLO_HANDLER: &str = include_str!("../../../handlers/hello.py");
+
+/// Without `--handler-path`, a fresh directory holding the embedded handler,
+/// removed when the returned guard drops.
+fn default_handler_dir(args: &Args) -> Result<Option<tempfile::TempDir>, String> {
+    if args.handler_path.is_some() {
+        return Ok(None);
+    }
+    let written = tempfile::Builder::new()
+        .prefix("http_gateway-handlers-")
+        .tempdir()
+        .and_then(|dir| std::fs::write(dir.path().join("hello.py"), HELLO_HANDLER).map(|()| dir));
+    written
+        .map(Some)
+        .map_err(|error| format!("cannot write the default handler: {error}"))
 }
 
 /// What the request handler needs to know about the front end itself.
@@ -218,7 +242,7 @@ async fn forward(
     }
     match pool.dispatch(event).await {
         Ok(reply) => responses::from_reply(reply),
-        Err(error) => common::from_pool_error(error),
+        Err(error) => answers::from_pool_error(error),
     }
 }
 
@@ -243,5 +267,5 @@ async fn metrics(State(pool): State<Arc<GatewayPool>>) -> Response {
 
 /// 200 while at least one worker serves, else 503.
 async fn healthz(State(pool): State<Arc<GatewayPool>>) -> Response {
-    common::health(&pool.stats())
+    answers::health(&pool.stats())
 }

@@ -7,7 +7,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-venv="${CARGO_TARGET_DIR:-target}/uvloop-venv"
+venv="${CARGO_TARGET_DIR:-target}/uvloop_venv"
 # Written last, so that a half-made virtualenv is made again; named after what
 # it holds, so that an older one (uvloop only) is made again too.
 stamp="$venv/.complete-uvloop-fastapi"
@@ -19,14 +19,14 @@ if [ ! -f "$stamp" ] && command -v flock >/dev/null 2>&1; then
 fi
 if [ ! -f "$stamp" ]; then
     rm -rf "$venv"
-    echo "uvloop-venv: creating $venv (pip install uvloop fastapi starlette)" >&2
+    echo "uvloop_venv: creating $venv (pip install uvloop fastapi starlette)" >&2
     if ! python3 -m venv "$venv" >&2; then
-        echo "uvloop-venv: python3 -m venv failed; install the venv module (python3-venv)" >&2
+        echo "uvloop_venv: python3 -m venv failed; install the venv module (python3-venv)" >&2
         exit 1
     fi
     if ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'uvloop>=0.19,<1' \
             'fastapi>=0.110,<1' 'starlette>=0.37,<2' >&2; then
-        echo "uvloop-venv: pip could not install uvloop, fastapi and starlette (is PyPI reachable?)" >&2
+        echo "uvloop_venv: pip could not install uvloop, fastapi and starlette (is PyPI reachable?)" >&2
         exit 1
     fi
     touch "$stamp"

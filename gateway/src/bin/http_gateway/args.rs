@@ -35,9 +35,11 @@ pub struct Args {
     )]
     pub lifespan: async_worker_pool::process::Lifespan,
 
-    /// Directory the handler's module is imported from.
-    #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/handlers"))]
-    pub handler_path: PathBuf,
+    /// Directory the handler's (or app's) module is imported from, before the
+    /// current directory. Without it, the gateway's own `hello` handler is
+    /// importable too, so that the default `hello:handler` runs anywhere.
+    #[arg(long, env = "GATEWAY_HANDLER_PATH")]
+    pub handler_path: Option<PathBuf>,
 
     /// The Python interpreter.
     #[arg(long, env = "GATEWAY_PYTHON", default_value = "python3")]
@@ -119,11 +121,11 @@ pub struct Args {
 
     /// The HTTP listener: backlog, client timeouts, connection cap.
     #[command(flatten)]
-    pub listener: crate::common::listener::ListenerArgs,
+    pub listener: async_worker_pool_gateway::listener::ListenerArgs,
 
     /// The async runtime's threads.
     #[command(flatten)]
-    pub runtime: crate::common::runtime::RuntimeArgs,
+    pub runtime: async_worker_pool_gateway::runtime::RuntimeArgs,
 }
 
 /// A size in bytes: `1048576`, `512K`, `200M`, `2G` (powers of 1024).

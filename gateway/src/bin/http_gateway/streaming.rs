@@ -20,8 +20,9 @@ use futures_util::Stream;
 use async_worker_pool::PoolError;
 use async_worker_pool::net::{Event, Reply, ResponsePart, ResponseParts, ResponseSink};
 
+use async_worker_pool_gateway::answers;
+
 use crate::GatewayPool;
-use crate::common;
 use crate::responses;
 
 /// Parts of a response buffered between the worker's connection and the HTTP
@@ -43,14 +44,14 @@ pub async fn forward(pool: Arc<GatewayPool>, event: Event) -> Response {
             // The whole stream fit in the buffer before the head was looked at.
             Ok(Reply::Streamed { .. }) => return streamed(parts.recv().await, parts, None),
             Ok(reply) => return responses::from_reply(reply),
-            Err(error) => return common::from_pool_error(error),
+            Err(error) => return answers::from_pool_error(error),
         },
     };
     match head {
         // The sink is gone, so the call has ended: its outcome says how.
         None => match dispatch.await {
             Ok(reply) => responses::from_reply(reply),
-            Err(error) => common::from_pool_error(error),
+            Err(error) => answers::from_pool_error(error),
         },
         head => streamed(head, parts, Some(dispatch)),
     }

@@ -1,7 +1,7 @@
 //! The HTTP gateway over Nuclio's own async wrapper (feature `nuclio`).
 //!
 //! ```sh
-//! cargo run --release --features nuclio --example nuclio_gateway -- \
+//! cargo run --release -p async-worker-pool-gateway --bin nuclio_gateway -- \
 //!     --wrapper /path/to/_nuclio_async_wrapper.py \
 //!     --handler main:handler --handler-path /path/to/handler \
 //!     --python /path/to/python-with-nuclio-sdk
@@ -10,7 +10,7 @@
 //!
 //! Without `--wrapper` it runs the tests' stand-in wrapper and echo handler,
 //! which need a Python with `msgpack` and `nuclio-sdk` (`sh
-//! scripts/nuclio-venv.sh` prints one). `--spec function.json --trigger NAME`
+//! scripts/nuclio_venv.sh` prints one). `--spec function.json --trigger NAME`
 //! takes the pool settings from a Nuclio function configuration in JSON;
 //! otherwise `--workers`, `--max-connections` and `--event-timeout` set them
 //! (`--event-timeout` also overrides the spec's `eventTimeout`). Requests
@@ -21,8 +21,8 @@
 //! second). `/metrics` serves
 //! the pool's numbers under the crate's names, Nuclio's names and the handler
 //! durations; `/healthz` says whether a worker serves. Ctrl-C or SIGTERM stop
-//! it gracefully; SIGHUP reloads every worker (new before old, no request
-//! fails), as the HTTP gateway does.
+//! it gracefully; as in the HTTP gateway, SIGHUP reloads every worker (new
+//! before old, no request fails), SIGTTIN adds one and SIGTTOU removes one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,12 +42,7 @@ use async_worker_pool::nuclio::{
     HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioSpec, NuclioTransport,
 };
 use async_worker_pool::{Pool, PoolConfig, prometheus};
-
-// This gateway starts serving before every connection is up, so it does not
-// use the shared wait for a full pool.
-#[path = "common/mod.rs"]
-#[allow(dead_code)]
-mod common;
+use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
 
 type GatewayPool = Pool<NuclioTransport>;
 
@@ -66,7 +61,7 @@ struct Args {
     listen: SocketAddr,
 
     /// The wrapper script, `_nuclio_async_wrapper.py` of a Nuclio installation.
-    #[arg(long, env = "GATEWAY_WRAPPER", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nuclio_peer/_nuclio_async_wrapper.py"))]
+    #[arg(long, env = "GATEWAY_WRAPPER", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/nuclio_peer/_nuclio_async_wrapper.py"))]
     wrapper: PathBuf,
 
     /// The handler, as module:function.
@@ -74,7 +69,7 @@ struct Args {
     handler: String,
 
     /// Directory the handler's module is imported from.
-    #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nuclio_handlers"))]
+    #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/nuclio_handlers"))]
     handler_path: PathBuf,
 
     /// The Python interpreter, one with nuclio-sdk and msgpack installed.
@@ -108,11 +103,11 @@ struct Args {
 
     /// The HTTP listener: backlog, client timeouts, connection cap.
     #[command(flatten)]
-    listener: common::listener::ListenerArgs,
+    listener: listener::ListenerArgs,
 
     /// The async runtime's threads.
     #[command(flatten)]
-    runtime: common::runtime::RuntimeArgs,
+    runtime: runtime::RuntimeArgs,
 }
 
 struct Gateway {
@@ -121,14 +116,10 @@ struct Gateway {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    logging::init();
     let args = Args::parse();
     let outcome = pool_config(&args).and_then(|config| {
-        common::runtime::block_on(args.runtime.threads, config.num_workers, run(args, config))
+        runtime::block_on(args.runtime.threads, config.num_workers, run(args, config))
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,10 +157,10 @@ fn spec_config(args: &Args) -> Result<PoolConfig, String> {
 }
 
 async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
-    let (listener, backlog) = common::listener::bind(args.listen, args.listener.backlog)
+    let (listener, backlog) = listener::bind(args.listen, args.listener.backlog)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
-    let reserved = common::listener::reserved_fds(config.capacity(), config.max_connections);
-    let wanted = common::listener::wanted_fds(&args.listener, reserved);
+    let reserved = listener::reserved_fds(config.capacity(), config.max_connections);
+    let wanted = listener::wanted_fds(&args.listener, reserved);
     if let Ok(limit) = async_worker_pool::process::raise_fd_limit(wanted) {
         if limit < wanted {
             tracing::warn!(
@@ -179,7 +170,7 @@ async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
             );
         }
     }
-    let max_clients = common::listener::client_cap(&args.listener, reserved);
+    let max_clients = listener::client_cap(&args.listener, reserved);
     tracing::info!(backlog, max_clients, "HTTP listener");
     let launcher = NuclioLauncher::builder(&args.wrapper, &args.handler)
         .python(&args.python)
@@ -189,20 +180,21 @@ async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
         .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let transport = NuclioTransport::new();
     let durations = transport.handler_durations();
-    let establish = config.establish_connection_timeout;
+    let (establish, workers) = (config.establish_connection_timeout, config.num_workers);
     let pool = Pool::builder(transport, launcher)
         .config(config)
         .build()
         .map_err(|error| error.to_string())?;
     wait_until_serving(&pool, 2 * establish).await?;
     // Listening for signals from before the address is printed on.
-    let signalled = common::shutdown_signal();
-    let _reloads = common::reload_on_hangup(pool.clone())?;
+    let signalled = signals::stop_signal();
+    let _operator = signals::serve_operator_signals(pool.clone(), workers)?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let stats = pool.stats();
     println!(
-        "nuclio_gateway: listening on http://{address} ({} workers x {} connections, {} open so far, handler {})",
+        "nuclio_gateway: listening on http://{address} ({} {} x {} connections, {} open so far, handler {})",
         stats.workers.len(),
+        answers::plural(stats.workers.len(), "worker", "workers"),
         stats.capacity / stats.workers.len().max(1),
         stats.idle + stats.busy,
         args.handler
@@ -228,7 +220,7 @@ async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
             stop.cancel();
         }
     });
-    let serve = common::listener::serve(listener, app, &args.listener, max_clients, stop.clone());
+    let serve = listener::serve(listener, app, &args.listener, max_clients, stop.clone());
     // Requests in flight get the grace to finish; then the pool stops anyway.
     tokio::select! {
         () = serve => {}
@@ -284,7 +276,7 @@ async fn forward(
     }
     match gateway.pool.dispatch(event).await {
         Ok(response) => from_response(response),
-        Err(error) => common::from_pool_error(error),
+        Err(error) => answers::from_pool_error(error),
     }
 }
 
@@ -335,5 +327,5 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 
 /// 200 while at least one worker serves, else 503.
 async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
-    common::health(&gateway.pool.stats())
+    answers::health(&gateway.pool.stats())
 }

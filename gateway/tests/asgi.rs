@@ -1,13 +1,13 @@
 //! ASGI apps behind the pool: a real FastAPI app and a real Starlette app
-//! (`tests/asgi_apps/`), served unchanged by the HTTP gateway example's
+//! (`tests/asgi_apps/`), served unchanged by the HTTP gateway's
 //! `--asgi`, through its real binary, with a real HTTP client.
 //!
 //! The apps need FastAPI and Starlette from PyPI: the tests use the Python of
-//! the virtualenv `scripts/uvloop-venv.sh` makes (it installs them), or the one
+//! the virtualenv `scripts/uvloop_venv.sh` makes (it installs them), or the one
 //! named by `ASGI_TEST_PYTHON`. Without either every test here fails and says
 //! what is missing: none passes without having run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -16,14 +16,10 @@ use async_worker_pool::net::SocketTransport;
 use async_worker_pool::process::Lifespan;
 use async_worker_pool::{Pool, ProcessLauncher};
 
-mod gateway_support;
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
 
 fn apps_dir() -> PathBuf {
-    manifest_dir().join("tests/asgi_apps")
+    support::crate_dir("tests/asgi_apps")
 }
 
 /// The interpreter with FastAPI and Starlette, checked once.
@@ -35,12 +31,12 @@ fn python() -> PathBuf {
             None => {
                 // The same virtualenv the worker's uvloop tests use.
                 let output = Command::new("sh")
-                    .arg(manifest_dir().join("scripts/uvloop-venv.sh"))
+                    .arg(support::workspace("scripts/uvloop_venv.sh"))
                     .stderr(Stdio::inherit())
                     .output()
-                    .map_err(|error| format!("cannot run scripts/uvloop-venv.sh: {error}"))?;
+                    .map_err(|error| format!("cannot run scripts/uvloop_venv.sh: {error}"))?;
                 if !output.status.success() {
-                    return Err("scripts/uvloop-venv.sh could not make the virtualenv with \
+                    return Err("scripts/uvloop_venv.sh could not make the virtualenv with \
                                 FastAPI and Starlette (see its message above), and \
                                 ASGI_TEST_PYTHON is not set"
                         .to_owned());
@@ -66,11 +62,10 @@ fn python() -> PathBuf {
     }
 }
 
-use gateway_support::Gateway;
+use support::Gateway;
 
 fn gateway_command(app: &str, args: &[&str]) -> Command {
-    let binary =
-        gateway_support::example_binary("http_gateway", "cargo build --example http_gateway");
+    let binary = PathBuf::from(support::HTTP_GATEWAY);
     let mut command = Command::new(binary);
     command
         .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
@@ -84,7 +79,7 @@ fn gateway_command(app: &str, args: &[&str]) -> Command {
 }
 
 fn start(app: &str, args: &[&str]) -> Gateway {
-    gateway_support::start_gateway(&mut gateway_command(app, args))
+    support::start_gateway(&mut gateway_command(app, args))
 }
 
 async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {

@@ -1,21 +1,18 @@
-//! The Nuclio gateway example end to end, as an HTTP trigger: the real binary
-//! over the tests' stand-in wrapper, a real HTTP client.
+//! The Nuclio front end end to end, as an HTTP trigger: the real binary over
+//! the tests' stand-in wrapper, a real HTTP client.
 //!
-//! It runs the example's binary, which `scripts/test.sh` builds first (`cargo
-//! build --features nuclio --example nuclio_gateway`), with the Python named by
-//! `NUCLIO_TEST_PYTHON` (one with msgpack and nuclio-sdk; `scripts/test.sh`
-//! makes it). Without either, the tests fail and say what is missing.
+//! It runs the binary with the Python named by `NUCLIO_TEST_PYTHON` (one with
+//! msgpack and nuclio-sdk; `scripts/test.sh` makes it). Without it, the tests
+//! fail and say what is missing.
 
-#![cfg(feature = "nuclio")]
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-mod gateway_support;
+mod support;
 
 /// A running gateway, stopped with SIGTERM when the test ends, so that it
 /// stops its wrappers (a gateway killed outright would leave them running).
@@ -39,26 +36,19 @@ impl Drop for Gateway {
     }
 }
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn gateway_binary() -> PathBuf {
-    gateway_support::example_binary(
-        "nuclio_gateway",
-        "cargo build --features nuclio --example nuclio_gateway",
-    )
+    PathBuf::from(support::NUCLIO_GATEWAY)
 }
 
 fn python() -> String {
     std::env::var("NUCLIO_TEST_PYTHON").expect(
         "NUCLIO_TEST_PYTHON is not set: run `sh scripts/test.sh`, or set it to the Python \
-         `sh scripts/nuclio-venv.sh` prints",
+         `sh scripts/nuclio_venv.sh` prints",
     )
 }
 
 fn start(args: &[&str]) -> Gateway {
-    let (child, base) = gateway_support::spawn_gateway(
+    let (child, base) = support::spawn_gateway(
         Command::new(gateway_binary())
             .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
             .args([
@@ -70,7 +60,7 @@ fn start(args: &[&str]) -> Gateway {
                 "4",
             ])
             .arg("--handler-path")
-            .arg(manifest_dir().join("tests/nuclio_handlers"))
+            .arg(support::workspace("tests/nuclio_handlers"))
             .args(args),
     );
     Gateway { child, base }
@@ -163,7 +153,7 @@ async fn sighup_replaces_the_wrapper_under_load_with_no_failed_request() {
 
     // 100 requests a second, each a 20 ms event, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(gateway_support::steady_load(
+    let load = tokio::spawn(support::steady_load(
         gateway.base.clone(),
         "0.02",
         stop.clone(),

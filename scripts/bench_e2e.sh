@@ -5,7 +5,7 @@
 # and bare), under wrk. Makes its own virtualenv under target/ (uvicorn,
 # uvloop, httptools, fastapi, granian from PyPI; the gateway's workers use the
 # same interpreter, so they get uvloop too), installs Debian's wrk when it is missing, builds the gateway in
-# release, and prints a Markdown table (also written to target/bench-e2e.md).
+# release, and prints a Markdown table (also written to target/bench_e2e.md).
 # See scripts/bench_e2e.py for what is measured and the E2E_* settings.
 set -eu
 cd "$(dirname "$0")/.."
@@ -26,5 +26,5 @@ if ! command -v wrk >/dev/null 2>&1; then
     # Debian's package; needs root, as on the project's machines.
     apt-get update && apt-get install -y wrk
 fi
-cargo build --release --example http_gateway
+cargo build --release -p async-worker-pool-gateway --bin http_gateway
 exec "$venv/bin/python3" scripts/bench_e2e.py

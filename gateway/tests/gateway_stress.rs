@@ -1,9 +1,6 @@
 //! The HTTP gateway's listener under stress, end to end: a burst of
 //! connections against the backlog, clients that trickle their headers, and a
 //! gateway out of file descriptors. The real binary, raw TCP clients.
-//!
-//! It runs the example's binary, which `scripts/test.sh` builds first
-//! (`cargo build --examples`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -16,7 +13,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod gateway_support;
+mod support;
 
 /// One test at a time in this binary, also under `cargo test`'s threads:
 /// each measures latency or CPU, or opens a thousand connections.
@@ -46,7 +43,7 @@ impl Drop for Gateway {
 }
 
 fn gateway_binary() -> PathBuf {
-    gateway_support::example_binary("http_gateway", "cargo build --example http_gateway")
+    PathBuf::from(support::HTTP_GATEWAY)
 }
 
 /// Starts the gateway through `sh`, so that `ulimit` can come first. Its

@@ -6,19 +6,19 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-venv="${CARGO_TARGET_DIR:-target}/nuclio-venv"
+venv="${CARGO_TARGET_DIR:-target}/nuclio_venv"
 # Written last, so that a half-made virtualenv is made again.
 stamp="$venv/.complete"
 if [ ! -f "$stamp" ]; then
     rm -rf "$venv"
-    echo "nuclio-venv: creating $venv (pip install msgpack nuclio-sdk)" >&2
+    echo "nuclio_venv: creating $venv (pip install msgpack nuclio-sdk)" >&2
     if ! python3 -m venv "$venv" >&2; then
-        echo "nuclio-venv: python3 -m venv failed; install the venv module (python3-venv)" >&2
+        echo "nuclio_venv: python3 -m venv failed; install the venv module (python3-venv)" >&2
         exit 1
     fi
     if ! "$venv/bin/pip" install --quiet --disable-pip-version-check \
         'msgpack>=1,<2' 'nuclio-sdk>=0.6,<0.7' >&2; then
-        echo "nuclio-venv: pip could not install msgpack and nuclio-sdk (is PyPI reachable?)" >&2
+        echo "nuclio_venv: pip could not install msgpack and nuclio-sdk (is PyPI reachable?)" >&2
         exit 1
     fi
     touch "$stamp"

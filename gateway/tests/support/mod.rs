@@ -1,28 +1,43 @@
-//! Starting a gateway example's binary for an end-to-end test: where cargo
-//! put it, and the address it says it listens on.
+//! What the gateway tests share: where the workspace's fixtures are, starting
+//! a gateway binary and reading the address it says it listens on, a steady
+//! load, and whether a process is still alive.
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The binary of example `name`, which test runners build only as a test
-/// target; `build` is the command that builds it, for the failure message.
-pub fn example_binary(name: &str, build: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/this-test → target/<profile>/examples/<name>
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join(name))
-        .expect("a target directory layout");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `{build}` (scripts/test.sh does so)",
-        path.display()
-    );
-    path
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// The HTTP gateway's binary, which cargo builds for these tests.
+pub const HTTP_GATEWAY: &str = env!("CARGO_BIN_EXE_http_gateway");
+
+/// The Nuclio front end's binary.
+pub const NUCLIO_GATEWAY: &str = env!("CARGO_BIN_EXE_nuclio_gateway");
+
+/// `path` in the workspace (the library's crate, whose examples and test
+/// fixtures the gateway tests share).
+pub fn workspace(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// `path` in this crate (gateway/).
+pub fn crate_dir(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+pub fn is_alive(pid: u32) -> bool {
+    match kill(Pid::from_raw(pid as i32), None) {
+        Err(Errno::ESRCH) => false,
+        _ => !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        }),
+    }
 }
 
 /// Spawns `command`, a gateway, and returns it with the `http://` address from

@@ -1,11 +1,10 @@
-//! The gateway's signals, as gunicorn's operators know them: TERM and INT
+//! The gateways' signals, as gunicorn's operators know them: TERM and INT
 //! drain and stop; HUP reloads every worker (new before old, no request
 //! fails); TTIN adds a worker and TTOU removes one.
 
 use std::future::Future;
 
-use async_worker_pool::Pool;
-use async_worker_pool::net::SocketTransport;
+use async_worker_pool::{Pool, Transport};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -39,8 +38,8 @@ pub fn stop_signal() -> impl Future<Output = ()> {
 /// task: each signal becomes one operation, run in the order the signals came
 /// (the pool runs one operation at a time anyway). `workers` is the number
 /// the gateway started with.
-pub fn serve_operator_signals(
-    pool: Pool<SocketTransport>,
+pub fn serve_operator_signals<T: Transport>(
+    pool: Pool<T>,
     workers: usize,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let install = |kind: SignalKind, name: &str| {
@@ -91,7 +90,7 @@ async fn recv(signal: &mut Signal) -> Option<()> {
     signal.recv().await
 }
 
-async fn run(pool: &Pool<SocketTransport>, operation: Operation) {
+async fn run<T: Transport>(pool: &Pool<T>, operation: Operation) {
     let result = match operation {
         Operation::Reload => {
             tracing::info!("SIGHUP: reloading every worker");

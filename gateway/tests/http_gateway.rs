@@ -1,8 +1,5 @@
-//! The HTTP gateway example end to end: the real binary, real Python workers, a
-//! real HTTP client.
-//!
-//! The test runs the example's binary, which `scripts/test.sh` builds first
-//! (`cargo build --examples`).
+//! The HTTP gateway end to end: the real binary (cargo builds it for these
+//! tests), real Python workers, a real HTTP client.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,27 +7,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-mod gateway_support;
-mod real_support;
+mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use real_support::is_alive;
+use support::is_alive;
 
-use gateway_support::Gateway;
+use support::Gateway;
 
 fn gateway_binary() -> PathBuf {
-    gateway_support::example_binary("http_gateway", "cargo build --example http_gateway")
+    PathBuf::from(support::HTTP_GATEWAY)
 }
 
 fn start(args: &[&str]) -> Gateway {
     start_with_env(args, &[])
 }
 
-/// Starts the gateway with extra environment variables.
+/// Starts the gateway with extra environment variables. A handler that
+/// `args` name comes from the library's examples unless they say where; with
+/// none, the gateway serves its own default.
 fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Gateway {
-    gateway_support::start_gateway(
-        Command::new(gateway_binary())
+    let mut command = Command::new(gateway_binary());
+    if args.contains(&"--handler") && !args.contains(&"--handler-path") {
+        command
+            .arg("--handler-path")
+            .arg(support::workspace("examples/handlers"));
+    }
+    support::start_gateway(
+        command
             .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
             .args(args)
             .envs(env.iter().copied()),
@@ -389,7 +393,7 @@ fn workers_and_their_socket_files_go_within_two_seconds_of_a_gateway_sigkill() {
 /// A steady load on `gateway` while `operate` runs; panics if any request failed.
 async fn under_steady_load<F: Future<Output = ()>>(gateway: &Gateway, operate: F) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(gateway_support::steady_load(
+    let load = tokio::spawn(support::steady_load(
         gateway.base.clone(),
         "0.05",
         stop.clone(),
@@ -568,4 +572,52 @@ async fn sigttin_grows_to_two_workers_and_sigttou_shrinks_back_under_load() {
         took.0, took.1
     );
     stop(gateway);
+}
+
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_sent_to_the_gateway_is_seen_by_the_handler() {
+    let handlers = support::workspace("tests/handlers");
+    // Both connection modes: one connection per slot, and streams on one.
+    for multiplex in ["0", "1"] {
+        let gateway = start(&[
+            "--handler",
+            "trace:handler",
+            "--handler-path",
+            handlers.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--max-connections",
+            "2",
+            "--multiplex",
+            multiplex,
+        ]);
+        let base = &gateway.base;
+        let client = reqwest::Client::new();
+        let seen = client
+            .get(format!("{base}/traced"))
+            .header("traceparent", PARENT)
+            .header("tracestate", "rojo=00f067aa0ba902b7")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            format!(r#"{{"traceparent": "{PARENT}", "tracestate": "rojo=00f067aa0ba902b7"}}"#),
+            "--multiplex {multiplex}"
+        );
+        // No trace context in, none for the handler; an invalid one is dropped.
+        for headers in [vec![], vec![("traceparent", "00-garbage-01")]] {
+            let mut request = client.get(format!("{base}/untraced"));
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let seen = request.send().await.unwrap().text().await.unwrap();
+            assert_eq!(seen, "null", "--multiplex {multiplex}");
+        }
+    }
 }
