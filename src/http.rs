@@ -14,6 +14,11 @@
 //! | an event over the frame limit ([`NetError::EventTooLarge`]) | 413 |
 //! | [`WorkerExited`](PoolError::WorkerExited), a protocol or socket error, an invalid reply | 502 |
 //!
+//! Every error answer's body is the status's reason phrase and nothing else
+//! ("Internal Server Error"): an exception's message, a socket path or a
+//! worker's address is for the operator's log, where it goes, never for the
+//! client, which may be anyone.
+//!
 //! ```
 //! use async_worker_pool::http::{error_response, event_from_request, response_from_reply};
 //! use async_worker_pool::net::Reply;
@@ -125,23 +130,20 @@ pub fn response_from_reply(reply: Reply) -> Response<Bytes> {
             headers,
             body,
         } => response_with_head(status, headers, body),
-        Reply::Streamed { status, .. } => plain(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the worker streamed its answer (status {status}) into the event's sink; \
-                 its body is not in the reply\n"
-            ),
-        ),
+        Reply::Streamed { status, .. } => {
+            tracing::warn!(
+                status,
+                "the worker streamed its answer into the event's sink; its body is not in the reply"
+            );
+            reason_only(StatusCode::BAD_GATEWAY)
+        }
         Reply::Raised {
             exception_type,
             message,
             traceback,
         } => {
             tracing::warn!(exception_type, message, traceback, "handler raised");
-            plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("handler raised {exception_type}: {message}\n"),
-            )
+            reason_only(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
 }
@@ -169,11 +171,8 @@ pub fn response_with_head<B: From<Bytes>>(
     body: B,
 ) -> Response<B> {
     let Ok(status) = StatusCode::from_u16(status) else {
-        return plain(
-            StatusCode::BAD_GATEWAY,
-            format!("the handler returned an invalid status {status}\n"),
-        )
-        .map(B::from);
+        tracing::warn!(status, "the handler returned an invalid status");
+        return reason_only(StatusCode::BAD_GATEWAY).map(B::from);
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -241,19 +240,34 @@ pub fn retry_after(error: &PoolError) -> Option<u64> {
 }
 
 /// The whole answer to a failed event: [`error_status`], `Retry-After` from
-/// [`retry_after`], and the error with its source as plain text.
+/// [`retry_after`], and the status's reason phrase as the body. The error
+/// itself, with its source, goes to the log: at WARN for a failure of a
+/// worker, at DEBUG for a wait that found no slot, which an overload repeats
+/// for every event it turns away.
 pub fn error_response(error: &PoolError) -> Response<Bytes> {
+    let status = error_status(error);
     let detail = match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}\n"),
-        None => format!("{error}\n"),
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
     };
-    let mut response = plain(error_status(error), detail);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::debug!(status = status.as_u16(), error = detail, "event failed");
+    } else {
+        tracing::warn!(status = status.as_u16(), error = detail, "event failed");
+    }
+    let mut response = reason_only(status);
     if let Some(seconds) = retry_after(error) {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+/// A plain-text response whose body is `status`'s reason phrase alone.
+fn reason_only(status: StatusCode) -> Response<Bytes> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    plain(status, format!("{reason}\n"))
 }
 
 /// A plain-text response.
@@ -338,7 +352,10 @@ mod tests {
                 retry,
                 "{error:?}"
             );
-            assert!(!response.body().is_empty());
+            // The reason phrase alone: nothing of the error (a worker, a
+            // socket path, a cause) reaches the client.
+            let reason = format!("{}\n", response.status().canonical_reason().unwrap());
+            assert_eq!(response.body(), reason.as_str(), "{error:?}");
         }
     }
 
@@ -381,11 +398,7 @@ mod tests {
         };
         let response = response_from_reply(raised);
         assert_eq!(response.status(), 500);
-        assert!(
-            response
-                .body()
-                .starts_with(b"handler raised ValueError: no")
-        );
+        assert_eq!(response.body(), "Internal Server Error\n");
         let bad_status = Reply::Returned {
             status: 99,
             headers: vec![],

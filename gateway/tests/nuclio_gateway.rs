@@ -48,7 +48,7 @@ fn python() -> String {
 }
 
 fn start(args: &[&str]) -> Gateway {
-    let (child, base) = support::spawn_gateway(
+    let (child, base, _log) = support::spawn_gateway(
         Command::new(gateway_binary())
             .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
             .args([

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -41,9 +42,10 @@ pub fn is_alive(pid: u32) -> bool {
 }
 
 /// Spawns `command`, a gateway, and returns it with the `http://` address from
-/// the first line it prints; its stdout is drained from then on, so that it
-/// never blocks on it.
-pub fn spawn_gateway(command: &mut Command) -> (Child, String) {
+/// the first line it prints and what it prints after that line (its log,
+/// `RUST_LOG=warn` unless `command` says otherwise), collected as it comes, so
+/// that it never blocks on its stdout.
+pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>>) {
     let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -61,8 +63,18 @@ pub fn spawn_gateway(command: &mut Command) -> (Child, String) {
         .find(|word| word.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
+    let log = Arc::new(Mutex::new(String::new()));
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    (child, base, log)
 }
 
 /// Posts `body` (the sleepy handlers read it as seconds to sleep) every
@@ -105,6 +117,8 @@ pub struct Gateway {
     pub child: Child,
     /// `http://HOST:PORT`, as the gateway printed it.
     pub base: String,
+    /// What it printed after its address: its log.
+    pub log: Arc<Mutex<String>>,
 }
 
 impl Drop for Gateway {
@@ -116,6 +130,6 @@ impl Drop for Gateway {
 
 /// [`spawn_gateway`], as a [`Gateway`] that is killed when dropped.
 pub fn start_gateway(command: &mut Command) -> Gateway {
-    let (child, base) = spawn_gateway(command);
-    Gateway { child, base }
+    let (child, base, log) = spawn_gateway(command);
+    Gateway { child, base, log }
 }
