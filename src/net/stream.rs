@@ -90,7 +90,8 @@ impl AsyncWrite for Stream {
     /// No: every frame goes out from one contiguous buffer (the codec's), so
     /// a vectored write would only take the slower `writev` path through the
     /// kernel for a single slice; plain `send` measured about 5 % less host
-    /// CPU per 64-byte event (BENCHMARKS.md, "The host hop").
+    /// CPU per 64-byte event (BENCHMARKS.md, "Design notes behind current
+    /// defaults").
     fn is_write_vectored(&self) -> bool {
         false
     }
