@@ -4,9 +4,9 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -44,6 +44,36 @@ pub fn is_alive(pid: u32) -> bool {
 /// the first line it prints; its stdout is drained from then on, so that it
 /// never blocks on it.
 pub fn spawn_gateway(command: &mut Command) -> (Child, String) {
+    let (child, mut lines) = spawn_piped(command);
+    let first = lines
+        .next()
+        .expect("the gateway prints its address")
+        .expect("a line of text");
+    let base = address(&first).unwrap_or_else(|| panic!("no address in {first:?}"));
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}
+
+/// [`spawn_gateway`] for a gateway that logs (at `warn`) before it listens:
+/// also returns the lines it printed before the one with its address.
+pub fn spawn_gateway_logging(command: &mut Command) -> (Child, String, Vec<String>) {
+    let (child, mut lines) = spawn_piped(command);
+    let mut logged = Vec::new();
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the gateway exited without an address: {logged:?}"))
+            .expect("a line of text");
+        match address(&line) {
+            Some(base) => break base,
+            None => logged.push(line),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, base, logged)
+}
+
+fn spawn_piped(command: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -51,18 +81,19 @@ pub fn spawn_gateway(command: &mut Command) -> (Child, String) {
         .spawn()
         .expect("the gateway starts");
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("the gateway prints its address")
-        .expect("a line of text");
-    let base = first
+    (child, BufReader::new(stdout).lines())
+}
+
+/// The `http://` address in `line`, if it is the one where the gateway says
+/// it listens.
+fn address(line: &str) -> Option<String> {
+    if !line.contains(": listening on ") {
+        return None;
+    }
+    let word = line
         .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
+        .find(|word| word.starts_with("http://"));
+    Some(word?.to_string())
 }
 
 /// Posts `body` (the sleepy handlers read it as seconds to sleep) every
