@@ -105,6 +105,61 @@ async fn a_traceparent_reaches_the_handler_in_its_headers_with_tracestates_joine
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_yaml_sets_the_handler_environment_and_workers() {
+    // No --handler, --workers or --max-connections: all from the spec.
+    let (child, base, log) = support::spawn_gateway(
+        Command::new(gateway_binary())
+            .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
+            .args(["--python", &python(), "--trigger", "web"])
+            .arg("--handler-path")
+            .arg(support::workspace("tests/nuclio_handlers"))
+            .arg("--spec")
+            .arg(support::crate_dir("tests/nuclio_functions/function.yaml")),
+    );
+    let gateway = Gateway { child, base };
+    // The secret Nuclio would resolve is warned of, by its path; the keys
+    // that do not apply here are not (they go to the debug log).
+    let logged: Vec<String> = log.lock().unwrap().lines().map(str::to_owned).collect();
+    assert!(
+        logged
+            .iter()
+            .any(|line| line.contains(" WARN ")
+                && line.contains("spec.env[1].valueFrom: not honoured")),
+        "{logged:?}"
+    );
+    assert!(
+        !logged.iter().any(|line| line.contains("spec.build")),
+        "{logged:?}"
+    );
+
+    let workers = children(gateway.child.id());
+    assert_eq!(
+        workers.len(),
+        2,
+        "spec.triggers.web.numWorkers: {workers:?}"
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/", gateway.base))
+        .body("GREETING,API_TOKEN,NUCLIO_FUNCTION_NAME")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "env": {
+                "GREETING": "hello from function.yaml",
+                "API_TOKEN": null,
+                "NUCLIO_FUNCTION_NAME": "environment-reporter",
+            },
+            "namespace": "staging",
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_timeout_flag_bounds_an_event_without_a_spec() {
     let gateway = start(&[
         "--handler",

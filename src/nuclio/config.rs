@@ -34,9 +34,10 @@ use crate::config::{Mode, PoolConfig};
 /// }
 /// ```
 ///
-/// Durations are strings such as `"10s"`, `"500ms"` or `"1m 30s"`. A function's
-/// `function.yaml` becomes this JSON with any YAML-to-JSON converter (`yq -o
-/// json`); the crate reads JSON only, to stay free of a YAML parser.
+/// Durations are strings such as `"10s"`, `"500ms"` or `"1m 30s"`. The crate
+/// parses JSON only, to stay free of a YAML parser; a function's
+/// `function.yaml` is read by deserializing this type with a serde YAML crate,
+/// as the `nuclio_gateway` binary's `--spec` does with `serde_norway`.
 ///
 /// ```
 /// use std::time::Duration;

@@ -1,6 +1,7 @@
 """Handlers for the crate's nuclio tests, in Nuclio's handler style."""
 
 import asyncio
+import os
 
 import nuclio_sdk
 
@@ -103,6 +104,16 @@ async def http_view(context, event):
         "content_type": event.get_header("Content-Type"),
         "traceparent": event.get_header("Traceparent"),
         "tracestate": event.get_header("Tracestate"),
+    }
+
+
+async def environment(context, event):
+    """The environment variables the body names (comma-separated) as this
+    worker sees them, null where unset, and the namespace it was given."""
+    names = event.body.decode().split(",")
+    return {
+        "env": {name: os.environ.get(name) for name in names},
+        "namespace": context.platform.namespace,
     }
 
 

@@ -42,9 +42,10 @@ pub fn is_alive(pid: u32) -> bool {
 }
 
 /// Spawns `command`, a gateway, and returns it with the `http://` address from
-/// the first line it prints and what it prints after that line (its log,
-/// `RUST_LOG=warn` unless `command` says otherwise), collected as it comes, so
-/// that it never blocks on its stdout.
+/// the line where it says it listens, and everything else it prints (its log,
+/// `RUST_LOG=warn` unless `command` says otherwise: the lines before the
+/// address at once, the later ones as they come), so that it never blocks on
+/// its stdout.
 pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>>) {
     let mut child = command
         .env("RUST_LOG", "warn")
@@ -54,27 +55,43 @@ pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>
         .expect("the gateway starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("the gateway prints its address")
-        .expect("a line of text");
-    let base = first
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_string();
     let log = Arc::new(Mutex::new(String::new()));
+    let keep = |log: &Mutex<String>, line: &str| {
+        let mut log = log.lock().unwrap();
+        log.push_str(line);
+        log.push('\n');
+    };
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the gateway exited without an address: {log:?}"))
+            .expect("a line of text");
+        match address(&line) {
+            Some(base) => break base,
+            None => keep(&log, &line),
+        }
+    };
     std::thread::spawn({
         let log = log.clone();
         move || {
             for line in lines.map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
+                keep(&log, &line);
             }
         }
     });
     (child, base, log)
+}
+
+/// The `http://` address in `line`, if it is the one where the gateway says
+/// it listens.
+fn address(line: &str) -> Option<String> {
+    if !line.contains(": listening on ") {
+        return None;
+    }
+    let word = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"));
+    Some(word?.to_string())
 }
 
 /// Posts `body` (the sleepy handlers read it as seconds to sleep) every

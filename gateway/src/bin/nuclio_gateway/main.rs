@@ -10,10 +10,14 @@
 //!
 //! Without `--wrapper` it runs the tests' stand-in wrapper and echo handler,
 //! which need a Python with `msgpack` and `nuclio-sdk` (`sh
-//! scripts/nuclio_venv.sh` prints one). `--spec function.json --trigger NAME`
-//! takes the pool settings from a Nuclio function configuration in JSON;
-//! otherwise `--workers`, `--max-connections` and `--event-timeout` set them
-//! (`--event-timeout` also overrides the spec's `eventTimeout`). Requests
+//! scripts/nuclio_venv.sh` prints one). `--spec function.yaml --trigger NAME`
+//! takes a Nuclio user's own function configuration as written (YAML, or
+//! JSON): the handler (unless `--handler` is given), the workers' environment
+//! (`spec.env`) and namespace, and the trigger's pool settings; every key it
+//! does not take is logged by its dotted path, as a warning where the function
+//! would run otherwise than under Nuclio (`--help` lists which). Without
+//! `--spec`, `--workers`, `--max-connections` and `--event-timeout` set the
+//! pool (`--event-timeout` also overrides the spec's `eventTimeout`). Requests
 //! reach the handler as Nuclio's HTTP trigger gives them: `event.path`
 //! without the query, the query's parameters in `event.fields`, header names
 //! in canonical form. It serves as soon as every worker has a connection and
@@ -23,6 +27,8 @@
 //! durations; `/healthz` says whether a worker serves. Ctrl-C or SIGTERM stop
 //! it gracefully; as in the HTTP gateway, SIGHUP reloads every worker (new
 //! before old, no request fails), SIGTTIN adds one and SIGTTOU removes one.
+
+mod function_config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,10 +45,12 @@ use axum::routing::get;
 use clap::Parser;
 
 use async_worker_pool::nuclio::{
-    HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioSpec, NuclioTransport,
+    HandlerDurations, NuclioEvent, NuclioLauncher, NuclioResponse, NuclioTransport,
 };
 use async_worker_pool::{Pool, PoolConfig, prometheus};
 use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
+
+use function_config::FunctionConfig;
 
 type GatewayPool = Pool<NuclioTransport>;
 
@@ -64,9 +72,10 @@ struct Args {
     #[arg(long, env = "GATEWAY_WRAPPER", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/nuclio_peer/_nuclio_async_wrapper.py"))]
     wrapper: PathBuf,
 
-    /// The handler, as module:function.
-    #[arg(long, env = "GATEWAY_HANDLER", default_value = "peer_handlers:echo")]
-    handler: String,
+    /// The handler, as module:function [default: --spec's spec.handler, else
+    /// peer_handlers:echo, the stand-in's echo]
+    #[arg(long, env = "GATEWAY_HANDLER")]
+    handler: Option<String>,
 
     /// Directory the handler's module is imported from.
     #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/nuclio_handlers"))]
@@ -76,7 +85,36 @@ struct Args {
     #[arg(long, env = "GATEWAY_PYTHON", default_value = "python3")]
     python: String,
 
-    /// A Nuclio function configuration in JSON to take the pool settings from.
+    /// A Nuclio function configuration, function.yaml as `nuctl deploy
+    /// --file` takes it (or the same in JSON), to take the handler, the
+    /// workers' environment and the pool settings from.
+    ///
+    /// Taken as Nuclio's processor takes them: spec.handler (unless --handler
+    /// is given); spec.env's name and value pairs, set for the workers on top
+    /// of the gateway's own environment; metadata.name and spec.description as
+    /// NUCLIO_FUNCTION_NAME and NUCLIO_FUNCTION_DESCRIPTION; metadata.namespace
+    /// as the wrapper's --namespace; spec.eventTimeout; and of the trigger
+    /// --trigger names, numWorkers, mode and async.maxConnectionsNumber,
+    /// .connectionAvailabilityTimeout and .establishConnectionTimeout. A
+    /// function without triggers gets, as in Nuclio, a default HTTP trigger,
+    /// here with the pool's defaults.
+    ///
+    /// Every other key is logged with its dotted path (spec.build.image,
+    /// `spec.env[2].valueFrom`). A warning for a key it does not know, and for a
+    /// setting it knows but cannot honour, so that the function runs
+    /// otherwise than under Nuclio: `spec.env[].valueFrom` and spec.envFrom
+    /// (those variables are not set), spec.volumes, spec.streamChunkTimeout,
+    /// spec.dataBindings, spec.runtimeAttributes, a trigger kind other than
+    /// http, and the trigger's maxWorkers, workerAvailabilityTimeoutMilliseconds,
+    /// batch, async.minConnectionsNumber and a dynamic
+    /// async.connectionCreationMode. A debug line ("ignored as not
+    /// applicable") for keys about building, deploying, scaling and scheduling
+    /// on a platform, without which the function runs the same: apiVersion,
+    /// kind, status, metadata.labels and .annotations, spec.runtime,
+    /// spec.build, spec.image, spec.resources, spec.minReplicas,
+    /// spec.maxReplicas, spec.platform, spec.securityContext, the probes, the
+    /// trigger's attributes.port and .ingresses, the other triggers, and the
+    /// like. A YAML merge key (`<<`) is refused.
     #[arg(long, env = "GATEWAY_SPEC")]
     spec: Option<PathBuf>,
 
@@ -110,16 +148,34 @@ struct Args {
     runtime: runtime::RuntimeArgs,
 }
 
+/// The handler when neither --handler nor --spec names one: the stand-in's
+/// echo, beside the stand-in wrapper that is --wrapper's default.
+const DEFAULT_HANDLER: &str = "peer_handlers:echo";
+
 struct Gateway {
     pool: GatewayPool,
     durations: HandlerDurations,
 }
 
+/// What the workers run and how many: the flags, with --spec's settings where
+/// the flags leave them.
+#[derive(Debug)]
+struct Setup {
+    pool: PoolConfig,
+    handler: String,
+    namespace: Option<String>,
+    env: Vec<(String, String)>,
+}
+
 fn main() -> ExitCode {
     logging::init();
     let args = Args::parse();
-    let outcome = pool_config(&args).and_then(|config| {
-        runtime::block_on(args.runtime.threads, config.num_workers, run(args, config))
+    let outcome = setup(&args).and_then(|setup| {
+        runtime::block_on(
+            args.runtime.threads,
+            setup.pool.num_workers,
+            run(args, setup),
+        )
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,33 +186,48 @@ fn main() -> ExitCode {
     }
 }
 
-fn pool_config(args: &Args) -> Result<PoolConfig, String> {
-    let mut config = spec_config(args)?;
-    if args.event_timeout.is_some() {
-        config.event_timeout = args.event_timeout;
-    }
-    Ok(config)
-}
-
-fn spec_config(args: &Args) -> Result<PoolConfig, String> {
-    let Some(path) = &args.spec else {
-        let mut config = PoolConfig::default();
-        config.num_workers = args.workers;
-        config.max_connections = args.max_connections;
-        return Ok(config);
+fn setup(args: &Args) -> Result<Setup, String> {
+    let mut setup = match &args.spec {
+        Some(file) => {
+            let function = FunctionConfig::read(file, &args.trigger).map_err(|e| e.to_string())?;
+            function.log_remarks(file);
+            Setup {
+                pool: function.pool,
+                handler: function
+                    .handler
+                    .unwrap_or_else(|| DEFAULT_HANDLER.to_owned()),
+                namespace: function.namespace,
+                env: function.env,
+            }
+        }
+        None => {
+            let mut pool = PoolConfig::default();
+            pool.num_workers = args.workers;
+            pool.max_connections = args.max_connections;
+            Setup {
+                pool,
+                handler: DEFAULT_HANDLER.to_owned(),
+                namespace: None,
+                env: Vec::new(),
+            }
+        }
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let spec =
-        NuclioSpec::from_json(&text).map_err(|error| match std::error::Error::source(&error) {
-            Some(source) => format!("{}: {error}: {source}", path.display()),
-            None => format!("{}: {error}", path.display()),
-        })?;
-    spec.pool_config(&args.trigger)
-        .map_err(|error| format!("{}: {error}", path.display()))
+    if let Some(handler) = &args.handler {
+        setup.handler.clone_from(handler);
+    }
+    if args.event_timeout.is_some() {
+        setup.pool.event_timeout = args.event_timeout;
+    }
+    Ok(setup)
 }
 
-async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
+async fn run(args: Args, setup: Setup) -> Result<(), String> {
+    let Setup {
+        pool: config,
+        handler,
+        namespace,
+        env,
+    } = setup;
     let (listener, backlog) = listener::bind(args.listen, args.listener.backlog)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let reserved = listener::reserved_fds(config.capacity(), config.max_connections);
@@ -172,10 +243,19 @@ async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
     }
     let max_clients = listener::client_cap(&args.listener, reserved);
     tracing::info!(backlog, max_clients, "HTTP listener");
-    let launcher = NuclioLauncher::builder(&args.wrapper, &args.handler)
+    let mut launcher = NuclioLauncher::builder(&args.wrapper, &handler)
         .python(&args.python)
         .handler_path(&args.handler_path)
-        .trigger("http", &args.trigger)
+        .trigger("http", &args.trigger);
+    if let Some(namespace) = namespace {
+        launcher = launcher.namespace(namespace);
+    }
+    // Each worker's own environment, on top of the gateway's: the gateway's
+    // process is left as it is.
+    for (name, value) in env {
+        launcher = launcher.env(name, value);
+    }
+    let launcher = launcher
         .build()
         .map_err(|error| format!("cannot prepare the workers: {}", error.chain()))?;
     let transport = NuclioTransport::new();
@@ -197,7 +277,7 @@ async fn run(args: Args, config: PoolConfig) -> Result<(), String> {
         answers::plural(stats.workers.len(), "worker", "workers"),
         stats.capacity / stats.workers.len().max(1),
         stats.idle + stats.busy,
-        args.handler
+        handler
     );
 
     let app = Router::new()
@@ -328,4 +408,42 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 /// 200 while at least one worker serves, else 503.
 async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
     answers::health(&gateway.pool.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The setup from these flags, with `spec` (YAML) as --spec.
+    fn setup_with(spec: &str, flags: &[&str]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("function.yaml");
+        std::fs::write(&file, spec).unwrap();
+        let mut argv = vec!["nuclio_gateway", "--spec", file.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        setup(&Args::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    const SPEC: &str = "spec:\n  handler: greet:handler\n  eventTimeout: 20s\n";
+
+    #[test]
+    fn the_handler_flag_wins_over_the_specs_handler() {
+        let setup = setup_with(SPEC, &["--handler", "other:handler"]);
+        assert_eq!(setup.handler, "other:handler");
+    }
+
+    #[test]
+    fn the_specs_handler_serves_when_no_flag_names_one() {
+        assert_eq!(setup_with(SPEC, &[]).handler, "greet:handler");
+        let without = setup_with("spec:\n  runtime: python\n", &[]);
+        assert_eq!(without.handler, DEFAULT_HANDLER);
+    }
+
+    #[test]
+    fn the_event_timeout_flag_wins_over_the_specs() {
+        let setup = setup_with(SPEC, &["--event-timeout", "3s"]);
+        assert_eq!(setup.pool.event_timeout, Some(Duration::from_secs(3)));
+        let setup = setup_with(SPEC, &[]);
+        assert_eq!(setup.pool.event_timeout, Some(Duration::from_secs(20)));
+    }
 }
