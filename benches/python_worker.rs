@@ -1,4 +1,4 @@
-//! A real Python worker (`python/async_pool_worker.py` with
+//! A real Python worker (the `python/async_pool_worker/` package with
 //! `examples/handlers/echo.py`) driven through the pool and by the raw-socket
 //! client, one task per connection each doing event / answer in a loop, at 1,
 //! 10, 100 and 1000 connections. Prints a Markdown table: events per second,

@@ -51,13 +51,14 @@ ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test real_worker_faults --test c
 # The gateway multiplexes by default; its ASGI tests again with one
 # connection per slot.
 GATEWAY_MULTIPLEX=0 $run_tests -p async-worker-pool-gateway --test asgi
-# The reference worker's unit tests (its ASGI adapter's too), once on
-# asyncio's loop (the system's python3, without uvloop) and once on uvloop's
-# (a virtualenv that has it).
-python3 -m unittest discover -s python -p 'test_*.py'
+# The reference worker's unit tests (its ASGI adapter's and its module graph's
+# too), once on asyncio's loop (the system's python3, without uvloop) and once
+# on uvloop's (a virtualenv that has it). `-t python` puts the package on the
+# path and makes python/tests a package, for the tests' own support module.
+python3 -m unittest discover -s python/tests -t python
 uvloop_python=$(sh scripts/uvloop_venv.sh)
 "$uvloop_python" -c 'import uvloop'
-"$uvloop_python" -m unittest discover -s python -p 'test_*.py'
+"$uvloop_python" -m unittest discover -s python/tests -t python
 
 # The nuclio feature: its unit tests, its doc tests and tests/nuclio.rs.
 $run_tests --features nuclio,prometheus-client --lib --test nuclio

@@ -488,10 +488,12 @@ impl PythonWorker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.sock");
         let secret = WorkerSecret::generate().unwrap();
+        // Run from the checkout: its python/ holds the package.
         let child = tokio::process::Command::new("python3")
             .current_dir(root)
             .env(SECRET_ENV, secret.to_hex())
-            .arg("python/async_pool_worker.py")
+            .env("PYTHONPATH", root.join("python"))
+            .args(["-m", "async_pool_worker"])
             .args(["--handler", handler, "--handler-path", "examples/handlers"])
             .arg("--unix")
             .arg(&path)

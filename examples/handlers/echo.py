@@ -1,7 +1,7 @@
 """Echo handler: answers every event with its own body.
 
     ASYNC_WORKER_POOL_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))') \
-    python3 python/async_pool_worker.py --handler echo:handler \
+    PYTHONPATH=python python3 -m async_pool_worker --handler echo:handler \
         --handler-path examples/handlers --unix /tmp/w0.sock --worker-id 0
 """
 

@@ -1,6 +1,6 @@
 //! The built-in socket transport: [`SocketTransport`] speaks the wire protocol of
 //! `docs/protocol.md` over Unix or TCP sockets, to workers such as the reference
-//! Python worker `python/async_pool_worker.py`.
+//! Python worker, the `python/async_pool_worker/` package.
 //!
 //! A host that brings its own [`Transport`](crate::Transport) does not need this
 //! module. It is here so that the common case, a pool of asyncio workers on local

@@ -35,7 +35,7 @@ const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 const LARGEST_FRAME: usize = u32::MAX as usize;
 
 /// A [`Transport`] over Unix or TCP sockets, speaking the protocol of
-/// `docs/protocol.md` to workers such as `python/async_pool_worker.py`.
+/// `docs/protocol.md` to workers such as the `python/async_pool_worker/` package.
 ///
 /// It connects to [`Endpoint::Unix`] and [`Endpoint::Tcp`] endpoints; an
 /// [`Endpoint::Named`] is refused with [`NetError::UnsupportedEndpoint`].

@@ -25,10 +25,13 @@ impl ProcessLauncher {
     /// Starts configuring a launcher for the reference Python asyncio worker,
     /// serving `handler` (`module:function`).
     ///
-    /// It runs `python3 -u <script> --handler HANDLER`, where the script is the
-    /// `python/async_pool_worker.py` this crate embeds, written into the
-    /// launcher's socket directory by [`build`](ProcessLauncherBuilder::build);
-    /// no checkout of the repository is needed. Add the handler's directory with
+    /// It runs `python3 -u -m async_pool_worker --handler HANDLER`, where
+    /// `async_pool_worker` is the package `python/async_pool_worker/` that this
+    /// crate embeds, written into the launcher's socket directory by
+    /// [`build`](ProcessLauncherBuilder::build) and found there through
+    /// `PYTHONPATH`, whose value from [`env`](ProcessLauncherBuilder::env) or
+    /// the host's environment follows that directory; no checkout of the
+    /// repository is needed. Add the handler's directory with
     /// [`handler_path`](ProcessLauncherBuilder::handler_path), and choose another
     /// interpreter with [`python`](ProcessLauncherBuilder::python); only this
     /// builder has those two.
@@ -221,7 +224,7 @@ impl<P: Program> ProcessLauncherBuilder<P> {
     }
 
     /// Checks the settings, creates the private socket directory (mode 0700) and,
-    /// for the Python worker, writes the embedded script into it.
+    /// for the Python worker, writes the embedded package into it.
     ///
     /// # Errors
     ///
@@ -229,7 +232,8 @@ impl<P: Program> ProcessLauncherBuilder<P> {
     /// of 0, an empty program, a
     /// handler not of the form `module:function`, a working directory that does
     /// not exist, a socket directory that cannot be created or whose socket paths
-    /// would be too long, or a script that cannot be written.
+    /// would be too long, or (for the Python worker) that has a `:` in its path,
+    /// which `PYTHONPATH` cannot hold, or a package that cannot be written.
     pub fn build(self) -> Result<ProcessLauncher, LaunchError> {
         if self.connections == 0 {
             return Err(LaunchError::new(
@@ -293,7 +297,7 @@ impl ProcessLauncherBuilder<PythonWorker> {
     /// Runs the ASGI 3 app `app` (`module:attribute`) instead of the handler:
     /// the worker's `--asgi`. The app's module is imported from the
     /// [`handler_path`](Self::handler_path)s as a handler's would be. See
-    /// `python/async_pool_asgi.py` for the scope it gets and how its response
+    /// `python/async_pool_worker/asgi.py` for the scope it gets and how its response
     /// travels; WebSocket is not supported.
     pub fn asgi(mut self, app: &str) -> Self {
         self.kind.set_asgi(app);

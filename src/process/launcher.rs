@@ -11,6 +11,7 @@ use tokio::process::Command;
 use tracing::Level;
 
 use super::output::with_stderr_tail;
+use super::python_worker::{PYTHONPATH, module_search_path};
 use super::socket_dir::SocketDir;
 use super::spawn::{
     Started, drain_stderr, free_tcp_port, start_with, wait_until_ready, worker_command,
@@ -76,7 +77,8 @@ pub struct ProcessLauncher {
     pub(super) connections: usize,
     pub(super) tcp_host: IpAddr,
     pub(super) endpoint_args: bool,
-    /// Whether this runs the embedded Python worker, for errors that say what to fix.
+    /// Whether this runs the embedded Python worker: it gets the package on
+    /// PYTHONPATH, and errors say what to fix.
     pub(super) is_python_worker: bool,
     /// The level of stderr lines that carry none of their own.
     pub(super) raw_stderr_level: Level,
@@ -85,7 +87,7 @@ pub struct ProcessLauncher {
 
 impl ProcessLauncher {
     /// The private directory (mode 0700) holding the Unix sockets and the
-    /// embedded worker script; removed when the launcher is dropped.
+    /// embedded worker package; removed when the launcher is dropped.
     pub fn socket_dir(&self) -> &Path {
         self.socket_dir.path()
     }
@@ -148,6 +150,18 @@ impl ProcessLauncher {
             .env(ENDPOINT_ENV, endpoint.to_string())
             .env(LIFELINE_ENV, "stdin")
             .env(SOCKET_DIR_ENV, self.socket_dir.path());
+        if self.is_python_worker {
+            // The embedded package is in the launcher's directory; the user's
+            // PYTHONPATH (set on the builder, or the host's own) follows it.
+            let inherited = match self.envs.iter().rev().find(|(key, _)| key == PYTHONPATH) {
+                Some((_, value)) => Some(values.expand(value)),
+                None => std::env::var_os(PYTHONPATH),
+            };
+            command.env(
+                PYTHONPATH,
+                module_search_path(self.socket_dir.path(), inherited.as_deref()),
+            );
+        }
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }

@@ -2,24 +2,73 @@
 //! any program, or the reference Python worker, which the crate embeds and
 //! which alone has a handler and handler paths.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::launcher::LaunchError;
 
-/// The reference worker, embedded so that the crate works without a checkout.
-const PYTHON_WORKER_SCRIPT: &str = include_str!("../../python/async_pool_worker.py");
+/// The reference worker's package name: the directory it is written to in the
+/// launcher's directory, and the module `python -m` runs. It must stay
+/// `async_pool_worker`: handlers import `Response` from the package of that name.
+const PACKAGE: &str = "async_pool_worker";
 
-/// Its file name in the socket directory. It must stay `async_pool_worker.py`:
-/// handlers import `Response` from the module of that name.
-const PYTHON_WORKER_FILE: &str = "async_pool_worker.py";
+/// The reference worker, the `python/async_pool_worker/` package, embedded so
+/// that the crate works without a checkout: each module's path in the package
+/// and its text. A test checks that no module of the package is missing.
+const PACKAGE_FILES: &[(&str, &str)] = &[
+    (
+        "__init__.py",
+        include_str!("../../python/async_pool_worker/__init__.py"),
+    ),
+    (
+        "__main__.py",
+        include_str!("../../python/async_pool_worker/__main__.py"),
+    ),
+    (
+        "asgi.py",
+        include_str!("../../python/async_pool_worker/asgi.py"),
+    ),
+    (
+        "config.py",
+        include_str!("../../python/async_pool_worker/config.py"),
+    ),
+    (
+        "handler.py",
+        include_str!("../../python/async_pool_worker/handler.py"),
+    ),
+    (
+        "hello.py",
+        include_str!("../../python/async_pool_worker/hello.py"),
+    ),
+    (
+        "importer.py",
+        include_str!("../../python/async_pool_worker/importer.py"),
+    ),
+    (
+        "lifespan.py",
+        include_str!("../../python/async_pool_worker/lifespan.py"),
+    ),
+    (
+        "logs.py",
+        include_str!("../../python/async_pool_worker/logs.py"),
+    ),
+    (
+        "loops.py",
+        include_str!("../../python/async_pool_worker/loops.py"),
+    ),
+    (
+        "protocol.py",
+        include_str!("../../python/async_pool_worker/protocol.py"),
+    ),
+    (
+        "server.py",
+        include_str!("../../python/async_pool_worker/server.py"),
+    ),
+];
 
-/// The worker's ASGI adapter, embedded too, and written beside the worker
-/// (which imports it by this name) when the worker runs an ASGI app.
-const ASGI_ADAPTER_SCRIPT: &str = include_str!("../../python/async_pool_asgi.py");
-
-/// Its file name, the module name the worker imports.
-const ASGI_ADAPTER_FILE: &str = "async_pool_asgi.py";
+/// The environment variable of Python's module search path.
+pub(super) const PYTHONPATH: &str = "PYTHONPATH";
 
 /// Whether an ASGI app's lifespan protocol is run (`--lifespan` of the
 /// reference worker, as uvicorn's).
@@ -101,8 +150,8 @@ impl Program for AnyProgram {
     }
 }
 
-/// The reference Python worker (`python/async_pool_worker.py`, embedded) and
-/// its handler.
+/// The reference Python worker (the `python/async_pool_worker/` package,
+/// embedded) and its handler.
 #[derive(Debug, Clone)]
 pub struct PythonWorker {
     target: Target,
@@ -136,7 +185,7 @@ impl sealed::Sealed for PythonWorker {}
 impl Program for PythonWorker {
     const IS_PYTHON_WORKER: bool = true;
 
-    /// Checks the handler (or app) and writes the embedded scripts into `dir`.
+    /// Checks the handler (or app) and writes the embedded package into `dir`.
     fn arguments(&self, dir: &Path) -> Result<Vec<OsString>, LaunchError> {
         let (what, spec) = match &self.target {
             Target::Handler(handler) => ("handler", handler),
@@ -153,9 +202,10 @@ impl Program for PythonWorker {
                 "the {what} {spec:?} must be of the form {form}"
             )));
         }
-        let script = write_script(dir, PYTHON_WORKER_FILE, PYTHON_WORKER_SCRIPT)?;
-        // -u: unbuffered, so its output reaches the log as it is written.
-        let mut args: Vec<OsString> = vec!["-u".into(), script.into_os_string()];
+        write_package(dir)?;
+        // -u: unbuffered, so its output reaches the log as it is written. The
+        // package is found through PYTHONPATH (see module_search_path).
+        let mut args: Vec<OsString> = vec!["-u".into(), "-m".into(), PACKAGE.into()];
         match &self.target {
             Target::Handler(_) if self.lifespan.is_some() => {
                 return Err(LaunchError::new(
@@ -166,7 +216,6 @@ impl Program for PythonWorker {
             Target::Handler(handler) => args.extend(["--handler".into(), handler.into()]),
             Target::Asgi(app) => {
                 let lifespan = self.lifespan.unwrap_or_default();
-                write_script(dir, ASGI_ADAPTER_FILE, ASGI_ADAPTER_SCRIPT)?;
                 args.extend([
                     "--asgi".into(),
                     app.into(),
@@ -182,16 +231,89 @@ impl Program for PythonWorker {
     }
 }
 
-fn write_script(dir: &Path, name: &str, text: &str) -> Result<PathBuf, LaunchError> {
-    let script = dir.join(name);
-    std::fs::write(&script, text).map_err(|error| {
+/// Writes the embedded package into `dir`, as `dir/async_pool_worker/`.
+fn write_package(dir: &Path) -> Result<(), LaunchError> {
+    if dir.as_os_str().as_bytes().contains(&b':') {
+        // PYTHONPATH separates its entries with ':' and has no way to escape one.
+        return Err(LaunchError::new(format!(
+            "the launcher's directory {} has a ':' in its path, so the Python worker \
+             cannot be put on PYTHONPATH; set ProcessLauncherBuilder::socket_dir_parent \
+             to a directory without one",
+            dir.display()
+        )));
+    }
+    let package = dir.join(PACKAGE);
+    let cannot = |what: &Path, error: std::io::Error| {
         LaunchError::with_source(
-            format!(
-                "cannot write the Python worker's {name} to {}",
-                script.display()
-            ),
+            format!("cannot write the Python worker to {}", what.display()),
             error,
         )
-    })?;
-    Ok(script)
+    };
+    std::fs::create_dir(&package).map_err(|error| cannot(&package, error))?;
+    for (name, text) in PACKAGE_FILES {
+        let file = package.join(name);
+        std::fs::write(&file, text).map_err(|error| cannot(&file, error))?;
+    }
+    Ok(())
+}
+
+/// The PYTHONPATH of a worker run from the launcher's directory `dir`: `dir`
+/// first, so that `python -m` finds the embedded package, then `inherited`
+/// (the worker's PYTHONPATH otherwise), kept for the handler's own imports.
+pub(super) fn module_search_path(dir: &Path, inherited: Option<&OsStr>) -> OsString {
+    let mut path = dir.as_os_str().to_owned();
+    if let Some(inherited) = inherited.filter(|inherited| !inherited.is_empty()) {
+        path.push(":");
+        path.push(inherited);
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_module_of_the_package_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join(PACKAGE);
+        let mut modules: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".py"))
+            .collect();
+        modules.sort();
+        let embedded: Vec<&str> = PACKAGE_FILES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            modules,
+            embedded,
+            "add each module of {} to PACKAGE_FILES",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn the_launchers_directory_comes_first_on_the_module_search_path() {
+        let dir = Path::new("/tmp/async-worker-pool-x");
+        assert_eq!(module_search_path(dir, None), "/tmp/async-worker-pool-x");
+        assert_eq!(
+            module_search_path(dir, Some(OsStr::new(""))),
+            "/tmp/async-worker-pool-x"
+        );
+        assert_eq!(
+            module_search_path(dir, Some(OsStr::new("/srv/lib:/opt/lib"))),
+            "/tmp/async-worker-pool-x:/srv/lib:/opt/lib"
+        );
+    }
+
+    #[test]
+    fn a_directory_that_pythonpath_cannot_hold_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("a:b");
+        std::fs::create_dir(&dir).unwrap();
+        let error = write_package(&dir).unwrap_err();
+        assert!(error.to_string().contains("socket_dir_parent"), "{error}");
+        assert!(!dir.join(PACKAGE).exists());
+    }
 }

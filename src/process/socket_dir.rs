@@ -1,5 +1,5 @@
 //! The launcher's private directory: the workers' Unix sockets live here, and so
-//! does the embedded Python worker script. Only its owner may enter it, so no
+//! does the embedded Python worker package. Only its owner may enter it, so no
 //! other user of the machine can connect to a worker.
 
 use std::fs::{self, Permissions};

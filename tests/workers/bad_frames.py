@@ -9,44 +9,43 @@ by event body:
     b"huge"     answers with a length prefix announcing 1 GiB, and nothing more;
     anything else is echoed back in an `O` frame.
 
-Only the standard library; the reference worker is deliberately not reused, so
-that its own checks cannot stop the misbehaviour.
+Only the standard library and the reference worker's protocol module
+(python/async_pool_worker/protocol.py), for the framing and the envelopes; its
+server is deliberately not reused, so that its own checks cannot stop the
+misbehaviour.
 """
 
 import argparse
 import asyncio
-import json
 import os
-import struct
+import sys
 
-LENGTH = struct.Struct(">I")
+# The repository's python/ directory, wherever the test runs this from.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                os.pardir, "python"))
 
-
-def envelope(kind, meta, body=b""):
-    meta = json.dumps(meta).encode("utf-8")
-    return kind + LENGTH.pack(len(meta)) + meta + body
-
-
-def frame(payload):
-    return LENGTH.pack(len(payload)) + payload
+from async_pool_worker.protocol import (  # noqa: E402 (needs the path above)
+    HEADER_LEN, LENGTH, encode_envelope, encode_frame, encode_ready)
 
 
 async def serve(reader, writer, worker_id):
-    writer.write(frame(envelope(b"R", {"pid": os.getpid(), "worker_id": worker_id})))
+    writer.write(encode_frame(encode_ready(os.getpid(), worker_id)))
     try:
         await writer.drain()
         while True:
             (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
             payload = await reader.readexactly(length)
+            # Any kind is taken for an event: the multiplex request `M` too,
+            # as a worker from before multiplexing would.
             (meta_len,) = LENGTH.unpack_from(payload, 1)
-            body = payload[1 + LENGTH.size + meta_len:]
+            body = payload[HEADER_LEN + meta_len:]
             if body == b"garbage":
                 # "?" is no envelope kind, so the frame cannot pass for one by chance.
-                writer.write(frame(b"?" + os.urandom(63)))
+                writer.write(encode_frame(b"?" + os.urandom(63)))
             elif body == b"huge":
                 writer.write(LENGTH.pack(1 << 30))
             else:
-                writer.write(frame(envelope(b"O", {"status": 200}, body)))
+                writer.write(encode_frame(encode_envelope(b"O", {"status": 200}, body)))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the host closed the connection, as it should after a bad frame

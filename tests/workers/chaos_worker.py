@@ -14,29 +14,26 @@ what the worker does depends on ACT:
     close    closes the connection without answering.
 
 Every `O` answer carries the worker's pid in an ``x-pid`` header, so that the
-test learns every process that served it. Only the standard library; the
-reference worker is not reused, because its own checks would stop the
-misbehaviour.
+test learns every process that served it. Only the standard library and the
+reference worker's protocol module (python/async_pool_worker/protocol.py), for
+the framing and the envelopes; its server is not reused, because its own checks
+would stop the misbehaviour.
 """
 
 import argparse
 import asyncio
-import json
 import os
-import struct
+import sys
 
-LENGTH = struct.Struct(">I")
-STREAM_FRAME = struct.Struct(">II")  # frame length, stream id
+# The repository's python/ directory, wherever the test runs this from.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                os.pardir, "python"))
+
+from async_pool_worker.protocol import (  # noqa: E402 (needs the path above)
+    CANCEL_KIND, CANCELLED_ENVELOPE, LENGTH, MULTIPLEX_KIND, STREAM, encode_envelope,
+    encode_frame, encode_multiplex_ack, encode_ready, encode_stream_frame, parse_event)
+
 PID = str(os.getpid())
-
-
-def envelope(kind, meta, body=b""):
-    meta = json.dumps(meta).encode("utf-8")
-    return kind + LENGTH.pack(len(meta)) + meta + body
-
-
-def frame(payload):
-    return LENGTH.pack(len(payload)) + payload
 
 
 def action(body):
@@ -47,39 +44,39 @@ def action(body):
 
 
 async def serve(reader, writer, worker_id):
-    writer.write(frame(envelope(b"R", {"pid": os.getpid(), "worker_id": worker_id})))
+    writer.write(encode_frame(encode_ready(os.getpid(), worker_id)))
     try:
         await writer.drain()
         while True:
             (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
             payload = await reader.readexactly(length)
-            if payload[:1] == b"M":
+            if payload[0] == MULTIPLEX_KIND:
                 # The host asks to multiplex (docs/protocol.md, "Multiplexing").
-                writer.write(frame(envelope(b"M", {"version": 1})))
+                writer.write(encode_frame(encode_multiplex_ack()))
                 await serve_streams(reader, writer)
                 return
-            (meta_len,) = LENGTH.unpack_from(payload, 1)
-            body = payload[1 + LENGTH.size + meta_len:]
+            body = parse_event(payload).body
             act = action(body)
             if act == b"echo":
                 meta = {"status": 200, "headers": [["x-pid", PID]]}
-                writer.write(frame(envelope(b"O", meta, body)))
+                writer.write(encode_frame(encode_envelope(b"O", meta, body)))
             elif act == b"raise":
                 meta = {"type": "RuntimeError", "message": body.decode("utf-8", "replace")}
-                writer.write(frame(envelope(b"X", meta, b"Traceback: chaos\n")))
+                writer.write(encode_frame(encode_envelope(b"X", meta, b"Traceback: chaos\n")))
             elif act == b"hang":
                 # Returns only once the host gives up on the event and closes.
                 await reader.read()
                 return
             elif act == b"garbage":
                 # "?" is no envelope kind, so the frame cannot pass for one by chance.
-                writer.write(frame(b"?" + os.urandom(31)))
+                writer.write(encode_frame(b"?" + os.urandom(31)))
             elif act == b"huge":
                 writer.write(LENGTH.pack(1 << 30))
             elif act == b"close":
                 return
             else:
-                writer.write(frame(envelope(b"X", {"type": "ValueError", "message": "bad act"})))
+                bad = encode_envelope(b"X", {"type": "ValueError", "message": "bad act"})
+                writer.write(encode_frame(bad))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the host closed the connection, as it does after a bad frame
@@ -96,16 +93,17 @@ async def serve_streams(reader, writer):
     cancelled = set()
 
     def send(stream, payload):
-        writer.write(STREAM_FRAME.pack(4 + len(payload), stream) + payload)
+        writer.write(encode_stream_frame(stream, payload))
 
     async def run(stream, body):
         try:
             act = action(body)
             if act == b"echo":
-                send(stream, envelope(b"O", {"status": 200, "headers": [["x-pid", PID]]}, body))
+                meta = {"status": 200, "headers": [["x-pid", PID]]}
+                send(stream, encode_envelope(b"O", meta, body))
             elif act == b"raise":
                 meta = {"type": "RuntimeError", "message": body.decode("utf-8", "replace")}
-                send(stream, envelope(b"X", meta, b"Traceback: chaos\n"))
+                send(stream, encode_envelope(b"X", meta, b"Traceback: chaos\n"))
             elif act == b"hang":
                 await asyncio.sleep(3600)
             elif act == b"garbage":
@@ -115,28 +113,27 @@ async def serve_streams(reader, writer):
             elif act == b"close":
                 writer.close()
             else:
-                send(stream, envelope(b"X", {"type": "ValueError", "message": "bad act"}))
+                send(stream, encode_envelope(b"X", {"type": "ValueError", "message": "bad act"}))
         finally:
             tasks.pop(stream, None)
             if stream in cancelled:
                 cancelled.discard(stream)
-                send(stream, envelope(b"Q", {}))
+                send(stream, CANCELLED_ENVELOPE)
 
     try:
         while True:
             (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
             payload = await reader.readexactly(length)
-            (stream,) = LENGTH.unpack_from(payload)
-            kind = payload[4:5]
-            if kind == b"K":
+            (stream,) = STREAM.unpack_from(payload)
+            if payload[STREAM.size] == CANCEL_KIND:
                 if stream in tasks:
                     cancelled.add(stream)
                     tasks[stream].cancel()
                 else:
-                    send(stream, envelope(b"Q", {}))
+                    send(stream, CANCELLED_ENVELOPE)
                 continue
-            (meta_len,) = LENGTH.unpack_from(payload, 5)
-            tasks[stream] = asyncio.ensure_future(run(stream, payload[9 + meta_len:]))
+            body = parse_event(payload[STREAM.size:]).body
+            tasks[stream] = asyncio.ensure_future(run(stream, body))
     finally:
         for task in list(tasks.values()):
             task.cancel()

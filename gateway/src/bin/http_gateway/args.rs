@@ -16,8 +16,13 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// The Python handler, as module:function.
-    #[arg(long, env = "GATEWAY_HANDLER", default_value = "hello:handler")]
+    /// The Python handler, as module:function. The default, a greeting, comes
+    /// with the embedded worker.
+    #[arg(
+        long,
+        env = "GATEWAY_HANDLER",
+        default_value = "async_pool_worker.hello:handler"
+    )]
     pub handler: String,
 
     /// Serve this ASGI 3 app (FastAPI, Starlette, ...), as module:attribute,
@@ -36,10 +41,9 @@ pub struct Args {
     pub lifespan: async_worker_pool::process::Lifespan,
 
     /// Directory the handler's (or app's) module is imported from, before the
-    /// current directory. Without it, the gateway's own `hello` handler is
-    /// importable too, so that the default `hello:handler` runs anywhere.
-    #[arg(long, env = "GATEWAY_HANDLER_PATH")]
-    pub handler_path: Option<PathBuf>,
+    /// current directory.
+    #[arg(long, env = "GATEWAY_HANDLER_PATH", default_value = ".")]
+    pub handler_path: PathBuf,
 
     /// The Python interpreter.
     #[arg(long, env = "GATEWAY_PYTHON", default_value = "python3")]

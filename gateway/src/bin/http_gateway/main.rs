@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Every request becomes one event on a free connection to a worker; the worker's
-//! handler (`handlers/hello.py`, embedded in the binary, unless `--handler`
-//! says otherwise) answers it. With `--asgi module:app` the workers run an ASGI app (FastAPI,
+//! handler (the worker package's `hello`, unless `--handler` says otherwise)
+//! answers it. With `--asgi module:app` the workers run an ASGI app (FastAPI,
 //! Starlette, ...) instead, and its streamed responses reach the client as the
 //! app sends them (`streaming`). `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
 //! says whether any worker serves. Ctrl-C or SIGTERM shut it down
@@ -22,7 +22,6 @@ mod responses;
 mod streaming;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -83,10 +82,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let max_clients = listener::client_cap(&args.listener, reserved);
     tracing::info!(backlog, max_clients, "HTTP listener");
-    // Kept until the gateway exits: the workers import the default handler
-    // from it, at start and at every relaunch.
-    let default_handlers = default_handler_dir(&args)?;
-    let pool = start_pool(&args, default_handlers.as_ref().map(|dir| dir.path())).await?;
+    let pool = start_pool(&args).await?;
     // Listening for signals from before the address is printed on.
     let signalled = signals::stop_signal();
     let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
@@ -136,7 +132,7 @@ async fn run(args: Args) -> Result<(), String> {
 /// Builds the pool and waits until every worker serves all its connections, so
 /// that a handler that does not import or a missing interpreter is reported at
 /// start, not on the first request.
-async fn start_pool(args: &Args, default_handlers: Option<&Path>) -> Result<GatewayPool, String> {
+async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     let mut launcher = match &args.asgi {
         Some(app) => ProcessLauncher::asgi_app(app).lifespan(args.lifespan),
         None => ProcessLauncher::python_worker(&args.handler),
@@ -146,12 +142,7 @@ async fn start_pool(args: &Args, default_handlers: Option<&Path>) -> Result<Gate
     }
     let launcher = launcher
         .python(&args.python)
-        .handler_path(
-            args.handler_path
-                .as_deref()
-                .or(default_handlers)
-                .unwrap_or(Path::new(".")),
-        )
+        .handler_path(&args.handler_path)
         .connections(args.max_connections)
         .endpoint_kind(if args.tcp {
             EndpointKind::Tcp
@@ -189,25 +180,6 @@ async fn start_pool(args: &Args, default_handlers: Option<&Path>) -> Result<Gate
     // One launch plus one full round of connects, each bounded by the same timeout.
     answers::wait_until_full(&pool, 2 * args.establish_connection_timeout).await?;
     Ok(pool)
-}
-
-/// The gateway's own handler, `hello:handler`, the default: embedded so that
-/// the installed binary runs without a checkout.
-const HELLO_HANDLER: &str = include_str!("../../../handlers/hello.py");
-
-/// Without `--handler-path`, a fresh directory holding the embedded handler,
-/// removed when the returned guard drops.
-fn default_handler_dir(args: &Args) -> Result<Option<tempfile::TempDir>, String> {
-    if args.handler_path.is_some() {
-        return Ok(None);
-    }
-    let written = tempfile::Builder::new()
-        .prefix("http_gateway-handlers-")
-        .tempdir()
-        .and_then(|dir| std::fs::write(dir.path().join("hello.py"), HELLO_HANDLER).map(|()| dir));
-    written
-        .map(Some)
-        .map_err(|error| format!("cannot write the default handler: {error}"))
 }
 
 /// What the request handler needs to know about the front end itself.

@@ -1,10 +1,10 @@
-"""Tests for async_pool_asgi.py: the real worker run with --asgi, as a
+"""Tests for the ASGI adapter (asgi.py): the real worker run with --asgi, as a
 subprocess, on bare ASGI apps (no framework needed; the FastAPI and Starlette
 apps are tested through the gateway in tests/asgi.rs).
 
 Run from the repository root:
 
-    python3 -m unittest discover -s python -p 'test_*.py'
+    python3 -m unittest discover -s python/tests -t python
 """
 
 import json
@@ -13,18 +13,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 import unittest
 
-import async_pool_asgi as asgi
-import async_pool_worker as apw
-from test_async_pool_worker import IO_TIMEOUT, START_TIMEOUT, envelope, frame, recv_envelope
+from async_pool_worker import asgi, config
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "async_pool_worker.py")
+from .support import (IO_TIMEOUT, START_TIMEOUT, envelope, frame, recv_envelope, worker_command,
+                      worker_env)
 
 APPS = textwrap.dedent('''
     import asyncio
@@ -122,10 +119,11 @@ class AsgiWorker:
         self.path = os.path.join(tmpdir, "w.sock")
         self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
         self._stderr = open(self.stderr_path, "wb")
-        env = {key: value for key, value in os.environ.items() if key != apw.SECRET_ENV}
+        env = worker_env({key: value for key, value in os.environ.items()
+                          if key != config.SECRET_ENV})
         self.proc = subprocess.Popen(
-            [sys.executable, WORKER, "--asgi", app, "--unix", self.path, "--worker-id", "3",
-             "--no-auth", "--handler-path", tmpdir, "--max-frame-bytes", "4096", *extra],
+            worker_command("--asgi", app, "--unix", self.path, "--worker-id", "3", "--no-auth",
+                           "--handler-path", tmpdir, "--max-frame-bytes", "4096", *extra),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=tmpdir,
             env=env)
         self.sockets = []
@@ -387,9 +385,9 @@ class LifespanTest(AsgiTestCase):
 
     def test_handler_and_asgi_exclude_each_other(self):
         proc = subprocess.run(
-            [sys.executable, WORKER, "--asgi", "apps:app", "--handler", "x:y", "--unix",
-             os.path.join(self.tmpdir, "w.sock"), "--worker-id", "0", "--no-auth"],
-            capture_output=True, timeout=START_TIMEOUT)
+            worker_command("--asgi", "apps:app", "--handler", "x:y", "--unix",
+                           os.path.join(self.tmpdir, "w.sock"), "--worker-id", "0", "--no-auth"),
+            env=worker_env(), capture_output=True, timeout=START_TIMEOUT)
         self.assertEqual(proc.returncode, 2)
         self.assertIn(b"not allowed with argument", proc.stderr)
 

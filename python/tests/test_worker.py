@@ -1,12 +1,11 @@
-"""Tests for async_pool_worker.py: the real worker, run as a subprocess.
+"""Tests for the worker: the real worker, run as a subprocess, and its
+protocol functions without one.
 
 Run from the repository root:
 
-    python3 -m unittest discover -s python -p 'test_*.py'
+    python3 -m unittest discover -s python/tests -t python
 """
 
-import hashlib
-import hmac
 import json
 import os
 import select
@@ -15,21 +14,19 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 import unittest
 
-import async_pool_worker as apw
+from async_pool_worker import Context, config, loops, protocol, server
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "async_pool_worker.py")
-EXAMPLES = os.path.join(os.path.dirname(HERE), "examples", "handlers")
-START_TIMEOUT = 10.0
+from .support import (EXAMPLES, IO_TIMEOUT, PACKAGE_ROOT, START_TIMEOUT, assert_closed,
+                      envelope, frame, handshake, recv_envelope, recv_exactly, worker_command,
+                      worker_env)
+
 # The loop a worker started by this interpreter runs on.
-EXPECTED_LOOP = "uvloop" if apw.uvloop is not None else "asyncio"
-IO_TIMEOUT = 5.0
+EXPECTED_LOOP = "uvloop" if loops.uvloop is not None else "asyncio"
 
 # Handlers used only by the tests; written into each test's temporary directory.
 PROBE_MODULE = textwrap.dedent('''
@@ -102,57 +99,6 @@ PROBE_MODULE = textwrap.dedent('''
 ''')
 
 
-# --------------------------------------------------------------------------
-# A tiny blocking client for the wire protocol
-# --------------------------------------------------------------------------
-
-
-def envelope(kind, meta, body=b""):
-    meta_bytes = json.dumps(meta).encode()
-    return kind + struct.pack(">I", len(meta_bytes)) + meta_bytes + body
-
-
-def frame(payload):
-    return struct.pack(">I", len(payload)) + payload
-
-
-def recv_exactly(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError("connection closed after %d of %d bytes" % (len(data), n))
-        data += chunk
-    return data
-
-
-def recv_envelope(sock):
-    """Read one frame and split it into (kind, meta, body)."""
-    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
-    payload = recv_exactly(sock, length)
-    (meta_len,) = struct.unpack(">I", payload[1:5])
-    return payload[:1], json.loads(payload[5:5 + meta_len]), payload[5 + meta_len:]
-
-
-def handshake(sock, secret):
-    """Answer the worker's challenge with `secret`; return the nonce."""
-    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
-    challenge = recv_exactly(sock, length)
-    assert challenge[:2] == b"C\x01" and len(challenge) == 34, challenge
-    nonce = challenge[2:]
-    sock.sendall(frame(b"A\x01" + apw.expected_answer(secret, nonce)))
-    return nonce
-
-
-def assert_closed(test, sock):
-    """The worker closed this connection (EOF or reset, not a timeout)."""
-    try:
-        data = sock.recv(1)
-    except ConnectionResetError:
-        return
-    test.assertEqual(data, b"", "expected the worker to close the connection")
-
-
 class WorkerProcess:
     """The worker as a subprocess; stderr goes to a file so it can never fill a pipe."""
 
@@ -162,14 +108,13 @@ class WorkerProcess:
         # A fresh secret per worker, in the environment as the launcher passes it;
         # None with --no-auth.
         self.secret = None if "--no-auth" in extra else (secret or os.urandom(32))
-        env = {**os.environ, **(env or {})}
-        env.pop(apw.SECRET_ENV, None)
+        env = worker_env(**(env or {}))
+        env.pop(config.SECRET_ENV, None)
         if self.secret is not None:
-            env[apw.SECRET_ENV] = self.secret.hex()
+            env[config.SECRET_ENV] = self.secret.hex()
         self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
         self.endpoint = ["--tcp", "127.0.0.1:0"] if tcp else ["--unix", self.path]
-        args = [sys.executable, WORKER, "--handler", handler, *self.endpoint,
-                "--worker-id", "7", *extra]
+        args = worker_command("--handler", handler, *self.endpoint, "--worker-id", "7", *extra)
         for path in handler_paths:
             args += ["--handler-path", path]
         self._stderr = open(self.stderr_path, "wb")
@@ -277,11 +222,11 @@ class WorkerTestCase(unittest.TestCase):
 
 class ParseEventTest(unittest.TestCase):
     def test_plain_and_http(self):
-        plain = apw.parse_event(envelope(b"E", {}, b"\x00body"))
+        plain = protocol.parse_event(envelope(b"E", {}, b"\x00body"))
         self.assertFalse(plain.is_http)
         self.assertEqual((plain.body, plain.method, plain.path, plain.headers),
                          (b"\x00body", None, None, []))
-        http = apw.parse_event(envelope(b"E", {"method": "POST", "path": "/p",
+        http = protocol.parse_event(envelope(b"E", {"method": "POST", "path": "/p",
                                                "headers": [["A", "1"], ["a", "2"]]}, b"x"))
         self.assertTrue(http.is_http)
         self.assertEqual((http.method, http.path, http.headers),
@@ -302,34 +247,34 @@ class ParseEventTest(unittest.TestCase):
         }
         for name, payload in bad.items():
             with self.subTest(name):
-                with self.assertRaises(apw.ProtocolError):
-                    apw.parse_event(payload)
+                with self.assertRaises(protocol.ProtocolError):
+                    protocol.parse_event(payload)
 
     def test_trace_context_from_meta(self):
         parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        plain = apw.parse_event(envelope(b"E", {"trace": {"traceparent": parent}}, b"b"))
+        plain = protocol.parse_event(envelope(b"E", {"trace": {"traceparent": parent}}, b"b"))
         self.assertFalse(plain.is_http)
         self.assertEqual(plain.trace, {"traceparent": parent, "tracestate": None})
-        http = apw.parse_event(envelope(b"E", {"method": "GET", "path": "/", "headers": [],
+        http = protocol.parse_event(envelope(b"E", {"method": "GET", "path": "/", "headers": [],
                                                "trace": {"traceparent": parent,
                                                          "tracestate": "a=1"}}, b""))
         self.assertEqual(http.trace, {"traceparent": parent, "tracestate": "a=1"})
-        self.assertIsNone(apw.parse_event(envelope(b"E", {}, b"")).trace)
+        self.assertIsNone(protocol.parse_event(envelope(b"E", {}, b"")).trace)
         for bad in ("x", {"tracestate": "a=1"}, {"traceparent": 1}):
-            with self.subTest(bad=bad), self.assertRaises(apw.ProtocolError):
-                apw.parse_event(envelope(b"E", {"trace": bad}, b""))
+            with self.subTest(bad=bad), self.assertRaises(protocol.ProtocolError):
+                protocol.parse_event(envelope(b"E", {"trace": bad}, b""))
         # Each event gets its own context; the worker's own keeps no trace.
-        context = apw.Context(None, 3)
+        context = Context(None, 3)
         seen = context.for_event(http)
         self.assertEqual((seen.worker_id, seen.trace["tracestate"]), (3, "a=1"))
         self.assertIsNone(context.trace)
-        self.assertIs(context.for_event(apw.Event()), context)
+        self.assertIs(context.for_event(protocol.Event()), context)
 
     def test_build_response_rejects_other_values(self):
         for value in (42, [b"x"], (1, 2, 3, 4), (True, b""), (200, "x-not-headers", b"")):
             with self.subTest(value=value):
                 with self.assertRaises(TypeError):
-                    apw.build_response(value)
+                    protocol.build_response(value)
 
     def test_encoded_responses_follow_their_headers(self):
         def meta_of(envelope_bytes):
@@ -337,26 +282,26 @@ class ParseEventTest(unittest.TestCase):
             return json.loads(envelope_bytes[5:5 + meta_len]), envelope_bytes[5 + meta_len:]
 
         headers = {"x": "1"}
-        first = apw.encode_response((201, headers, b"a"))
-        self.assertEqual(apw.encode_response((201, headers, b"a")), first)
+        first = protocol.encode_response((201, headers, b"a"))
+        self.assertEqual(protocol.encode_response((201, headers, b"a")), first)
         headers["x"] = "2é"
         self.assertEqual(meta_of(first), ({"status": 201, "headers": [["x", "1"]]}, b"a"))
-        self.assertEqual(meta_of(apw.encode_response((201, headers, "b"))),
+        self.assertEqual(meta_of(protocol.encode_response((201, headers, "b"))),
                          ({"status": 201, "headers": [["x", "2é"]]}, b"b"))
-        self.assertEqual(meta_of(apw.encode_response((202, headers, None))),
+        self.assertEqual(meta_of(protocol.encode_response((202, headers, None))),
                          ({"status": 202, "headers": [["x", "2é"]]}, b""))
-        self.assertEqual(apw.encode_response((200, {}, b"c")), b"O\0\0\0\x02{}c")
+        self.assertEqual(protocol.encode_response((200, {}, b"c")), b"O\0\0\0\x02{}c")
         for bad in ((200, {"n": 1}, b""), (200, {"n": ["v"]}, b""), (True, {"a": "b"}, b""),
                     (200, {"a": "b"}, 3)):
             for _ in range(2):  # never let through, the second time either
                 with self.subTest(bad=bad), self.assertRaises(TypeError):
-                    apw.encode_response(bad)
+                    protocol.encode_response(bad)
 
     def test_encode_raised_fits_the_limit(self):
         try:
             raise RuntimeError("m" * 5000)
         except RuntimeError as exc:
-            payload = apw.encode_raised(exc, 600)
+            payload = protocol.encode_raised(exc, 600)
         self.assertLessEqual(len(payload), 600)
         self.assertEqual(payload[:1], b"X")
         (meta_len,) = struct.unpack(">I", payload[1:5])
@@ -379,9 +324,9 @@ class ServeTest(WorkerTestCase):
         self.assertEqual(body, b"")
 
     def test_listen_backlog_is_at_least_2048_within_somaxconn(self):
-        cap = apw._somaxconn() or 1 << 20
-        self.assertEqual(apw._listen_backlog(10), min(2048, cap))
-        self.assertEqual(apw._listen_backlog(5000), min(5000, cap))
+        cap = server.somaxconn() or 1 << 20
+        self.assertEqual(server.listen_backlog(10), min(2048, cap))
+        self.assertEqual(server.listen_backlog(5000), min(5000, cap))
 
     def test_listening_line_and_stale_socket(self):
         # Leave a stale socket file behind, as a killed worker would.
@@ -398,7 +343,7 @@ class ServeTest(WorkerTestCase):
             self.assertEqual(self.call(sock, b"ok")[2], b"ok")
 
     def test_asyncio_loop_when_asked_for_and_uvloop_when_installed(self):
-        forced = self.start(env={apw.LOOP_ENV: "asyncio"}, tcp=True)
+        forced = self.start(env={loops.LOOP_ENV: "asyncio"}, tcp=True)
         self.assertIn("loop asyncio)", forced.listening_line)
         default = self.start()
         # The interpreter running the tests decides: CI runs them once with
@@ -466,7 +411,7 @@ class ServeTest(WorkerTestCase):
             self.assertEqual(http["headers"], meta["headers"])
 
     def test_hello_example(self):
-        worker = self.start("hello:handler")
+        worker = self.start("async_pool_worker.hello:handler")
         with worker.connect() as sock:
             kind, meta, body = self.call(sock, b"", {"method": "GET", "path": "/x", "headers": []})
         self.assertEqual((kind, body), (b"O", b"hello from worker 7: GET /x\n"))
@@ -697,7 +642,7 @@ class StartupTest(WorkerTestCase):
     def test_fd_limit_raised(self):
         import resource
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = 2 * (3000 + apw.PROBE_CONNECTIONS) + 64
+        wanted = 2 * (3000 + config.PROBE_CONNECTIONS) + 64
         worker = self.start(extra=["--connections", "3000"])
         with open("/proc/%d/limits" % worker.proc.pid) as f:
             line = next(l for l in f if l.startswith("Max open files"))
@@ -752,18 +697,18 @@ class HandshakeUnitTest(unittest.TestCase):
         # RFC 4231's key and message with the context in front; the Rust host's
         # tests check the same value (src/net/secret.rs).
         self.assertEqual(
-            apw.expected_answer(b"Jefe", b"what do ya want for nothing?").hex(),
+            protocol.expected_answer(b"Jefe", b"what do ya want for nothing?").hex(),
             "8ac176022ead97dac62bba1c55b1492fef11f741d17946310396e43af9834816")
 
     def test_check_answer_accepts_only_the_exact_answer(self):
-        secret, nonce = os.urandom(32), os.urandom(apw.NONCE_LEN)
-        good = b"A\x01" + apw.expected_answer(secret, nonce)
-        self.assertTrue(apw.check_answer(secret, nonce, good))
+        secret, nonce = os.urandom(32), os.urandom(protocol.NONCE_LEN)
+        good = b"A\x01" + protocol.expected_answer(secret, nonce)
+        self.assertTrue(protocol.check_answer(secret, nonce, good))
         flipped = good[:-1] + bytes((good[-1] ^ 1,))
         bad = {
             "flipped bit": flipped,
-            "other secret": b"A\x01" + apw.expected_answer(os.urandom(32), nonce),
-            "other nonce (a replay)": b"A\x01" + apw.expected_answer(secret, os.urandom(32)),
+            "other secret": b"A\x01" + protocol.expected_answer(os.urandom(32), nonce),
+            "other nonce (a replay)": b"A\x01" + protocol.expected_answer(secret, os.urandom(32)),
             "version 2": b"A\x02" + good[2:],
             "kind": b"E\x01" + good[2:],
             "short": good[:-1],
@@ -772,26 +717,26 @@ class HandshakeUnitTest(unittest.TestCase):
         }
         for name, payload in bad.items():
             with self.subTest(name):
-                self.assertFalse(apw.check_answer(secret, nonce, payload))
+                self.assertFalse(protocol.check_answer(secret, nonce, payload))
 
     def test_fuzzed_answers_never_raise_and_never_pass(self):
         rng = __import__("random").Random(15)
-        secret, nonce = os.urandom(32), os.urandom(apw.NONCE_LEN)
-        good = b"A\x01" + apw.expected_answer(secret, nonce)
+        secret, nonce = os.urandom(32), os.urandom(protocol.NONCE_LEN)
+        good = b"A\x01" + protocol.expected_answer(secret, nonce)
         for _ in range(5000):
             payload = bytearray(good[:rng.randrange(len(good) + 2)])
             for _ in range(rng.randrange(1, 4)):
                 if payload:
                     payload[rng.randrange(len(payload))] ^= 1 << rng.randrange(8)
             if bytes(payload) != good:
-                self.assertFalse(apw.check_answer(secret, nonce, bytes(payload)))
+                self.assertFalse(protocol.check_answer(secret, nonce, bytes(payload)))
 
     def test_parse_secret(self):
-        self.assertEqual(apw.parse_secret("ab" * 16), b"\xab" * 16)
+        self.assertEqual(protocol.parse_secret("ab" * 16), b"\xab" * 16)
         for bad in ("", "ab" * 15, "ab" * 65, "zz" * 16, "abc" * 11):
             with self.subTest(bad=bad):
                 with self.assertRaises(ValueError):
-                    apw.parse_secret(bad)
+                    protocol.parse_secret(bad)
 
 
 class HandshakeTest(WorkerTestCase):
@@ -811,7 +756,7 @@ class HandshakeTest(WorkerTestCase):
         """The worker sends the challenge and nothing more, whatever
         `send(sock, nonce)` does."""
         (length,) = struct.unpack(">I", recv_exactly(sock, 4))
-        self.assertEqual(length, 2 + apw.NONCE_LEN)
+        self.assertEqual(length, 2 + protocol.NONCE_LEN)
         challenge = recv_exactly(sock, length)
         self.assertEqual(challenge[:2], b"C\x01")
         send(sock, challenge[2:])
@@ -834,7 +779,7 @@ class HandshakeTest(WorkerTestCase):
             "no secret, sends a ready frame": lambda sock, nonce: sock.sendall(
                 frame(envelope(b"R", {"pid": 1, "worker_id": 0}))),
             "wrong secret": lambda sock, nonce: sock.sendall(
-                frame(b"A\x01" + apw.expected_answer(wrong, nonce)) + event),
+                frame(b"A\x01" + protocol.expected_answer(wrong, nonce)) + event),
             "answer announcing 1 GiB": lambda sock, nonce: sock.sendall(
                 struct.pack(">I", 1 << 30)),
         }
@@ -859,7 +804,7 @@ class HandshakeTest(WorkerTestCase):
         with worker.connect_raw() as sock:
             nonce = handshake(sock, worker.secret)
             self.assertEqual(recv_envelope(sock)[0], b"R")
-        answer = b"A\x01" + apw.expected_answer(worker.secret, nonce)
+        answer = b"A\x01" + protocol.expected_answer(worker.secret, nonce)
         # ...and replay it on another, whose nonce is a fresh one.
         with worker.connect_raw() as sock:
             self.assert_only_challenge_then_closed(
@@ -882,7 +827,7 @@ class HandshakeTest(WorkerTestCase):
     def test_connections_beyond_the_cap_are_refused_and_silent_ones_hold_no_place(self):
         # --connections 2: 2 + 4 places for the host, the rest refused.
         worker = self.start_recording(extra=["--connections", "2", "--handshake-timeout", "0.3"])
-        capacity = 2 + apw.PROBE_CONNECTIONS
+        capacity = 2 + config.PROBE_CONNECTIONS
         # Silent clients first: once closed at their deadline they hold nothing.
         silent = [worker.connect_raw() for _ in range(capacity)]
         for sock in silent:
@@ -916,7 +861,7 @@ class HandshakeTest(WorkerTestCase):
         # The host closes the connection of an event past its timeout and
         # connects again at once; the handler is still sleeping then.
         worker = self.start("sleepy:handler", extra=["--connections", "2"])
-        capacity = 2 + apw.PROBE_CONNECTIONS
+        capacity = 2 + config.PROBE_CONNECTIONS
         abandoned = [worker.connect() for _ in range(capacity)]
         for sock in abandoned:
             sock.sendall(frame(envelope(b"E", {}, b"5")))
@@ -935,19 +880,19 @@ class HandshakeTest(WorkerTestCase):
     def test_the_secret_is_required_and_kept_from_the_handler(self):
         status, stderr = self.run_to_exit("echo:handler", secret=b"short")
         self.assertEqual(status, 2)
-        self.assertIn(apw.SECRET_ENV, stderr)
+        self.assertIn(config.SECRET_ENV, stderr)
         worker = self.start("probe:environment")
         with worker.connect() as sock:
             names = json.loads(self.call(sock, b"")[2])
-        self.assertNotIn(apw.SECRET_ENV, names)
+        self.assertNotIn(config.SECRET_ENV, names)
         self.assertIn("PATH", names)
 
     def test_without_a_secret_the_worker_refuses_to_start(self):
-        env = {k: v for k, v in os.environ.items() if k != apw.SECRET_ENV}
+        env = worker_env({k: v for k, v in os.environ.items() if k != config.SECRET_ENV})
         proc = subprocess.run(
-            [sys.executable, WORKER, "--handler", "echo:handler", "--unix",
-             os.path.join(self.tmpdir, "x.sock"), "--worker-id", "0",
-             "--handler-path", EXAMPLES],
+            worker_command("--handler", "echo:handler", "--unix",
+                           os.path.join(self.tmpdir, "x.sock"), "--worker-id", "0",
+                           "--handler-path", EXAMPLES),
             env=env, capture_output=True, timeout=START_TIMEOUT)
         self.assertEqual(proc.returncode, 2)
         self.assertIn(b"--no-auth", proc.stderr)
@@ -1021,9 +966,6 @@ class ConcurrencyAndDrainTest(WorkerTestCase):
         self.assertEqual(worker.wait(), 0)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class LifelineTest(WorkerTestCase):
     """The worker dies with its host: end of file on stdin, even mid-block."""
@@ -1034,7 +976,7 @@ class LifelineTest(WorkerTestCase):
         # In a process group of its own, as the launcher starts it: the worker
         # then kills its whole group.
         worker = self.start("probe:block", socket_dir=socket_dir, own_group=True,
-                            env={apw.LIFELINE_ENV: "stdin", apw.SOCKET_DIR_ENV: socket_dir})
+                            env={server.LIFELINE_ENV: "stdin", server.SOCKET_DIR_ENV: socket_dir})
         sock = worker.connect()
         self.addCleanup(sock.close)
         sock.sendall(frame(envelope(b"E", {}, b"x")))
@@ -1048,6 +990,31 @@ class LifelineTest(WorkerTestCase):
         self.assertFalse(os.path.exists(worker.path), "socket file left behind")
         self.assertFalse(os.path.exists(socket_dir), "empty launcher directory left behind")
 
+    def test_the_launchers_copy_of_the_package_goes_with_its_directory(self):
+        # As the crate's launcher lays it out: the package written into its
+        # private directory, which is first on the module search path.
+        socket_dir = os.path.join(self.tmpdir, "run")
+        shutil.copytree(os.path.join(PACKAGE_ROOT, "async_pool_worker"),
+                        os.path.join(socket_dir, "async_pool_worker"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        worker = self.start(socket_dir=socket_dir, own_group=True,
+                            env={"PYTHONPATH": socket_dir, server.LIFELINE_ENV: "stdin",
+                                 server.SOCKET_DIR_ENV: socket_dir})
+        worker.proc.stdin.close()
+        self.assertEqual(worker.wait(timeout=5), -signal.SIGKILL)
+        self.assertFalse(os.path.exists(socket_dir), "launcher directory left behind")
+
+    def test_a_package_outside_the_launchers_directory_is_left(self):
+        socket_dir = os.path.join(self.tmpdir, "run")
+        os.mkdir(socket_dir)
+        worker = self.start(socket_dir=socket_dir,
+                            env={server.LIFELINE_ENV: "stdin", server.SOCKET_DIR_ENV: socket_dir})
+        worker.proc.stdin.close()
+        self.assertEqual(worker.wait(timeout=5), 3)
+        self.assertFalse(os.path.exists(socket_dir))
+        self.assertTrue(os.path.isfile(os.path.join(PACKAGE_ROOT, "async_pool_worker",
+                                                    "server.py")))
+
     def test_without_the_variable_stdin_is_not_watched(self):
         worker = self.start()
         worker.proc.stdin.close()
@@ -1058,7 +1025,7 @@ class LifelineTest(WorkerTestCase):
         self.assertEqual(self.call(sock, b"still here")[2], b"still here")
 
     def test_a_directory_with_other_files_is_left(self):
-        worker = self.start(env={apw.LIFELINE_ENV: "stdin", apw.SOCKET_DIR_ENV: self.tmpdir})
+        worker = self.start(env={server.LIFELINE_ENV: "stdin", server.SOCKET_DIR_ENV: self.tmpdir})
         worker.proc.stdin.close()
         # Not a group leader here: it exits alone, with status 3.
         self.assertEqual(worker.wait(timeout=5), 3)
@@ -1070,10 +1037,10 @@ class LifelineTest(WorkerTestCase):
         # too, so the worker's last words cannot be written: it must exit anyway.
         socket_path = os.path.join(self.tmpdir, "p.sock")
         proc = subprocess.Popen(
-            [sys.executable, WORKER, "--handler", "echo:handler", "--unix", socket_path,
-             "--worker-id", "1", "--handler-path", EXAMPLES, "--no-auth"],
+            worker_command("--handler", "echo:handler", "--unix", socket_path,
+                           "--worker-id", "1", "--handler-path", EXAMPLES, "--no-auth"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, apw.LIFELINE_ENV: "stdin"}, start_new_session=True)
+            env=worker_env(**{server.LIFELINE_ENV: "stdin"}), start_new_session=True)
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         self.assertIn(b"listening", proc.stdout.readline())
         proc.stdout.close()
@@ -1081,3 +1048,7 @@ class LifelineTest(WorkerTestCase):
         proc.stdin.close()
         self.assertEqual(proc.wait(timeout=5), -signal.SIGKILL)
         self.assertFalse(os.path.exists(socket_path))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,4 +1,6 @@
-"""HTTP-style greeting, for the README's curl example.
+"""A greeting handler: the HTTP gateway's default (``--handler
+async_pool_worker.hello:handler``), so that a gateway runs without a handler
+of the user's own, as in the README's curl example.
 
     $ curl http://127.0.0.1:8080/some/path
     hello from worker 0: GET /some/path

@@ -1,9 +1,8 @@
-"""ASGI 3 apps (FastAPI, Starlette, ...) as the reference worker's handler.
+"""ASGI 3 apps (FastAPI, Starlette, ...) as an app adapter of the worker.
 
-The worker loads this module when it is started with ``--asgi MODULE:ATTR``
-instead of ``--handler``; the crate's launcher writes it beside
-``async_pool_worker.py``. Only the standard library is needed here; the app
-brings its own framework.
+The worker imports this module when it is started with ``--asgi MODULE:ATTR``
+instead of ``--handler``; a handler worker does not pay for it. Only the
+standard library is needed here; the app brings its own framework.
 
 What an app sees, and how it maps onto the wire protocol (``docs/protocol.md``):
 
@@ -34,13 +33,10 @@ What an app sees, and how it maps onto the wire protocol (``docs/protocol.md``):
   error is logged and an ``X`` frame ends the exchange, which the host reads as
   a cut stream. An app that returns without a complete response is treated as
   if it had raised.
-- **Lifespan** (``--lifespan auto|on|off``, as uvicorn's): ``startup`` runs
-  once, before the worker listens, so before it reports ready; a failed startup
-  (``lifespan.startup.failed``, or an exception with ``--lifespan on``) makes
-  the worker exit with status 3 and the app's message on stderr. With ``auto``
-  an app that raises before completing the startup is taken not to speak the
-  lifespan protocol. ``shutdown`` runs when the worker drains, after the events
-  in flight and the app's background work have finished.
+- **Lifespan** (``--lifespan auto|on|off``, as uvicorn's; lifespan.py):
+  ``startup`` runs before the worker listens, and a failed one makes it exit
+  with status 3; ``shutdown`` runs when it drains, once the events in flight
+  and the app's background work have finished.
 - **WebSocket** is not supported: a request that asks to upgrade to WebSocket
   gets a 501 without the app being called, and a WebSocket scope never reaches
   it.
@@ -55,21 +51,16 @@ side is bounded: it reads from the worker only as fast as its client takes).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
-import os
-import struct
-import sys
-import traceback
-from json.encoder import encode_basestring_ascii as _json_string
 from urllib.parse import unquote
 
-import async_pool_worker as _worker
+from .importer import AppLoadError, load_app
+from .lifespan import Lifespan
+from .loops import new_task
+from .protocol import EMPTY_META, encode_head_meta, encode_raised, pack_envelope
 
 HTTP_ASGI = {"version": "3.0", "spec_version": "2.4"}
-LIFESPAN_ASGI = {"version": "3.0", "spec_version": "2.0"}
-LIFESPAN_MODES = ("auto", "on", "off")
 # How long an app may go on after the host closed its connection before its
 # task is cancelled: time to see `http.disconnect` and stop by itself.
 DISCONNECT_GRACE = 1.0
@@ -77,51 +68,23 @@ DISCONNECT_GRACE = 1.0
 # after the response is sent) before the lifespan shutdown.
 BACKGROUND_GRACE = 10.0
 
-_LENGTH = struct.Struct(">I")
-_EMPTY_META = b"\0\0\0\x02{}"
 _WEBSOCKET_REFUSAL = (b"the async-worker-pool ASGI adapter does not support WebSocket; "
                       b"only HTTP requests reach the app\n")
 
-log = logging.getLogger("async_pool_asgi")
-
-
-class AsgiLoadError(Exception):
-    """The --asgi app could not be imported or is not an ASGI app."""
-
-
-class LifespanFailure(Exception):
-    """The app's lifespan startup failed; the message is the app's."""
+log = logging.getLogger("async_pool_worker.asgi")
 
 
 class ClientDisconnected(OSError):
     """Raised by send() once the host has closed the event's connection."""
 
 
-def load_app(spec: str, app_paths: list):
+def load_asgi_app(spec: str, app_paths):
     """Import ``module:attr`` (attr may be dotted) and return it as an ASGI 3
     callable; an ASGI 2 class or factory is wrapped, as uvicorn does."""
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise AsgiLoadError("--asgi %r must be of the form module:attribute" % spec)
-    for path in reversed([*app_paths, os.getcwd()]):
-        sys.path.insert(0, os.path.abspath(path))
-    try:
-        target = importlib.import_module(module_name)
-    except BaseException as exc:  # SystemExit from a module body too
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        raise AsgiLoadError("cannot import module %r for --asgi %r:\n%s"
-                            % (module_name, spec, detail.rstrip())) from None
-    for attr in attr_path.split("."):
-        try:
-            target = getattr(target, attr)
-        except AttributeError:
-            raise AsgiLoadError("--asgi %r: %r has no attribute %r"
-                                % (spec, getattr(target, "__name__", target), attr)) from None
+    target = load_app(spec, app_paths, "--asgi", "module:attribute")
     if not callable(target):
-        raise AsgiLoadError("--asgi %r is a %s, not an ASGI application"
-                            % (spec, type(target).__name__))
+        raise AppLoadError("--asgi %r is a %s, not an ASGI application"
+                           % (spec, type(target).__name__))
     if _is_asgi3(target):
         return target
     return _Asgi2(target)
@@ -148,18 +111,8 @@ class _Asgi2:
 
 
 # --------------------------------------------------------------------------
-# Envelopes
+# The scope
 # --------------------------------------------------------------------------
-
-
-def _head_meta(status, headers) -> bytes:
-    return ('{"status":%d,"headers":[%s]}' % (status, ",".join(
-        "[%s,%s]" % (_json_string(name), _json_string(value)) for name, value in headers))
-    ).encode("ascii")
-
-
-def _envelope(kind: bytes, meta: bytes, body) -> bytes:
-    return b"".join((kind, _LENGTH.pack(len(meta)), meta, body))
 
 
 def _text(value) -> str:
@@ -239,12 +192,12 @@ class _Exchange:
     """One event run through the app: its receive() and send(), and what has
     been answered on the connection."""
 
-    __slots__ = ("runner", "conn", "stream", "body", "body_taken", "phase", "status",
+    __slots__ = ("adapter", "conn", "stream", "body", "body_taken", "phase", "status",
                  "headers", "chunks", "size", "disconnected", "waiter", "released",
                  "task", "cancel_timer")
 
-    def __init__(self, runner, conn, event):
-        self.runner = runner
+    def __init__(self, adapter, conn, event):
+        self.adapter = adapter
         self.conn = conn
         self.stream = (event.meta or {}).get("stream") is True
         self.body = event.body
@@ -268,7 +221,7 @@ class _Exchange:
             body, self.body = self.body, b""
             return {"type": "http.request", "body": body, "more_body": False}
         if not self.disconnected and self.phase != _DONE:
-            self.waiter = self.runner.loop.create_future()
+            self.waiter = self.adapter.loop.create_future()
             try:
                 await self.waiter
             finally:
@@ -308,8 +261,9 @@ class _Exchange:
             self._answer_whole(body)
         elif self.stream and not self.chunks:
             self.phase = _STREAMING
-            self.runner.streamed += 1
-            self._write(_envelope(b"H", _head_meta(self.status, self.headers), body[:self._room()]))
+            self.adapter.streamed += 1
+            head = encode_head_meta(self.status, self.headers)
+            self._write(pack_envelope(b"H", head, body[:self._room()]))
             self._send_chunks(b"B", body[self._room():])
         else:
             if body:
@@ -320,30 +274,31 @@ class _Exchange:
 
     def _room(self) -> int:
         # Body bytes that fit in a frame with an `H` head; `B` and `D` have less meta.
-        return max(1, self.runner.max_frame - 5 - len(_head_meta(self.status, self.headers)))
+        head = encode_head_meta(self.status, self.headers)
+        return max(1, self.adapter.max_frame - 5 - len(head))
 
     def _answer_whole(self, body):
         self.chunks = []
         meta = b"{}" if self.status == 200 and not self.headers \
-            else _head_meta(self.status, self.headers)
-        envelope = _envelope(b"O", meta, body)
-        if len(envelope) > self.runner.max_frame:
+            else encode_head_meta(self.status, self.headers)
+        envelope = pack_envelope(b"O", meta, body)
+        if len(envelope) > self.adapter.max_frame:
             raise ValueError("response of %d bytes exceeds the maximum frame length %d"
-                             % (len(envelope), self.runner.max_frame))
+                             % (len(envelope), self.adapter.max_frame))
         self._release(envelope)
 
     def _send_chunks(self, kind, body):
         if not body:
             return
-        step = self.runner.max_frame - 7
+        step = self.adapter.max_frame - 7
         view = memoryview(body)
         for at in range(0, len(view), step):
-            self._write(kind + _EMPTY_META + view[at:at + step])
+            self._write(kind + EMPTY_META + view[at:at + step])
 
     def _finish_stream(self, body):
-        step = self.runner.max_frame - 7
+        step = self.adapter.max_frame - 7
         self._send_chunks(b"B", body[:max(0, len(body) - step)])
-        self._release(b"D" + _EMPTY_META + bytes(body[max(0, len(body) - step):]))
+        self._release(b"D" + EMPTY_META + bytes(body[max(0, len(body) - step):]))
 
     def _write(self, envelope):
         if not self.conn.write_part(envelope):
@@ -377,10 +332,10 @@ class _Exchange:
         self._wake()
         task = self.task
         if task is not None and not task.done():
-            self.cancel_timer = self.runner.loop.call_later(DISCONNECT_GRACE, task.cancel)
+            self.cancel_timer = self.adapter.loop.call_later(DISCONNECT_GRACE, task.cancel)
 
     async def run(self, scope):
-        app = self.runner.app
+        app = self.adapter.app
         try:
             await app(scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -401,52 +356,57 @@ class _Exchange:
                 self.cancel_timer.cancel()
 
     def _failed(self, exc):
-        runner = self.runner
+        adapter = self.adapter
         if self.disconnected:
             log.info("worker %d: the ASGI app stopped after its client went away: %r",
-                     runner.worker_id, exc)
+                     adapter.worker_id, exc)
             self._release(None)
         elif self.phase == _DONE:
             # Raised after the whole response went out (a background task, say).
-            runner.log_exception("after its response was sent", exc)
+            adapter.log_exception("after its response was sent", exc)
         elif self.phase == _STREAMING:
-            runner.log_exception("mid-stream; the response is cut", exc)
-            self._release(_worker.encode_raised(exc, runner.max_frame))
+            adapter.log_exception("mid-stream; the response is cut", exc)
+            self._release(encode_raised(exc, adapter.max_frame))
         else:
             # Nothing reached the host yet: it answers its client with a 500.
-            self._release(_worker.encode_raised(exc, runner.max_frame))
+            self._release(encode_raised(exc, adapter.max_frame))
 
 
 # --------------------------------------------------------------------------
-# The runner: what the worker hands events to
+# The adapter: what the worker hands events to
 # --------------------------------------------------------------------------
 
 
-class AsgiRunner:
+class AsgiAdapter:
     """Runs an ASGI app for the worker: ``startup()`` before listening,
-    ``start(conn, event)`` per event, ``shutdown()`` after the drain.
+    ``start(conn, event)`` per event, ``shutdown()`` after the drain, as
+    handler.HandlerAdapter does for a handler.
 
-    The connection gives it ``answered(envelope)`` (the last frame of the
-    exchange), ``abandoned()``, ``write_part(envelope) -> bool`` (a frame
-    before the last; False once the connection is closed) and an ``on_lost``
-    attribute it calls once if the connection closes mid-exchange.
+    `conn` is a connection, or one stream of a multiplexed one: it gives the
+    adapter ``answered(envelope)`` (the last frame of the exchange),
+    ``abandoned()``, ``write_part(envelope) -> bool`` (a frame before the
+    last; False once the connection is closed) and an ``on_lost`` attribute
+    the adapter sets, called once if the connection closes mid-exchange.
     """
 
     def __init__(self, app, worker_id: int, max_frame: int, lifespan: str = "auto",
                  root_path: str = ""):
-        if lifespan not in LIFESPAN_MODES:
-            raise ValueError("lifespan must be one of %s" % ", ".join(LIFESPAN_MODES))
         self.app = app
         self.worker_id = worker_id
         self.max_frame = max_frame
         self.root_path = root_path
-        self.lifespan = _Lifespan(app, lifespan, worker_id)
+        self.lifespan = Lifespan(app, lifespan, worker_id)
         self.loop = None
         # Tasks of the app that are still running, background work included.
         self.tasks = set()
         self.idle = None
         # Responses that went out as a stream (H ... D): for tests and logs.
         self.streamed = 0
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(load_asgi_app(config.asgi, config.handler_paths), config.worker_id,
+                   config.max_frame_bytes, config.lifespan, config.root_path)
 
     async def startup(self) -> None:
         """Run the lifespan startup; LifespanFailure if the app reports it failed."""
@@ -471,18 +431,18 @@ class AsgiRunner:
         loop = self.loop or asyncio.get_running_loop()
         self.loop = loop
         if not event.is_http:
-            answer = _worker.encode_raised(TypeError(
+            answer = encode_raised(TypeError(
                 "an ASGI app serves HTTP events only; this event has no method and path"),
                 self.max_frame)
-            return _worker._new_task(loop, _answer_now(conn, answer))
+            return new_task(loop, _answer_now(conn, answer))
         scope = build_scope(event, self.lifespan.state, self.root_path)
         if _asks_websocket(scope):
-            meta = _head_meta(501, [("content-type", "text/plain; charset=utf-8")])
-            return _worker._new_task(loop, _answer_now(
-                conn, _envelope(b"O", meta, _WEBSOCKET_REFUSAL)))
+            meta = encode_head_meta(501, [("content-type", "text/plain; charset=utf-8")])
+            return new_task(loop, _answer_now(
+                conn, pack_envelope(b"O", meta, _WEBSOCKET_REFUSAL)))
         exchange = _Exchange(self, conn, event)
         conn.on_lost = exchange._lost
-        task = _worker._new_task(loop, exchange.run(scope))
+        task = new_task(loop, exchange.run(scope))
         if not task.done():
             exchange.task = task
             self.tasks.add(task)
@@ -501,95 +461,3 @@ class AsgiRunner:
 
 async def _answer_now(conn, answer):
     conn.answered(answer)
-
-
-# --------------------------------------------------------------------------
-# Lifespan
-# --------------------------------------------------------------------------
-
-
-class _Lifespan:
-    """The lifespan protocol, as uvicorn drives it."""
-
-    def __init__(self, app, mode, worker_id):
-        self.app = app
-        self.mode = mode
-        self.worker_id = worker_id
-        self.state = {}
-        self.task = None
-        self.messages = None
-        self.started = None
-        self.stopped = None
-        self.failure = None
-        # False when the app does not speak the protocol (auto mode).
-        self.supported = mode != "off"
-        self.startup_done = False
-
-    async def startup(self):
-        if not self.supported:
-            return
-        self.messages = asyncio.Queue()
-        self.started = asyncio.Event()
-        self.stopped = asyncio.Event()
-        self.task = asyncio.ensure_future(self._main())
-        await self.messages.put({"type": "lifespan.startup"})
-        await self.started.wait()
-        if self.failure is not None:
-            raise LifespanFailure(self.failure)
-
-    async def shutdown(self):
-        if not self.supported or self.task is None or self.task.done():
-            return
-        await self.messages.put({"type": "lifespan.shutdown"})
-        await self.stopped.wait()
-        if self.failure is not None:
-            log.error("worker %d: the ASGI app's lifespan shutdown failed: %s",
-                      self.worker_id, self.failure)
-
-    async def _main(self):
-        scope = {"type": "lifespan", "asgi": LIFESPAN_ASGI, "state": self.state}
-        try:
-            await self.app(scope, self.messages.get, self._send)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if self.failure is not None:
-                pass  # the app reported it with a `failed` message already
-            elif self.mode == "auto" and not self.startup_done:
-                log.info("worker %d: the ASGI app does not support the lifespan protocol "
-                         "(%s: %s); going on without it",
-                         self.worker_id, type(exc).__name__, exc)
-                self.supported = False
-            else:
-                self.failure = "".join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-        finally:
-            self.started.set()
-            self.stopped.set()
-
-    async def _send(self, message):
-        kind = message.get("type")
-        if kind == "lifespan.startup.complete":
-            self.startup_done = True
-            self.started.set()
-        elif kind == "lifespan.startup.failed":
-            self.failure = message.get("message") or "lifespan.startup.failed"
-            self.started.set()
-        elif kind == "lifespan.shutdown.complete":
-            self.stopped.set()
-        elif kind == "lifespan.shutdown.failed":
-            self.failure = message.get("message") or "lifespan.shutdown.failed"
-            self.stopped.set()
-        else:
-            raise RuntimeError("unexpected ASGI lifespan message %r" % kind)
-
-
-def summary(failure: str) -> str:
-    """The last non-empty line of a lifespan failure's message: for a traceback,
-    the exception and its message."""
-    lines = [line for line in failure.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else failure
-
-
-__all__ = ["AsgiRunner", "AsgiLoadError", "ClientDisconnected", "LifespanFailure",
-           "build_scope", "load_app", "summary"]
