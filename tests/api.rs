@@ -245,6 +245,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanFields {
 fn each_event_has_a_span_with_its_worker_wait_and_outcome() {
     use tracing_subscriber::layer::SubscriberExt;
     let fields = SpanFields::default();
+    // tracing-core caches each callsite's interest for the whole process, and
+    // while a single dispatcher is registered it asks the default of whichever
+    // thread first reaches the callsite, not that dispatcher
+    // (tokio-rs/tracing#3611). Another test's thread, with no subscriber,
+    // reaching the pool's `event` span first cached "never" for this test's
+    // subscriber too. A second, inert dispatcher, alive as long as the
+    // capture, makes tracing-core ask every registered dispatcher instead.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new());
     let subscriber = tracing_subscriber::registry().with(fields.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
     let runtime = tokio::runtime::Builder::new_current_thread()
