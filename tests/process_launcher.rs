@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod real_support;
+mod support;
 
 use async_worker_pool::process::{ENDPOINT_ENV, PythonWorker, SECRET_ENV};
 use async_worker_pool::{
@@ -15,7 +15,7 @@ use async_worker_pool::{
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use real_support::is_alive;
+use support::real::is_alive;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, sleep, timeout};
 

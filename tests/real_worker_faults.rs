@@ -4,7 +4,7 @@
 //! fail exactly the events the fault touched, keep the other worker serving,
 //! and come back to full capacity.
 
-mod real_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_worker_pool::net::{Event, NetError};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher, RestartPolicy, WorkerState};
 use nix::sys::signal::Signal;
-use real_support::{
+use support::real::{
     RealPool, STARTUP, is_alive, python_pool, returned_body, signal, test_worker, until_full,
     wait_for, worker_pids,
 };
@@ -201,7 +201,7 @@ async fn malformed_and_oversized_frames_restart_only_their_connection() {
         .connections(CONNS)
         .build()
         .unwrap();
-    let transport = real_support::transport().max_frame_bytes(64 * 1024);
+    let transport = support::real::transport().max_frame_bytes(64 * 1024);
     let pool = Pool::builder(transport, launcher)
         .max_connections(CONNS)
         .event_timeout(Duration::from_secs(10))
