@@ -24,7 +24,8 @@ use std::time::Duration;
 use async_worker_pool::net::{Event, NetError, Reply};
 use async_worker_pool::{EndpointKind, Pool, PoolError, ProcessLauncher, RestartPolicy};
 use nix::sys::signal::Signal;
-use support::real::{RealPool, is_alive, test_worker, until_full, wait_for};
+use support::real::{RealPool, is_alive, test_worker};
+use support::stats::{until_full, wait_for};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_worker_pool::PoolError;
 use async_worker_pool::net::Event;
 use async_worker_pool::process::raise_fd_limit;
-use support::real::{is_alive, python_pool, returned_body, until_full, worker_pids};
+use support::real::{is_alive, python_pool, returned_body, worker_pids};
+use support::stats::until_full;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_worker_pool::net::{Event, SocketTransport};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher};
-use support::real::{RealPool, STARTUP, python_worker, returned_body, test_worker, until_full};
+use support::real::{RealPool, python_worker, returned_body, test_worker};
+use support::stats::{STARTUP, until_full};
 use tokio::task::JoinSet;
 
 /// The tests of this file count the process's sockets, so they run one at a
@@ -225,7 +226,7 @@ async fn a_broken_connection_fails_exactly_its_events_and_they_reconnect_on_one_
                 .await
         });
     }
-    support::real::wait_for(&pool, "the hanging events to run", STARTUP, |s| {
+    support::stats::wait_for(&pool, "the hanging events to run", STARTUP, |s| {
         s.busy == SLOTS - 1
     })
     .await;

@@ -13,6 +13,8 @@
 
 #![cfg(feature = "nuclio")]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,16 +25,15 @@ use async_worker_pool::nuclio::{
     NuclioBody, NuclioEvent, NuclioLauncher, NuclioLauncherBuilder, NuclioSpec, NuclioTransport,
 };
 use async_worker_pool::{
-    Launcher, Pool, PoolConfig, Stats, Transport, WorkerId, WorkerInfo, WorkerProcess,
+    Launcher, Pool, PoolConfig, Transport, WorkerId, WorkerInfo, WorkerProcess,
 };
 use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::stats::{STARTUP, until_full, wait_for};
 use tokio::time::{Instant, sleep};
 
 type NuclioPool = Pool<NuclioTransport>;
-
-const STARTUP: Duration = Duration::from_secs(20);
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,23 +97,8 @@ async fn pool(handler: &str, workers: usize, connections: usize) -> (NuclioPool,
     .config(spec.pool_config("web").unwrap())
     .build()
     .unwrap();
-    wait_for(&pool, "every slot to be idle", |s| s.idle == s.capacity).await;
+    until_full(&pool).await;
     (pool, transport)
-}
-
-async fn wait_for(pool: &NuclioPool, what: &str, mut done: impl FnMut(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + STARTUP;
-    loop {
-        let stats = pool.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {STARTUP:?} for {what}; last stats: {stats:#?}"
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn full_body(body: &NuclioBody) -> Bytes {
@@ -343,7 +329,7 @@ async fn drain_lets_the_events_in_flight_finish() {
             tokio::spawn(async move { pool.dispatch(NuclioEvent::new("0.6")).await })
         })
         .collect();
-    wait_for(&pool, "three events in flight", |s| s.busy == 3).await;
+    wait_for(&pool, "three events in flight", STARTUP, |s| s.busy == 3).await;
     kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).unwrap();
     for event in in_flight {
         let response = event.await.unwrap().unwrap();
@@ -374,7 +360,7 @@ async fn pool_with(
     .config(config)
     .build()
     .unwrap();
-    wait_for(&pool, "every slot to be idle", |s| s.idle == s.capacity).await;
+    until_full(&pool).await;
     pool
 }
 
@@ -409,7 +395,7 @@ async fn event_strings_are_decoded_as_nuclio_does_unless_turned_off() {
             .config(PoolConfig::default())
             .build()
             .unwrap();
-        wait_for(&pool, "a slot", |s| s.idle > 0).await;
+        wait_for(&pool, "a slot", STARTUP, |s| s.idle > 0).await;
         let seen = json_body(&pool.dispatch(strings_event()).await.unwrap());
         assert_eq!(seen["method"], "bytes");
         assert_eq!(seen["header_names"], serde_json::json!(["bytes"]));
@@ -577,7 +563,7 @@ async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
         .config(config)
         .build()
         .unwrap();
-    let first = wait_for(&pool, "a first slot", |s| s.idle > 0).await;
+    let first = wait_for(&pool, "a first slot", STARTUP, |s| s.idle > 0).await;
     let pid = first.workers[0].pid;
     let response = pool.dispatch(NuclioEvent::new("early")).await.unwrap();
     assert_eq!(response.body.to_bytes(), "early");
@@ -585,15 +571,13 @@ async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
         pool.stats().idle < 150,
         "served only once every connection was up"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let full = loop {
-        let stats = pool.stats();
-        if stats.idle == stats.capacity {
-            break stats;
-        }
-        assert!(Instant::now() < deadline, "not full in 60 s: {stats:#?}");
-        sleep(Duration::from_millis(50)).await;
-    };
+    let full = wait_for(
+        &pool,
+        "every slot to be idle",
+        Duration::from_secs(60),
+        |s| s.idle == s.capacity,
+    )
+    .await;
     assert_eq!(full.worker_restarts, 0, "{full:#?}");
     assert_eq!(full.workers[0].last_error, None, "{full:#?}");
     assert_eq!(full.workers[0].pid, pid);
@@ -662,7 +646,7 @@ async fn an_event_timeout_does_not_close_the_connection_under_the_wrapper() {
         .config(config)
         .build()
         .unwrap();
-    let first = wait_for(&pool, "every slot", |s| s.idle == s.capacity).await;
+    let first = wait_for(&pool, "every slot", STARTUP, |s| s.idle == s.capacity).await;
     let pid = first.workers[0].pid;
     let late = pool.dispatch(NuclioEvent::new("0.8")).await.unwrap_err();
     assert!(
@@ -673,7 +657,7 @@ async fn an_event_timeout_does_not_close_the_connection_under_the_wrapper() {
     assert_eq!(response.status_code, 200);
     // The late answer comes at 0.8 s; the slot is back by then.
     sleep(Duration::from_millis(1000)).await;
-    wait_for(&pool, "every slot again", |s| s.idle == s.capacity).await;
+    wait_for(&pool, "every slot again", STARTUP, |s| s.idle == s.capacity).await;
     let response = pool.dispatch(NuclioEvent::new("0")).await.unwrap();
     assert_eq!(response.status_code, 200);
     let after = pool.stats();

@@ -14,9 +14,9 @@ use async_worker_pool::net::{Event, NetError};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher, RestartPolicy, WorkerState};
 use nix::sys::signal::Signal;
 use support::real::{
-    RealPool, STARTUP, is_alive, python_pool, returned_body, signal, test_worker, until_full,
-    wait_for, worker_pids,
+    RealPool, is_alive, python_pool, returned_body, signal, test_worker, worker_pids,
 };
+use support::stats::{STARTUP, until_full, wait_for};
 use tokio::task::JoinSet;
 use tokio::time::sleep;
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use async_worker_pool::net::Event;
 use async_worker_pool::{PoolError, WorkerState};
-use support::real::{is_alive, python_pool, returned_body, until_full, wait_for, worker_pids};
+use support::real::{is_alive, python_pool, returned_body, worker_pids};
+use support::stats::{until_full, wait_for};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 

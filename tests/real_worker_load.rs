@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use async_worker_pool::net::Event;
-use support::real::{python_pool, returned_body, until_full};
+use support::real::{python_pool, returned_body};
+use support::stats::until_full;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinSet;
 use tokio::time::Instant;

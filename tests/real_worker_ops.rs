@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use async_worker_pool::net::Event;
 use bytes::Bytes;
-use support::real::{
-    RealPool, is_alive, python_pool, returned_body, until_full, wait_for, worker_pids,
-};
+use support::real::{RealPool, is_alive, python_pool, returned_body, worker_pids};
+use support::stats::{until_full, wait_for};
 use tokio::task::JoinHandle;
 
 /// `clients` tasks sending 20 ms events back to back until `stop` is set;

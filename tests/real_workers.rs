@@ -14,7 +14,8 @@ use async_worker_pool::PoolError;
 use async_worker_pool::net::{Event, Reply};
 use async_worker_pool::{ConnectionRestartStats, Pool};
 use bytes::Bytes;
-use support::real::{is_alive, python_pool, python_worker, returned_body, until_full, worker_pids};
+use support::real::{is_alive, python_pool, python_worker, returned_body, worker_pids};
+use support::stats::until_full;
 
 fn all_byte_values() -> Bytes {
     (0..=255).collect::<Vec<u8>>().into()

@@ -13,7 +13,8 @@ use tokio::time::{Instant, sleep};
 
 mod support;
 
-use support::real::{python_pool, returned_body, until_full};
+use support::real::{python_pool, returned_body};
+use support::stats::until_full;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_past_the_memory_bound_at_import_is_recycled_once_per_min_uptime() {

@@ -19,7 +19,8 @@ use async_worker_pool::net::{Event, NetError, SocketTransport, WorkerSecret};
 use async_worker_pool::{
     Endpoint, EndpointKind, Launcher, Pool, Transport, WorkerId, WorkerInfo, WorkerProcess,
 };
-use support::real::{is_alive, python_worker, returned_body, until_full, worker_pids};
+use support::real::{is_alive, python_worker, returned_body, worker_pids};
+use support::stats::until_full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, timeout};

@@ -17,6 +17,8 @@ use async_worker_pool::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::stats::{assert_slots_add_up, poll};
+
 /// What the simulated worker does with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -428,32 +430,24 @@ pub async fn harness(
 }
 
 impl Harness {
-    /// Waits (on the paused clock, so at no real cost) until `condition` holds,
-    /// failing the test with the last snapshot if it does not within a minute of
-    /// pool time.
+    /// Waits until `condition` holds, as [`until`] does.
     pub async fn until(&self, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
         until(&self.pool, what, condition).await
     }
 }
 
+/// Waits (on the paused clock, so at no real cost) until `condition` holds,
+/// checking on every snapshot that the slot states add up; fails the test with
+/// the last snapshot if it does not hold within ten minutes of pool time.
 pub async fn until(pool: &TestPool, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let stats = pool.stats();
-        assert_eq!(
-            stats.idle + stats.busy + stats.reconnecting + stats.down + stats.closed,
-            stats.capacity,
-            "slot states must add up to capacity: {stats:?}"
-        );
-        if condition(&stats) {
-            return stats;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last stats: {stats:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Every millisecond: the clock costs nothing, and a test that measures a
+    // delay by waiting for its end reads it to the millisecond.
+    let every = Duration::from_millis(1);
+    poll(pool, what, Duration::from_secs(600), every, |stats| {
+        assert_slots_add_up(stats);
+        condition(stats)
+    })
+    .await
 }
 
 /// Lets every ready task run without moving the paused clock.

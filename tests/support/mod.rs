@@ -2,6 +2,7 @@
 //!
 //! - `doubles`, re-exported here: the pool core's test doubles (an in-memory
 //!   transport, a scriptable launcher) and the harness over them.
+//! - `stats`: waiting for a pool's stats to show something.
 //! - `real`: pools of real Python worker processes, and their processes.
 //!
 //! `alloc_counter.rs` is not a part of it: it installs a global allocator, so a
@@ -14,6 +15,7 @@
 mod doubles;
 #[cfg(feature = "process")]
 pub mod real;
+pub mod stats;
 
 // Used by the core's tests, not by every binary.
 #[allow(unused_imports)]
