@@ -16,9 +16,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_worker_pool::nuclio::{
@@ -31,6 +30,7 @@ use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::stats::{STARTUP, until_full, wait_for};
+use support::trace::{Capture, SeenEvent};
 use tokio::time::{Instant, sleep};
 
 type NuclioPool = Pool<NuclioTransport>;
@@ -227,31 +227,9 @@ async fn a_raising_handler_is_answered_with_500_and_its_message() {
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn interleaved_log_and_metric_lines_are_forwarded_and_counted() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = Capture::start();
     let (pool, transport) = pool("peer_handlers:chatty", 1, 2).await;
     let before = transport.handler_durations().snapshot();
     for _ in 0..2 {
@@ -267,10 +245,11 @@ async fn interleaved_log_and_metric_lines_are_forwarded_and_counted() {
     );
     pool.shutdown(Duration::from_secs(5)).await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let handler_lines: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains("async_worker_pool::nuclio::handler"))
+    let handler_lines: Vec<String> = capture
+        .events()
+        .iter()
+        .filter(|event| event.target == "async_worker_pool::nuclio::handler")
+        .map(SeenEvent::line)
         .collect();
     for (level, message) in [
         ("DEBUG", "first"),
@@ -461,19 +440,12 @@ async fn an_http_request_reaches_the_handler_as_nuclios_http_trigger_gives_it() 
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Runs `body` with `tracing` captured, and returns what was written.
+/// Runs `body` with `tracing` captured, and returns the events it logged, one
+/// line each.
 async fn capture_logs(body: impl std::future::Future<Output = ()>) -> String {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let capture = Capture::start();
     body.await;
-    drop(guard);
-    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    capture.lines().join("\n")
 }
 
 fn has_line(text: &str, parts: &[&str]) -> bool {

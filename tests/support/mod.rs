@@ -4,6 +4,7 @@
 //!   transport, a scriptable launcher) and the harness over them.
 //! - `stats`: waiting for a pool's stats to show something.
 //! - `real`: pools of real Python worker processes, and their processes.
+//! - `trace`: what `tracing` saw while a test ran.
 //!
 //! `alloc_counter.rs` is not a part of it: it installs a global allocator, so a
 //! binary opts into it on its own, with
@@ -16,6 +17,7 @@ mod doubles;
 #[cfg(feature = "process")]
 pub mod real;
 pub mod stats;
+pub mod trace;
 
 // Used by the core's tests, not by every binary.
 #[allow(unused_imports)]
