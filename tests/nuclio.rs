@@ -16,8 +16,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use async_worker_pool::nuclio::{
@@ -29,6 +28,7 @@ use async_worker_pool::{
 use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::python::venv_python;
 use support::stats::{STARTUP, until_full, wait_for};
 use support::trace::{Capture, SeenEvent};
 use tokio::time::{Instant, sleep};
@@ -39,43 +39,18 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The interpreter for the peer, checked once: it must import msgpack and nuclio_sdk.
-fn python() -> PathBuf {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let checked = PYTHON.get_or_init(|| {
-        let Some(python) = std::env::var_os("NUCLIO_TEST_PYTHON") else {
-            return Err(
-                "NUCLIO_TEST_PYTHON is not set. Run `sh scripts/test.sh`, which makes a \
-                        virtualenv with msgpack and nuclio-sdk, or set it to a Python that has \
-                        both (`sh scripts/nuclio-venv.sh` prints one)"
-                    .to_owned(),
-            );
-        };
-        let output = std::process::Command::new(&python)
-            .args(["-c", "import msgpack, nuclio_sdk"])
-            .output()
-            .map_err(|error| format!("NUCLIO_TEST_PYTHON={python:?} cannot be run: {error}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "NUCLIO_TEST_PYTHON={python:?} cannot import msgpack and nuclio_sdk \
-                 (pip install msgpack nuclio-sdk): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(PathBuf::from(python))
-    });
-    match checked {
-        Ok(python) => python.clone(),
-        Err(missing) => panic!("cannot run the nuclio tests: {missing}"),
-    }
-}
-
 fn launcher(handler: &str) -> NuclioLauncherBuilder {
     NuclioLauncher::builder(
         manifest_dir().join("tests/nuclio_peer/_nuclio_async_wrapper.py"),
         handler,
     )
-    .python(python())
+    .python(venv_python(
+        "NUCLIO_TEST_PYTHON",
+        &["msgpack", "nuclio_sdk"],
+        "Run `sh scripts/test.sh`, which makes a virtualenv with msgpack and nuclio-sdk, \
+         or set NUCLIO_TEST_PYTHON to a Python that has both (`sh scripts/nuclio-venv.sh` \
+         prints one).",
+    ))
     .handler_path(manifest_dir().join("tests/nuclio_handlers"))
     .namespace("tests")
 }

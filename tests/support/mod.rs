@@ -4,6 +4,7 @@
 //!   transport, a scriptable launcher) and the harness over them.
 //! - `stats`: waiting for a pool's stats to show something.
 //! - `real`: pools of real Python worker processes, and their processes.
+//! - `python`: the interpreters of the tests' virtualenvs.
 //! - `trace`: what `tracing` saw while a test ran.
 //!
 //! `alloc_counter.rs` is not a part of it: it installs a global allocator, so a
@@ -14,6 +15,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod doubles;
+pub mod python;
 #[cfg(feature = "process")]
 pub mod real;
 pub mod stats;
