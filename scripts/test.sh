@@ -34,8 +34,9 @@ cargo test --features tower --doc PoolService
 SOAK_GATEWAY=${CARGO_TARGET_DIR:-target}/debug/examples/http_gateway sh scripts/soak.sh 2m
 # The fault suite and the real-worker tests again, in the socket transport's
 # multiplexed mode (two physical connections per worker).
-ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test real_worker_faults --test chaos \
-    --test security --test real_workers --test real_worker_liveness --test real_worker_ops
+ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test process_worker_faults --test process_chaos \
+    --test net_security --test process_python_workers --test process_worker_liveness \
+    --test process_worker_ops
 # The gateway multiplexes by default; its ASGI tests again with one
 # connection per slot.
 GATEWAY_MULTIPLEX=0 $run_tests --test asgi
@@ -47,14 +48,14 @@ uvloop_python=$(sh scripts/uvloop-venv.sh)
 "$uvloop_python" -c 'import uvloop'
 "$uvloop_python" -m unittest discover -s python -p 'test_*.py'
 
-# The nuclio feature: its unit tests, its doc tests and tests/nuclio.rs. When
-# the virtualenv cannot be made (no network), NUCLIO_TEST_PYTHON stays unset
-# and those tests fail, saying what is missing.
+# The nuclio feature: its unit tests, its doc tests and tests/nuclio_wrapper.rs.
+# When the virtualenv cannot be made (no network), NUCLIO_TEST_PYTHON stays
+# unset and those tests fail, saying what is missing.
 if NUCLIO_TEST_PYTHON=$(sh scripts/nuclio-venv.sh); then
     export NUCLIO_TEST_PYTHON
 else
     echo "test.sh: no Python with msgpack and nuclio-sdk; the nuclio tests will fail" >&2
 fi
 cargo build --features nuclio --example nuclio_gateway
-$run_tests --features nuclio,prometheus-client --lib --test nuclio --test nuclio_gateway
+$run_tests --features nuclio,prometheus-client --lib --test nuclio_wrapper --test nuclio_gateway
 cargo test --features nuclio,prometheus-client --doc

@@ -52,7 +52,7 @@ async fn with_probes_off_a_blocked_worker_is_restarted_by_the_reconnect_ladder()
     // slot, every other event can only go to the other worker, so none of them
     // can land on the blocked loop. The blocking event takes its slot through
     // `acquire`, which says which worker it got. Liveness probes are off: this
-    // is the ladder alone, Nuclio's way (tests/real_worker_liveness.rs has the
+    // is the ladder alone, Nuclio's way (tests/process_worker_liveness.rs has the
     // probes, which find the blocked worker much sooner).
     let mut policy = RestartPolicy::default();
     policy.terminate_grace = Duration::from_millis(300);

@@ -4,7 +4,7 @@
 //! connection, and a shutdown leaves no process and no socket directory behind.
 //!
 //! Load, crashes and protocol faults have files of their own:
-//! `real_worker_load.rs` and `real_worker_faults.rs`.
+//! `process_worker_load.rs` and `process_worker_faults.rs`.
 
 mod support;
 

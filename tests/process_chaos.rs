@@ -9,7 +9,7 @@
 //! printed at the start, which `CHAOS_SEED` replays:
 //!
 //! ```sh
-//! CHAOS_SECS=300 CHAOS_SEED=1234 cargo test --test chaos -- --nocapture
+//! CHAOS_SECS=300 CHAOS_SEED=1234 cargo test --test process_chaos -- --nocapture
 //! ```
 //!
 //! `CHAOS_TCP=1` runs it over loopback TCP instead of Unix sockets.
