@@ -1,6 +1,6 @@
 //! Host-side heap per idle slot at 4 x 1000 slots, with zero-sized connections.
 //! Prints the figure and fails when it is above the 256-byte ceiling.
-//! `tests/memory_per_slot.rs` checks the same on every `cargo test`.
+//! `tests/pool_memory_per_slot.rs` checks the same on every `cargo test`.
 
 #[path = "support/heap.rs"]
 mod heap;

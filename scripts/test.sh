@@ -46,8 +46,9 @@ $run_tests -p async-worker-pool-gateway
 SOAK_GATEWAY=${CARGO_TARGET_DIR:-target}/debug/http_gateway sh scripts/soak.sh 2m
 # The fault suite and the real-worker tests again, in the socket transport's
 # multiplexed mode (two physical connections per worker).
-ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test real_worker_faults --test chaos \
-    --test security --test real_workers --test real_worker_liveness --test real_worker_ops
+ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test process_worker_faults --test process_chaos \
+    --test net_security --test process_python_workers --test process_worker_liveness \
+    --test process_worker_ops
 # The gateway multiplexes by default; its ASGI tests again with one
 # connection per slot.
 GATEWAY_MULTIPLEX=0 $run_tests -p async-worker-pool-gateway --test asgi
@@ -60,6 +61,6 @@ uvloop_python=$(sh scripts/uvloop_venv.sh)
 "$uvloop_python" -c 'import uvloop'
 "$uvloop_python" -m unittest discover -s python/tests -t python
 
-# The nuclio feature: its unit tests, its doc tests and tests/nuclio.rs.
-$run_tests --features nuclio,prometheus-client --lib --test nuclio
+# The nuclio feature: its unit tests, its doc tests and tests/nuclio_wrapper.rs.
+$run_tests --features nuclio,prometheus-client --lib --test nuclio_wrapper
 cargo test --features nuclio,prometheus-client --doc

@@ -2,7 +2,7 @@
 # Prints the path of a Python interpreter that has uvloop, creating a
 # virtualenv for it under the cargo target directory on first use, so that the
 # reference worker's tests run on uvloop's loop as well as on asyncio's. It
-# also has FastAPI and Starlette, for the ASGI tests (tests/asgi.rs). Exits
+# also has FastAPI and Starlette, for the ASGI tests (gateway/tests/asgi.rs). Exits
 # non-zero, saying why, when it cannot (no network, no venv module).
 set -eu
 cd "$(dirname "$0")/.."

@@ -161,20 +161,9 @@ pub trait WorkerProcess: Send + 'static {
 ///
 /// ```
 /// use async_worker_pool::{
-///     async_trait, BuildError, InProcessLauncher, InProcessWorker, LaunchError, Launcher,
-///     Pool, WorkerId,
+///     async_trait, BuildError, InProcessLauncher, InProcessTransport, InProcessWorker,
+///     LaunchError, Launcher, Pool, WorkerId,
 /// };
-/// # use async_worker_pool::{Transport, WorkerInfo};
-/// # struct Echo;
-/// # #[async_trait]
-/// # impl Transport for Echo {
-/// #     type Conn = ();
-/// #     type Request = ();
-/// #     type Response = ();
-/// #     type Error = std::io::Error;
-/// #     async fn connect(&self, _: &WorkerInfo) -> std::io::Result<()> { Ok(()) }
-/// #     async fn call(&self, _: &mut (), _: ()) -> std::io::Result<()> { Ok(()) }
-/// # }
 ///
 /// struct TwoAtMost;
 ///
@@ -199,9 +188,12 @@ pub trait WorkerProcess: Send + 'static {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let refused = Pool::builder(Echo, TwoAtMost).num_workers(3).build();
+/// let echo = InProcessTransport::new(|worker, event: String| async move {
+///     Ok::<_, std::io::Error>(format!("{worker}:{event}"))
+/// });
+/// let refused = Pool::builder(echo.clone(), TwoAtMost).num_workers(3).build();
 /// assert!(matches!(refused, Err(BuildError::Config(_))));
-/// let pool = Pool::builder(Echo, TwoAtMost).num_workers(2).max_connections(4).build().unwrap();
+/// let pool = Pool::builder(echo, TwoAtMost).num_workers(2).max_connections(4).build().unwrap();
 /// pool.ready(std::time::Duration::from_secs(5)).await.unwrap();
 /// # }
 /// ```

@@ -47,7 +47,7 @@ pub use async_trait::async_trait;
 pub use config::{MAX_CAPACITY, Mode, PoolConfig, RestartPolicy};
 pub use endpoint::{Endpoint, EndpointKind};
 pub use error::{BoxError, BuildError, ConfigError, OpsError, PoolError, ReadyError};
-pub use in_process::{InProcessLauncher, InProcessWorker};
+pub use in_process::{InProcessLauncher, InProcessTransport, InProcessWorker};
 pub use launcher::{LaunchError, Launcher, WorkerExit, WorkerProcess};
 pub use pool::{Pool, PoolBuilder};
 #[cfg(feature = "process")]

@@ -34,30 +34,19 @@ use crate::worker_pool::AsyncWorkerPool;
 ///
 /// # Examples
 ///
-/// Two in-process workers of 10 connections each, answering through a
-/// transport of the host's own (here one that echoes):
+/// Two in-process workers of 10 connections each, answering through an
+/// [`InProcessTransport`](crate::InProcessTransport) that echoes (a host brings
+/// its own [`Transport`], or the built-in socket one):
 ///
 /// ```
 /// use std::time::Duration;
-/// use async_worker_pool::{InProcessLauncher, Pool};
-/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
-/// # struct Echo;
-/// # #[async_trait]
-/// # impl Transport for Echo {
-/// #     type Conn = usize;
-/// #     type Request = String;
-/// #     type Response = String;
-/// #     type Error = std::io::Error;
-/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
-/// #         Ok(worker.id.index())
-/// #     }
-/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
-/// #         Ok(format!("{worker}:{event}"))
-/// #     }
-/// # }
+/// use async_worker_pool::{InProcessLauncher, InProcessTransport, Pool};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = Pool::builder(Echo, InProcessLauncher)
+/// let echo = InProcessTransport::new(|worker, event: String| async move {
+///     Ok::<_, std::io::Error>(format!("{worker}:{event}"))
+/// });
+/// let pool = Pool::builder(echo, InProcessLauncher)
 ///     .num_workers(2)
 ///     .max_connections(10)
 ///     .build()?;
@@ -166,25 +155,16 @@ impl<T: Transport> Pool<T> {
     /// # Examples
     ///
     /// ```
-    /// # use async_worker_pool::{InProcessLauncher, Pool, Transport, WorkerInfo, async_trait};
-    /// # struct Echo;
-    /// # #[async_trait]
-    /// # impl Transport for Echo {
-    /// #     type Conn = ();
-    /// #     type Request = String;
-    /// #     type Response = String;
-    /// #     type Error = std::io::Error;
-    /// #     async fn connect(&self, _: &WorkerInfo) -> std::io::Result<()> { Ok(()) }
-    /// #     async fn call(&self, _: &mut (), request: String) -> std::io::Result<String> {
-    /// #         Ok(request)
-    /// #     }
-    /// # }
+    /// use async_worker_pool::{InProcessLauncher, InProcessTransport, Pool};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pool = Pool::builder(Echo, InProcessLauncher).max_connections(2).build()?;
+    /// let echo = InProcessTransport::new(|worker, event: String| async move {
+    ///     Ok::<_, std::io::Error>(format!("{worker}:{event}"))
+    /// });
+    /// let pool = Pool::builder(echo, InProcessLauncher).max_connections(2).build()?;
     /// let mut slot = pool.acquire_owned().await?;
     /// let answer = tokio::spawn(async move { slot.call("hello".to_owned()).await }).await??;
-    /// assert_eq!(answer, "hello");
+    /// assert_eq!(answer, "0:hello");
     /// # Ok(())
     /// # }
     /// ```
@@ -491,25 +471,13 @@ impl<T: Transport> AsyncWorkerPool for Pool<T> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use async_worker_pool::{BuildError, InProcessLauncher, Pool};
-/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
-/// # struct Echo;
-/// # #[async_trait]
-/// # impl Transport for Echo {
-/// #     type Conn = usize;
-/// #     type Request = String;
-/// #     type Response = String;
-/// #     type Error = std::io::Error;
-/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
-/// #         Ok(worker.id.index())
-/// #     }
-/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
-/// #         Ok(format!("{worker}:{event}"))
-/// #     }
-/// # }
+/// use async_worker_pool::{BuildError, InProcessLauncher, InProcessTransport, Pool};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = Pool::builder(Echo, InProcessLauncher)
+/// let echo = InProcessTransport::new(|worker, event: String| async move {
+///     Ok::<_, std::io::Error>(format!("{worker}:{event}"))
+/// });
+/// let pool = Pool::builder(echo.clone(), InProcessLauncher)
 ///     .num_workers(4)
 ///     .max_connections(100)
 ///     .acquire_timeout(Duration::from_secs(2))
@@ -518,7 +486,7 @@ impl<T: Transport> AsyncWorkerPool for Pool<T> {
 ///     .build()?;
 /// assert_eq!(pool.stats().capacity, 400);
 ///
-/// let refused = Pool::builder(Echo, InProcessLauncher).num_workers(0).build();
+/// let refused = Pool::builder(echo, InProcessLauncher).num_workers(0).build();
 /// let Err(BuildError::Config(error)) = refused else { panic!("built") };
 /// assert_eq!(error.field(), "num_workers");
 /// # Ok(())

@@ -65,28 +65,19 @@ pub type PoolServiceFuture<R> = Boxed<Result<R, PoolError>>;
 /// # Examples
 ///
 /// ```
-/// # use async_worker_pool::{InProcessLauncher, Pool, PoolService, Transport, WorkerInfo, async_trait};
-/// # struct Echo;
-/// # #[async_trait]
-/// # impl Transport for Echo {
-/// #     type Conn = ();
-/// #     type Request = String;
-/// #     type Response = String;
-/// #     type Error = std::io::Error;
-/// #     async fn connect(&self, _: &WorkerInfo) -> std::io::Result<()> { Ok(()) }
-/// #     async fn call(&self, _: &mut (), request: String) -> std::io::Result<String> {
-/// #         Ok(request)
-/// #     }
-/// # }
+/// use async_worker_pool::{InProcessLauncher, InProcessTransport, Pool, PoolService};
 /// use tower::{Service, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = Pool::builder(Echo, InProcessLauncher).max_connections(1).build()?;
+/// let echo = InProcessTransport::new(|worker, event: String| async move {
+///     Ok::<_, std::io::Error>(format!("{worker}:{event}"))
+/// });
+/// let pool = Pool::builder(echo, InProcessLauncher).max_connections(1).build()?;
 /// let mut service = PoolService::new(pool);
 /// // `ready` reserves the pool's one slot; `call` sends the event on it.
 /// let answer = service.ready().await?.call("hello".to_owned()).await?;
-/// assert_eq!(answer, "hello");
+/// assert_eq!(answer, "0:hello");
 /// # Ok(())
 /// # }
 /// ```

@@ -177,25 +177,13 @@ impl WorkerStats {
 ///
 /// ```
 /// use std::time::Duration;
-/// use async_worker_pool::{InProcessLauncher, Pool, WorkerState};
-/// # use async_worker_pool::{async_trait, Transport, WorkerInfo};
-/// # struct Echo;
-/// # #[async_trait]
-/// # impl Transport for Echo {
-/// #     type Conn = usize;
-/// #     type Request = String;
-/// #     type Response = String;
-/// #     type Error = std::io::Error;
-/// #     async fn connect(&self, worker: &WorkerInfo) -> std::io::Result<usize> {
-/// #         Ok(worker.id.index())
-/// #     }
-/// #     async fn call(&self, worker: &mut usize, event: String) -> std::io::Result<String> {
-/// #         Ok(format!("{worker}:{event}"))
-/// #     }
-/// # }
+/// use async_worker_pool::{InProcessLauncher, InProcessTransport, Pool, WorkerState};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = Pool::builder(Echo, InProcessLauncher)
+/// let echo = InProcessTransport::new(|worker, event: String| async move {
+///     Ok::<_, std::io::Error>(format!("{worker}:{event}"))
+/// });
+/// let pool = Pool::builder(echo, InProcessLauncher)
 ///     .num_workers(2)
 ///     .max_connections(3)
 ///     .build()?;

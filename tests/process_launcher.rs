@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod real_support;
+mod support;
 
 use async_worker_pool::process::{ENDPOINT_ENV, PythonWorker, SECRET_ENV};
 use async_worker_pool::{
@@ -15,7 +15,8 @@ use async_worker_pool::{
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use real_support::is_alive;
+use support::real::is_alive;
+use support::trace::Capture;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -446,55 +447,27 @@ async fn pool_of_python_workers_shuts_down_leaving_nothing_behind() {
     }
 }
 
-/// The worker's stderr lines as `tracing` saw them: (level, message).
-#[derive(Clone, Default)]
-struct WorkerLines(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
-
-impl WorkerLines {
-    fn seen(&self) -> Vec<(tracing::Level, String)> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WorkerLines {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        if event.metadata().target() == "async_worker_pool::worker" {
-            let mut message = Message(String::new());
-            event.record(&mut message);
-            self.0
-                .lock()
-                .unwrap()
-                .push((*event.metadata().level(), message.0));
-        }
-    }
-}
-
-/// Captures the worker lines logged on this thread (the test's runtime is
-/// single-threaded, so the forwarding tasks run here too).
-fn capture_worker_lines() -> (WorkerLines, tracing::subscriber::DefaultGuard) {
-    use tracing_subscriber::layer::SubscriberExt;
-    let lines = WorkerLines::default();
-    let subscriber = tracing_subscriber::registry().with(lines.clone());
-    (lines, tracing::subscriber::set_default(subscriber))
+/// The worker's stderr lines as `tracing` saw them: (level, message). The
+/// test's runtime is single-threaded, so the forwarding tasks log on the
+/// capture's thread.
+fn worker_lines(capture: &Capture) -> Vec<(tracing::Level, String)> {
+    capture
+        .events()
+        .into_iter()
+        .filter(|event| event.target == "async_worker_pool::worker")
+        .map(|event| (event.level, event.message))
+        .collect()
 }
 
 #[tokio::test]
 async fn reference_worker_lines_are_logged_at_their_own_level() {
-    let (lines, _guard) = capture_worker_lines();
+    let capture = Capture::start();
     let launcher = echo_worker().build().unwrap();
     let mut worker = launch(&launcher, 0).await;
     worker.terminate(Duration::from_secs(5)).await;
     // Give the forwarder the last lines.
     sleep(Duration::from_millis(200)).await;
-    let seen = lines.seen();
+    let seen = worker_lines(&capture);
     let draining = seen
         .iter()
         .find(|(_, message)| message.contains("draining"))
@@ -509,7 +482,7 @@ async fn reference_worker_lines_are_logged_at_their_own_level() {
 
 #[tokio::test]
 async fn a_foreign_programs_raw_stderr_gets_the_configured_level() {
-    let (lines, _guard) = capture_worker_lines();
+    let capture = Capture::start();
     let launcher = ProcessLauncher::builder("sh")
         .args([
             "-c",
@@ -520,7 +493,7 @@ async fn a_foreign_programs_raw_stderr_gets_the_configured_level() {
         .build()
         .unwrap();
     launch_error(&launcher).await;
-    let seen = lines.seen();
+    let seen = worker_lines(&capture);
     assert!(
         seen.contains(&(tracing::Level::DEBUG, "plain text".to_string())),
         "{seen:?}"
@@ -531,19 +504,17 @@ async fn a_foreign_programs_raw_stderr_gets_the_configured_level() {
     );
 
     // INFO unless told otherwise.
-    let (lines, _guard) = capture_worker_lines();
+    let capture = Capture::start();
     let launcher = ProcessLauncher::builder("sh")
         .args(["-c", "echo 'plain text' >&2; exit 3"])
         .endpoint_args(false)
         .build()
         .unwrap();
     launch_error(&launcher).await;
+    let seen = worker_lines(&capture);
     assert!(
-        lines
-            .seen()
-            .contains(&(tracing::Level::INFO, "plain text".to_string())),
-        "{:?}",
-        lines.seen()
+        seen.contains(&(tracing::Level::INFO, "plain text".to_string())),
+        "{seen:?}"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Host-side heap per idle slot, counted by a global allocator that keeps a
 //! running total of live bytes.
 //!
-//! Included (by path) by `benches/memory.rs` and `tests/memory_per_slot.rs`:
+//! Included (by path) by `benches/memory.rs` and `tests/pool_memory_per_slot.rs`:
 //! each is a crate of its own, so the counting allocator serves only those two
 //! binaries, and the library keeps `#![forbid(unsafe_code)]`.
 

@@ -1,6 +1,6 @@
 """Tests for the ASGI adapter (asgi.py): the real worker run with --asgi, as a
 subprocess, on bare ASGI apps (no framework needed; the FastAPI and Starlette
-apps are tested through the gateway in tests/asgi.rs).
+apps are tested through the gateway in gateway/tests/asgi.rs).
 
 Run from the repository root:
 

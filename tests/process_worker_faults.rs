@@ -4,7 +4,7 @@
 //! fail exactly the events the fault touched, keep the other worker serving,
 //! and come back to full capacity.
 
-mod real_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -13,10 +13,10 @@ use std::time::Duration;
 use async_worker_pool::net::{Event, NetError};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher, RestartPolicy, WorkerState};
 use nix::sys::signal::Signal;
-use real_support::{
-    RealPool, STARTUP, is_alive, python_pool, returned_body, signal, test_worker, until_full,
-    wait_for, worker_pids,
+use support::real::{
+    RealPool, is_alive, python_pool, returned_body, signal, test_worker, worker_pids,
 };
+use support::stats::{STARTUP, until_full, wait_for};
 use tokio::task::JoinSet;
 use tokio::time::sleep;
 
@@ -52,7 +52,7 @@ async fn with_probes_off_a_blocked_worker_is_restarted_by_the_reconnect_ladder()
     // slot, every other event can only go to the other worker, so none of them
     // can land on the blocked loop. The blocking event takes its slot through
     // `acquire`, which says which worker it got. Liveness probes are off: this
-    // is the ladder alone, Nuclio's way (tests/real_worker_liveness.rs has the
+    // is the ladder alone, Nuclio's way (tests/process_worker_liveness.rs has the
     // probes, which find the blocked worker much sooner).
     let mut policy = RestartPolicy::default();
     policy.terminate_grace = Duration::from_millis(300);
@@ -201,7 +201,7 @@ async fn malformed_and_oversized_frames_restart_only_their_connection() {
         .connections(CONNS)
         .build()
         .unwrap();
-    let transport = real_support::transport().max_frame_bytes(64 * 1024);
+    let transport = support::real::transport().max_frame_bytes(64 * 1024);
     let pool = Pool::builder(transport, launcher)
         .max_connections(CONNS)
         .event_timeout(Duration::from_secs(10))

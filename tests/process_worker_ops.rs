@@ -1,7 +1,7 @@
 //! Issue 14 with real Python workers: reload, recycling (by event count and by
 //! memory) and resizing, each under a load of events that must all succeed.
 
-mod real_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use async_worker_pool::net::Event;
 use bytes::Bytes;
-use real_support::{
-    RealPool, is_alive, python_pool, returned_body, until_full, wait_for, worker_pids,
-};
+use support::real::{RealPool, is_alive, python_pool, returned_body, worker_pids};
+use support::stats::{until_full, wait_for};
 use tokio::task::JoinHandle;
 
 /// `clients` tasks sending 20 ms events back to back until `stop` is set;

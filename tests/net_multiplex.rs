@@ -2,15 +2,16 @@
 //! (`docs/protocol.md`, "Multiplexing"): which workers it is used with, the
 //! file descriptors it saves, and how a cancelled event holds its slot until
 //! the worker confirms. The fault suite runs in this mode too, through
-//! `real_support::transport` (see `scripts/test.sh`).
+//! `support::real::transport` (see `scripts/test.sh`).
 
-mod real_support;
+mod support;
 
 use std::time::Duration;
 
 use async_worker_pool::net::{Event, SocketTransport};
 use async_worker_pool::{Pool, PoolError, ProcessLauncher};
-use real_support::{RealPool, STARTUP, python_worker, returned_body, test_worker, until_full};
+use support::real::{RealPool, python_worker, returned_body, test_worker};
+use support::stats::{STARTUP, until_full};
 use tokio::task::JoinSet;
 
 /// The tests of this file count the process's sockets, so they run one at a
@@ -225,7 +226,7 @@ async fn a_broken_connection_fails_exactly_its_events_and_they_reconnect_on_one_
                 .await
         });
     }
-    real_support::wait_for(&pool, "the hanging events to run", STARTUP, |s| {
+    support::stats::wait_for(&pool, "the hanging events to run", STARTUP, |s| {
         s.busy == SLOTS - 1
     })
     .await;

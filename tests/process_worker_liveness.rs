@@ -4,14 +4,15 @@
 //! is suspect; and a thousand concurrent `asyncio.sleep` events never make a
 //! busy worker look blocked. The figures are printed for RELIABILITY.md.
 
-mod real_support;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_worker_pool::net::Event;
 use async_worker_pool::{PoolError, WorkerState};
-use real_support::{is_alive, python_pool, returned_body, until_full, wait_for, worker_pids};
+use support::real::{is_alive, python_pool, returned_body, worker_pids};
+use support::stats::{until_full, wait_for};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 

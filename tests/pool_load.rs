@@ -3,14 +3,15 @@
 //! its own answer or fails with an acquire timeout, all of them are counted,
 //! and the host's memory stays bounded.
 
-mod real_support;
+mod support;
 
 use std::time::Duration;
 
 use async_worker_pool::PoolError;
 use async_worker_pool::net::Event;
 use async_worker_pool::process::raise_fd_limit;
-use real_support::{is_alive, python_pool, returned_body, until_full, worker_pids};
+use support::real::{is_alive, python_pool, returned_body, worker_pids};
+use support::stats::until_full;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 

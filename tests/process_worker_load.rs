@@ -4,12 +4,13 @@
 //! The two tests take turns (see [`one_at_a_time`]): on two cores, a thousand
 //! connections being opened would distort the other test's wall time.
 
-mod real_support;
+mod support;
 
 use std::time::Duration;
 
 use async_worker_pool::net::Event;
-use real_support::{python_pool, returned_body, until_full};
+use support::real::{python_pool, returned_body};
+use support::stats::until_full;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinSet;
 use tokio::time::Instant;

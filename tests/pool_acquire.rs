@@ -191,7 +191,7 @@ async fn a_timed_out_waiter_does_not_take_the_next_free_slot() {
 async fn late_binding_serves_every_event_from_the_healthy_worker_while_one_is_stuck() {
     const CONNS: usize = 4;
     // Probes off: late binding alone, as in Nuclio's model where nothing
-    // replaces a blocked worker (tests/liveness.rs has the probes).
+    // replaces a blocked worker (tests/pool_liveness.rs has the probes).
     let h = harness(|b| {
         b.num_workers(2)
             .max_connections(CONNS)

@@ -4,9 +4,9 @@
 //! connection, and a shutdown leaves no process and no socket directory behind.
 //!
 //! Load, crashes and protocol faults have files of their own:
-//! `real_worker_load.rs` and `real_worker_faults.rs`.
+//! `process_worker_load.rs` and `process_worker_faults.rs`.
 
-mod real_support;
+mod support;
 
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use async_worker_pool::PoolError;
 use async_worker_pool::net::{Event, Reply};
 use async_worker_pool::{ConnectionRestartStats, Pool};
 use bytes::Bytes;
-use real_support::{is_alive, python_pool, python_worker, returned_body, until_full, worker_pids};
+use support::real::{is_alive, python_pool, python_worker, returned_body, worker_pids};
+use support::stats::until_full;
 
 fn all_byte_values() -> Bytes {
     (0..=255).collect::<Vec<u8>>().into()
@@ -125,7 +126,7 @@ async fn raising_handler_answers_raised_and_its_connection_stays_in_use() {
 async fn shutdown_leaves_no_worker_process_and_no_socket_directory() {
     let launcher = python_worker("echo:handler", 3).build().unwrap();
     let socket_dir = launcher.socket_dir().to_path_buf();
-    let pool = Pool::builder(real_support::transport(), launcher)
+    let pool = Pool::builder(support::real::transport(), launcher)
         .num_workers(2)
         .max_connections(3)
         .build()

@@ -12,6 +12,7 @@ use async_worker_pool::{
     BoxError, Endpoint, InProcessLauncher, LaunchError, Pool, PoolError, ReadyError, Stats,
     Transport, WorkerId, WorkerInfo, WorkerState, WorkerStats, async_trait,
 };
+use support::trace::Capture;
 use support::{Action, ConnectRule, FakeLauncher, LaunchRule, MemTransport, Req, harness};
 
 /// A transport as a user writes one: its error type is `BoxError` itself.
@@ -210,43 +211,9 @@ async fn an_event_refused_before_sending_keeps_its_connection() {
     assert_eq!(h.pool.stats().connection_restarts.ok, 0);
 }
 
-/// Records every field recorded on `event` spans, as `name=value` strings.
-#[derive(Clone, Default)]
-struct SpanFields(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl tracing::field::Visit for SpanFields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("{}={value:?}", field.name()));
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("{}={value}", field.name()));
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanFields {
-    fn on_record(
-        &self,
-        _span: &tracing::span::Id,
-        values: &tracing::span::Record<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        values.record(&mut self.clone());
-    }
-}
-
 #[test]
 fn each_event_has_a_span_with_its_worker_wait_and_outcome() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let fields = SpanFields::default();
-    let subscriber = tracing_subscriber::registry().with(fields.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = Capture::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -261,7 +228,7 @@ fn each_event_has_a_span_with_its_worker_wait_and_outcome() {
         };
         h.pool.dispatch(hang).await.unwrap_err();
     });
-    let fields = fields.0.lock().unwrap().clone();
+    let fields = capture.span_fields();
     for expected in [
         "worker=0",
         "generation=1",

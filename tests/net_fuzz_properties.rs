@@ -5,6 +5,7 @@
 //! a frame that announces 1 GiB is refused from its length prefix; only a
 //! well-formed version-1 challenge passes the handshake parser.
 
+#[path = "support/alloc_counter.rs"]
 mod alloc_counter;
 
 use alloc_counter::peak_during;

@@ -13,60 +13,30 @@
 
 #![cfg(feature = "nuclio")]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
 use std::time::Duration;
 
 use async_worker_pool::nuclio::{
     NuclioBody, NuclioEvent, NuclioLauncher, NuclioLauncherBuilder, NuclioSpec, NuclioTransport,
 };
 use async_worker_pool::{
-    Launcher, Pool, PoolConfig, Stats, Transport, WorkerId, WorkerInfo, WorkerProcess,
+    Launcher, Pool, PoolConfig, Transport, WorkerId, WorkerInfo, WorkerProcess,
 };
 use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::python::venv_python;
+use support::stats::{STARTUP, until_full, wait_for};
+use support::trace::{Capture, SeenEvent};
 use tokio::time::{Instant, sleep};
 
 type NuclioPool = Pool<NuclioTransport>;
 
-const STARTUP: Duration = Duration::from_secs(20);
-
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The interpreter for the peer, checked once: it must import msgpack and nuclio_sdk.
-fn python() -> PathBuf {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let checked = PYTHON.get_or_init(|| {
-        let Some(python) = std::env::var_os("NUCLIO_TEST_PYTHON") else {
-            return Err(
-                "NUCLIO_TEST_PYTHON is not set. Run `sh scripts/test.sh`, which makes a \
-                        virtualenv with msgpack and nuclio-sdk, or set it to a Python that has \
-                        both (`sh scripts/nuclio_venv.sh` prints one)"
-                    .to_owned(),
-            );
-        };
-        let output = std::process::Command::new(&python)
-            .args(["-c", "import msgpack, nuclio_sdk"])
-            .output()
-            .map_err(|error| format!("NUCLIO_TEST_PYTHON={python:?} cannot be run: {error}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "NUCLIO_TEST_PYTHON={python:?} cannot import msgpack and nuclio_sdk \
-                 (pip install msgpack nuclio-sdk): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(PathBuf::from(python))
-    });
-    match checked {
-        Ok(python) => python.clone(),
-        Err(missing) => panic!("cannot run the nuclio tests: {missing}"),
-    }
 }
 
 fn launcher(handler: &str) -> NuclioLauncherBuilder {
@@ -74,7 +44,13 @@ fn launcher(handler: &str) -> NuclioLauncherBuilder {
         manifest_dir().join("tests/nuclio_peer/_nuclio_async_wrapper.py"),
         handler,
     )
-    .python(python())
+    .python(venv_python(
+        "NUCLIO_TEST_PYTHON",
+        &["msgpack", "nuclio_sdk"],
+        "Run `sh scripts/test.sh`, which makes a virtualenv with msgpack and nuclio-sdk, \
+         or set NUCLIO_TEST_PYTHON to a Python that has both (`sh scripts/nuclio-venv.sh` \
+         prints one).",
+    ))
     .handler_path(manifest_dir().join("tests/nuclio_handlers"))
     .namespace("tests")
 }
@@ -96,23 +72,8 @@ async fn pool(handler: &str, workers: usize, connections: usize) -> (NuclioPool,
     .config(spec.pool_config("web").unwrap())
     .build()
     .unwrap();
-    wait_for(&pool, "every slot to be idle", |s| s.idle == s.capacity).await;
+    until_full(&pool).await;
     (pool, transport)
-}
-
-async fn wait_for(pool: &NuclioPool, what: &str, mut done: impl FnMut(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + STARTUP;
-    loop {
-        let stats = pool.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {STARTUP:?} for {what}; last stats: {stats:#?}"
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn full_body(body: &NuclioBody) -> Bytes {
@@ -241,31 +202,9 @@ async fn a_raising_handler_is_answered_with_500_and_its_message() {
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn interleaved_log_and_metric_lines_are_forwarded_and_counted() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = Capture::start();
     let (pool, transport) = pool("peer_handlers:chatty", 1, 2).await;
     let before = transport.handler_durations().snapshot();
     for _ in 0..2 {
@@ -281,10 +220,11 @@ async fn interleaved_log_and_metric_lines_are_forwarded_and_counted() {
     );
     pool.shutdown(Duration::from_secs(5)).await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let handler_lines: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains("async_worker_pool::nuclio::handler"))
+    let handler_lines: Vec<String> = capture
+        .events()
+        .iter()
+        .filter(|event| event.target == "async_worker_pool::nuclio::handler")
+        .map(SeenEvent::line)
         .collect();
     for (level, message) in [
         ("DEBUG", "first"),
@@ -343,7 +283,7 @@ async fn drain_lets_the_events_in_flight_finish() {
             tokio::spawn(async move { pool.dispatch(NuclioEvent::new("0.6")).await })
         })
         .collect();
-    wait_for(&pool, "three events in flight", |s| s.busy == 3).await;
+    wait_for(&pool, "three events in flight", STARTUP, |s| s.busy == 3).await;
     kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).unwrap();
     for event in in_flight {
         let response = event.await.unwrap().unwrap();
@@ -374,7 +314,7 @@ async fn pool_with(
     .config(config)
     .build()
     .unwrap();
-    wait_for(&pool, "every slot to be idle", |s| s.idle == s.capacity).await;
+    until_full(&pool).await;
     pool
 }
 
@@ -409,7 +349,7 @@ async fn event_strings_are_decoded_as_nuclio_does_unless_turned_off() {
             .config(PoolConfig::default())
             .build()
             .unwrap();
-        wait_for(&pool, "a slot", |s| s.idle > 0).await;
+        wait_for(&pool, "a slot", STARTUP, |s| s.idle > 0).await;
         let seen = json_body(&pool.dispatch(strings_event()).await.unwrap());
         assert_eq!(seen["method"], "bytes");
         assert_eq!(seen["header_names"], serde_json::json!(["bytes"]));
@@ -475,19 +415,12 @@ async fn an_http_request_reaches_the_handler_as_nuclios_http_trigger_gives_it() 
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Runs `body` with `tracing` captured, and returns what was written.
+/// Runs `body` with `tracing` captured, and returns the events it logged, one
+/// line each.
 async fn capture_logs(body: impl std::future::Future<Output = ()>) -> String {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let capture = Capture::start();
     body.await;
-    drop(guard);
-    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    capture.lines().join("\n")
 }
 
 fn has_line(text: &str, parts: &[&str]) -> bool {
@@ -577,7 +510,7 @@ async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
         .config(config)
         .build()
         .unwrap();
-    let first = wait_for(&pool, "a first slot", |s| s.idle > 0).await;
+    let first = wait_for(&pool, "a first slot", STARTUP, |s| s.idle > 0).await;
     let pid = first.workers[0].pid;
     let response = pool.dispatch(NuclioEvent::new("early")).await.unwrap();
     assert_eq!(response.body.to_bytes(), "early");
@@ -585,15 +518,13 @@ async fn a_slow_accepting_wrapper_serves_at_once_and_gets_every_connection() {
         pool.stats().idle < 150,
         "served only once every connection was up"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let full = loop {
-        let stats = pool.stats();
-        if stats.idle == stats.capacity {
-            break stats;
-        }
-        assert!(Instant::now() < deadline, "not full in 60 s: {stats:#?}");
-        sleep(Duration::from_millis(50)).await;
-    };
+    let full = wait_for(
+        &pool,
+        "every slot to be idle",
+        Duration::from_secs(60),
+        |s| s.idle == s.capacity,
+    )
+    .await;
     assert_eq!(full.worker_restarts, 0, "{full:#?}");
     assert_eq!(full.workers[0].last_error, None, "{full:#?}");
     assert_eq!(full.workers[0].pid, pid);
@@ -662,7 +593,7 @@ async fn an_event_timeout_does_not_close_the_connection_under_the_wrapper() {
         .config(config)
         .build()
         .unwrap();
-    let first = wait_for(&pool, "every slot", |s| s.idle == s.capacity).await;
+    let first = wait_for(&pool, "every slot", STARTUP, |s| s.idle == s.capacity).await;
     let pid = first.workers[0].pid;
     let late = pool.dispatch(NuclioEvent::new("0.8")).await.unwrap_err();
     assert!(
@@ -673,7 +604,7 @@ async fn an_event_timeout_does_not_close_the_connection_under_the_wrapper() {
     assert_eq!(response.status_code, 200);
     // The late answer comes at 0.8 s; the slot is back by then.
     sleep(Duration::from_millis(1000)).await;
-    wait_for(&pool, "every slot again", |s| s.idle == s.capacity).await;
+    wait_for(&pool, "every slot again", STARTUP, |s| s.idle == s.capacity).await;
     let response = pool.dispatch(NuclioEvent::new("0")).await.unwrap();
     assert_eq!(response.status_code, 200);
     let after = pool.stats();

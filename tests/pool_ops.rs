@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use async_worker_pool::{Mode, OpsError, PoolError, Stats, WorkerState};
+use support::stats::assert_slots_add_up;
 use support::{ConnectRule, Harness, LaunchRule, Req, TestPool, harness, settle, until};
 use tokio::task::JoinHandle;
 
@@ -19,14 +20,6 @@ fn serving(stats: &Stats) -> usize {
         .filter(|w| w.state == WorkerState::Running)
         .map(|w| w.idle + w.busy)
         .sum()
-}
-
-fn check_sum(stats: &Stats) {
-    assert_eq!(
-        stats.idle + stats.busy + stats.reconnecting + stats.down + stats.closed,
-        stats.capacity,
-        "slot states must add up to capacity: {stats:?}"
-    );
 }
 
 /// `clients` tasks each sending events of `event` back to back until
@@ -85,7 +78,7 @@ where
     let (mut least_serving, mut least_running) = (usize::MAX, usize::MAX);
     loop {
         let stats = pool.stats();
-        check_sum(&stats);
+        assert_slots_add_up(&stats);
         least_serving = least_serving.min(serving(&stats));
         let running = stats
             .workers
@@ -310,7 +303,7 @@ async fn set_max_connections_grows_at_once_and_shrinks_without_failing_an_event(
     });
     settle().await;
     let stats = h.pool.stats();
-    check_sum(&stats);
+    assert_slots_add_up(&stats);
     // The idle slots above the new size closed at once; the busy ones are
     // kept, so the segments keep their length until those are freed.
     assert_eq!(
@@ -378,7 +371,7 @@ async fn a_removed_worker_whose_event_outlives_the_grace_fails_that_event_and_is
     h.pool.set_num_workers(1).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     let stats = h.pool.stats();
-    check_sum(&stats);
+    assert_slots_add_up(&stats);
     assert_eq!((stats.capacity, stats.busy, stats.workers.len()), (1, 1, 1));
     let mut outcomes = Vec::new();
     for event in endless {
@@ -421,7 +414,7 @@ async fn a_removed_worker_leaves_the_table_when_a_slot_held_past_its_stop_is_dro
     drop(held);
     shrink.await.unwrap().unwrap();
     let stats = h.pool.stats();
-    check_sum(&stats);
+    assert_slots_add_up(&stats);
     assert_eq!((stats.capacity, stats.busy, stats.workers.len()), (1, 1, 1));
     drop(kept);
 }
@@ -474,7 +467,7 @@ async fn shutdown_during_a_reload_ends_it_and_leaves_no_process() {
     settle().await;
     assert_eq!(h.launcher.alive.load(SeqCst), 0);
     let stats = h.pool.stats();
-    check_sum(&stats);
+    assert_slots_add_up(&stats);
     assert_eq!(stats.closed, stats.capacity);
 }
 
@@ -527,7 +520,7 @@ async fn random_operations_and_crashes_under_load_keep_every_invariant() {
                 "{error:?}"
             );
         }
-        check_sum(&h.pool.stats());
+        assert_slots_add_up(&h.pool.stats());
         tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
     }
     stop.set();
@@ -536,7 +529,7 @@ async fn random_operations_and_crashes_under_load_keep_every_invariant() {
         outcomes += client.await.expect("every event got an expected outcome");
     }
     let stats = h.pool.stats();
-    check_sum(&stats);
+    assert_slots_add_up(&stats);
     assert_eq!(stats.events.ok + stats.events.error, outcomes);
     assert_eq!(stats.busy, 0);
     // After the dust settles the pool is whole at its last size.

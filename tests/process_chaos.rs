@@ -9,12 +9,12 @@
 //! printed at the start, which `CHAOS_SEED` replays:
 //!
 //! ```sh
-//! CHAOS_SECS=300 CHAOS_SEED=1234 cargo test --test chaos -- --nocapture
+//! CHAOS_SECS=300 CHAOS_SEED=1234 cargo test --test process_chaos -- --nocapture
 //! ```
 //!
 //! `CHAOS_TCP=1` runs it over loopback TCP instead of Unix sockets.
 
-mod real_support;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -24,7 +24,8 @@ use std::time::Duration;
 use async_worker_pool::net::{Event, NetError, Reply};
 use async_worker_pool::{EndpointKind, Pool, PoolError, ProcessLauncher, RestartPolicy};
 use nix::sys::signal::Signal;
-use real_support::{RealPool, is_alive, test_worker, until_full, wait_for};
+use support::real::{RealPool, is_alive, test_worker};
+use support::stats::{until_full, wait_for};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
@@ -104,9 +105,11 @@ const PROCESS_FAULT_OUTCOMES: [&str; 6] = [
 /// event's fault that takes their shared physical connection down.
 const SHARED_CONNECTION_OUTCOMES: [&str; 2] = ["frame_too_large", "closed"];
 
-/// Whether this run uses the multiplexed mode (see `real_support::transport`).
+/// Whether this run uses the multiplexed mode (see `support::real::transport`).
 fn multiplexed() -> bool {
-    real_support::transport().connections_per_worker().is_some()
+    support::real::transport()
+        .connections_per_worker()
+        .is_some()
 }
 
 /// Names the outcome of one event and checks that a response is its own: an
@@ -198,7 +201,7 @@ fn chaos_pool() -> RealPool {
     policy.max_restarts = 1000;
     policy.terminate_grace = Duration::from_millis(500);
     Pool::builder(
-        real_support::transport().max_frame_bytes(1024 * 1024),
+        support::real::transport().max_frame_bytes(1024 * 1024),
         launcher,
     )
     .num_workers(WORKERS)

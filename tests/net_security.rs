@@ -5,8 +5,9 @@
 //! serving, an oversized frame is refused without being allocated, and no bytes
 //! from a worker can make a call panic or hang.
 
+#[path = "support/alloc_counter.rs"]
 mod alloc_counter;
-mod real_support;
+mod support;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +19,8 @@ use async_worker_pool::net::{Event, NetError, SocketTransport, WorkerSecret};
 use async_worker_pool::{
     Endpoint, EndpointKind, Launcher, Pool, Transport, WorkerId, WorkerInfo, WorkerProcess,
 };
-use real_support::{is_alive, python_worker, returned_body, until_full, worker_pids};
+use support::real::{is_alive, python_worker, returned_body, worker_pids};
+use support::stats::until_full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, timeout};
@@ -46,7 +48,7 @@ async fn read_event(stream: &mut UnixStream) -> std::io::Result<()> {
 async fn unix_socket_directory_is_private_and_removed_after_shutdown() {
     let launcher = python_worker("echo:handler", 4).build().unwrap();
     let dir = launcher.socket_dir().to_path_buf();
-    let pool = Pool::builder(real_support::transport(), launcher)
+    let pool = Pool::builder(support::real::transport(), launcher)
         .num_workers(2)
         .max_connections(4)
         .build()
@@ -313,7 +315,7 @@ async fn a_local_client_without_the_secret_runs_no_event_and_learns_no_pid() {
         .args(["--handshake-timeout", "0.5"])
         .build()
         .unwrap();
-    let pool = Pool::builder(real_support::transport(), launcher)
+    let pool = Pool::builder(support::real::transport(), launcher)
         .num_workers(1)
         .max_connections(2)
         .build()

@@ -4,7 +4,7 @@
 //! `ProcessWorker::spawn`; and `Pool::ready` reporting a program that does not
 //! exist.
 
-mod real_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use async_worker_pool::{
     Endpoint, EndpointKind, LaunchError, Launcher, Pool, ProcessLauncher, ProcessWorker,
     ReadyError, Transport, WorkerId, WorkerInfo, async_trait,
 };
-use real_support::is_alive;
+use support::real::is_alive;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

@@ -1,11 +1,8 @@
 //! Helpers for the tests that run real Python worker processes through a pool:
-//! where the handlers live, how to build such a pool, how to wait for it, and how
-//! to tell whether a worker process is gone.
-
-#![allow(dead_code, unreachable_pub)] // each test binary uses a different part
+//! where the handlers live, how to build such a pool, and how to tell whether a
+//! worker process is gone. Waiting for the pool is in `support::stats`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_worker_pool::net::{Reply, SocketTransport};
 use async_worker_pool::process::PythonWorker;
@@ -14,14 +11,9 @@ use bytes::Bytes;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::time::{Instant, sleep};
 
 /// A pool of real worker processes over the built-in socket transport.
 pub type RealPool = Pool<SocketTransport>;
-
-/// How long a pool of Python workers may take to connect all its slots: a
-/// thousand connections to a fresh interpreter on a busy 2-core machine.
-pub const STARTUP: Duration = Duration::from_secs(20);
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -86,36 +78,6 @@ pub fn python_pool(
         .num_workers(workers)
         .max_connections(connections);
     configure(builder).build().unwrap()
-}
-
-/// Polls the pool's stats every 10 ms until `done` holds, and returns those
-/// stats; panics naming `what` with the last stats after `limit`.
-pub async fn wait_for(
-    pool: &RealPool,
-    what: &str,
-    limit: Duration,
-    mut done: impl FnMut(&Stats) -> bool,
-) -> Stats {
-    let deadline = Instant::now() + limit;
-    loop {
-        let stats = pool.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {limit:?} for {what}; last stats: {stats:#?}"
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until every slot of the pool is connected and idle.
-pub async fn until_full(pool: &RealPool) -> Stats {
-    wait_for(pool, "every slot to be idle", STARTUP, |s| {
-        s.idle == s.capacity
-    })
-    .await
 }
 
 /// The pid of every worker, in worker order; panics if one has none.

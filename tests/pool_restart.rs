@@ -20,8 +20,8 @@ fn hang(id: u64) -> Req {
 #[tokio::test(start_paused = true)]
 async fn an_event_past_event_timeout_fails_and_its_connection_is_closed_and_replaced() {
     // Liveness probes off: a hung reconnect is what a blocked worker looks like,
-    // and this test is about the connection ladder alone (tests/liveness.rs has
-    // the probes).
+    // and this test is about the connection ladder alone (tests/pool_liveness.rs
+    // has the probes).
     let h = harness(|b| {
         b.max_connections(2)
             .event_timeout(Duration::from_secs(1))

@@ -11,9 +11,10 @@ use async_worker_pool::net::Event;
 use bytes::Bytes;
 use tokio::time::{Instant, sleep};
 
-mod real_support;
+mod support;
 
-use real_support::{python_pool, returned_body, until_full};
+use support::real::{python_pool, returned_body};
+use support::stats::until_full;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_past_the_memory_bound_at_import_is_recycled_once_per_min_uptime() {
