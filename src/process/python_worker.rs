@@ -65,6 +65,10 @@ const PACKAGE_FILES: &[(&str, &str)] = &[
         "server.py",
         include_str!("../../python/async_pool_worker/server.py"),
     ),
+    (
+        "wsgi.py",
+        include_str!("../../python/async_pool_worker/wsgi.py"),
+    ),
 ];
 
 /// The environment variable of Python's module search path.
