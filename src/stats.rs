@@ -112,6 +112,10 @@ pub struct RestartReasons {
     pub recycled_rss: u64,
     /// The process was replaced by [`Pool::reload`](crate::Pool::reload).
     pub reloaded: u64,
+    /// One of its events ran past `event_timeout` and it was replaced, new
+    /// before old, with
+    /// [`PoolConfig::recycle_after_event_timeout`](crate::PoolConfig::recycle_after_event_timeout).
+    pub recycled_event_timeout: u64,
 }
 
 impl RestartReasons {
