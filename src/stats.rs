@@ -146,7 +146,8 @@ pub struct WorkerStats {
     pub pid: Option<u32>,
     /// Its idle slots.
     pub idle: usize,
-    /// Its busy slots.
+    /// Its busy slots: its events running now (for a WSGI worker, whose
+    /// slots are its threads, its busy threads).
     pub busy: usize,
     /// How many times its process was relaunched.
     pub restarts: u64,
