@@ -68,7 +68,11 @@ thread for the one it cannot stop (at most ``--wsgi-threads`` more in all):
 the next event still finds a free thread. Either way the host's pool can
 replace the worker once its other requests are done
 (``PoolBuilder::recycle_after_event_timeout``, which the gateway turns on with
-``--wsgi``), which ends the stuck thread with its process.
+``--wsgi``), which ends the stuck thread with its process. A host without it
+should know that on a multiplexed connection the slot's reconnect waits for
+the ``Q``: a view stuck longer
+than the pool's ``reconnect_attempts`` × ``establish_connection_timeout`` then
+has the pool restart the worker, failing the events still on it.
 """
 
 from __future__ import annotations
@@ -574,10 +578,12 @@ class _Exchange:
             self.room.release()  # wakes a thread that waits for room
         if not self.finished:
             self.gave_up = self.adapter.threads.give_up()
-            log.warning("worker %d: the host gave up on %s %s while the WSGI app runs; "
-                        "a thread cannot be stopped, so it runs on until the view returns",
-                        self.adapter.worker_id, self.environ["REQUEST_METHOD"],
-                        self.environ["PATH_INFO"])
+            # A client that left mid-download is common; a stuck view shows as
+            # a 504 on the host, and here as a thread that takes long to end.
+            log.info("worker %d: the host gave up on %s %s while the WSGI app runs; a "
+                     "thread cannot be stopped: it ends at the response's next chunk, or "
+                     "when the view returns", self.adapter.worker_id,
+                     self.environ["REQUEST_METHOD"], self.environ["PATH_INFO"])
 
     def _finish(self, answer):
         if self.gave_up:

@@ -77,6 +77,16 @@ impl ProcessLauncher {
     /// has threads for, and late binding sends each request to a worker with a
     /// free thread. Set the pool's `max_connections` to the threads.
     ///
+    /// A thread cannot be stopped: a view that runs past the pool's
+    /// `event_timeout` keeps its thread, and its slot, until it returns.
+    /// [`PoolBuilder::recycle_after_event_timeout`](crate::PoolBuilder::recycle_after_event_timeout)
+    /// replaces such a worker once its other events are done, which ends the
+    /// thread with the process. Without it, on a multiplexed
+    /// [`SocketTransport`](crate::net::SocketTransport) (whose reconnect of
+    /// the slot waits for the worker to confirm the cancel), a view stuck
+    /// longer than `reconnect_attempts × establish_connection_timeout` has the
+    /// pool restart the worker, and the events still on it fail.
+    ///
     /// # Examples
     ///
     /// ```no_run
