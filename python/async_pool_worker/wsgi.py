@@ -392,8 +392,9 @@ class _Exchange:
         # The body, collected for a host that did not ask for streaming.
         self.chunks = []
         self.size = 0
-        # Frames the thread may hand to the loop before the socket took them.
-        self.room = threading.Semaphore(WRITE_AHEAD)
+        # Frames the thread may hand to the loop before the socket took them;
+        # made with the first frame before the last (most answers are one `O`).
+        self.room = None
         # Loop side (read by the thread): the host gave up on the request.
         self.gone = False
         self.released = False
@@ -552,7 +553,15 @@ class _Exchange:
 
     def _put(self, envelope):
         """Hand one frame to the loop, once fewer than WRITE_AHEAD are on their way."""
-        self.room.acquire()
+        room = self.room
+        if room is None:
+            room = self.room = threading.Semaphore(WRITE_AHEAD)
+        # After the room is there: _lost sets `gone` and then releases the
+        # room if it sees one, so a thread that does not see `gone` here will
+        # be woken from the acquire.
+        if self.gone:
+            raise ClientDisconnected("the host gave up on this request")
+        room.acquire()
         if self.gone:
             raise ClientDisconnected("the host gave up on this request")
         self.adapter.loop.call_soon_threadsafe(self._write, envelope)
@@ -574,8 +583,10 @@ class _Exchange:
         if self.released or self.gone:
             return
         self.gone = True
-        for _ in range(WRITE_AHEAD + 1):
-            self.room.release()  # wakes a thread that waits for room
+        room = self.room
+        if room is not None:
+            for _ in range(WRITE_AHEAD + 1):
+                room.release()  # wakes a thread that waits for room
         if not self.finished:
             self.gave_up = self.adapter.threads.give_up()
             # A client that left mid-download is common; a stuck view shows as
