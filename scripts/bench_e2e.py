@@ -1,7 +1,9 @@
 """The end-to-end bench: the HTTP gateway with the reference worker against
 uvicorn (uvloop + httptools) on the same handlers, and the gateway's --asgi
 against uvicorn and granian (ASGI interface, uvloop) on the same ASGI apps (a
-FastAPI app and a bare one), run alternately, with wrk as the load. Run it
+FastAPI app and a bare one), and the gateway's --wsgi against gunicorn (gthread
+with as many threads, and sync) and granian (WSGI interface) on the same Flask
+app, run alternately, with wrk as the load. Run it
 through ``sh scripts/bench_e2e.sh``, which makes the virtualenv, installs wrk
 and builds the gateway first.
 
@@ -21,6 +23,9 @@ gateway in its multiplexed mode with E2E_MULTIPLEX physical connections per
 worker (default 1), ``gateway-conn``, one connection per slot, and ``granian-asgi`` and ``granian-rsgi``, one granian
 process each on the same interpreter). With more than the two default sides
 a second table lists every side, with ratios to uvicorn's figures.
+E2E_WSGI_THREADS (default 4, the gateway's default) is the threads per worker
+of every threaded WSGI side: the gateway's --wsgi-threads, gunicorn's
+--threads, granian's --blocking-threads.
 """
 
 import os
@@ -48,6 +53,8 @@ WARMUP = 2
 # granian-asgi and granian-rsgi beside the two defaults.
 HANDLER_SIDES = tuple(os.environ.get("E2E_SIDES", "gateway,uvicorn").split(","))
 ASGI_SIDES = ("gateway-asgi", "uvicorn", "granian")
+WSGI_SIDES = ("gateway-wsgi", "gunicorn-gthread", "gunicorn-sync", "granian-wsgi")
+WSGI_THREADS = int(os.environ.get("E2E_WSGI_THREADS", "4"))
 
 # name, handler (or module:app for the ASGI sides), concurrent connections,
 # workers, request body, sides
@@ -66,6 +73,8 @@ SCENARIOS = [
     ("asgi-sleep-1000", "asgi:sleep", 1000, 1, None, ASGI_SIDES),
     ("asgi-trivial-2w", "asgi:trivial", 64, 2, None, ASGI_SIDES),
     ("asgi-sleep-1000-2w", "asgi:sleep", 1000, 2, None, ASGI_SIDES),
+    ("flask-hello", "flask_bench:app", 64, 1, None, WSGI_SIDES),
+    ("flask-hello-2w", "flask_bench:app", 64, 2, None, WSGI_SIDES),
 ]
 
 
@@ -125,13 +134,19 @@ class Server:
     def __init__(self, side, handler, workers):
         self.side = side
         self.port = free_port()
+        self.slots = 1000
         if side.startswith("gateway"):
-            serve = (["--asgi", handler, "--lifespan", "off"] if side == "gateway-asgi"
-                     else ["--handler", "handlers:%s" % handler])
+            if side == "gateway-asgi":
+                serve = ["--asgi", handler, "--lifespan", "off", "--max-connections", "1000"]
+            elif side == "gateway-wsgi":
+                # Its connections are its threads.
+                serve = ["--wsgi", handler, "--wsgi-threads", str(WSGI_THREADS)]
+                self.slots = WSGI_THREADS
+            else:
+                serve = ["--handler", "handlers:%s" % handler, "--max-connections", "1000"]
             cmd = [GATEWAY, "--listen", "127.0.0.1:%d" % self.port, *serve,
                    "--handler-path", HANDLERS,
-                   "--python", PYTHON, "--workers", str(workers),
-                   "--max-connections", "1000"]
+                   "--python", PYTHON, "--workers", str(workers)]
             if side == "gateway-mux":
                 cmd += ["--multiplex", os.environ.get("E2E_MULTIPLEX", "1")]
             elif side == "gateway-conn":
@@ -144,6 +159,17 @@ class Server:
                    "--working-dir", HANDLERS, "--host", "127.0.0.1", "--port", str(self.port),
                    "--loop", "uvloop", "--workers", str(workers), "--backlog", "2048",
                    "--no-ws", "--log-level", "warning", "--no-access-log", app]
+            if interface == "wsgi":
+                cmd[-1:-1] = ["--blocking-threads", str(WSGI_THREADS)]
+            env = dict(os.environ)
+        elif side.startswith("gunicorn"):
+            worker_class = side.split("-")[1]
+            cmd = [PYTHON, "-m", "gunicorn", "--chdir", HANDLERS,
+                   "--bind", "127.0.0.1:%d" % self.port, "--workers", str(workers),
+                   "--worker-class", worker_class, "--backlog", "2048",
+                   "--log-level", "warning", handler]
+            if worker_class == "gthread":
+                cmd[-1:-1] = ["--threads", str(WSGI_THREADS)]
             env = dict(os.environ)
         else:
             app = handler if ":" in handler else "asgi:%s" % handler
@@ -164,7 +190,7 @@ class Server:
 
     def _wait_healthy(self, workers, limit=60.0):
         deadline = time.monotonic() + limit
-        want = "%d of %d connections idle" % (1000 * workers, 1000 * workers)
+        want = "%d of %d connections idle" % (self.slots * workers, self.slots * workers)
         while time.monotonic() < deadline:
             with socket.create_connection(("127.0.0.1", self.port)) as sock:
                 sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
@@ -321,11 +347,32 @@ def asgi_table(rows):
         "| req/s ratio (range) | req per CPU-s ratio (range) | p99 ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    return framework_table(rows, "gateway-asgi", ASGI_SIDES, lines)
+
+
+def wsgi_table(rows):
+    """The WSGI scenarios: each side's figures, and the gateway's ratios to
+    gunicorn (gthread and sync) and granian."""
+    lines = [
+        "",
+        "WSGI app (Flask): the gateway's --wsgi (%d threads per worker) against gunicorn "
+        "gthread (as many threads), gunicorn sync, and granian (--interface wsgi, as many "
+        "blocking threads); CPU = every server process per request; ratios are the "
+        "gateway's over the other's (for p99, below 1 is better)" % WSGI_THREADS,
+        "",
+        "| scenario | conns | workers | side | req/s | p50 / p99 | CPU/req | errors "
+        "| req/s ratio (range) | req per CPU-s ratio (range) | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    return framework_table(rows, "gateway-wsgi", WSGI_SIDES, lines)
+
+
+def framework_table(rows, gateway, sides, lines):
     for name, connections, workers, load, runs in rows:
-        g = runs["gateway-asgi"]
-        for side in ASGI_SIDES:
+        g = runs[gateway]
+        for side in sides:
             r = runs[side]
-            if side == "gateway-asgi":
+            if side == gateway:
                 ratios = "| | |"
             else:
                 ratios = "| %.2fx (%s) | %.2fx (%s) | %.2fx |" % (
@@ -342,7 +389,7 @@ def asgi_table(rows):
 
 def main():
     only = set(filter(None, os.environ.get("E2E_ONLY", "").split(",")))
-    rows, asgi_rows = [], []
+    rows, asgi_rows, wsgi_rows = [], [], []
     with tempfile.TemporaryDirectory() as script_dir:
         for name, handler, connections, workers, body, sides in SCENARIOS:
             if only and name not in only:
@@ -350,8 +397,13 @@ def main():
             print("scenario %s (%d connections, %d worker(s))" % (name, connections, workers),
                   file=sys.stderr, flush=True)
             load, runs = scenario(name, handler, connections, workers, body, sides, script_dir)
-            (asgi_rows if sides == ASGI_SIDES else rows).append(
-                (name, connections, workers, load, runs))
+            row = (name, connections, workers, load, runs)
+            if sides == ASGI_SIDES:
+                asgi_rows.append(row)
+            elif sides == WSGI_SIDES:
+                wsgi_rows.append(row)
+            else:
+                rows.append(row)
     lines = [
         "wrk -t1, %d x %gs per side and scenario, alternating; medians; "
         "CPU = utime + stime of every server process per request" % (ROUNDS, SECONDS),
@@ -382,6 +434,8 @@ def main():
         lines += sides_table(rows)
     if asgi_rows:
         lines += asgi_table(asgi_rows)
+    if wsgi_rows:
+        lines += wsgi_table(wsgi_rows)
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench_e2e.md"))

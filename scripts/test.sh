@@ -14,13 +14,13 @@ else
     run_tests="cargo test --no-fail-fast"
 fi
 
-# The ASGI tests (gateway/tests/asgi.rs) run FastAPI and Starlette apps on
-# the Python of the uvloop virtualenv, which has them; made once, before the
-# tests ask.
+# The ASGI and WSGI tests (gateway/tests/asgi.rs, wsgi.rs) run FastAPI,
+# Starlette, Flask and Django apps on the Python of the uvloop virtualenv,
+# which has them; made once, before the tests ask.
 if ASGI_TEST_PYTHON=$(sh scripts/uvloop_venv.sh); then
     export ASGI_TEST_PYTHON
 else
-    echo "test.sh: no virtualenv with FastAPI; gateway/tests/asgi.rs will fail" >&2
+    echo "test.sh: no virtualenv with FastAPI and Flask; gateway/tests/asgi.rs and wsgi.rs will fail" >&2
 fi
 # The nuclio feature's tests and the Nuclio front end's run the peer wrapper
 # on a Python with msgpack and nuclio-sdk. When the virtualenv cannot be made
@@ -49,9 +49,10 @@ SOAK_GATEWAY=${CARGO_TARGET_DIR:-target}/debug/http_gateway sh scripts/soak.sh 2
 ASYNC_WORKER_POOL_TEST_MULTIPLEX=2 $run_tests --test process_worker_faults --test process_chaos \
     --test net_security --test process_python_workers --test process_worker_liveness \
     --test process_worker_ops
-# The gateway multiplexes by default; its ASGI tests again with one
-# connection per slot.
-GATEWAY_MULTIPLEX=0 $run_tests -p async-worker-pool-gateway --test asgi
+# The gateway multiplexes by default; its ASGI and WSGI tests again with one
+# connection per slot (a WSGI view the host gives up on is a closed
+# connection there, not a cancelled stream).
+GATEWAY_MULTIPLEX=0 $run_tests -p async-worker-pool-gateway --test asgi --test wsgi
 # The reference worker's unit tests (its ASGI adapter's and its module graph's
 # too), once on asyncio's loop (the system's python3, without uvloop) and once
 # on uvloop's (a virtualenv that has it). `-t python` puts the package on the

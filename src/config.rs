@@ -110,6 +110,7 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// | `max_events_per_worker` | — | none |
 /// | `max_worker_rss` | — | none |
 /// | `min_worker_uptime` | — | 60 s |
+/// | `recycle_after_event_timeout` | — | false |
 ///
 /// # Liveness
 ///
@@ -157,6 +158,18 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// fleet would restart in a loop; with it, such a worker is replaced at most
 /// once per `min_worker_uptime`. Reloads, crashes and failed probes do not
 /// wait for it.
+///
+/// With `recycle_after_event_timeout`, a worker one of whose events ran past
+/// `event_timeout` is replaced the same way, at once (`min_worker_uptime`
+/// does not hold it back): the event that timed out may still run in the
+/// worker, where nothing can stop it (a WSGI app's view, in a thread), and
+/// ending its process is the only way to get that thread back. As gunicorn's
+/// `timeout` does, but without failing the worker's other events: they finish
+/// (within [`RestartPolicy::terminate_grace`]) while the spare serves the new
+/// ones. Counted in
+/// [`RestartReasons::recycled_event_timeout`](crate::RestartReasons::recycled_event_timeout).
+/// A worker whose loop is blocked is not recycled but found by its liveness
+/// probe and restarted, as always.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -206,6 +219,10 @@ pub struct PoolConfig {
     /// The least time a worker process serves before it is recycled for
     /// either bound (see [Recycling](#recycling)). At most a day.
     pub min_worker_uptime: Duration,
+    /// Replace a worker process, new before old, once one of its events has
+    /// run past `event_timeout` (see [Recycling](#recycling)): for workers
+    /// that cannot stop such an event, as a WSGI app's threads cannot.
+    pub recycle_after_event_timeout: bool,
 }
 
 impl Default for PoolConfig {
@@ -225,6 +242,7 @@ impl Default for PoolConfig {
             max_events_per_worker: None,
             max_worker_rss: None,
             min_worker_uptime: DEFAULT_MIN_WORKER_UPTIME,
+            recycle_after_event_timeout: false,
         }
     }
 }

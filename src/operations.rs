@@ -103,7 +103,13 @@ impl<T: Transport> Ops<T> {
             let Some(uptime) = self.shared.uptime(w, generation) else {
                 continue;
             };
-            if let Some(wait) = min_uptime.checked_sub(uptime).filter(|w| !w.is_zero()) {
+            // An event that timed out may still hold a thread that only the
+            // end of its process gives back: that does not wait.
+            let wait = match why {
+                Replacement::EventTimeout => None,
+                _ => min_uptime.checked_sub(uptime).filter(|w| !w.is_zero()),
+            };
+            if let Some(wait) = wait {
                 tracing::info!(
                     worker = w,
                     generation,
@@ -122,7 +128,11 @@ impl<T: Transport> Ops<T> {
                 now.push((w, why));
             }
         }
-        for why in [Replacement::Events, Replacement::Rss] {
+        for why in [
+            Replacement::EventTimeout,
+            Replacement::Events,
+            Replacement::Rss,
+        ] {
             let mut workers: Vec<usize> = now
                 .iter()
                 .filter(|&&(_, cause)| cause == why)

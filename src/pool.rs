@@ -601,6 +601,12 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
+    /// See [`PoolConfig::recycle_after_event_timeout`].
+    pub fn recycle_after_event_timeout(mut self, on: bool) -> Self {
+        self.config.recycle_after_event_timeout = on;
+        self
+    }
+
     /// See [`PoolConfig::restart`].
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;

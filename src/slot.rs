@@ -205,6 +205,9 @@ impl<'a, T: Transport> Slot<'a, T> {
                 shared.events.timed_out();
                 // A blocked event loop shows first as an event that never ends.
                 shared.suspect_after_timeout(worker, generation);
+                if shared.config.recycle_after_event_timeout {
+                    shared.recycle_after_timeout(worker, generation);
+                }
                 Err(error)
             }
             Err(error) => {

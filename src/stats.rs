@@ -112,6 +112,10 @@ pub struct RestartReasons {
     pub recycled_rss: u64,
     /// The process was replaced by [`Pool::reload`](crate::Pool::reload).
     pub reloaded: u64,
+    /// One of its events ran past `event_timeout` and it was replaced, new
+    /// before old, with
+    /// [`PoolConfig::recycle_after_event_timeout`](crate::PoolConfig::recycle_after_event_timeout).
+    pub recycled_event_timeout: u64,
 }
 
 impl RestartReasons {
@@ -142,7 +146,8 @@ pub struct WorkerStats {
     pub pid: Option<u32>,
     /// Its idle slots.
     pub idle: usize,
-    /// Its busy slots.
+    /// Its busy slots: its events running now (for a WSGI worker, whose
+    /// slots are its threads, its busy threads).
     pub busy: usize,
     /// How many times its process was relaunched.
     pub restarts: u64,

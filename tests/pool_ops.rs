@@ -541,3 +541,51 @@ async fn random_operations_and_crashes_under_load_keep_every_invariant() {
         .await;
     assert_eq!(stats.capacity % workers, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_event_past_its_timeout_has_its_worker_replaced_new_before_old_when_asked() {
+    // min_worker_uptime stays at its minute: a timeout does not wait for it.
+    let h = harness(|b| {
+        b.max_connections(2)
+            .event_timeout(Duration::from_secs(1))
+            .recycle_after_event_timeout(true)
+    })
+    .await;
+    let (tasks, stop) = load(&h.pool, 1, Duration::from_millis(10));
+    let slow = h
+        .pool
+        .dispatch(Req::reply(u64::MAX, Duration::from_secs(30)))
+        .await;
+    assert!(
+        matches!(slow, Err(PoolError::EventTimeout { .. })),
+        "{slow:?}"
+    );
+    let stats = h
+        .until("the worker replaced", |s| {
+            s.restart_reasons.recycled_event_timeout == 1
+                && s.workers.len() == 1
+                && s.workers[0].generation == 2
+                && s.workers[0].state == WorkerState::Running
+        })
+        .await;
+    let sent = finish(tasks, stop).await;
+    assert_eq!(stats.worker_restarts, 0, "{stats:#?}");
+    assert_eq!(stats.restart_reasons.unresponsive, 0);
+    let stats = h.pool.stats();
+    assert_eq!(stats.events.error, 0, "the other events finished");
+    assert_eq!(stats.events.timed_out, 1);
+    assert_eq!(stats.events.ok, sent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_past_its_timeout_leaves_its_worker_alone_by_default() {
+    let h = harness(|b| b.max_connections(2).event_timeout(Duration::from_secs(1))).await;
+    let slow = h
+        .pool
+        .dispatch(Req::reply(1, Duration::from_secs(30)))
+        .await;
+    assert!(matches!(slow, Err(PoolError::EventTimeout { .. })));
+    let stats = h.until("2 slots idle", |s| s.idle == 2).await;
+    assert_eq!(stats.workers[0].generation, 1);
+    assert_eq!(stats.restart_reasons.recycled_event_timeout, 0);
+}

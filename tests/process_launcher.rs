@@ -550,6 +550,49 @@ async fn a_pool_that_would_open_more_connections_than_its_workers_serve_is_refus
 }
 
 #[tokio::test]
+async fn a_wsgi_workers_slots_are_its_threads() {
+    // A pool of more slots than threads would send a worker more requests than
+    // it can run: refused, naming the threads.
+    let launcher = ProcessLauncher::wsgi_app("app:app")
+        .wsgi_threads(3)
+        .build()
+        .unwrap();
+    let Err(BuildError::Config(error)) = Pool::builder(ConnectOnly, launcher).build() else {
+        panic!("a pool of the default 1000 slots over 3 threads was built");
+    };
+    assert_eq!(error.field(), "max_connections");
+    let message = error.to_string();
+    assert!(
+        message.contains("is 1000") && message.contains("3 threads"),
+        "{message}"
+    );
+    let launcher = ProcessLauncher::wsgi_app("app:app")
+        .wsgi_threads(3)
+        .build()
+        .unwrap();
+    let pool = Pool::builder(ConnectOnly, launcher)
+        .max_connections(3)
+        .build()
+        .unwrap();
+    pool.shutdown(Duration::from_secs(2)).await;
+
+    // The connections follow the threads; another number is a mistake.
+    let error = ProcessLauncher::wsgi_app("app:app")
+        .wsgi_threads(3)
+        .connections(10)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("wsgi_threads"), "{error}");
+    let error = ProcessLauncher::wsgi_app("app:app")
+        .wsgi_threads(0)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("at least 1"), "{error}");
+    let error = echo_worker().wsgi_threads(2).build().unwrap_err();
+    assert!(error.to_string().contains("for a WSGI app"), "{error}");
+}
+
+#[tokio::test]
 async fn a_pool_beyond_the_open_file_limit_is_refused_naming_the_limit() {
     let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .expect("the open-file limit");

@@ -12,7 +12,8 @@ One concern per module, imports running one way (each uses only those above it):
 - ``importer``  the one ``module:attribute`` importer for every kind of app;
 - ``logs``, ``loops``  stderr lines with their level; the event loop and tasks;
 - ``lifespan``  the ASGI lifespan protocol;
-- ``handler``, ``asgi``  the app adapters: a Nuclio-style handler, an ASGI app;
+- ``handler``, ``asgi``, ``wsgi``  the app adapters: a Nuclio-style handler,
+  an ASGI app, a WSGI app (in threads);
 - ``config``    the command line, and the choice of app adapter;
 - ``server``    connections, streams, multiplexing, liveness, the Worker;
 - ``__main__``  the entry point.

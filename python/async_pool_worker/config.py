@@ -5,8 +5,8 @@ Command line
 ::
 
     python3 -m async_pool_worker (--handler module:function | --asgi module:app
-        [--lifespan auto|on|off] [--root-path PATH])
-        (--unix PATH | --tcp HOST:PORT) --worker-id N
+        [--lifespan auto|on|off] | --wsgi module:app [--wsgi-threads N])
+        [--root-path PATH] (--unix PATH | --tcp HOST:PORT) --worker-id N
         [--connections N] [--max-frame-bytes N] [--handler-path DIR ...]
         [--handshake-timeout SECONDS] [--no-auth]
 
@@ -22,12 +22,23 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
                        describes the scope, streaming, lifespan (``--lifespan``,
                        lifespan.py) and what is not supported (WebSocket). A
                        failed lifespan startup exits with status 3.
+``--wsgi``             instead of a handler, a WSGI app (Flask, Django, ...) as
+                       ``module:attribute``, imported the same way, run in
+                       threads of its own; wsgi.py describes the environ, the
+                       threads and what happens to a request the host gives up on.
+``--wsgi-threads N``   with --wsgi: the threads the app runs in (default 4). The
+                       host should open as many connections (slots) as threads,
+                       and --connections defaults to it.
+``--root-path PATH``   with --asgi, the scope's ``root_path``; with --wsgi, the
+                       environ's ``SCRIPT_NAME``: the prefix a proxy in front
+                       stripped from the path (default empty).
 ``--unix PATH``        listen on this Unix socket path (a stale socket file there
                        is removed first).
 ``--tcp HOST:PORT``    listen on this TCP address instead (port 0 picks a free one;
                        the listening line shows which).
 ``--worker-id N``      this worker's number, given to the handler and sent in ``R``.
-``--connections N``    how many connections the host will open (default 1000). At
+``--connections N``    how many connections the host will open (default 1000, or
+                       the --wsgi-threads of a WSGI app). At
                        most N + 4 connections are served at once (the 4 for the
                        host's liveness probes), and at most as many may be in their
                        handshake; more are closed at once. The listen backlog is
@@ -81,7 +92,13 @@ PROBE_CONNECTIONS = 4
 APP_ADAPTERS = {
     "handler": "async_pool_worker.handler:HandlerAdapter",
     "asgi": "async_pool_worker.asgi:AsgiAdapter",
+    "wsgi": "async_pool_worker.wsgi:WsgiAdapter",
 }
+# --wsgi-threads unless given: waitress's default, and what gunicorn's gthread
+# users commonly run per worker. Under the GIL more threads help only views
+# that wait (a database, an HTTP call), and each thread is a slot the host
+# fills; raise it for such views, or add workers for views that compute.
+DEFAULT_WSGI_THREADS = 4
 
 
 class Config:
@@ -89,22 +106,27 @@ class Config:
     the flag each one comes from."""
 
     def __init__(self, worker_id: int, *, unix=None, tcp=None, handler=None, asgi=None,
-                 lifespan="auto", root_path="", connections=DEFAULT_CONNECTIONS,
-                 max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, handler_paths=(),
+                 wsgi=None, wsgi_threads=DEFAULT_WSGI_THREADS, lifespan="auto", root_path="",
+                 connections=None, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, handler_paths=(),
                  handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT, secret=None):
-        if (handler is None) == (asgi is None):
-            raise ValueError("exactly one of handler and asgi must be given")
+        if sum(app is not None for app in (handler, asgi, wsgi)) != 1:
+            raise ValueError("exactly one of handler, asgi and wsgi must be given")
         if (unix is None) == (tcp is None):
             raise ValueError("exactly one of unix and tcp must be given")
         self.worker_id = worker_id
         # The endpoint: a Unix socket path, or a (host, port) pair.
         self.unix = unix
         self.tcp = tcp
-        # The app: a handler's or an ASGI app's `module:attribute`.
+        # The app: a handler's, an ASGI app's or a WSGI app's `module:attribute`.
         self.handler = handler
         self.asgi = asgi
+        self.wsgi = wsgi
+        self.wsgi_threads = wsgi_threads
         self.lifespan = lifespan
         self.root_path = root_path
+        if connections is None:
+            # One slot per thread: the host sends no more than the app can run.
+            connections = wsgi_threads if wsgi is not None else DEFAULT_CONNECTIONS
         self.connections = connections
         self.max_frame_bytes = max_frame_bytes
         # Where the app's module is looked for, before the current directory.
@@ -116,7 +138,9 @@ class Config:
     @property
     def interface(self) -> str:
         """The kind of app: a key of APP_ADAPTERS."""
-        return "asgi" if self.asgi is not None else "handler"
+        if self.asgi is not None:
+            return "asgi"
+        return "wsgi" if self.wsgi is not None else "handler"
 
     @property
     def capacity(self) -> int:
@@ -197,17 +221,23 @@ def _parser() -> argparse.ArgumentParser:
                       help="the async def handler(context, event) to run")
     what.add_argument("--asgi", metavar="MODULE:ATTR",
                       help="an ASGI 3 app to run instead (FastAPI, Starlette, ...)")
+    what.add_argument("--wsgi", metavar="MODULE:ATTR",
+                      help="a WSGI app to run instead (Flask, Django, ...), in threads")
     parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                         help="with --asgi: run the app's lifespan protocol (default %(default)s)")
+    parser.add_argument("--wsgi-threads", type=_positive_int, metavar="N",
+                        help="with --wsgi: threads the app runs in (default %d)"
+                             % DEFAULT_WSGI_THREADS)
     parser.add_argument("--root-path", default="", metavar="PATH",
-                        help="with --asgi: the ASGI root_path (default empty)")
+                        help="the ASGI root_path, or the WSGI SCRIPT_NAME (default empty)")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", type=parse_tcp_address,
                        help="listen on this TCP address")
     parser.add_argument("--worker-id", required=True, type=int, metavar="N")
-    parser.add_argument("--connections", type=_positive_int, default=DEFAULT_CONNECTIONS,
-                        metavar="N", help="connections the host will open (default %(default)s)")
+    parser.add_argument("--connections", type=_positive_int, metavar="N",
+                        help="connections the host will open (default %d, or the WSGI "
+                             "threads)" % DEFAULT_CONNECTIONS)
     parser.add_argument("--max-frame-bytes", type=_frame_limit, default=DEFAULT_MAX_FRAME_BYTES,
                         metavar="N", help="largest frame accepted or sent (default %(default)s)")
     parser.add_argument("--handler-path", action="append", default=[], metavar="DIR",
@@ -226,8 +256,11 @@ def parse_args(argv=None) -> Config:
     with status 2, saying why, on a usage error or an unfit secret."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.wsgi_threads is not None and args.wsgi is None:
+        parser.error("--wsgi-threads is for a WSGI app (--wsgi)")
     return Config(
         args.worker_id, unix=args.unix, tcp=args.tcp, handler=args.handler, asgi=args.asgi,
+        wsgi=args.wsgi, wsgi_threads=args.wsgi_threads or DEFAULT_WSGI_THREADS,
         lifespan=args.lifespan, root_path=args.root_path, connections=args.connections,
         max_frame_bytes=args.max_frame_bytes, handler_paths=args.handler_path,
         handshake_timeout=args.handshake_timeout,

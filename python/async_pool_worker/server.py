@@ -5,8 +5,9 @@ When it is listening, the worker prints one line to stdout, e.g.
 ``async_pool_worker: worker 0 listening on unix:/tmp/w0.sock (pid 1234, loop uvloop)``.
 
 Framing is done by an ``asyncio.Protocol`` per connection, and each event is
-handed to the app adapter (handler.py, asgi.py), which runs it in a task of its
-own and answers through the connection, or through the stream it came on.
+handed to the app adapter (handler.py, asgi.py, wsgi.py), which runs it in a
+task of its own (a thread, for WSGI) and answers through the connection, or
+through the stream it came on.
 SIGTERM or SIGINT drains: no new connections are accepted, events already
 received run to completion and are answered, idle connections are closed at
 once, and the process exits with status 0.
@@ -76,7 +77,7 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = ("worker", "number", "transport", "state", "buffer", "nonce", "timer",
-                 "busy", "task", "mux", "on_lost")
+                 "busy", "task", "mux", "on_lost", "paused", "on_writable")
 
     def __init__(self, worker):
         self.worker = worker
@@ -99,6 +100,10 @@ class _Connection(asyncio.Protocol):
         # Called once if the connection closes before the event is answered
         # (the ASGI adapter's http.disconnect); None otherwise.
         self.on_lost = None
+        # The transport asked us to stop writing: its buffer is full.
+        self.paused = False
+        # Callbacks of when_writable waiting for the buffer to drain.
+        self.on_writable = None
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -161,6 +166,18 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self):
         return False  # close our side too
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        self._writable()
+
+    def _writable(self):
+        waiting, self.on_writable = self.on_writable, None
+        for callback in waiting or ():
+            callback()
 
     def connection_lost(self, exc):
         if self.state == _HANDSHAKE and self.worker.secret is not None:
@@ -305,6 +322,17 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((LENGTH.pack(len(envelope)), envelope))
         return True
 
+    def when_writable(self, callback):
+        """Call `callback` once the transport's buffer is below its high-water
+        mark (at once if it is), or once the connection closes: lets a
+        producer (the WSGI adapter's threads) keep pace with the socket."""
+        if not self.paused or self.state != _SERVING:
+            callback()
+        elif self.on_writable is None:
+            self.on_writable = [callback]
+        else:
+            self.on_writable.append(callback)
+
     def abandoned(self):
         """The handler's task ended without an answer: close the connection."""
         self.task = None
@@ -333,6 +361,8 @@ class _Connection(asyncio.Protocol):
         if lost is not None:
             self.on_lost = None
             lost()
+        if self.on_writable is not None:
+            self._writable()
         if not self.busy:
             # A busy connection is forgotten once its handler is done.
             self.worker.forget(self)
@@ -509,6 +539,10 @@ class _StreamAnswer:
         mux._send(self.stream, envelope)
         return True
 
+    def when_writable(self, callback):
+        # Every stream shares the connection's buffer.
+        self.mux.conn.when_writable(callback)
+
     def _end(self, answer):
         mux = self.mux
         if mux.parts.get(self.stream) is self:
@@ -521,7 +555,7 @@ class Worker:
     """One worker process's server: it listens where `config` says, serves
     the host's connections, and hands each event to `app`, the app adapter.
 
-    An app adapter (handler.HandlerAdapter, asgi.AsgiAdapter) has
+    An app adapter (handler.HandlerAdapter, asgi.AsgiAdapter, wsgi.WsgiAdapter) has
     ``startup()``, awaited before the worker listens (the host counts the
     worker ready once it accepts); ``start(answer, event)``, called for each
     event, which returns the task that runs it; and ``shutdown()``, awaited
@@ -529,8 +563,11 @@ class Worker:
     one, with ``answered(envelope)`` (the exchange's last frame),
     ``abandoned()`` (no answer will come: the connection, or the stream, is
     given up), ``write_part(envelope) -> bool`` (a frame before the last;
-    False once it is closed) and an ``on_lost`` attribute, which the adapter
-    may set to a callable that is called once if it closes mid-exchange.
+    False once it is closed), ``when_writable(callback)`` (called once the
+    socket has taken most of what was written) and an ``on_lost`` attribute,
+    which the adapter may set to a callable that is called once if it closes
+    mid-exchange. A thread's call cannot be cancelled, so the WSGI adapter's
+    "task" is an object whose ``cancel()`` only says the host gave up.
     """
 
     def __init__(self, config, app):

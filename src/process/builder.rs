@@ -60,7 +60,62 @@ impl ProcessLauncher {
     pub fn asgi_app(app: &str) -> ProcessLauncherBuilder<PythonWorker> {
         Self::python_worker(app).asgi(app)
     }
+
+    /// Starts configuring a launcher for the reference Python worker serving
+    /// the WSGI app `app` (`module:attribute`, e.g. `app:app` for a Flask app,
+    /// `mysite.wsgi:application` for a Django project), unchanged, in
+    /// [`wsgi_threads`](ProcessLauncherBuilder::wsgi_threads) threads per
+    /// worker ([`DEFAULT_WSGI_THREADS`](super::DEFAULT_WSGI_THREADS) unless
+    /// set): `--wsgi APP` instead of `--handler`. The same as
+    /// [`python_worker`](Self::python_worker) followed by
+    /// [`wsgi`](ProcessLauncherBuilder::wsgi).
+    ///
+    /// A worker's slots are its threads: the launcher's
+    /// [`connections`](ProcessLauncherBuilder::connections) follow
+    /// `wsgi_threads`, and a pool whose `max_connections` is larger is refused
+    /// when it is built, so the pool never sends a worker more requests than it
+    /// has threads for, and late binding sends each request to a worker with a
+    /// free thread. Set the pool's `max_connections` to the threads.
+    ///
+    /// A thread cannot be stopped: a view that runs past the pool's
+    /// `event_timeout` keeps its thread, and its slot, until it returns.
+    /// [`PoolBuilder::recycle_after_event_timeout`](crate::PoolBuilder::recycle_after_event_timeout)
+    /// replaces such a worker once its other events are done, which ends the
+    /// thread with the process. Without it, on a multiplexed
+    /// [`SocketTransport`](crate::net::SocketTransport) (whose reconnect of
+    /// the slot waits for the worker to confirm the cancel), a view stuck
+    /// longer than `reconnect_attempts × establish_connection_timeout` has the
+    /// pool restart the worker, and the events still on it fail.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use async_worker_pool::net::SocketTransport;
+    /// use async_worker_pool::{Pool, ProcessLauncher};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let launcher = ProcessLauncher::wsgi_app("app:app")
+    ///     .handler_path("service")
+    ///     .wsgi_threads(8)
+    ///     .build()?;
+    /// let pool = Pool::builder(SocketTransport::new(), launcher)
+    ///     .num_workers(2)
+    ///     .max_connections(8)
+    ///     // A view stuck past the timeout cannot be cancelled: replace its worker.
+    ///     .event_timeout(std::time::Duration::from_secs(30))
+    ///     .recycle_after_event_timeout(true)
+    ///     .build()?;
+    /// # let _ = pool;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wsgi_app(app: &str) -> ProcessLauncherBuilder<PythonWorker> {
+        Self::python_worker(app).wsgi(app)
+    }
 }
+
+/// The connections per worker unless set: the default `max_connections` of a pool.
+const DEFAULT_CONNECTIONS: usize = 1000;
 
 /// Configures a [`ProcessLauncher`]; see [`ProcessLauncher::builder`] and
 /// [`ProcessLauncher::python_worker`]. `P` is the kind of program: any program
@@ -79,7 +134,9 @@ pub struct ProcessLauncherBuilder<P = AnyProgram> {
     envs: Vec<(OsString, OsString)>,
     current_dir: Option<PathBuf>,
     endpoint_kind: EndpointKind,
-    connections: usize,
+    /// `None` until set: then the program's own number (a WSGI app's
+    /// threads), or [`DEFAULT_CONNECTIONS`].
+    connections: Option<usize>,
     socket_dir_parent: Option<PathBuf>,
     tcp_host: IpAddr,
     endpoint_args: bool,
@@ -95,7 +152,7 @@ impl<P: Program> ProcessLauncherBuilder<P> {
             envs: Vec::new(),
             current_dir: None,
             endpoint_kind: EndpointKind::Unix,
-            connections: 1000,
+            connections: None,
             socket_dir_parent: None,
             tcp_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             endpoint_args: true,
@@ -177,8 +234,12 @@ impl<P: Program> ProcessLauncherBuilder<P> {
     /// and in [`Pool::set_max_connections`](crate::Pool::set_max_connections)
     /// (see [`Launcher::check_pool_size`](crate::Launcher::check_pool_size)).
     /// Set it to the pool's `max_connections`, or to the most the pool grows to.
+    ///
+    /// For a WSGI app it is the app's threads
+    /// ([`wsgi_threads`](ProcessLauncherBuilder::wsgi_threads)), one slot
+    /// each: leave it unset, as another value fails [`build`](Self::build).
     pub fn connections(mut self, connections: usize) -> Self {
-        self.connections = connections;
+        self.connections = Some(connections);
         self
     }
 
@@ -235,7 +296,24 @@ impl<P: Program> ProcessLauncherBuilder<P> {
     /// would be too long, or (for the Python worker) that has a `:` in its path,
     /// which `PYTHONPATH` cannot hold, or a package that cannot be written.
     pub fn build(self) -> Result<ProcessLauncher, LaunchError> {
-        if self.connections == 0 {
+        let fixed = self.kind.fixed_connections();
+        let connections = match (fixed, self.connections) {
+            (Some(0), _) => {
+                return Err(LaunchError::new(
+                    "ProcessLauncherBuilder::wsgi_threads must be at least 1",
+                ));
+            }
+            (Some(threads), Some(set)) if set != threads => {
+                return Err(LaunchError::new(format!(
+                    "the WSGI app runs in {threads} threads per worker, one slot each, but \
+                     ProcessLauncherBuilder::connections is {set}: leave connections unset \
+                     (it follows wsgi_threads), or set wsgi_threads({set})"
+                )));
+            }
+            (Some(threads), _) => threads,
+            (None, set) => set.unwrap_or(DEFAULT_CONNECTIONS),
+        };
+        if connections == 0 {
             return Err(LaunchError::new(
                 "ProcessLauncherBuilder::connections must be at least 1",
             ));
@@ -269,7 +347,8 @@ impl<P: Program> ProcessLauncherBuilder<P> {
             envs: self.envs,
             current_dir: self.current_dir,
             endpoint_kind: self.endpoint_kind,
-            connections: self.connections,
+            connections,
+            wsgi_threads: fixed,
             tcp_host: self.tcp_host,
             endpoint_args: self.endpoint_args,
             is_python_worker: P::IS_PYTHON_WORKER,
@@ -301,6 +380,27 @@ impl ProcessLauncherBuilder<PythonWorker> {
     /// travels; WebSocket is not supported.
     pub fn asgi(mut self, app: &str) -> Self {
         self.kind.set_asgi(app);
+        self
+    }
+
+    /// Runs the WSGI app `app` (`module:attribute`) instead of the handler:
+    /// the worker's `--wsgi`. The app's module is imported from the
+    /// [`handler_path`](Self::handler_path)s as a handler's would be, and it
+    /// is called in threads of the worker's own, so that its event loop stays
+    /// free for the protocol and the liveness probe. See
+    /// `python/async_pool_worker/wsgi.py` for the environ it gets, how its
+    /// response travels, and what happens to a view the pool gives up on.
+    pub fn wsgi(mut self, app: &str) -> Self {
+        self.kind.set_wsgi(app);
+        self
+    }
+
+    /// The threads each worker runs the WSGI app in (`--wsgi-threads`;
+    /// [`DEFAULT_WSGI_THREADS`](super::DEFAULT_WSGI_THREADS) unless set),
+    /// which are also its slots: [`connections`](Self::connections) follows
+    /// it. Without a WSGI app it is an error at [`build`](Self::build).
+    pub fn wsgi_threads(mut self, threads: usize) -> Self {
+        self.kind.set_wsgi_threads(threads);
         self
     }
 

@@ -75,6 +75,9 @@ pub struct ProcessLauncher {
     pub(super) current_dir: Option<PathBuf>,
     pub(super) endpoint_kind: EndpointKind,
     pub(super) connections: usize,
+    /// A WSGI app's threads per worker (then also `connections`), for errors
+    /// that say what to fix.
+    pub(super) wsgi_threads: Option<usize>,
     pub(super) tcp_host: IpAddr,
     pub(super) endpoint_args: bool,
     /// Whether this runs the embedded Python worker: it gets the package on
@@ -277,10 +280,20 @@ impl Launcher for ProcessLauncher {
 
     /// Refuses a pool that would open more connections to a worker than
     /// [`ProcessLauncherBuilder::connections`](crate::ProcessLauncherBuilder::connections)
-    /// tells it to serve (it would refuse the rest), or more connections in all
-    /// than the host's soft open-file limit allows (see
-    /// [`raise_fd_limit`](super::raise_fd_limit)).
+    /// tells it to serve (it would refuse the rest; for a WSGI app, more slots
+    /// than it has threads), or more connections in all than the host's soft
+    /// open-file limit allows (see [`raise_fd_limit`](super::raise_fd_limit)).
     fn check_pool_size(&self, num_workers: usize, max_connections: usize) -> Result<(), String> {
+        if let Some(threads) = self
+            .wsgi_threads
+            .filter(|&threads| max_connections > threads)
+        {
+            return Err(format!(
+                "is {max_connections}, more than the {threads} threads each worker runs the \
+                 WSGI app in (ProcessLauncherBuilder::wsgi_threads), one slot each: set \
+                 max_connections to {threads}, or raise wsgi_threads"
+            ));
+        }
         if max_connections > self.connections {
             return Err(format!(
                 "is {max_connections}, more than the {} connections the launcher tells each \

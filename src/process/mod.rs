@@ -67,7 +67,7 @@ pub(crate) mod worker;
 pub use fd_limit::raise_fd_limit;
 #[cfg(feature = "nuclio")]
 pub(crate) use output::with_stderr_tail;
-pub use python_worker::{AnyProgram, Lifespan, Program, PythonWorker};
+pub use python_worker::{AnyProgram, DEFAULT_WSGI_THREADS, Lifespan, Program, PythonWorker};
 #[cfg(feature = "nuclio")]
 pub(crate) use socket_dir::SocketDir;
 #[cfg(feature = "nuclio")]

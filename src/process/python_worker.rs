@@ -65,6 +65,10 @@ const PACKAGE_FILES: &[(&str, &str)] = &[
         "server.py",
         include_str!("../../python/async_pool_worker/server.py"),
     ),
+    (
+        "wsgi.py",
+        include_str!("../../python/async_pool_worker/wsgi.py"),
+    ),
 ];
 
 /// The environment variable of Python's module search path.
@@ -111,12 +115,22 @@ impl std::str::FromStr for Lifespan {
     }
 }
 
-/// What the reference worker runs: a handler or an ASGI app.
+/// What the reference worker runs: a handler, an ASGI app, or a WSGI app
+/// and its threads.
 #[derive(Debug, Clone)]
 enum Target {
     Handler(String),
     Asgi(String),
+    Wsgi(String),
 }
+
+/// The threads each worker runs a WSGI app in unless
+/// [`ProcessLauncherBuilder::wsgi_threads`](crate::ProcessLauncherBuilder::wsgi_threads)
+/// says otherwise: waitress's default, and what gunicorn's `gthread` users
+/// commonly run per worker. Under Python's GIL more threads help only views
+/// that wait (a database, an HTTP call), and each thread is a slot the pool
+/// fills: raise it for such views, add workers for views that compute.
+pub const DEFAULT_WSGI_THREADS: usize = 4;
 
 mod sealed {
     pub trait Sealed {}
@@ -134,6 +148,13 @@ pub trait Program: sealed::Sealed + Clone + std::fmt::Debug {
     /// directory `dir` exists.
     #[doc(hidden)]
     fn arguments(&self, dir: &Path) -> Result<Vec<OsString>, LaunchError>;
+
+    /// The connections per worker the program itself fixes, if it does: a
+    /// WSGI app's threads, one slot each.
+    #[doc(hidden)]
+    fn fixed_connections(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Any program, run with the builder's arguments.
@@ -157,6 +178,9 @@ pub struct PythonWorker {
     target: Target,
     /// Set only by `ProcessLauncherBuilder::lifespan`: an error for a handler.
     lifespan: Option<Lifespan>,
+    /// Set only by `ProcessLauncherBuilder::wsgi_threads`: an error unless
+    /// the target is a WSGI app.
+    wsgi_threads: Option<usize>,
     pub(super) handler_paths: Vec<PathBuf>,
 }
 
@@ -165,6 +189,7 @@ impl PythonWorker {
         Self {
             target: Target::Handler(handler.to_owned()),
             lifespan: None,
+            wsgi_threads: None,
             handler_paths: Vec::new(),
         }
     }
@@ -178,6 +203,24 @@ impl PythonWorker {
     pub(super) fn set_lifespan(&mut self, mode: Lifespan) {
         self.lifespan = Some(mode);
     }
+
+    /// Runs the WSGI app `app` (`module:attribute`) instead of a handler.
+    pub(super) fn set_wsgi(&mut self, app: &str) {
+        self.target = Target::Wsgi(app.to_owned());
+    }
+
+    /// Sets a WSGI app's threads per worker.
+    pub(super) fn set_wsgi_threads(&mut self, threads: usize) {
+        self.wsgi_threads = Some(threads);
+    }
+
+    /// A WSGI app's threads per worker; `None` for a handler or an ASGI app.
+    pub(super) fn wsgi_threads(&self) -> Option<usize> {
+        match self.target {
+            Target::Wsgi(_) => Some(self.wsgi_threads.unwrap_or(DEFAULT_WSGI_THREADS)),
+            _ => None,
+        }
+    }
 }
 
 impl sealed::Sealed for PythonWorker {}
@@ -185,11 +228,16 @@ impl sealed::Sealed for PythonWorker {}
 impl Program for PythonWorker {
     const IS_PYTHON_WORKER: bool = true;
 
+    fn fixed_connections(&self) -> Option<usize> {
+        self.wsgi_threads()
+    }
+
     /// Checks the handler (or app) and writes the embedded package into `dir`.
     fn arguments(&self, dir: &Path) -> Result<Vec<OsString>, LaunchError> {
         let (what, spec) = match &self.target {
             Target::Handler(handler) => ("handler", handler),
             Target::Asgi(app) => ("ASGI app", app),
+            Target::Wsgi(app) => ("WSGI app", app),
         };
         let (module, attribute) = spec.split_once(':').unwrap_or_default();
         if module.is_empty() || attribute.is_empty() {
@@ -207,10 +255,16 @@ impl Program for PythonWorker {
         // package is found through PYTHONPATH (see module_search_path).
         let mut args: Vec<OsString> = vec!["-u".into(), "-m".into(), PACKAGE.into()];
         match &self.target {
-            Target::Handler(_) if self.lifespan.is_some() => {
+            Target::Handler(_) | Target::Wsgi(_) if self.lifespan.is_some() => {
                 return Err(LaunchError::new(
                     "a lifespan setting is for an ASGI app (ProcessLauncherBuilder::asgi), \
-                     not for a handler",
+                     not for a handler or a WSGI app",
+                ));
+            }
+            Target::Handler(_) | Target::Asgi(_) if self.wsgi_threads.is_some() => {
+                return Err(LaunchError::new(
+                    "wsgi_threads is for a WSGI app (ProcessLauncherBuilder::wsgi), \
+                     not for a handler or an ASGI app",
                 ));
             }
             Target::Handler(handler) => args.extend(["--handler".into(), handler.into()]),
@@ -223,6 +277,12 @@ impl Program for PythonWorker {
                     lifespan.as_arg().into(),
                 ]);
             }
+            Target::Wsgi(app) => args.extend([
+                "--wsgi".into(),
+                app.into(),
+                "--wsgi-threads".into(),
+                self.wsgi_threads().unwrap_or_default().to_string().into(),
+            ]),
         }
         for dir in &self.handler_paths {
             args.extend(["--handler-path".into(), dir.clone().into_os_string()]);

@@ -201,7 +201,8 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             Counter,
             "Why worker processes stopped serving: exited, reconnect_failed, unresponsive \
              (failed a liveness probe), launch_failed, recycled_events (served max events), \
-             recycled_rss (passed the memory bound) or reloaded.",
+             recycled_rss (passed the memory bound), reloaded or recycled_event_timeout \
+             (an event ran past its timeout).",
         )
         .by(
             "reason",
@@ -213,6 +214,7 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
                 ("recycled_events", reasons.recycled_events),
                 ("recycled_rss", reasons.recycled_rss),
                 ("reloaded", reasons.reloaded),
+                ("recycled_event_timeout", reasons.recycled_event_timeout),
             ]),
         ),
     ];

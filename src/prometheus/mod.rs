@@ -125,6 +125,7 @@ mod tests {
             "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_events\"} 3",
             "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_rss\"} 4",
             "async_worker_pool_worker_restart_reasons_total{reason=\"reloaded\"} 0",
+            "async_worker_pool_worker_restart_reasons_total{reason=\"recycled_event_timeout\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"suspect\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"draining\"} 0",
             "async_worker_pool_worker_state{worker=\"0\",state=\"running\"} 1",

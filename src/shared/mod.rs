@@ -91,6 +91,9 @@ pub(crate) enum Replacement {
     Events,
     /// Its resident memory passed `max_worker_rss`.
     Rss,
+    /// One of its events ran past `event_timeout`, with
+    /// `recycle_after_event_timeout`.
+    EventTimeout,
 }
 
 /// A worker's generation that came due for a recycle, and why.
@@ -489,6 +492,9 @@ impl<T: Transport> Shared<T> {
             EndReason::Unresponsive => reasons.unresponsive += 1,
             EndReason::Replaced(Replacement::Events) => reasons.recycled_events += 1,
             EndReason::Replaced(Replacement::Rss) => reasons.recycled_rss += 1,
+            EndReason::Replaced(Replacement::EventTimeout) => {
+                reasons.recycled_event_timeout += 1;
+            }
             EndReason::Replaced(Replacement::Reload) => reasons.reloaded += 1,
             EndReason::Shutdown => {}
         }

@@ -279,6 +279,14 @@ impl<T: Transport> Shared<T> {
             .send((worker.index(), generation, Replacement::Rss));
     }
 
+    /// An event of `worker`'s `generation` ran past its timeout, and the pool
+    /// replaces such workers.
+    pub(crate) fn recycle_after_timeout(&self, worker: WorkerId, generation: u64) {
+        let _ = self
+            .recycle
+            .send((worker.index(), generation, Replacement::EventTimeout));
+    }
+
     /// Resolves once `condition` holds, checked under the lock each time the
     /// pool makes progress. Cancel safe.
     async fn until(&self, mut condition: impl FnMut(&mut Core<T::Conn>) -> bool) {

@@ -150,3 +150,55 @@ pub fn start_gateway(command: &mut Command) -> Gateway {
     let (child, base, log) = spawn_gateway(command);
     Gateway { child, base, log }
 }
+
+/// The Python of the test virtualenv (`scripts/uvloop_venv.sh`, which it runs
+/// once per test binary), or the one `ASGI_TEST_PYTHON` names, checked to
+/// import `modules`. Panics saying what is missing, so that no test passes
+/// without having run.
+pub fn test_python(modules: &[&str]) -> PathBuf {
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let python = match std::env::var_os("ASGI_TEST_PYTHON") {
+            Some(python) => PathBuf::from(python),
+            None => {
+                let output = Command::new("sh")
+                    .arg(workspace("scripts/uvloop_venv.sh"))
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|error| format!("cannot run scripts/uvloop_venv.sh: {error}"))?;
+                if !output.status.success() {
+                    return Err("scripts/uvloop_venv.sh could not make the test virtualenv \
+                                (see its message above), and ASGI_TEST_PYTHON is not set"
+                        .to_owned());
+                }
+                PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+            }
+        };
+        let output = Command::new(&python)
+            .arg("-c")
+            .arg(format!("import {}", modules.join(", ")))
+            .output()
+            .map_err(|error| format!("{python:?} cannot be run: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{python:?} cannot import {}: {}",
+                modules.join(", "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(python)
+    });
+    match found {
+        Ok(python) => python.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// The value of the Prometheus sample `name` (with its labels, as written)
+/// in `metrics`, the text `/metrics` serves.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}

@@ -31,6 +31,28 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_ASGI", conflicts_with = "handler")]
     pub asgi: Option<String>,
 
+    /// Serve this WSGI app (Flask, Django, ...), as module:attribute, instead
+    /// of a handler, in --wsgi-threads threads per worker: each worker gets one
+    /// connection per thread (so not --max-connections), and a worker with a
+    /// request past --event-timeout, whose thread cannot be stopped, is
+    /// replaced once its other requests are done, new before old.
+    #[arg(
+        long,
+        env = "GATEWAY_WSGI",
+        conflicts_with_all = ["handler", "asgi", "max_connections"]
+    )]
+    pub wsgi: Option<String>,
+
+    /// With --wsgi: threads per worker, which are also its connections.
+    #[arg(
+        long,
+        env = "GATEWAY_WSGI_THREADS",
+        default_value_t = async_worker_pool::process::DEFAULT_WSGI_THREADS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        requires = "wsgi"
+    )]
+    pub wsgi_threads: usize,
+
     /// With --asgi: run the app's lifespan protocol (auto, on or off, as uvicorn's).
     #[arg(
         long,
@@ -162,6 +184,17 @@ fn optional_duration(text: &str) -> Result<OrOff, humantime::DurationError> {
     match text {
         "off" | "none" => Ok(OrOff(None)),
         _ => humantime::parse_duration(text).map(|d| OrOff(Some(d))),
+    }
+}
+
+impl Args {
+    /// Connections (slots) to each worker: a WSGI app's threads, or
+    /// --max-connections.
+    pub fn connections_per_worker(&self) -> usize {
+        match self.wsgi {
+            Some(_) => self.wsgi_threads,
+            None => self.max_connections,
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! handler (the worker package's `hello`, unless `--handler` says otherwise)
 //! answers it. With `--asgi module:app` the workers run an ASGI app (FastAPI,
 //! Starlette, ...) instead, and its streamed responses reach the client as the
-//! app sends them (`streaming`). `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
+//! app sends them (`streaming`); with `--wsgi module:app` a WSGI app (Flask,
+//! Django, ...) in `--wsgi-threads` threads per worker, one slot per thread. `/metrics` serves the pool's numbers in Prometheus format and `/healthz`
 //! says whether any worker serves. Ctrl-C or SIGTERM shut it down
 //! gracefully, leaving no worker process behind; workers also die with the
 //! gateway if it is killed outright (their lifeline, see `process`). As
@@ -68,8 +69,8 @@ async fn run(args: Args) -> Result<(), String> {
             )
         })?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
-    let reserved =
-        listener::reserved_fds(args.workers * args.max_connections, args.max_connections);
+    let connections = args.connections_per_worker();
+    let reserved = listener::reserved_fds(args.workers * connections, connections);
     let wanted = listener::wanted_fds(&args.listener, reserved);
     match async_worker_pool::process::raise_fd_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
@@ -87,15 +88,16 @@ async fn run(args: Args) -> Result<(), String> {
     let signalled = signals::stop_signal();
     let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let serves = match &args.asgi {
-        Some(app) => format!("ASGI app {app}"),
-        None => format!("handler {}", args.handler),
+    let serves = match (&args.asgi, &args.wsgi) {
+        (Some(app), _) => format!("ASGI app {app}"),
+        (_, Some(app)) => format!("WSGI app {app}, a thread per connection"),
+        _ => format!("handler {}", args.handler),
     };
     println!(
         "http_gateway: listening on http://{address} ({} {} x {} connections, {serves})",
         args.workers,
         answers::plural(args.workers, "worker", "workers"),
-        args.max_connections
+        connections
     );
 
     let app = Router::new()
@@ -104,7 +106,7 @@ async fn run(args: Args) -> Result<(), String> {
         .fallback(forward)
         .layer(DefaultBodyLimit::max(args.max_frame_bytes))
         .layer(Extension(FrontEnd {
-            asgi: args.asgi.is_some(),
+            framework: args.asgi.is_some() || args.wsgi.is_some(),
             server: address,
         }))
         .with_state(Arc::new(pool.clone()));
@@ -133,17 +135,22 @@ async fn run(args: Args) -> Result<(), String> {
 /// that a handler that does not import or a missing interpreter is reported at
 /// start, not on the first request.
 async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
-    let mut launcher = match &args.asgi {
-        Some(app) => ProcessLauncher::asgi_app(app).lifespan(args.lifespan),
-        None => ProcessLauncher::python_worker(&args.handler),
+    let connections = args.connections_per_worker();
+    let mut launcher = match (&args.asgi, &args.wsgi) {
+        (Some(app), _) => ProcessLauncher::asgi_app(app).lifespan(args.lifespan),
+        // Its connections follow its threads.
+        (_, Some(app)) => ProcessLauncher::wsgi_app(app).wsgi_threads(args.wsgi_threads),
+        _ => ProcessLauncher::python_worker(&args.handler),
     };
+    if args.wsgi.is_none() {
+        launcher = launcher.connections(connections);
+    }
     if let Some(dir) = &args.socket_dir {
         launcher = launcher.socket_dir_parent(dir);
     }
     let launcher = launcher
         .python(&args.python)
         .handler_path(&args.handler_path)
-        .connections(args.max_connections)
         .endpoint_kind(if args.tcp {
             EndpointKind::Tcp
         } else {
@@ -160,7 +167,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
         launcher,
     )
     .num_workers(args.workers)
-    .max_connections(args.max_connections)
+    .max_connections(connections)
+    // A WSGI view past the event timeout holds its thread until it returns.
+    .recycle_after_event_timeout(args.wsgi.is_some())
     .connection_availability_timeout(args.connection_availability_timeout)
     .establish_connection_timeout(args.establish_connection_timeout)
     .probe_timeout(args.probe_timeout.0)
@@ -185,9 +194,9 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
 /// What the request handler needs to know about the front end itself.
 #[derive(Debug, Clone, Copy)]
 struct FrontEnd {
-    /// The workers run an ASGI app: events carry what its scope needs, and
-    /// ask for streamed responses.
-    asgi: bool,
+    /// The workers run an ASGI or a WSGI app: events carry what its scope
+    /// or environ needs, and ask for streamed responses.
+    framework: bool,
     /// The address the gateway listens on (the scope's `server`).
     server: SocketAddr,
 }
@@ -201,7 +210,7 @@ async fn forward(
 ) -> Response {
     let event =
         async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
-    if front.asgi {
+    if front.framework {
         let mut event = event
             .with_scheme("http")
             .with_http_version(asgi_http_version(parts.version))
