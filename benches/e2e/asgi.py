@@ -1,10 +1,14 @@
 """The end-to-end bench's ASGI apps for uvicorn (scripts/bench_e2e.sh): the same
-work per request as the reference worker's handlers in ``handlers.py``.
+work per request as the reference worker's handlers in ``handlers.py``, and
+``mixed`` for the mixed scenario.
 """
 
 import asyncio
+import time
 
 HELLO = b"hello, world\n"
+BURNT = b"burnt\n"
+CPU_SECONDS = 0.05
 PLAIN = [(b"content-type", b"text/plain")]
 OCTETS = [(b"content-type", b"application/octet-stream")]
 
@@ -38,3 +42,16 @@ async def sleep(scope, receive, send):
     await _body(receive)
     await asyncio.sleep(0.1)
     await _send(send, PLAIN, HELLO)
+
+
+async def mixed(scope, receive, send):
+    """/cpu burns CPU_SECONDS of CPU without awaiting, so that the worker's
+    event loop serves nothing else meanwhile; any other path is ``trivial``."""
+    await _body(receive)
+    if scope["path"] != "/cpu":
+        await _send(send, PLAIN, HELLO)
+        return
+    end = time.perf_counter() + CPU_SECONDS
+    while time.perf_counter() < end:
+        pass
+    await _send(send, PLAIN, BURNT)
