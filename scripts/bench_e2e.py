@@ -26,8 +26,21 @@ a second table lists every side, with ratios to uvicorn's figures.
 E2E_WSGI_THREADS (default 4, the gateway's default) is the threads per worker
 of every threaded WSGI side: the gateway's --wsgi-threads, gunicorn's
 --threads, granian's --blocking-threads.
+
+The mixed scenarios (flask-mixed, asgi-mixed, fastapi-mixed) are open loop:
+instead of wrk, the bench target benches/mixed_load.rs (built here once, or
+E2E_MIXED_LOAD, the path of a built one) sends light requests at a fixed rate
+over a fixed pool of keep-alive connections and a request to a view that burns
+50 ms of CPU at a fixed interval on a connection of its own, and times each
+light request from its scheduled send. Reported per side: the light requests'
+p50, p99, p99.9 and max, how many were sent, answered and failed, the heavy
+ones answered, and the gateway's p99 and p99.9 over each other side's.
+E2E_MIXED_RATE (light requests per second, default 1000),
+E2E_MIXED_CONNECTIONS (default 64) and E2E_MIXED_HEAVY_INTERVAL (seconds,
+default 0.2) set the load.
 """
 
+import json
 import os
 import re
 import signal
@@ -76,6 +89,23 @@ SCENARIOS = [
     ("flask-hello", "flask_bench:app", 64, 1, None, WSGI_SIDES),
     ("flask-hello-2w", "flask_bench:app", 64, 2, None, WSGI_SIDES),
 ]
+
+# The open-loop scenarios, light and heavy requests at once (benches/mixed_load.rs):
+# name, module:app, workers, sides (the gateway first). gunicorn's sync worker
+# is left out: one request at a time per process, it is no server for a proxy
+# that keeps 64 connections open.
+MIXED_WSGI_SIDES = ("gateway-wsgi", "gunicorn-gthread", "granian-wsgi")
+MIXED_SCENARIOS = [
+    ("flask-mixed", "flask_bench:app", 2, MIXED_WSGI_SIDES),
+    ("asgi-mixed", "asgi:mixed", 2, ASGI_SIDES),
+    ("fastapi-mixed", "fastapi_bench:mixed", 2, ASGI_SIDES),
+]
+MIXED_RATE = float(os.environ.get("E2E_MIXED_RATE", "1000"))
+MIXED_CONNECTIONS = int(os.environ.get("E2E_MIXED_CONNECTIONS", "64"))
+MIXED_HEAVY_INTERVAL = float(os.environ.get("E2E_MIXED_HEAVY_INTERVAL", "0.2"))
+# The client's own bound on one request's answer (and on the unsent ones'
+# wait after the schedule ends).
+MIXED_TIMEOUT = 5.0
 
 
 def free_port():
@@ -275,6 +305,22 @@ def scenario(name, handler, connections, workers, body, sides, script_dir):
         with open(script, "w") as f:
             f.write('wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n'
                     'wrk.headers["Content-Type"] = "application/octet-stream"\n' % body)
+
+    def describe(run):
+        return ("%.0f req/s, p50 %.2f ms, p99 %.2f ms, %.1f us CPU/req "
+                "(first process %.1f us), %d non-2xx %s"
+                % (run["rps"], run["p50"], run["p99"], run["cpu_us"], run["root_cpu_us"],
+                   run["errors"], run["socket_errors"]))
+
+    return alternate(name, handler, workers, sides,
+                     lambda server: run_wrk(server.port, connections, WARMUP, script),
+                     lambda server: measure(server, connections, SECONDS, script),
+                     describe)
+
+
+def alternate(name, handler, workers, sides, warm_up, measure_one, describe):
+    """Starts every side, warms each up, then measures them in turn ROUNDS
+    times; the per-side lists of runs, and the load average before → after."""
     load = loadavg()
     servers = {}
     runs = {side: [] for side in sides}
@@ -282,22 +328,79 @@ def scenario(name, handler, connections, workers, body, sides, script_dir):
         for side in sides:
             servers[side] = Server(side, handler, workers)
         for side, server in servers.items():
-            run_wrk(server.port, connections, WARMUP, script)
+            warm_up(server)
         for round_ in range(ROUNDS):
             # Rotate which side goes first, so that none always follows another.
             order = list(sides[round_ % len(sides):]) + list(sides[:round_ % len(sides)])
             for side in order:
-                run = measure(servers[side], connections, SECONDS, script)
+                run = measure_one(servers[side])
                 runs[side].append(run)
-                print("  %s round %d %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.1f us CPU/req "
-                      "(first process %.1f us), %d non-2xx %s"
-                      % (name, round_ + 1, side, run["rps"], run["p50"], run["p99"],
-                         run["cpu_us"], run["root_cpu_us"], run["errors"], run["socket_errors"]),
+                print("  %s round %d %s: %s" % (name, round_ + 1, side, describe(run)),
                       file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
     return load + " → " + loadavg(), runs
+
+
+def mixed_load_binary():
+    """The open-loop client: E2E_MIXED_LOAD, else the bench target built now
+    (with the bench profile, as cargo bench would)."""
+    if os.environ.get("E2E_MIXED_LOAD"):
+        return os.environ["E2E_MIXED_LOAD"]
+    out = subprocess.run(
+        ["cargo", "bench", "--bench", "mixed_load", "--no-run",
+         "--message-format=json-render-diagnostics"],
+        cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        message = json.loads(line)
+        if (message.get("reason") == "compiler-artifact"
+                and message["target"]["name"] == "mixed_load" and message.get("executable")):
+            return message["executable"]
+    raise RuntimeError("cargo built no mixed_load executable")
+
+
+def run_mixed(client, port, seconds):
+    """One open-loop run against the server on `port`: the client's figures,
+    flattened (latencies in ms, NaN when nothing was answered)."""
+    cmd = [client, "--addr", "127.0.0.1:%d" % port, "--light-path", "/bench",
+           "--heavy-path", "/cpu", "--rate", "%g" % MIXED_RATE,
+           "--connections", str(MIXED_CONNECTIONS), "--duration", "%gs" % seconds,
+           "--heavy-interval", "%gms" % (MIXED_HEAVY_INTERVAL * 1e3),
+           "--timeout", "%gs" % MIXED_TIMEOUT]
+    # The client bounds itself to duration + 2 x timeout; this is a backstop.
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
+                         timeout=seconds + 2 * MIXED_TIMEOUT + 30).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    light, heavy = report["light"], report["heavy"]
+
+    def ms(value):
+        return float("nan") if value is None else value
+
+    return {
+        "p50": ms(light["p50_ms"]), "p99": ms(light["p99_ms"]),
+        "p999": ms(light["p999_ms"]), "max": ms(light["max_ms"]),
+        "sent": light["sent"], "answered": light["answered"], "failed": light["failed"],
+        "unsent": light["unsent"],
+        "heavy_answered": heavy["answered"], "heavy_scheduled": heavy["scheduled"],
+        "heavy_p50": ms(heavy["p50_ms"]), "heavy_max": ms(heavy["max_ms"]),
+        "clock_lag_p99": ms(light["clock_lag_p99_ms"]),
+    }
+
+
+def mixed_scenario(name, app, workers, sides, client):
+    def describe(run):
+        return ("light %d sent, %d answered, %d failed, %d unsent; p50 %.2f, p99 %.2f, "
+                "p99.9 %.2f, max %.2f ms; heavy %d/%d answered, p50 %.1f ms; "
+                "client clock lag p99 %.2f ms"
+                % (run["sent"], run["answered"], run["failed"], run["unsent"], run["p50"],
+                   run["p99"], run["p999"], run["max"], run["heavy_answered"],
+                   run["heavy_scheduled"], run["heavy_p50"], run["clock_lag_p99"]))
+
+    return alternate(name, app, workers, sides,
+                     lambda server: run_mixed(client, server.port, WARMUP),
+                     lambda server: run_mixed(client, server.port, SECONDS),
+                     describe)
 
 
 def median(runs, key):
@@ -367,6 +470,48 @@ def wsgi_table(rows):
     return framework_table(rows, "gateway-wsgi", WSGI_SIDES, lines)
 
 
+def mixed_table(rows):
+    """The open-loop scenarios: each side's light-request latencies, and the
+    gateway's p99 and p99.9 over each other side's."""
+    lines = [
+        "",
+        "Mixed load, open loop (benches/mixed_load.rs): GET /bench at %g/s over %d keep-alive "
+        "connections, and GET /cpu (50 ms of CPU in pure Python) every %g s on a connection "
+        "of its own; latency of the light requests from their scheduled send, so a stall "
+        "counts for every request due during it; WSGI sides with %d threads per worker; "
+        "%d x %gs per side, alternating; medians, counts summed over the rounds; ratios are "
+        "the gateway's over the other's (below 1 is better)"
+        % (MIXED_RATE, MIXED_CONNECTIONS, MIXED_HEAVY_INTERVAL, WSGI_THREADS, ROUNDS, SECONDS),
+        "",
+        "| scenario | workers | side | light sent / answered / failed (unsent) "
+        "| p50 / p99 / p99.9 / max | p99 ratio (range) | p99.9 ratio (range) "
+        "| heavy answered, p50 / max | client clock lag p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, workers, load, runs, sides in rows:
+        g = runs[sides[0]]
+        for side in sides:
+            r = runs[side]
+            if side == sides[0]:
+                ratios = "| | "
+            else:
+                ratios = "| %.2fx (%s) | %.2fx (%s) " % (
+                    median(g, "p99") / median(r, "p99"), ratio_range(g, r, "p99"),
+                    median(g, "p999") / median(r, "p999"), ratio_range(g, r, "p999"))
+            lines.append(
+                "| %s | %d | %s | %d / %d / %d (%d) | %.2f / %.2f / %.2f / %.2f ms %s"
+                "| %d of %d, %.0f / %.0f ms | %.2f ms |" % (
+                    name, workers, side, sum(x["sent"] for x in r),
+                    sum(x["answered"] for x in r), sum(x["failed"] for x in r),
+                    sum(x["unsent"] for x in r), median(r, "p50"), median(r, "p99"),
+                    median(r, "p999"), median(r, "max"), ratios,
+                    sum(x["heavy_answered"] for x in r), sum(x["heavy_scheduled"] for x in r),
+                    median(r, "heavy_p50"), median(r, "heavy_max"),
+                    median(r, "clock_lag_p99")))
+        lines.append("| %s | | load avg (before → after) | %s | | | | | |" % (name, load))
+    return lines
+
+
 def framework_table(rows, gateway, sides, lines):
     for name, connections, workers, load, runs in rows:
         g = runs[gateway]
@@ -389,7 +534,10 @@ def framework_table(rows, gateway, sides, lines):
 
 def main():
     only = set(filter(None, os.environ.get("E2E_ONLY", "").split(",")))
-    rows, asgi_rows, wsgi_rows = [], [], []
+    rows, asgi_rows, wsgi_rows, mixed_rows = [], [], [], []
+    mixed = [m for m in MIXED_SCENARIOS if not only or m[0] in only]
+    # Built first, so that a failed build costs no measured run.
+    client = mixed_load_binary() if mixed else None
     with tempfile.TemporaryDirectory() as script_dir:
         for name, handler, connections, workers, body, sides in SCENARIOS:
             if only and name not in only:
@@ -404,6 +552,11 @@ def main():
                 wsgi_rows.append(row)
             else:
                 rows.append(row)
+    for name, app, workers, sides in mixed:
+        print("scenario %s (open loop, %g light req/s over %d connections, %d worker(s))"
+              % (name, MIXED_RATE, MIXED_CONNECTIONS, workers), file=sys.stderr, flush=True)
+        load, runs = mixed_scenario(name, app, workers, sides, client)
+        mixed_rows.append((name, workers, load, runs, sides))
     lines = [
         "wrk -t1, %d x %gs per side and scenario, alternating; medians; "
         "CPU = utime + stime of every server process per request" % (ROUNDS, SECONDS),
@@ -428,15 +581,19 @@ def main():
                 median(u, "cpu_us") / median(g, "cpu_us"),
                 ratio_range(g, u, "cpu_us", invert=True), median(g, "root_cpu_us"),
                 sum(r["errors"] for r in g), sum(r["errors"] for r in u), load))
-    if "gateway" not in HANDLER_SIDES or "uvicorn" not in HANDLER_SIDES:
+    if "gateway" not in HANDLER_SIDES or "uvicorn" not in HANDLER_SIDES or not rows:
         lines = lines[:1]
-    if HANDLER_SIDES != ("gateway", "uvicorn"):
+    if rows and HANDLER_SIDES != ("gateway", "uvicorn"):
         lines += sides_table(rows)
     if asgi_rows:
         lines += asgi_table(asgi_rows)
     if wsgi_rows:
         lines += wsgi_table(wsgi_rows)
-    text = "\n".join(lines) + "\n"
+    if not (rows or asgi_rows or wsgi_rows):
+        lines = []  # wrk's caption: none of its scenarios ran
+    if mixed_rows:
+        lines += mixed_table(mixed_rows)
+    text = "\n".join(lines).lstrip("\n") + "\n"
     print(text)
     out = os.environ.get("E2E_OUT", os.path.join(TARGET, "bench_e2e.md"))
     with open(out, "w") as f:

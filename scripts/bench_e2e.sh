@@ -7,6 +7,8 @@
 # fastapi, granian, flask, gunicorn from PyPI; the gateway's workers use the
 # same interpreter, so they get uvloop too), installs Debian's wrk when it is missing, builds the gateway in
 # release, and prints a Markdown table (also written to target/bench_e2e.md).
+# The mixed scenarios' open-loop client (benches/mixed_load.rs) is built by
+# bench_e2e.py, with cargo bench --no-run, when one of them is selected.
 # See scripts/bench_e2e.py for what is measured and the E2E_* settings.
 set -eu
 cd "$(dirname "$0")/.."
