@@ -97,9 +97,11 @@ class ClientDisconnected(OSError):
     """Raised by send() once the host has closed the event's connection."""
 
 
-def load_app(spec: str, app_paths: list):
+def load_app(spec: str, app_paths: list, factory: bool = False):
     """Import ``module:attr`` (attr may be dotted) and return it as an ASGI 3
-    callable; an ASGI 2 class or factory is wrapped, as uvicorn does."""
+    callable; an ASGI 2 class or factory is wrapped, as uvicorn does. With
+    ``factory``, the attribute is called with no arguments and what it returns
+    is the app (uvicorn's ``--factory``)."""
     module_name, _, attr_path = spec.partition(":")
     if not module_name or not attr_path:
         raise AsgiLoadError("--asgi %r must be of the form module:attribute" % spec)
@@ -119,6 +121,16 @@ def load_app(spec: str, app_paths: list):
         except AttributeError:
             raise AsgiLoadError("--asgi %r: %r has no attribute %r"
                                 % (spec, getattr(target, "__name__", target), attr)) from None
+    if factory:
+        if not callable(target):
+            raise AsgiLoadError("--asgi %r with --factory is a %s, not a callable"
+                                % (spec, type(target).__name__))
+        try:
+            target = target()
+        except Exception as exc:
+            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            raise AsgiLoadError("the app factory --asgi %r raised:\n%s"
+                                % (spec, detail.rstrip())) from None
     if not callable(target):
         raise AsgiLoadError("--asgi %r is a %s, not an ASGI application"
                             % (spec, type(target).__name__))

@@ -13,7 +13,7 @@ Command line
 ::
 
     python3 async_pool_worker.py (--handler module:function | --asgi module:app
-        [--lifespan auto|on|off] [--root-path PATH])
+        [--lifespan auto|on|off] [--root-path PATH] [--factory])
         (--unix PATH | --tcp HOST:PORT) --worker-id N
         [--connections N] [--max-frame-bytes N] [--handler-path DIR ...]
         [--handshake-timeout SECONDS] [--no-auth]
@@ -755,6 +755,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --asgi: run the app's lifespan protocol (default %(default)s)")
     parser.add_argument("--root-path", default="", metavar="PATH",
                         help="with --asgi: the ASGI root_path (default empty)")
+    parser.add_argument("--factory", action="store_true",
+                        help="with --asgi: MODULE:ATTR is a factory; call it with no "
+                             "arguments for the app")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", type=parse_tcp_address,
@@ -1509,7 +1512,7 @@ def _load_asgi(args):
     """The AsgiRunner for --asgi; HandlerLoadError if the app cannot be loaded."""
     asgi = _asgi_module()
     try:
-        app = asgi.load_app(args.asgi, args.handler_path)
+        app = asgi.load_app(args.asgi, args.handler_path, args.factory)
     except asgi.AsgiLoadError as exc:
         raise HandlerLoadError(str(exc)) from None
     return asgi.AsgiRunner(app, args.worker_id, args.max_frame_bytes, args.lifespan,

@@ -401,3 +401,59 @@ async fn starlette_app_serves_path_params_json_streams_and_errors() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_root_path_the_routes_answer_and_the_openapi_document_carries_the_prefix() {
+    let gateway = start(
+        "fastapi_app:app",
+        &["--workers", "1", "--root-path", "/api"],
+    );
+    let client = reqwest::Client::new();
+    // The proxy in front strips the prefix; the app routes what is left.
+    let item = get_json(&client, format!("{}/items/7?q=x", gateway.base)).await;
+    assert_eq!(
+        item,
+        serde_json::json!({"item_id": 7, "q": "x", "limit": 10})
+    );
+    // As under uvicorn --root-path: FastAPI names the prefix as the server
+    // of its OpenAPI document, and its docs page loads the document there.
+    let openapi = get_json(&client, format!("{}/openapi.json", gateway.base)).await;
+    assert_eq!(openapi["servers"], serde_json::json!([{"url": "/api"}]));
+    let docs = client
+        .get(format!("{}/docs", gateway.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    let page = docs.text().await.unwrap();
+    assert!(page.contains("'/api/openapi.json'"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_factory_each_worker_calls_the_factory_once_for_its_app() {
+    let gateway = start(
+        "factory_app:create_app",
+        &["--workers", "2", "--factory", "--root-path", "/v1"],
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let made = get_json(&client, format!("{}/made", gateway.base)).await;
+        assert_eq!(
+            made,
+            serde_json::json!({"made_by": "create_app", "apps_made": 1, "root_path": "/v1"})
+        );
+    }
+}
+
+#[test]
+fn factory_and_root_path_need_asgi() {
+    for flag in [&["--factory"][..], &["--root-path", "/api"]] {
+        let output = Command::new(support::HTTP_GATEWAY)
+            .args(flag)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--asgi"), "{stderr}");
+    }
+}

@@ -35,6 +35,17 @@ pub struct Args {
     )]
     pub lifespan: async_worker_pool::process::Lifespan,
 
+    /// With --asgi: the scope's root_path, the prefix a reverse proxy mounts
+    /// the app under and strips before forwarding (uvicorn's --root-path);
+    /// the app's own links and OpenAPI document carry it.
+    #[arg(long, env = "GATEWAY_ROOT_PATH", requires = "asgi")]
+    pub root_path: Option<String>,
+
+    /// With --asgi: the attribute is an app factory, called with no arguments
+    /// in each worker for the app (uvicorn's --factory).
+    #[arg(long, env = "GATEWAY_FACTORY", requires = "asgi")]
+    pub factory: bool,
+
     /// Directory the handler's (or app's) module is imported from, before the
     /// current directory. Without it, the gateway's own `hello` handler is
     /// importable too, so that the default `hello:handler` runs anywhere.

@@ -141,6 +141,13 @@ async fn start_pool(args: &Args, default_handlers: Option<&Path>) -> Result<Gate
         Some(app) => ProcessLauncher::asgi_app(app).lifespan(args.lifespan),
         None => ProcessLauncher::python_worker(&args.handler),
     };
+    if let Some(root_path) = &args.root_path {
+        // One argument, so that no path is taken for a flag of the worker's.
+        launcher = launcher.arg(format!("--root-path={root_path}"));
+    }
+    if args.factory {
+        launcher = launcher.arg("--factory");
+    }
     if let Some(dir) = &args.socket_dir {
         launcher = launcher.socket_dir_parent(dir);
     }
