@@ -1,8 +1,9 @@
 //! The parts both gateways share: the HTTP listener built for load
 //! ([`listener`]), the async runtime sized beside the workers ([`runtime`]),
 //! gunicorn's operator signals ([`signals`]), the wait for a full pool at
-//! start and the answers every gateway gives the same way ([`answers`]), and
-//! the log set-up ([`logging`]).
+//! start and the answers every gateway gives the same way ([`answers`]), the
+//! log set-up ([`logging`]), and who a request is from behind a reverse proxy
+//! ([`proxy_headers`]).
 //!
 //! The programs themselves are the binaries `http_gateway` (the main job:
 //! the reference Python worker, handlers or ASGI apps) and `nuclio_gateway`
@@ -13,5 +14,6 @@
 pub mod answers;
 pub mod listener;
 pub mod logging;
+pub mod proxy_headers;
 pub mod runtime;
 pub mod signals;

@@ -457,3 +457,54 @@ fn factory_and_root_path_need_asgi() {
         assert!(stderr.contains("--asgi"), "{stderr}");
     }
 }
+
+/// The scheme and client the app's scope had, asked from `local` with
+/// forwarding headers a proxy would add.
+async fn seen_through_proxy_headers(gateway: &Gateway, local: &str) -> (String, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let seen = client
+        .get(format!("{}/headers", gateway.base))
+        .header("x-forwarded-for", "203.0.113.9, 198.51.100.7")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 200);
+    let seen: serde_json::Value = serde_json::from_slice(&seen.bytes().await.unwrap()).unwrap();
+    (
+        seen["scheme"].as_str().unwrap().to_owned(),
+        seen["client"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_set_the_scopes_client_and_scheme_only_from_a_trusted_peer() {
+    let gateway = start(
+        "fastapi_app:app",
+        &[
+            "--workers",
+            "1",
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "127.0.0.1",
+        ],
+    );
+    // The proxy on 127.0.0.1 is trusted: the last hop it names is the client.
+    let (scheme, client) = seen_through_proxy_headers(&gateway, "127.0.0.1").await;
+    assert_eq!(scheme, "https");
+    assert_eq!(client, serde_json::json!(["198.51.100.7", 0]));
+    // A client on 127.0.0.2 sending the same headers is not believed.
+    let (scheme, client) = seen_through_proxy_headers(&gateway, "127.0.0.2").await;
+    assert_eq!(scheme, "http");
+    assert_eq!(client[0], "127.0.0.2");
+    assert_ne!(client[1], 0, "the connection's own port");
+
+    // Without --proxy-headers, not even the trusted address is believed.
+    let plain = start("fastapi_app:app", &["--workers", "1"]);
+    let (scheme, client) = seen_through_proxy_headers(&plain, "127.0.0.1").await;
+    assert_eq!(scheme, "http");
+    assert_eq!(client[0], "127.0.0.1");
+}

@@ -106,6 +106,23 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MIN_WORKER_UPTIME", default_value = "60s", value_parser = humantime::parse_duration)]
     pub min_worker_uptime: Duration,
 
+    /// Take the client's address from X-Forwarded-For and the scheme from
+    /// X-Forwarded-Proto (for the ASGI scope and the access log), when the
+    /// request comes from a peer in --forwarded-allow-ips, as uvicorn's.
+    #[arg(long, env = "GATEWAY_PROXY_HEADERS")]
+    pub proxy_headers: bool,
+
+    /// With --proxy-headers: the peers trusted to set those headers, a
+    /// comma-separated list of IP addresses and networks (10.0.0.0/8), or `*`
+    /// for every peer (a Unix socket's peers are trusted only with `*`).
+    #[arg(
+        long,
+        env = "GATEWAY_FORWARDED_ALLOW_IPS",
+        default_value = async_worker_pool_gateway::proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS,
+        requires = "proxy_headers"
+    )]
+    pub forwarded_allow_ips: async_worker_pool_gateway::proxy_headers::TrustedProxies,
+
     /// Largest request or response body, in bytes (one frame of the wire protocol).
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = async_worker_pool::net::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,

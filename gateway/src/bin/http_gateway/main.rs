@@ -37,6 +37,7 @@ use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
+use async_worker_pool_gateway::proxy_headers::{Remote, TrustedProxies};
 use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
 
 use args::Args;
@@ -110,6 +111,9 @@ async fn run(args: Args) -> Result<(), String> {
         .layer(Extension(FrontEnd {
             asgi: args.asgi.is_some(),
             server: address,
+            proxies: args
+                .proxy_headers
+                .then(|| Arc::new(args.forwarded_allow_ips.clone())),
         }))
         .with_state(Arc::new(pool.clone()));
 
@@ -218,13 +222,31 @@ fn default_handler_dir(args: &Args) -> Result<Option<tempfile::TempDir>, String>
 }
 
 /// What the request handler needs to know about the front end itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct FrontEnd {
     /// The workers run an ASGI app: events carry what its scope needs, and
     /// ask for streamed responses.
     asgi: bool,
     /// The address the gateway listens on (the scope's `server`).
     server: SocketAddr,
+    /// With `--proxy-headers`: whose forwarding headers to believe.
+    proxies: Option<Arc<TrustedProxies>>,
+}
+
+impl FrontEnd {
+    /// Who the request is from: its connection's peer, or the client a
+    /// trusted proxy names.
+    fn remote(&self, parts: &Parts) -> Remote {
+        // There when the server was made with connect info.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| *peer);
+        match &self.proxies {
+            Some(proxies) => proxies.remote(peer, &parts.headers),
+            None => Remote::direct(peer),
+        }
+    }
 }
 
 /// Every other request: one event to a worker.
@@ -237,13 +259,13 @@ async fn forward(
     let event =
         async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
     if front.asgi {
+        let remote = front.remote(&parts);
         let mut event = event
-            .with_scheme("http")
+            .with_scheme(remote.scheme)
             .with_http_version(asgi_http_version(parts.version))
             .with_server(front.server.ip().to_string(), front.server.port());
-        // There when the server was made with connect info.
-        if let Some(ConnectInfo(client)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            event = event.with_client(client.ip().to_string(), client.port());
+        if let Some((host, port)) = remote.client {
+            event = event.with_client(host, port);
         }
         return streaming::forward(pool, event).await;
     }
