@@ -490,12 +490,32 @@ async fn proxy_headers_set_the_scopes_client_and_scheme_only_from_a_trusted_peer
             "--proxy-headers",
             "--forwarded-allow-ips",
             "127.0.0.1",
+            "--access-log",
         ],
     );
     // The proxy on 127.0.0.1 is trusted: the last hop it names is the client.
     let (scheme, client) = seen_through_proxy_headers(&gateway, "127.0.0.1").await;
     assert_eq!(scheme, "https");
     assert_eq!(client, serde_json::json!(["198.51.100.7", 0]));
+    // The access log names the same client, and the worker of the streamed
+    // (ASGI) response.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = gateway.log.lock().unwrap().clone();
+        if let Some(line) = log
+            .lines()
+            .find(|line| line.contains("http_gateway::access"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access line in {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        line.contains(r#"198.51.100.7:0 - "GET /headers HTTP/1.1" 200 "#),
+        "{line}"
+    );
+    assert!(line.contains("worker=0"), "{line}");
     // A client on 127.0.0.2 sending the same headers is not believed.
     let (scheme, client) = seen_through_proxy_headers(&gateway, "127.0.0.2").await;
     assert_eq!(scheme, "http");

@@ -106,6 +106,13 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MIN_WORKER_UPTIME", default_value = "60s", value_parser = humantime::parse_duration)]
     pub min_worker_uptime: Duration,
 
+    /// Log one line per request (target http_gateway::access, at INFO
+    /// whatever RUST_LOG says): client, request line, status, body bytes,
+    /// duration, request id (X-Request-Id, made if absent, and returned as
+    /// x-request-id) and the worker that served it.
+    #[arg(long, env = "GATEWAY_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Take the client's address from X-Forwarded-For and the scheme from
     /// X-Forwarded-Proto (for the ASGI scope and the access log), when the
     /// request comes from a peer in --forwarded-allow-ips, as uvicorn's.

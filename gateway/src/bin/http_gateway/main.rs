@@ -37,6 +37,7 @@ use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
+use async_worker_pool_gateway::access_log::{self, ServedBy};
 use async_worker_pool_gateway::proxy_headers::{Remote, TrustedProxies};
 use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
 
@@ -50,8 +51,13 @@ type GatewayPool = Pool<SocketTransport>;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    logging::init();
     let args = Args::parse();
+    let always_logged: &[&str] = if args.access_log {
+        &[access_log::TARGET]
+    } else {
+        &[]
+    };
+    logging::init_with(always_logged);
     match runtime::block_on(args.runtime.threads, args.workers, run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -103,7 +109,10 @@ async fn run(args: Args) -> Result<(), String> {
         args.max_connections
     );
 
-    let app = Router::new()
+    let proxies = args
+        .proxy_headers
+        .then(|| Arc::new(args.forwarded_allow_ips.clone()));
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(forward)
@@ -111,11 +120,17 @@ async fn run(args: Args) -> Result<(), String> {
         .layer(Extension(FrontEnd {
             asgi: args.asgi.is_some(),
             server: address,
-            proxies: args
-                .proxy_headers
-                .then(|| Arc::new(args.forwarded_allow_ips.clone())),
-        }))
-        .with_state(Arc::new(pool.clone()));
+            proxies: proxies.clone(),
+        }));
+    if args.access_log {
+        // Outermost, so that its line times the whole request.
+        let log = Arc::new(access_log::AccessLog { proxies });
+        app = app.layer(axum::middleware::from_fn_with_state(
+            log,
+            access_log::record,
+        ));
+    }
+    let app = app.with_state(Arc::new(pool.clone()));
 
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
@@ -258,6 +273,8 @@ async fn forward(
 ) -> Response {
     let event =
         async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
+    // There while the access log is on.
+    let served_by = parts.extensions.get::<ServedBy>().cloned();
     if front.asgi {
         let remote = front.remote(&parts);
         let mut event = event
@@ -267,9 +284,9 @@ async fn forward(
         if let Some((host, port)) = remote.client {
             event = event.with_client(host, port);
         }
-        return streaming::forward(pool, event).await;
+        return streaming::forward(pool, event, served_by).await;
     }
-    match pool.dispatch(event).await {
+    match access_log::dispatch(&pool, event, served_by.as_ref()).await {
         Ok(reply) => responses::from_reply(reply),
         Err(error) => answers::from_pool_error(error),
     }
