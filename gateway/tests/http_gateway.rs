@@ -744,3 +744,53 @@ async fn the_access_log_writes_a_line_per_request_with_its_id_and_worker() {
     assert!(slow.contains(r#" HTTP/1.1" 499 - "#), "{slow}");
     assert!(slow.contains("worker=0"), "{slow}");
 }
+
+/// One request written by hand over the Unix socket at `path`: the whole
+/// response, head and body.
+async fn over_unix_socket(path: &Path, target: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uds_serves_http_on_a_unix_socket_after_removing_a_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.sock");
+    // A gateway killed outright leaves its socket file behind.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let gateway = start(&[
+        "--uds",
+        path.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--max-connections",
+        "2",
+    ]);
+    assert_eq!(gateway.base, format!("unix:{}", path.display()));
+    let answer = over_unix_socket(&path, "/over/uds?x=1").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\nhello from worker 0: GET /over/uds?x=1\n"),
+        "{answer}"
+    );
+    let health = over_unix_socket(&path, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+
+    // A second gateway does not take the socket of one that still listens.
+    let refused = Command::new(gateway_binary())
+        .args(["--uds", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("another process listens"), "{stderr}");
+
+    stop(gateway);
+    assert!(!path.exists(), "the socket is removed at exit");
+}

@@ -41,8 +41,9 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// Spawns `command`, a gateway, and returns it with the `http://` address from
-/// the first line it prints and what it prints after that line (its log,
+/// Spawns `command`, a gateway, and returns it with the `http://` address (or
+/// `unix:` path) from the first line it prints and what it prints after that
+/// line (its log,
 /// `RUST_LOG=warn` unless `command` says otherwise), collected as it comes, so
 /// that it never blocks on its stdout.
 pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>>) {
@@ -60,7 +61,7 @@ pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>
         .expect("a line of text");
     let base = first
         .split_whitespace()
-        .find(|word| word.starts_with("http://"))
+        .find(|word| word.starts_with("http://") || word.starts_with("unix:"))
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_string();
     let log = Arc::new(Mutex::new(String::new()));
@@ -115,7 +116,7 @@ pub async fn steady_load(
 /// A running gateway, killed if the test ends (or fails) before stopping it.
 pub struct Gateway {
     pub child: Child,
-    /// `http://HOST:PORT`, as the gateway printed it.
+    /// `http://HOST:PORT` (or `unix:PATH`), as the gateway printed it.
     pub base: String,
     /// What it printed after its address: its log.
     pub log: Arc<Mutex<String>>,

@@ -16,6 +16,12 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve HTTP on this Unix socket instead of --listen, which it overrides
+    /// as uvicorn's does (a reverse proxy on the same host connects to it); a
+    /// stale socket file is removed first, and the socket is removed at exit.
+    #[arg(long, env = "GATEWAY_UDS")]
+    pub uds: Option<PathBuf>,
+
     /// The Python handler, as module:function.
     #[arg(long, env = "GATEWAY_HANDLER", default_value = "hello:handler")]
     pub handler: String,

@@ -68,13 +68,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let (listener, backlog) =
-        listener::bind(args.listen, args.listener.backlog).map_err(|error| {
-            format!(
-                "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
-                args.listen
-            )
-        })?;
+    let (listener, backlog, server) = listen(&args)?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
     let reserved =
         listener::reserved_fds(args.workers * args.max_connections, args.max_connections);
@@ -97,13 +91,13 @@ async fn run(args: Args) -> Result<(), String> {
     // Listening for signals from before the address is printed on.
     let signalled = signals::stop_signal();
     let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let serves = match &args.asgi {
         Some(app) => format!("ASGI app {app}"),
         None => format!("handler {}", args.handler),
     };
     println!(
-        "http_gateway: listening on http://{address} ({} {} x {} connections, {serves})",
+        "http_gateway: listening on {} ({} {} x {} connections, {serves})",
+        listening_on(&args, server),
         args.workers,
         answers::plural(args.workers, "worker", "workers"),
         args.max_connections
@@ -119,7 +113,7 @@ async fn run(args: Args) -> Result<(), String> {
         .layer(DefaultBodyLimit::max(args.max_frame_bytes))
         .layer(Extension(FrontEnd {
             asgi: args.asgi.is_some(),
-            server: address,
+            server,
             proxies: proxies.clone(),
         }));
     if args.access_log {
@@ -150,6 +144,35 @@ async fn run(args: Args) -> Result<(), String> {
     pool.shutdown(args.shutdown_grace).await;
     println!("http_gateway: stopped");
     Ok(())
+}
+
+/// Binds what the gateway listens on: `--uds`, else `--listen`. Returns the
+/// listener, its backlog, and its TCP address (none for a Unix socket).
+fn listen(args: &Args) -> Result<(listener::Listener, u32, Option<SocketAddr>), String> {
+    if let Some(path) = &args.uds {
+        let (socket, backlog) = listener::bind_unix(path, args.listener.backlog)
+            .map_err(|error| format!("cannot listen on unix:{}: {error}", path.display()))?;
+        return Ok((socket.into(), backlog, None));
+    }
+    let (listener, backlog) =
+        listener::bind(args.listen, args.listener.backlog).map_err(|error| {
+            format!(
+                "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
+                args.listen
+            )
+        })?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener.into(), backlog, Some(address)))
+}
+
+/// Where the start line says the gateway listens: `http://ADDRESS` or
+/// `unix:PATH`.
+fn listening_on(args: &Args, server: Option<SocketAddr>) -> String {
+    match (server, &args.uds) {
+        (Some(address), _) => format!("http://{address}"),
+        (None, Some(path)) => format!("unix:{}", path.display()),
+        (None, None) => "nowhere".to_owned(),
+    }
 }
 
 /// Builds the pool and waits until every worker serves all its connections, so
@@ -242,8 +265,9 @@ struct FrontEnd {
     /// The workers run an ASGI app: events carry what its scope needs, and
     /// ask for streamed responses.
     asgi: bool,
-    /// The address the gateway listens on (the scope's `server`).
-    server: SocketAddr,
+    /// The TCP address the gateway listens on (the scope's `server`); none
+    /// on a Unix socket, as uvicorn's scope has none there.
+    server: Option<SocketAddr>,
     /// With `--proxy-headers`: whose forwarding headers to believe.
     proxies: Option<Arc<TrustedProxies>>,
 }
@@ -279,8 +303,10 @@ async fn forward(
         let remote = front.remote(&parts);
         let mut event = event
             .with_scheme(remote.scheme)
-            .with_http_version(asgi_http_version(parts.version))
-            .with_server(front.server.ip().to_string(), front.server.port());
+            .with_http_version(asgi_http_version(parts.version));
+        if let Some(server) = front.server {
+            event = event.with_server(server.ip().to_string(), server.port());
+        }
         if let Some((host, port)) = remote.client {
             event = event.with_client(host, port);
         }
