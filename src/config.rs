@@ -134,6 +134,13 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// Raise `probe_timeout` for handlers that hold the loop for long stretches on
 /// purpose; `None` turns probing off.
 ///
+/// A probe, or a reconnect of a worker that has served, that fails because the
+/// host itself is out of file descriptors (EMFILE, ENFILE) says nothing about
+/// the worker: it is tried again every 50 ms, without counting against the
+/// worker or against `reconnect_attempts`, so that a flood of clients that
+/// takes every descriptor does not cost the worker its connections, and they
+/// are back as soon as a descriptor is free.
+///
 /// # Recycling
 ///
 /// Long-running handlers leak: a cache that only grows, a library that keeps

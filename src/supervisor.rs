@@ -61,8 +61,24 @@ enum Drained {
 /// How often a worker's resident memory is read for `max_worker_rss`.
 const RSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A liveness probe in progress: `Err` says why the worker is unresponsive.
-type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// A liveness probe in progress.
+type Probe = Pin<Box<dyn Future<Output = Probed> + Send>>;
+
+/// What a liveness probe found.
+enum Probed {
+    /// The worker answered.
+    Answered,
+    /// It did not in time, for the reason given.
+    Unresponsive(String),
+    /// The host had no file descriptor to probe with: nothing is known about
+    /// the worker, which keeps serving on the connections it has.
+    HostOutOfFiles,
+}
+
+/// How soon a probe the host had no descriptor for is tried again, and how
+/// often a connect is while the host is out of descriptors: recovery follows
+/// within this of a descriptor coming free.
+const OUT_OF_FILES_RETRY: Duration = Duration::from_millis(50);
 
 /// How long a failed probe attempt waits before the next one, within the
 /// probe's time: a refused connect is retried rather than believed at once.
@@ -332,10 +348,16 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 } => {
                     probe = None;
                     match outcome {
-                        Ok(()) => self.shared.clear_suspect(self.worker, generation),
-                        Err(reason) => return End::Unresponsive(reason),
+                        Probed::Answered => {
+                            self.shared.clear_suspect(self.worker, generation);
+                            next_heartbeat = heartbeat_after(Instant::now());
+                        }
+                        Probed::Unresponsive(reason) => return End::Unresponsive(reason),
+                        Probed::HostOutOfFiles => {
+                            tracing::debug!(worker = %self.worker, generation, "the host is out of file descriptors; probing again shortly");
+                            next_heartbeat = Some(Instant::now() + OUT_OF_FILES_RETRY);
+                        }
                     }
-                    next_heartbeat = heartbeat_after(Instant::now());
                 }
                 () = sleep_until(next_heartbeat.unwrap_or(never)), if probe.is_none() && next_heartbeat.is_some() => {
                     if let Some(limit) = probe_timeout {
@@ -397,6 +419,11 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
     /// Probes the worker until a probe succeeds or `limit` is up, taking it out
     /// of service (suspect) once a quarter of `limit` has passed without an
     /// answer. A probe triggered by an event timeout finds it suspect already.
+    ///
+    /// An attempt that fails because the host is out of file descriptors ends
+    /// the probe without a verdict: a flood of clients that takes every
+    /// descriptor says nothing about the worker, and restarting it would
+    /// drop the connections it serves on.
     fn probe(&self, info: &Arc<WorkerInfo>, limit: Duration) -> Probe {
         let (shared, info) = (self.shared.clone(), info.clone());
         Box::pin(async move {
@@ -416,8 +443,14 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                         transport.probe(&target).await
                     }));
                     let error = match task.await {
-                        Ok(Ok(())) => return,
-                        Ok(Err(error)) => error.into().to_string(),
+                        Ok(Ok(())) => return Probed::Answered,
+                        Ok(Err(error)) => {
+                            let error = error.into();
+                            if out_of_files(&*error) {
+                                return Probed::HostOutOfFiles;
+                            }
+                            error.to_string()
+                        }
                         Err(_panic) => "the probe panicked".to_owned(),
                     };
                     tracing::debug!(worker = %info.id, error, "liveness probe attempt failed");
@@ -426,24 +459,23 @@ impl<T: Transport, L: Launcher> Supervisor<T, L> {
                 }
             };
             tokio::pin!(attempts);
-            let answered = tokio::select! {
-                () = &mut attempts => true,
-                () = sleep_until(overdue) => false,
-            };
-            if !answered {
-                shared.mark_suspect(info.id, info.generation);
-                let left = deadline.saturating_duration_since(Instant::now());
-                if timeout(left, attempts).await.is_err() {
-                    let reason = match last_error.lock().take() {
-                        Some(error) => format!(
-                            "no liveness probe succeeded within {limit:?} (last error: {error})"
-                        ),
-                        None => format!("no answer to a liveness probe within {limit:?}"),
-                    };
-                    return Err(reason);
-                }
+            tokio::select! {
+                probed = &mut attempts => return probed,
+                () = sleep_until(overdue) => {}
             }
-            Ok(())
+            shared.mark_suspect(info.id, info.generation);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, attempts).await {
+                Ok(probed) => probed,
+                Err(_elapsed) => Probed::Unresponsive(match last_error.lock().take() {
+                    Some(error) => {
+                        format!(
+                            "no liveness probe succeeded within {limit:?} (last error: {error})"
+                        )
+                    }
+                    None => format!("no answer to a liveness probe within {limit:?}"),
+                }),
+            }
         })
     }
 }
@@ -521,6 +553,17 @@ impl<T: Transport> Connector<T> {
                 }
                 Ok(Ok(Err(error))) => {
                     let error: Cause = Arc::from(error.into());
+                    // Once the worker has shown that it serves, a host out of
+                    // descriptors is no fault of the worker's, and restarting
+                    // it would take descriptors too: try again, without using
+                    // up an attempt, until one comes free. A host that cannot
+                    // open a first connection still fails, saying why.
+                    if out_of_files(&*error) && self.established.load(Ordering::Relaxed) > 0 {
+                        tracing::debug!(%worker, slot, "the host is out of file descriptors; connecting again shortly");
+                        retry_at_once = true;
+                        sleep(OUT_OF_FILES_RETRY).await;
+                        continue;
+                    }
                     failure = connect_failure(&*error);
                     let logged: &dyn std::error::Error = &*error;
                     tracing::debug!(%worker, slot, attempt, error = logged, "connect failed");
@@ -559,24 +602,27 @@ impl<T: Transport> Connector<T> {
     }
 }
 
+/// Whether `error`, or an error behind it, says this process (EMFILE) or the
+/// system (ENFILE) has no file descriptor left.
+fn out_of_files(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |current| current.source()).any(|current| {
+        current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(23 | 24)))
+    })
+}
+
 /// A failed connect as `Stats::last_error`, `ready()` and the log say it: the
 /// error and its causes, and what to do when the host ran out of descriptors.
 fn connect_failure(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
-    let mut out_of_files = false;
-    let mut cause = Some(error);
-    while let Some(current) = cause {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            // EMFILE and ENFILE: this process's limit, or the system's.
-            out_of_files |= matches!(io.raw_os_error(), Some(23 | 24));
-        }
+    for current in std::iter::successors(Some(error), |current| current.source()) {
         if !text.is_empty() {
             text.push_str(": ");
         }
         text.push_str(&current.to_string());
-        cause = current.source();
     }
-    if out_of_files {
+    if out_of_files(error) {
         text.push_str(
             "; the host is out of file descriptors: each connection holds one, so raise the \
              open-file limit to num_workers × max_connections and some to spare \

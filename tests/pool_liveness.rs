@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use async_worker_pool::{PoolError, WorkerState};
@@ -252,4 +253,64 @@ async fn with_probes_off_a_blocked_worker_is_left_alone() {
     let stats = h.pool.stats();
     assert_eq!(stats.workers[0].state, WorkerState::Running);
     assert_eq!(stats.worker_restarts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_out_of_file_descriptors_keeps_its_worker_serving_on_the_connections_it_has() {
+    let h = harness(|b| {
+        b.max_connections(2)
+            .probe_timeout(PROBE_TIMEOUT)
+            .probe_interval(Some(Duration::from_secs(1)))
+    })
+    .await;
+    // Every probe (a fresh connect) fails for lack of a descriptor, for
+    // longer than the restart-intensity window would allow restarts.
+    h.transport.set_connect(None, None, ConnectRule::OutOfFiles);
+    for id in 0..90 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resp = h.pool.dispatch(Req::now(id)).await.unwrap();
+        assert_eq!(resp.generation, 1);
+    }
+    let stats = h.pool.stats();
+    assert_eq!(stats.workers[0].state, WorkerState::Running, "{stats:#?}");
+    assert_eq!(stats.worker_restarts, 0);
+    assert!(
+        h.transport.connect_attempts.load(SeqCst) > 90,
+        "it kept probing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_while_the_host_is_out_of_descriptors_is_back_as_soon_as_one_frees() {
+    let h = harness(|b| {
+        b.max_connections(2)
+            .event_timeout(EVENT_TIMEOUT)
+            .probe_timeout(PROBE_TIMEOUT)
+            .probe_interval(Some(Duration::from_secs(5)))
+    })
+    .await;
+    h.transport.set_connect(None, None, ConnectRule::OutOfFiles);
+    // The timed-out event's connection is restarted while no descriptor is free.
+    let error = h.pool.dispatch(hang(1)).await.unwrap_err();
+    assert!(matches!(error, PoolError::EventTimeout { .. }), "{error:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let stats = h.pool.stats();
+    assert_eq!((stats.idle, stats.reconnecting), (1, 1), "{stats:#?}");
+    assert_eq!(stats.worker_restarts, 0);
+    assert_eq!(stats.connection_restarts.failed, 0);
+
+    let freed = Instant::now();
+    h.transport.set_connect(None, None, ConnectRule::Ok);
+    let stats = h
+        .until("both connections idle, the worker running", |s| {
+            s.idle == 2 && s.workers[0].state == WorkerState::Running
+        })
+        .await;
+    assert!(
+        freed.elapsed() <= Duration::from_millis(60),
+        "back {:?} after a descriptor came free",
+        freed.elapsed()
+    );
+    assert_eq!(stats.worker_restarts, 0);
+    assert_eq!(stats.connection_restarts.ok, 1);
 }

@@ -6,9 +6,14 @@
 //!
 //! `axum::serve` exposes none of these knobs, so connections are served with
 //! hyper's HTTP/1 builder directly, the axum `Router` as the service.
+//!
+//! It listens on a TCP address, or on a Unix socket (`--uds`), as reverse
+//! proxies on the same host are often wired.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +23,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -121,6 +127,116 @@ pub fn bind(address: SocketAddr, asked: u32) -> io::Result<(TcpListener, u32)> {
     Ok((socket.listen(backlog)?, backlog))
 }
 
+/// Binds a Unix socket at `path` with the backlog `asked` for (capped as
+/// [`bind`] caps it), after removing a stale socket file a gateway that did
+/// not exit cleanly left there; a socket something still listens on is left
+/// alone, and so is a file that is no socket. The socket is made connectable
+/// by any local user (mode 0666, as uvicorn's): restrict who may reach it
+/// with the permissions of its directory.
+pub fn bind_unix(path: &Path, asked: u32) -> io::Result<(UdsListener, u32)> {
+    remove_stale_socket(path)?;
+    let socket = UnixSocket::new_stream()?;
+    socket.bind(path)?;
+    // From here the file is ours: removed again when the guard drops.
+    let file = SocketFile(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let backlog = match somaxconn() {
+        Some(cap) => asked.min(cap),
+        None => asked,
+    }
+    .max(1);
+    let listener = socket.listen(backlog)?;
+    Ok((
+        UdsListener {
+            listener,
+            _file: file,
+        },
+        backlog,
+    ))
+}
+
+/// Removes `path` if it is a socket nothing listens on any more.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process listens on this socket",
+        )),
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// A Unix socket the gateway listens on, and its file, removed when this
+/// drops (at exit).
+#[derive(Debug)]
+pub struct UdsListener {
+    listener: UnixListener,
+    _file: SocketFile,
+}
+
+#[derive(Debug)]
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Where the gateway takes its client connections from.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP address.
+    Tcp(TcpListener),
+    /// A Unix socket (`--uds`).
+    Unix(UdsListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
+impl From<UdsListener> for Listener {
+    fn from(socket: UdsListener) -> Self {
+        Self::Unix(socket)
+    }
+}
+
+/// A client connection just accepted.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Self::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok(Accepted::Tcp(stream, peer))
+            }
+            Self::Unix(socket) => {
+                let (stream, _) = socket.listener.accept().await?;
+                Ok(Accepted::Unix(stream))
+            }
+        }
+    }
+}
+
 /// The system's cap on a listen backlog, where it can be read (Linux).
 fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
@@ -130,17 +246,19 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-/// Serves `app` on `listener`, at most `max_clients` connections at once,
-/// until `stop` is cancelled; then stops accepting, lets each connection
-/// finish the request it has in flight, and returns once every connection
-/// has closed. The caller bounds that drain.
+/// Serves `app` on `listener` (a [`TcpListener`] or a [`UdsListener`]), at
+/// most `max_clients` connections at once, until `stop` is cancelled; then
+/// stops accepting, lets each connection finish the request it has in
+/// flight, and returns once every connection has closed. The caller bounds
+/// that drain.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     app: Router,
     settings: &ListenerArgs,
     max_clients: usize,
     stop: CancellationToken,
 ) {
+    let listener = listener.into();
     let clients = Arc::new(Semaphore::new(max_clients));
     let mut builder = http1::Builder::new();
     builder
@@ -158,7 +276,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
         };
-        let (stream, peer) = match accepted {
+        let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 if let Some(pause) = errors.record(&error) {
@@ -173,7 +291,6 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
@@ -181,7 +298,13 @@ pub async fn serve(
             stop: stop.clone(),
         };
         tokio::spawn(async move {
-            connection.serve(stream, peer).await;
+            match accepted {
+                Accepted::Tcp(stream, peer) => {
+                    let _ = stream.set_nodelay(true);
+                    connection.serve(stream, Some(peer)).await;
+                }
+                Accepted::Unix(stream) => connection.serve(stream, None).await,
+            }
             drop(permit);
         });
     }
@@ -201,14 +324,20 @@ struct Connection {
 
 impl Connection {
     /// Serves one client; its address reaches the handlers as axum's
-    /// `ConnectInfo`, as `into_make_service_with_connect_info` would give it.
-    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+    /// `ConnectInfo`, as `into_make_service_with_connect_info` would give it
+    /// (none for a Unix socket's client, which has no address).
+    async fn serve<S>(self, stream: S, peer: Option<SocketAddr>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::new());
         let service = hyper::service::service_fn({
             let activity = activity.clone();
             let app = self.app;
             move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(peer) = peer {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                }
                 let active = Active::begin(activity.clone());
                 let app = app.clone();
                 async move {

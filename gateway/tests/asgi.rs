@@ -401,3 +401,130 @@ async fn starlette_app_serves_path_params_json_streams_and_errors() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_root_path_the_routes_answer_and_the_openapi_document_carries_the_prefix() {
+    let gateway = start(
+        "fastapi_app:app",
+        &["--workers", "1", "--root-path", "/api"],
+    );
+    let client = reqwest::Client::new();
+    // The proxy in front strips the prefix; the app routes what is left.
+    let item = get_json(&client, format!("{}/items/7?q=x", gateway.base)).await;
+    assert_eq!(
+        item,
+        serde_json::json!({"item_id": 7, "q": "x", "limit": 10})
+    );
+    // As under uvicorn --root-path: FastAPI names the prefix as the server
+    // of its OpenAPI document, and its docs page loads the document there.
+    let openapi = get_json(&client, format!("{}/openapi.json", gateway.base)).await;
+    assert_eq!(openapi["servers"], serde_json::json!([{"url": "/api"}]));
+    let docs = client
+        .get(format!("{}/docs", gateway.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    let page = docs.text().await.unwrap();
+    assert!(page.contains("'/api/openapi.json'"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_factory_each_worker_calls_the_factory_once_for_its_app() {
+    let gateway = start(
+        "factory_app:create_app",
+        &["--workers", "2", "--factory", "--root-path", "/v1"],
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let made = get_json(&client, format!("{}/made", gateway.base)).await;
+        assert_eq!(
+            made,
+            serde_json::json!({"made_by": "create_app", "apps_made": 1, "root_path": "/v1"})
+        );
+    }
+}
+
+#[test]
+fn factory_and_root_path_need_asgi() {
+    for flag in [&["--factory"][..], &["--root-path", "/api"]] {
+        let output = Command::new(support::HTTP_GATEWAY)
+            .args(flag)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--asgi"), "{stderr}");
+    }
+}
+
+/// The scheme and client the app's scope had, asked from `local` with
+/// forwarding headers a proxy would add.
+async fn seen_through_proxy_headers(gateway: &Gateway, local: &str) -> (String, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let seen = client
+        .get(format!("{}/headers", gateway.base))
+        .header("x-forwarded-for", "203.0.113.9, 198.51.100.7")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 200);
+    let seen: serde_json::Value = serde_json::from_slice(&seen.bytes().await.unwrap()).unwrap();
+    (
+        seen["scheme"].as_str().unwrap().to_owned(),
+        seen["client"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_set_the_scopes_client_and_scheme_only_from_a_trusted_peer() {
+    let gateway = start(
+        "fastapi_app:app",
+        &[
+            "--workers",
+            "1",
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "127.0.0.1",
+            "--access-log",
+        ],
+    );
+    // The proxy on 127.0.0.1 is trusted: the last hop it names is the client.
+    let (scheme, client) = seen_through_proxy_headers(&gateway, "127.0.0.1").await;
+    assert_eq!(scheme, "https");
+    assert_eq!(client, serde_json::json!(["198.51.100.7", 0]));
+    // The access log names the same client, and the worker of the streamed
+    // (ASGI) response.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = gateway.log.lock().unwrap().clone();
+        if let Some(line) = log
+            .lines()
+            .find(|line| line.contains("http_gateway::access"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access line in {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        line.contains(r#"198.51.100.7:0 - "GET /headers HTTP/1.1" 200 "#),
+        "{line}"
+    );
+    assert!(line.contains("worker=0"), "{line}");
+    // A client on 127.0.0.2 sending the same headers is not believed.
+    let (scheme, client) = seen_through_proxy_headers(&gateway, "127.0.0.2").await;
+    assert_eq!(scheme, "http");
+    assert_eq!(client[0], "127.0.0.2");
+    assert_ne!(client[1], 0, "the connection's own port");
+
+    // Without --proxy-headers, not even the trusted address is believed.
+    let plain = start("fastapi_app:app", &["--workers", "1"]);
+    let (scheme, client) = seen_through_proxy_headers(&plain, "127.0.0.1").await;
+    assert_eq!(scheme, "http");
+    assert_eq!(client[0], "127.0.0.1");
+}

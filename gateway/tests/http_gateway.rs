@@ -633,3 +633,164 @@ async fn a_traceparent_sent_to_the_gateway_is_seen_by_the_handler() {
         }
     }
 }
+
+/// The access lines in `gateway`'s log, once there are `count` of them
+/// (they are written when a response has gone out, just after the client
+/// has it), or those there are after `wait`.
+async fn access_lines(gateway: &Gateway, count: usize, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let lines: Vec<String> = gateway
+            .log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("http_gateway::access"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_off_by_default() {
+    let gateway = start(&["--workers", "1", "--max-connections", "2"]);
+    let answer = reqwest::get(format!("{}/quiet", gateway.base))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers().get("x-request-id").is_none());
+    let lines = access_lines(&gateway, 1, Duration::from_millis(500)).await;
+    assert_eq!(lines, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_writes_a_line_per_request_with_its_id_and_worker() {
+    // RUST_LOG=warn (the test support's) does not hide what the flag asks for.
+    let gateway = start(&[
+        "--handler",
+        "sleepy:handler",
+        "--workers",
+        "1",
+        "--max-connections",
+        "2",
+        "--access-log",
+    ]);
+    let client = reqwest::Client::new();
+    let kept = client
+        .post(format!("{}/items?page=2", gateway.base))
+        .header("x-request-id", "req-42")
+        .body("0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200);
+    assert_eq!(kept.headers()["x-request-id"], "req-42");
+    let made = client
+        .get(format!("{}/healthz", gateway.base))
+        .send()
+        .await
+        .unwrap();
+    let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made_id.len(), 32, "{made_id}");
+    // A client that gives up before its answer.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/slow", gateway.base))
+        .body("2")
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+
+    let lines = access_lines(&gateway, 3, Duration::from_secs(5)).await;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let line = |what: &str| {
+        lines
+            .iter()
+            .find(|line| line.contains(what))
+            .unwrap_or_else(|| panic!("no line with {what:?} in {lines:#?}"))
+            .clone()
+    };
+    let first = line("/items");
+    assert!(
+        first.contains(" INFO http_gateway::access: 127.0.0.1:"),
+        "{first}"
+    );
+    assert!(
+        first.contains(r#" - "POST /items?page=2 HTTP/1.1" 200 "#),
+        "{first}"
+    );
+    assert!(first.contains("request_id=req-42 worker=0"), "{first}");
+    let duration = first
+        .split_whitespace()
+        .find(|word| word.ends_with("ms"))
+        .and_then(|word| word.trim_end_matches("ms").parse::<f64>().ok());
+    assert!(duration.is_some(), "a duration in {first}");
+    // The gateway's own routes are served by no worker.
+    let health = line("/healthz");
+    assert!(
+        health.contains(&format!("request_id={made_id} worker=-")),
+        "{health}"
+    );
+    // The client that went away: nginx's 499, no bytes, and the worker that
+    // had its request.
+    let slow = line("/slow");
+    assert!(slow.contains(r#" HTTP/1.1" 499 - "#), "{slow}");
+    assert!(slow.contains("worker=0"), "{slow}");
+}
+
+/// One request written by hand over the Unix socket at `path`: the whole
+/// response, head and body.
+async fn over_unix_socket(path: &Path, target: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uds_serves_http_on_a_unix_socket_after_removing_a_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.sock");
+    // A gateway killed outright leaves its socket file behind.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let gateway = start(&[
+        "--uds",
+        path.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--max-connections",
+        "2",
+    ]);
+    assert_eq!(gateway.base, format!("unix:{}", path.display()));
+    let answer = over_unix_socket(&path, "/over/uds?x=1").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\nhello from worker 0: GET /over/uds?x=1\n"),
+        "{answer}"
+    );
+    let health = over_unix_socket(&path, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+
+    // A second gateway does not take the socket of one that still listens.
+    let refused = Command::new(gateway_binary())
+        .args(["--uds", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("another process listens"), "{stderr}");
+
+    stop(gateway);
+    assert!(!path.exists(), "the socket is removed at exit");
+}

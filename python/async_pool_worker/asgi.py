@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import traceback
 from urllib.parse import unquote
 
 from .importer import AppLoadError, load_app
@@ -78,10 +79,22 @@ class ClientDisconnected(OSError):
     """Raised by send() once the host has closed the event's connection."""
 
 
-def load_asgi_app(spec: str, app_paths):
+def load_asgi_app(spec: str, app_paths, factory: bool = False):
     """Import ``module:attr`` (attr may be dotted) and return it as an ASGI 3
-    callable; an ASGI 2 class or factory is wrapped, as uvicorn does."""
+    callable; an ASGI 2 class or factory is wrapped, as uvicorn does. With
+    ``factory``, the attribute is called with no arguments and what it returns
+    is the app (uvicorn's ``--factory``)."""
     target = load_app(spec, app_paths, "--asgi", "module:attribute")
+    if factory:
+        if not callable(target):
+            raise AppLoadError("--asgi %r with --factory is a %s, not a callable"
+                               % (spec, type(target).__name__))
+        try:
+            target = target()
+        except Exception as exc:
+            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            raise AppLoadError("the app factory --asgi %r raised:\n%s"
+                               % (spec, detail.rstrip())) from None
     if not callable(target):
         raise AppLoadError("--asgi %r is a %s, not an ASGI application"
                            % (spec, type(target).__name__))
@@ -405,7 +418,8 @@ class AsgiAdapter:
 
     @classmethod
     def from_config(cls, config):
-        return cls(load_asgi_app(config.asgi, config.handler_paths), config.worker_id,
+        return cls(load_asgi_app(config.asgi, config.handler_paths, config.factory),
+                   config.worker_id,
                    config.max_frame_bytes, config.lifespan, config.root_path)
 
     async def startup(self) -> None:

@@ -6,7 +6,7 @@ Command line
 
     python3 -m async_pool_worker (--handler module:function | --asgi module:app
         [--lifespan auto|on|off] | --wsgi module:app [--wsgi-threads N])
-        [--root-path PATH] (--unix PATH | --tcp HOST:PORT) --worker-id N
+        [--root-path PATH] [--factory] (--unix PATH | --tcp HOST:PORT) --worker-id N
         [--connections N] [--max-frame-bytes N] [--handler-path DIR ...]
         [--handshake-timeout SECONDS] [--no-auth]
 
@@ -32,6 +32,8 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
 ``--root-path PATH``   with --asgi, the scope's ``root_path``; with --wsgi, the
                        environ's ``SCRIPT_NAME``: the prefix a proxy in front
                        stripped from the path (default empty).
+``--factory``          with --asgi: ``module:attribute`` is a factory, called once
+                       with no arguments for the app (uvicorn's ``--factory``).
 ``--unix PATH``        listen on this Unix socket path (a stale socket file there
                        is removed first).
 ``--tcp HOST:PORT``    listen on this TCP address instead (port 0 picks a free one;
@@ -107,7 +109,7 @@ class Config:
 
     def __init__(self, worker_id: int, *, unix=None, tcp=None, handler=None, asgi=None,
                  wsgi=None, wsgi_threads=DEFAULT_WSGI_THREADS, lifespan="auto", root_path="",
-                 connections=None, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, handler_paths=(),
+                 factory=False, connections=None, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, handler_paths=(),
                  handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT, secret=None):
         if sum(app is not None for app in (handler, asgi, wsgi)) != 1:
             raise ValueError("exactly one of handler, asgi and wsgi must be given")
@@ -124,6 +126,8 @@ class Config:
         self.wsgi_threads = wsgi_threads
         self.lifespan = lifespan
         self.root_path = root_path
+        # With asgi: the attribute is a factory, called once for the app.
+        self.factory = factory
         if connections is None:
             # One slot per thread: the host sends no more than the app can run.
             connections = wsgi_threads if wsgi is not None else DEFAULT_CONNECTIONS
@@ -230,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
                              % DEFAULT_WSGI_THREADS)
     parser.add_argument("--root-path", default="", metavar="PATH",
                         help="the ASGI root_path, or the WSGI SCRIPT_NAME (default empty)")
+    parser.add_argument("--factory", action="store_true",
+                        help="with --asgi: MODULE:ATTR is a factory; call it with no "
+                             "arguments for the app")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="PATH", help="listen on this Unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", type=parse_tcp_address,
@@ -258,10 +265,13 @@ def parse_args(argv=None) -> Config:
     args = parser.parse_args(argv)
     if args.wsgi_threads is not None and args.wsgi is None:
         parser.error("--wsgi-threads is for a WSGI app (--wsgi)")
+    if args.factory and args.asgi is None:
+        parser.error("--factory is for an ASGI app (--asgi)")
     return Config(
         args.worker_id, unix=args.unix, tcp=args.tcp, handler=args.handler, asgi=args.asgi,
         wsgi=args.wsgi, wsgi_threads=args.wsgi_threads or DEFAULT_WSGI_THREADS,
-        lifespan=args.lifespan, root_path=args.root_path, connections=args.connections,
+        lifespan=args.lifespan, root_path=args.root_path, factory=args.factory,
+        connections=args.connections,
         max_frame_bytes=args.max_frame_bytes, handler_paths=args.handler_path,
         handshake_timeout=args.handshake_timeout,
         secret=_take_secret(parser, args.no_auth))

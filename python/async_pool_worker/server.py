@@ -451,7 +451,20 @@ class _Multiplexed:
             lost, part.on_lost = part.on_lost, None
             lost()
         elif task is not _STARTING:
-            task.cancel()
+            self._cancel_task(stream, task)
+
+    def _cancel_task(self, stream, task):
+        task.cancel()
+        if isinstance(task, asyncio.Future):
+            # A task cancelled before its first step never runs its body,
+            # whose end is what confirms the cancel (or frees the stream):
+            # without this the host would wait for a `Q` that never comes.
+            task.add_done_callback(lambda ended: self._cancelled(stream, ended))
+
+    def _cancelled(self, stream, task):
+        if self.tasks.get(stream) is task:
+            self.parts.pop(stream, None)
+            self.done(stream, None)
 
     def done(self, stream, answer):
         """The task of `stream` ended, with `answer` (an envelope) or None."""
@@ -504,7 +517,7 @@ class _Multiplexed:
                 lost, part.on_lost = part.on_lost, None
                 lost()
             elif task is not _STARTING:
-                task.cancel()
+                self._cancel_task(stream, task)
 
     def stream_answer(self, stream):
         """What the app adapter answers the event of `stream` through: the

@@ -109,6 +109,16 @@ APPS = textwrap.dedent('''
         if scope["type"] != "http":
             raise RuntimeError("only http here")
         await _answer(send, b"plain")
+
+    def make_app():
+        async def made(scope, receive, send):
+            if scope["type"] != "http":
+                raise RuntimeError("only http here")
+            await _answer(send, b"made by the factory")
+        return made
+
+    def failing_factory():
+        raise RuntimeError("no settings file")
 ''')
 
 
@@ -395,6 +405,18 @@ class LifespanTest(AsgiTestCase):
         status, stderr = self.run_to_exit("apps:missing")
         self.assertEqual(status, 2)
         self.assertIn("has no attribute 'missing'", stderr)
+
+    def test_factory_is_called_with_no_arguments_for_the_app(self):
+        worker = self.start("apps:make_app", ["--factory"])
+        sock = worker.connect()
+        sock.sendall(http("/"))
+        self.assertEqual(recv_envelope(sock)[2], b"made by the factory")
+
+    def test_a_factory_that_raises_is_a_usage_error_with_its_traceback(self):
+        status, stderr = self.run_to_exit("apps:failing_factory", ["--factory"])
+        self.assertEqual(status, 2)
+        self.assertIn("the app factory --asgi 'apps:failing_factory' raised", stderr)
+        self.assertIn("RuntimeError: no settings file", stderr)
 
 
 if __name__ == "__main__":

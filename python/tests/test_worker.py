@@ -551,6 +551,19 @@ class MultiplexTest(WorkerTestCase):
             sock.sendall(mux_frame(5, envelope(b"E", {}, b"0")))
             self.assertEqual(recv_mux(sock)[::3], (5, b"0"))
 
+    def test_a_cancel_read_with_its_event_is_confirmed_before_the_event_starts(self):
+        # The host sends both in one write when its client hangs up at once:
+        # the event's task is cancelled before its first step.
+        worker = self.start("sleepy:handler")
+        with self.multiplexed(worker) as sock:
+            sock.sendall(b"".join(mux_frame(stream, envelope(b"E", {}, b"30"))
+                                  + mux_frame(stream, envelope(b"K", {}))
+                                  for stream in (1, 2, 3)))
+            confirmed = {recv_mux(sock)[:2] for _ in range(3)}
+            self.assertEqual(confirmed, {(1, b"Q"), (2, b"Q"), (3, b"Q")})
+            sock.sendall(mux_frame(1, envelope(b"E", {}, b"0")))
+            self.assertEqual(recv_mux(sock)[::3], (1, b"0"))
+
     def test_a_cancel_that_crossed_the_answer_is_confirmed_too(self):
         worker = self.start()
         with self.multiplexed(worker) as sock:

@@ -70,6 +70,9 @@ pub enum ConnectRule {
     /// Succeeds after this long.
     After(Duration),
     Fail,
+    /// Fails as opening a socket does when the host has no file descriptor
+    /// left (EMFILE).
+    OutOfFiles,
     Hang,
     Panic,
 }
@@ -173,6 +176,7 @@ impl Transport for MemTransport {
             ConnectRule::Ok => {}
             ConnectRule::After(delay) => tokio::time::sleep(delay).await,
             ConnectRule::Fail => return Err(io::Error::other("connection refused (scripted)")),
+            ConnectRule::OutOfFiles => return Err(io::Error::from_raw_os_error(24)),
             ConnectRule::Hang => std::future::pending::<()>().await,
             ConnectRule::Panic => panic!("connect panicked (scripted)"),
         }

@@ -41,11 +41,11 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// Spawns `command`, a gateway, and returns it with the `http://` address from
-/// the line where it says it listens, and everything else it prints (its log,
-/// `RUST_LOG=warn` unless `command` says otherwise: the lines before the
-/// address at once, the later ones as they come), so that it never blocks on
-/// its stdout.
+/// Spawns `command`, a gateway, and returns it with the `http://` address (or
+/// `unix:` path) from the line where it says it listens, and everything else it
+/// prints (its log, `RUST_LOG=warn` unless `command` says otherwise: the lines
+/// before the address at once, the later ones as they come), so that it never
+/// blocks on its stdout.
 pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>>) {
     let mut child = command
         .env("RUST_LOG", "warn")
@@ -82,15 +82,15 @@ pub fn spawn_gateway(command: &mut Command) -> (Child, String, Arc<Mutex<String>
     (child, base, log)
 }
 
-/// The `http://` address in `line`, if it is the one where the gateway says
-/// it listens.
+/// The `http://` address or `unix:` path in `line`, if it is the one where
+/// the gateway says it listens.
 fn address(line: &str) -> Option<String> {
     if !line.contains(": listening on ") {
         return None;
     }
     let word = line
         .split_whitespace()
-        .find(|word| word.starts_with("http://"));
+        .find(|word| word.starts_with("http://") || word.starts_with("unix:"));
     Some(word?.to_string())
 }
 
@@ -132,7 +132,7 @@ pub async fn steady_load(
 /// A running gateway, killed if the test ends (or fails) before stopping it.
 pub struct Gateway {
     pub child: Child,
-    /// `http://HOST:PORT`, as the gateway printed it.
+    /// `http://HOST:PORT` (or `unix:PATH`), as the gateway printed it.
     pub base: String,
     /// What it printed after its address: its log.
     pub log: Arc<Mutex<String>>,

@@ -11,10 +11,18 @@ use clap::Parser;
 /// workers, many connections per worker (Nuclio's async mode).
 #[derive(Debug, Parser)]
 #[command(name = "http_gateway", version)]
+// The app servers' flags (--root-path) need one of the two.
+#[command(group(clap::ArgGroup::new("framework").args(["asgi", "wsgi"])))]
 pub struct Args {
     /// Address to serve HTTP on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Serve HTTP on this Unix socket instead of --listen, which it overrides
+    /// as uvicorn's does (a reverse proxy on the same host connects to it); a
+    /// stale socket file is removed first, and the socket is removed at exit.
+    #[arg(long, env = "GATEWAY_UDS")]
+    pub uds: Option<PathBuf>,
 
     /// The Python handler, as module:function. The default, a greeting, comes
     /// with the embedded worker.
@@ -61,6 +69,18 @@ pub struct Args {
         requires = "asgi"
     )]
     pub lifespan: async_worker_pool::process::Lifespan,
+
+    /// With --asgi or --wsgi: the prefix a reverse proxy mounts the app under
+    /// and strips before forwarding (uvicorn's --root-path): the ASGI scope's
+    /// root_path, or the WSGI environ's SCRIPT_NAME; the app's own links and
+    /// OpenAPI document carry it.
+    #[arg(long, env = "GATEWAY_ROOT_PATH", requires = "framework")]
+    pub root_path: Option<String>,
+
+    /// With --asgi: the attribute is an app factory, called with no arguments
+    /// in each worker for the app (uvicorn's --factory).
+    #[arg(long, env = "GATEWAY_FACTORY", requires = "asgi")]
+    pub factory: bool,
 
     /// Directory the handler's (or app's) module is imported from, before the
     /// current directory.
@@ -120,6 +140,30 @@ pub struct Args {
     /// replaced over and over.
     #[arg(long, env = "GATEWAY_MIN_WORKER_UPTIME", default_value = "60s", value_parser = humantime::parse_duration)]
     pub min_worker_uptime: Duration,
+
+    /// Log one line per request (target http_gateway::access, at INFO
+    /// whatever RUST_LOG says): client, request line, status, body bytes,
+    /// duration, request id (X-Request-Id, made if absent, and returned as
+    /// x-request-id) and the worker that served it.
+    #[arg(long, env = "GATEWAY_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Take the client's address from X-Forwarded-For and the scheme from
+    /// X-Forwarded-Proto (for the ASGI scope and the access log), when the
+    /// request comes from a peer in --forwarded-allow-ips, as uvicorn's.
+    #[arg(long, env = "GATEWAY_PROXY_HEADERS")]
+    pub proxy_headers: bool,
+
+    /// With --proxy-headers: the peers trusted to set those headers, a
+    /// comma-separated list of IP addresses and networks (10.0.0.0/8), or `*`
+    /// for every peer (a Unix socket's peers are trusted only with `*`).
+    #[arg(
+        long,
+        env = "GATEWAY_FORWARDED_ALLOW_IPS",
+        default_value = async_worker_pool_gateway::proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS,
+        requires = "proxy_headers"
+    )]
+    pub forwarded_allow_ips: async_worker_pool_gateway::proxy_headers::TrustedProxies,
 
     /// Largest request or response body, in bytes (one frame of the wire protocol).
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = async_worker_pool::net::DEFAULT_MAX_FRAME_BYTES)]

@@ -37,6 +37,8 @@ use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
 use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
+use async_worker_pool_gateway::access_log::{self, ServedBy};
+use async_worker_pool_gateway::proxy_headers::{Remote, TrustedProxies};
 use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
 
 use args::Args;
@@ -49,8 +51,13 @@ type GatewayPool = Pool<SocketTransport>;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    logging::init();
     let args = Args::parse();
+    let always_logged: &[&str] = if args.access_log {
+        &[access_log::TARGET]
+    } else {
+        &[]
+    };
+    logging::init_with(always_logged);
     match runtime::block_on(args.runtime.threads, args.workers, run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -61,13 +68,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let (listener, backlog) =
-        listener::bind(args.listen, args.listener.backlog).map_err(|error| {
-            format!(
-                "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
-                args.listen
-            )
-        })?;
+    let (listener, backlog, server) = listen(&args)?;
     // One descriptor per connection, plus room for HTTP clients and the rest.
     let connections = args.connections_per_worker();
     let reserved = listener::reserved_fds(args.workers * connections, connections);
@@ -87,29 +88,41 @@ async fn run(args: Args) -> Result<(), String> {
     // Listening for signals from before the address is printed on.
     let signalled = signals::stop_signal();
     let _operator = signals::serve_operator_signals(pool.clone(), args.workers)?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
     let serves = match (&args.asgi, &args.wsgi) {
         (Some(app), _) => format!("ASGI app {app}"),
         (_, Some(app)) => format!("WSGI app {app}, a thread per connection"),
         _ => format!("handler {}", args.handler),
     };
     println!(
-        "http_gateway: listening on http://{address} ({} {} x {} connections, {serves})",
+        "http_gateway: listening on {} ({} {} x {} connections, {serves})",
+        listening_on(&args, server),
         args.workers,
         answers::plural(args.workers, "worker", "workers"),
         connections
     );
 
-    let app = Router::new()
+    let proxies = args
+        .proxy_headers
+        .then(|| Arc::new(args.forwarded_allow_ips.clone()));
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(forward)
         .layer(DefaultBodyLimit::max(args.max_frame_bytes))
         .layer(Extension(FrontEnd {
             framework: args.asgi.is_some() || args.wsgi.is_some(),
-            server: address,
-        }))
-        .with_state(Arc::new(pool.clone()));
+            server,
+            proxies: proxies.clone(),
+        }));
+    if args.access_log {
+        // Outermost, so that its line times the whole request.
+        let log = Arc::new(access_log::AccessLog { proxies });
+        app = app.layer(axum::middleware::from_fn_with_state(
+            log,
+            access_log::record,
+        ));
+    }
+    let app = app.with_state(Arc::new(pool.clone()));
 
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
@@ -131,6 +144,35 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Binds what the gateway listens on: `--uds`, else `--listen`. Returns the
+/// listener, its backlog, and its TCP address (none for a Unix socket).
+fn listen(args: &Args) -> Result<(listener::Listener, u32, Option<SocketAddr>), String> {
+    if let Some(path) = &args.uds {
+        let (socket, backlog) = listener::bind_unix(path, args.listener.backlog)
+            .map_err(|error| format!("cannot listen on unix:{}: {error}", path.display()))?;
+        return Ok((socket.into(), backlog, None));
+    }
+    let (listener, backlog) =
+        listener::bind(args.listen, args.listener.backlog).map_err(|error| {
+            format!(
+                "cannot listen on {}: {error}; choose another address with --listen or GATEWAY_LISTEN",
+                args.listen
+            )
+        })?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener.into(), backlog, Some(address)))
+}
+
+/// Where the start line says the gateway listens: `http://ADDRESS` or
+/// `unix:PATH`.
+fn listening_on(args: &Args, server: Option<SocketAddr>) -> String {
+    match (server, &args.uds) {
+        (Some(address), _) => format!("http://{address}"),
+        (None, Some(path)) => format!("unix:{}", path.display()),
+        (None, None) => "nowhere".to_owned(),
+    }
+}
+
 /// Builds the pool and waits until every worker serves all its connections, so
 /// that a handler that does not import or a missing interpreter is reported at
 /// start, not on the first request.
@@ -144,6 +186,13 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     };
     if args.wsgi.is_none() {
         launcher = launcher.connections(connections);
+    }
+    if let Some(root_path) = &args.root_path {
+        // One argument, so that no path is taken for a flag of the worker's.
+        launcher = launcher.arg(format!("--root-path={root_path}"));
+    }
+    if args.factory {
+        launcher = launcher.arg("--factory");
     }
     if let Some(dir) = &args.socket_dir {
         launcher = launcher.socket_dir_parent(dir);
@@ -192,13 +241,32 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
 }
 
 /// What the request handler needs to know about the front end itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct FrontEnd {
     /// The workers run an ASGI or a WSGI app: events carry what its scope
     /// or environ needs, and ask for streamed responses.
     framework: bool,
-    /// The address the gateway listens on (the scope's `server`).
-    server: SocketAddr,
+    /// The TCP address the gateway listens on (the scope's `server`); none
+    /// on a Unix socket, as uvicorn's scope has none there.
+    server: Option<SocketAddr>,
+    /// With `--proxy-headers`: whose forwarding headers to believe.
+    proxies: Option<Arc<TrustedProxies>>,
+}
+
+impl FrontEnd {
+    /// Who the request is from: its connection's peer, or the client a
+    /// trusted proxy names.
+    fn remote(&self, parts: &Parts) -> Remote {
+        // There when the server was made with connect info.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| *peer);
+        match &self.proxies {
+            Some(proxies) => proxies.remote(peer, &parts.headers),
+            None => Remote::direct(peer),
+        }
+    }
 }
 
 /// Every other request: one event to a worker.
@@ -210,18 +278,22 @@ async fn forward(
 ) -> Response {
     let event =
         async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
+    // There while the access log is on.
+    let served_by = parts.extensions.get::<ServedBy>().cloned();
     if front.framework {
+        let remote = front.remote(&parts);
         let mut event = event
-            .with_scheme("http")
-            .with_http_version(asgi_http_version(parts.version))
-            .with_server(front.server.ip().to_string(), front.server.port());
-        // There when the server was made with connect info.
-        if let Some(ConnectInfo(client)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            event = event.with_client(client.ip().to_string(), client.port());
+            .with_scheme(remote.scheme)
+            .with_http_version(asgi_http_version(parts.version));
+        if let Some(server) = front.server {
+            event = event.with_server(server.ip().to_string(), server.port());
         }
-        return streaming::forward(pool, event).await;
+        if let Some((host, port)) = remote.client {
+            event = event.with_client(host, port);
+        }
+        return streaming::forward(pool, event, served_by).await;
     }
-    match pool.dispatch(event).await {
+    match access_log::dispatch(&pool, event, served_by.as_ref()).await {
         Ok(reply) => responses::from_reply(reply),
         Err(error) => answers::from_pool_error(error),
     }

@@ -20,6 +20,7 @@ use futures_util::Stream;
 use async_worker_pool::PoolError;
 use async_worker_pool::net::{Event, Reply, ResponsePart, ResponseParts, ResponseSink};
 
+use async_worker_pool_gateway::access_log::{self, ServedBy};
 use async_worker_pool_gateway::answers;
 
 use crate::GatewayPool;
@@ -33,11 +34,17 @@ const BUFFERED_PARTS: usize = 16;
 type Dispatch = Pin<Box<dyn Future<Output = Result<Reply, PoolError>> + Send>>;
 
 /// Dispatches `event` asking for a streamed response, and answers with the
-/// head as soon as the worker sends it.
-pub async fn forward(pool: Arc<GatewayPool>, event: Event) -> Response {
+/// head as soon as the worker sends it; `served_by` notes its worker for the
+/// access log.
+pub async fn forward(
+    pool: Arc<GatewayPool>,
+    event: Event,
+    served_by: Option<ServedBy>,
+) -> Response {
     let (sink, mut parts) = ResponseSink::channel(BUFFERED_PARTS);
     let event = event.with_response_sink(sink);
-    let mut dispatch: Dispatch = Box::pin(async move { pool.dispatch(event).await });
+    let mut dispatch: Dispatch =
+        Box::pin(async move { access_log::dispatch(&pool, event, served_by.as_ref()).await });
     let head = tokio::select! {
         part = parts.recv() => part,
         result = &mut dispatch => match result {
