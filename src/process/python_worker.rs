@@ -65,6 +65,10 @@ const PACKAGE_FILES: &[(&str, &str)] = &[
         "server.py",
         include_str!("../../python/async_pool_worker/server.py"),
     ),
+    (
+        "websocket.py",
+        include_str!("../../python/async_pool_worker/websocket.py"),
+    ),
 ];
 
 /// The environment variable of Python's module search path.
