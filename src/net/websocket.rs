@@ -231,7 +231,7 @@ impl WebSocketLink {
         };
         let sender = WebSocketSender {
             tx: to_tx,
-            disconnect: Some(close_tx),
+            disconnect: parking_lot::Mutex::new(Some(close_tx)),
         };
         let receiver = WebSocketReceiver {
             rx: from_rx,
@@ -258,7 +258,8 @@ impl WebSocketLink {
 #[derive(Debug)]
 pub struct WebSocketSender {
     tx: mpsc::Sender<WebSocketMessage>,
-    disconnect: Option<oneshot::Sender<(u16, String)>>,
+    /// Taken by the first close (or the drop).
+    disconnect: parking_lot::Mutex<Option<oneshot::Sender<(u16, String)>>>,
 }
 
 /// The exchange has ended: the message was not sent.
@@ -286,21 +287,25 @@ impl WebSocketSender {
     }
 
     /// Tells the app that the client closed the connection with `code` and
-    /// `reason` (ASGI `websocket.disconnect`). Messages sent before it go
-    /// first while the worker grants credit; those still waiting for credit
-    /// then are dropped.
-    pub fn close(mut self, code: u16, reason: impl Into<String>) {
-        if let Some(disconnect) = self.disconnect.take() {
+    /// `reason` (ASGI `websocket.disconnect`); only the first close counts.
+    /// Messages sent before it go first while the worker grants credit;
+    /// those still waiting for credit then are dropped, and so is every
+    /// message sent after it.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        if let Some(disconnect) = self.disconnect.lock().take() {
             let _ = disconnect.send((code, reason.into()));
         }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.disconnect.lock().is_none()
     }
 }
 
 impl Drop for WebSocketSender {
     fn drop(&mut self) {
-        if let Some(disconnect) = self.disconnect.take() {
-            let _ = disconnect.send((ABNORMAL_CLOSURE, String::new()));
-        }
+        self.close(ABNORMAL_CLOSURE, String::new());
     }
 }
 

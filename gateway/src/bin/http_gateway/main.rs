@@ -20,6 +20,7 @@
 mod args;
 mod responses;
 mod streaming;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ use axum::{Extension, Router};
 use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
-use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
+use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, RestartPolicy, prometheus};
 use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
 
 use args::Args;
@@ -98,6 +99,13 @@ async fn run(args: Args) -> Result<(), String> {
         args.max_connections
     );
 
+    let stop = tokio_util::sync::CancellationToken::new();
+    let websockets = websocket::Settings::new(
+        &args.websocket,
+        args.max_frame_bytes,
+        args.shutdown_grace,
+        stop.clone(),
+    );
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -107,9 +115,9 @@ async fn run(args: Args) -> Result<(), String> {
             asgi: args.asgi.is_some(),
             server: address,
         }))
+        .layer(Extension(Arc::new(websockets)))
         .with_state(Arc::new(pool.clone()));
 
-    let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -164,7 +172,8 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     .connection_availability_timeout(args.connection_availability_timeout)
     .establish_connection_timeout(args.establish_connection_timeout)
     .probe_timeout(args.probe_timeout.0)
-    .probe_interval(args.probe_interval.0);
+    .probe_interval(args.probe_interval.0)
+    .restart_policy(restart_policy(args));
     if let Some(timeout) = args.event_timeout {
         builder = builder.event_timeout(timeout);
     }
@@ -182,6 +191,14 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     Ok(pool)
 }
 
+/// The pool's restart policy: a reload's or recycle's drain gives requests,
+/// and WebSockets, the same grace as a shutdown's.
+fn restart_policy(args: &Args) -> RestartPolicy {
+    let mut policy = RestartPolicy::default();
+    policy.terminate_grace = args.shutdown_grace;
+    policy
+}
+
 /// What the request handler needs to know about the front end itself.
 #[derive(Debug, Clone, Copy)]
 struct FrontEnd {
@@ -196,9 +213,21 @@ struct FrontEnd {
 async fn forward(
     State(pool): State<Arc<GatewayPool>>,
     Extension(front): Extension<FrontEnd>,
+    Extension(websockets): Extension<Arc<websocket::Settings>>,
     parts: Parts,
     body: Bytes,
 ) -> Response {
+    if front.asgi && websocket::is_upgrade(&parts.headers) {
+        let origin = websocket::Origin {
+            client: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(client)| *client),
+            server: front.server,
+            http_version: asgi_http_version(parts.version),
+        };
+        return websocket::upgrade(pool, websockets, origin, parts).await;
+    }
     let event =
         async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
     if front.asgi {
