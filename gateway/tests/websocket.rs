@@ -72,13 +72,19 @@ fn python() -> PathBuf {
 fn start(app: &str, args: &[&str]) -> Gateway {
     let mut command = Command::new(support::HTTP_GATEWAY);
     command
-        .args(["--listen", "127.0.0.1:0", "--shutdown-grace", "5s"])
+        .args(["--listen", "127.0.0.1:0"])
         .arg("--python")
         .arg(python())
         .arg("--handler-path")
         .arg(support::crate_dir("tests/asgi_apps"))
-        .args(["--asgi", app, "--max-connections", "20"])
+        .args(["--asgi", app])
         .args(args);
+    // Defaults a test may set otherwise (clap takes each flag once).
+    for (flag, value) in [("--max-connections", "20"), ("--shutdown-grace", "5s")] {
+        if !args.contains(&flag) {
+            command.args([flag, value]);
+        }
+    }
     support::start_gateway(&mut command)
 }
 
@@ -369,4 +375,135 @@ async fn starlette_endpoint_counts_closes_with_its_code_and_denies_with_its_own_
     let mut member = open(&gateway, "/members?token=sesame").await;
     assert_eq!(next_text(&mut member).await, "welcome");
     assert_eq!(close_code(&mut member).await, 1000);
+}
+
+/// The pid of the worker process that accepted a socket (the echo route
+/// says it in a header of its 101).
+fn served_by(response: &tokio_tungstenite::tungstenite::handshake::client::Response) -> u32 {
+    response.headers()["x-served-by"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_worker_closes_its_sockets_with_1011_and_its_replacement_serves_new_ones() {
+    let gateway = start(
+        "ws_fastapi_app:app",
+        &["--probe-interval", "500ms", "--probe-timeout", "500ms"],
+    );
+    let (mut client, response) = connect(&gateway, "/echo", &[]).await.unwrap();
+    let blocked_pid = served_by(&response);
+    client.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "before");
+    // The app blocks its own event loop, which answers no probe meanwhile.
+    let block = tokio::spawn(reqwest::get(format!(
+        "{}/block-loop?seconds=30",
+        gateway.base
+    )));
+    let blocked_at = Instant::now();
+    assert_eq!(close_code(&mut client).await, 1011);
+    let took = blocked_at.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "closed {took:?} after the block"
+    );
+    let (mut fresh, response) = connect(&gateway, "/echo", &[]).await.unwrap();
+    assert_ne!(
+        served_by(&response),
+        blocked_pid,
+        "the replacement serves it"
+    );
+    fresh.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_text(&mut fresh).await, "after");
+    block.abort();
+}
+
+/// How one socket of the reload test ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Closed by the gateway with this code, this long after the reload.
+    Closed(u16, Duration),
+    /// Ended another way (a reset, an echo that never came): a failure.
+    Broken(String),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_closes_every_open_socket_with_1012_after_the_grace_and_none_hangs() {
+    const SOCKETS: usize = 200;
+    let grace = Duration::from_secs(2);
+    let gateway = start(
+        "ws_fastapi_app:app",
+        &["--max-connections", "250", "--shutdown-grace", "2s"],
+    );
+    let mut clients = Vec::new();
+    let mut old_pid = None;
+    for _ in 0..SOCKETS {
+        let (client, response) = connect(&gateway, "/echo", &[]).await.unwrap();
+        old_pid = Some(served_by(&response));
+        clients.push(client);
+    }
+    let reloaded_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gateway.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    // Every socket keeps echoing until the gateway closes it.
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut client)| {
+            tokio::spawn(async move {
+                let mut round = 0;
+                loop {
+                    round += 1;
+                    let text = format!("{n}/{round}");
+                    if let Err(error) = client.send(Message::text(text.clone())).await {
+                        return Outcome::Broken(format!("send: {error}"));
+                    }
+                    let answer = match tokio::time::timeout(PATIENCE, client.next()).await {
+                        Err(_) => return Outcome::Broken("no echo within 10 s".into()),
+                        Ok(None) => return Outcome::Broken("ended without a close".into()),
+                        Ok(Some(Err(error))) => return Outcome::Broken(error.to_string()),
+                        Ok(Some(Ok(answer))) => answer,
+                    };
+                    match answer {
+                        Message::Text(echo) if echo.as_str() == text => {}
+                        Message::Close(frame) => {
+                            let code = frame.map_or(1005, |frame| frame.code.into());
+                            return Outcome::Closed(code, reloaded_at.elapsed());
+                        }
+                        other => return Outcome::Broken(format!("{other:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("a socket hung")
+                .unwrap(),
+        );
+    }
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Closed(1012, after) => assert!(*after >= grace, "closed after {after:?}"),
+            Outcome::Closed(code, after) => panic!("closed with {code} after {after:?}"),
+            Outcome::Broken(why) => panic!("a socket broke: {why}"),
+        }
+    }
+    let (mut fresh, response) = connect(&gateway, "/echo", &[]).await.unwrap();
+    assert_ne!(
+        Some(served_by(&response)),
+        old_pid,
+        "a new worker serves it"
+    );
+    fresh.send(Message::text("new")).await.unwrap();
+    assert_eq!(next_text(&mut fresh).await, "new");
 }
