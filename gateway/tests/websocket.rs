@@ -507,3 +507,93 @@ async fn a_reload_closes_every_open_socket_with_1012_after_the_grace_and_none_ha
     fresh.send(Message::text("new")).await.unwrap();
     assert_eq!(next_text(&mut fresh).await, "new");
 }
+
+/// A process's resident memory, from /proc, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/PID/status")
+        * 1024
+}
+
+/// Opens `count` sockets to `/echo`, `at_once` handshakes at a time.
+async fn open_many(gateway: &Gateway, count: usize, at_once: usize) -> Vec<Client> {
+    let url = ws_url(gateway, "/echo");
+    let mut clients = Vec::with_capacity(count);
+    while clients.len() < count {
+        let batch = at_once.min(count - clients.len());
+        let handshakes: Vec<_> = (0..batch)
+            .map(|_| tokio::spawn(tokio_tungstenite::connect_async(url.clone())))
+            .collect();
+        for handshake in handshakes {
+            clients.push(handshake.await.unwrap().expect("a handshake").0);
+        }
+    }
+    clients
+}
+
+/// 10,000 idle sockets on one worker: all open within a bound, each holds
+/// one slot, they still echo, and what each costs the gateway and the worker
+/// in resident memory is printed (the gateway's goal: at most 16 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_sockets_on_one_worker_stay_open_and_cheap() {
+    const SOCKETS: usize = 10_000;
+    const BASE: usize = 100;
+    let gateway = start(
+        "ws_fastapi_app:app",
+        &[
+            "--max-connections",
+            "10100",
+            "--ws-ping-interval",
+            "off",
+            "--establish-connection-timeout",
+            "60s",
+        ],
+    );
+    let gateway_pid = gateway.child.id();
+    let started = Instant::now();
+    let mut clients = open_many(&gateway, BASE, 50).await;
+    let (_, response) = connect(&gateway, "/echo", &[]).await.unwrap();
+    let worker_pid = served_by(&response);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (gateway_base, worker_base) = (rss(gateway_pid), rss(worker_pid));
+    clients.extend(open_many(&gateway, SOCKETS - BASE, 200).await);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(120), "opening took {took:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let added = (SOCKETS - BASE) as u64;
+    let gateway_each = rss(gateway_pid).saturating_sub(gateway_base) / added;
+    let worker_each = rss(worker_pid).saturating_sub(worker_base) / added;
+    println!(
+        "{SOCKETS} idle WebSockets opened in {took:?}: resident memory per socket: \
+         gateway {gateway_each} B, worker {worker_each} B"
+    );
+    let text = metrics(&gateway).await;
+    assert_eq!(
+        metric(&text, "async_worker_pool_websockets_open"),
+        SOCKETS as f64
+    );
+    // The first and the last still echo.
+    for index in [0, SOCKETS - 1] {
+        let client = &mut clients[index];
+        client.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next_text(client).await, "still here");
+    }
+    assert!(
+        gateway_each <= 16 * 1024,
+        "the gateway holds {gateway_each} B per idle socket"
+    );
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(
+        &metrics(&gateway).await,
+        "async_worker_pool_websockets_open",
+    ) > 0.0
+    {
+        assert!(Instant::now() < deadline, "sockets stayed open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
