@@ -364,6 +364,24 @@ impl WebSocketLink {
 ///
 /// Dropping it without [`close`](Self::close) tells the app that the
 /// connection was lost (`websocket.disconnect` with code 1006).
+///
+/// # Examples
+///
+/// ```
+/// use async_worker_pool::net::{WebSocketLink, WebSocketMessage};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (_link, to_worker, _from_worker) = WebSocketLink::channel();
+/// // One message waits for the exchange without one running yet.
+/// to_worker.send(WebSocketMessage::Text("hi".into())).await.unwrap();
+/// to_worker.close(1000, "bye");
+/// assert!(to_worker.is_closed());
+/// // After the close, messages are refused and handed back.
+/// let refused = to_worker.send(WebSocketMessage::Text("late".into())).await;
+/// assert_eq!(refused.unwrap_err().0, WebSocketMessage::Text("late".into()));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct WebSocketSender {
     outbox: Arc<Outbox>,
@@ -451,6 +469,21 @@ impl Drop for WebSocketSender {
 /// Taking a message or a denial part grants its credit back to the worker,
 /// so a host that stops reading stops the app's `send` (after at most the
 /// window). Dropping the receiver discards what the app sends from then on.
+///
+/// # Examples
+///
+/// ```
+/// use async_worker_pool::net::{Event, WebSocketLink};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (link, _to_worker, mut from_worker) = WebSocketLink::channel();
+/// // The event, and with it the link, goes to a call; here it is dropped
+/// // unsent, so the exchange is over before it began.
+/// drop(Event::websocket("/ws", vec![], link));
+/// assert_eq!(from_worker.recv().await, None);
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct WebSocketReceiver {
     inbox: Arc<Inbox>,
