@@ -597,3 +597,105 @@ async fn ten_thousand_idle_sockets_on_one_worker_stay_open_and_cheap() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Sends `text` as three frames: a text frame without FIN and two
+/// continuations, the last with FIN.
+async fn send_fragmented(client: &mut Client, text: &str) {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let third = text.len() / 3;
+    let parts = [&text[..third], &text[third..2 * third], &text[2 * third..]];
+    for (index, part) in parts.iter().enumerate() {
+        let opcode = if index == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let frame = Frame::message(part.as_bytes().to_vec(), OpCode::Data(opcode), index == 2);
+        client.send(Message::Frame(frame)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_lifetime_and_pings_bound_sockets_and_the_event_timeout_does_not() {
+    let gateway = start(
+        "ws_fastapi_app:app",
+        &[
+            "--ws-max-message-bytes",
+            "1000",
+            "--ws-max-lifetime",
+            "2s",
+            "--event-timeout",
+            "300ms",
+            "--ws-ping-interval",
+            "300ms",
+            // One connection per slot: the exchange is the same there.
+            "--multiplex",
+            "0",
+        ],
+    );
+    // Over the size limit: closed with 1009, and the app hears it.
+    let mut big = open(&gateway, "/echo").await;
+    big.send(Message::text("x".repeat(2000))).await.unwrap();
+    assert_eq!(close_code(&mut big).await, 1009);
+    until_json(&gateway, "/disconnects", |seen| {
+        seen == &serde_json::json!([["echo", 1009]])
+    })
+    .await;
+
+    // A client that never reads answers no ping: dropped, as 1006 to the app.
+    let silent = open(&gateway, "/echo").await;
+    until_json(&gateway, "/disconnects", |seen| {
+        seen.as_array().is_some_and(|seen| seen.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        get_json(&gateway, "/disconnects").await[1],
+        serde_json::json!(["echo", 1006])
+    );
+    drop(silent);
+
+    // A fragmented message arrives whole; the socket outlives the event
+    // timeout while it answers pings, and closes with 1001 at its lifetime.
+    let opened = Instant::now();
+    let mut lasting = open(&gateway, "/echo").await;
+    let text = "fragmented ".repeat(80);
+    send_fragmented(&mut lasting, &text).await;
+    assert_eq!(next_text(&mut lasting).await, text);
+    while opened.elapsed() < Duration::from_millis(900) {
+        // Reading answers the gateway's pings meanwhile.
+        let _ = tokio::time::timeout(Duration::from_millis(100), lasting.next()).await;
+    }
+    lasting.send(Message::text("still")).await.unwrap();
+    assert_eq!(next_text(&mut lasting).await, "still");
+    assert_eq!(close_code(&mut lasting).await, 1001);
+    let lived = opened.elapsed();
+    assert!(
+        (Duration::from_millis(1900)..Duration::from_secs(4)).contains(&lived),
+        "closed after {lived:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_sockets_with_1012_after_the_grace_and_the_gateway_exits() {
+    let mut gateway = start("ws_fastapi_app:app", &["--shutdown-grace", "1s"]);
+    let mut client = open(&gateway, "/echo").await;
+    client.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "before");
+    let stopped_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gateway.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Still served during the grace.
+    client.send(Message::text("during")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "during");
+    assert_eq!(close_code(&mut client).await, 1012);
+    assert!(stopped_at.elapsed() >= Duration::from_secs(1));
+    let deadline = Instant::now() + PATIENCE;
+    while gateway.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
