@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ProtocolError;
 use super::response_stream::ResponseSink;
-use super::websocket::WebSocketLink;
+use super::websocket_link::WebSocketLink;
 use crate::trace_context::TraceContext;
 
 const READY: u8 = b'R';

@@ -50,6 +50,7 @@ mod secret;
 mod stream;
 mod transport;
 mod websocket;
+mod websocket_link;
 
 pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
@@ -57,7 +58,7 @@ pub use handshake::{Challenge, HANDSHAKE_VERSION, NONCE_LEN};
 pub use response_stream::{ResponsePart, ResponseParts, ResponseSink};
 pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, WorkerSecret};
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};
-pub use websocket::{
+pub use websocket_link::{
     ABNORMAL_CLOSURE, DEFAULT_WINDOW, FromWorker, MESSAGE_COST, WEBSOCKET_VERSION, WebSocketClosed,
     WebSocketLink, WebSocketMessage, WebSocketReceiver, WebSocketSender,
 };

@@ -30,7 +30,8 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use super::answer::{AnswerFrames, PREFIX_LEN, read_error, read_streamed};
 use super::envelope::{Event, Ready, Reply, answer_goes_on, ends_websocket};
 use super::error::{NetError, ProtocolError};
-use super::websocket::{self, WebSocketCounters, Wire};
+use super::websocket::{self, Wire};
+use super::websocket_link::WebSocketCounters;
 
 /// The kind byte of the host's request to multiplex a connection, and of the
 /// worker's acknowledgement.
