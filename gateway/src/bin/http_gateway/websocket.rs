@@ -113,6 +113,10 @@ const READ_BUFFER: usize = 2 * 1024;
 /// gateway closed the socket, before it is cancelled (the app is then
 /// cancelled too).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How long a message may wait for a client's connection to take it when
+/// pings are off (with pings, two intervals) before the client counts as
+/// dead.
+const STALL_WITHOUT_PINGS: Duration = Duration::from_secs(60);
 /// How long the gateway waits for a client's reply to its close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 
@@ -383,6 +387,11 @@ impl Socket {
         let mut drain_deadline: Option<Instant> = None;
         let lifetime_end = settings.max_lifetime.map(|limit| Instant::now() + limit);
         let mut next_ping = settings.ping_interval.map(|every| Instant::now() + every);
+        // A message the client's connection takes nothing of for this long
+        // (its TCP window stays shut) means a dead peer, pings or not.
+        let stall_limit = settings
+            .ping_interval
+            .map_or(STALL_WITHOUT_PINGS, |every| 2 * every);
         // The close frame sent to the client, if any: then only the end is awaited.
         let mut closed_client = false;
         // When the app gave up waiting on a gone client, the exchange is cancelled.
@@ -403,8 +412,12 @@ impl Socket {
                     biased;
                     item = from_worker.recv(), if !from_done => match item {
                         Some(FromWorker::Message(message)) => {
-                            if !closed_client && client_tx.send(to_client(message)).await.is_err() {
-                                // The client is gone: the app hears it.
+                            let sent = !closed_client
+                                && send_within(&mut client_tx, to_client(message), stall_limit).await;
+                            if !closed_client && !sent {
+                                // The client is gone, or takes nothing for
+                                // so long that it counts as gone: the app
+                                // hears it.
                                 to_worker.close(ABNORMAL, "");
                                 closed_client = true;
                                 give_up.get_or_insert(Instant::now() + DISCONNECT_WAIT);
@@ -413,7 +426,7 @@ impl Socket {
                         }
                         Some(FromWorker::Close { code, reason }) => {
                             if !closed_client {
-                                let _ = client_tx.send(close_message(code, reason)).await;
+                                let _ = send_within(&mut client_tx, close_message(code, reason), CLOSE_HANDSHAKE).await;
                                 closed_client = true;
                             }
                             give_up.get_or_insert(Instant::now() + DISCONNECT_WAIT);
@@ -439,7 +452,8 @@ impl Socket {
                             ClientEnd::TooBig => {
                                 to_worker.close(TOO_BIG, "");
                                 if !closed_client {
-                                    let _ = client_tx.send(close_message(TOO_BIG, "message too big".into())).await;
+                                    let too_big = close_message(TOO_BIG, "message too big".into());
+                                    let _ = send_within(&mut client_tx, too_big, CLOSE_HANDSHAKE).await;
                                     closed_client = true;
                                 }
                             }
@@ -456,7 +470,7 @@ impl Socket {
                             give_up.get_or_insert(Instant::now() + DISCONNECT_WAIT);
                             next_ping = None;
                         } else {
-                            let _ = client_tx.send(Message::Ping(Default::default())).await;
+                            let _ = send_within(&mut client_tx, Message::Ping(Default::default()), stall_limit).await;
                             next_ping = settings.ping_interval.map(|every| Instant::now() + every);
                         }
                         None
@@ -485,7 +499,12 @@ impl Socket {
                 if let Some((code, reason)) = closing {
                     to_worker.close(code, reason);
                     if !closed_client {
-                        let _ = client_tx.send(close_message(code, reason.into())).await;
+                        let _ = send_within(
+                            &mut client_tx,
+                            close_message(code, reason.into()),
+                            CLOSE_HANDSHAKE,
+                        )
+                        .await;
                         closed_client = true;
                     }
                     give_up.get_or_insert(Instant::now() + DISCONNECT_WAIT);
@@ -499,7 +518,12 @@ impl Socket {
                 ended.as_ref(),
                 draining_seen || settings.stop.is_cancelled(),
             );
-            let _ = client_tx.send(close_message(code, reason.into())).await;
+            let _ = send_within(
+                &mut client_tx,
+                close_message(code, reason.into()),
+                CLOSE_HANDSHAKE,
+            )
+            .await;
         }
         drop(to_worker);
         drop(from_worker);
@@ -555,6 +579,19 @@ async fn client_to_worker(
             return ClientEnd::ExchangeOver;
         }
     }
+}
+
+/// Sends `message` to the client unless its connection takes nothing of it
+/// for `limit`; whether it went.
+#[must_use]
+async fn send_within(
+    client_tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: Message,
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, client_tx.send(message))
+        .await
+        .is_ok_and(|sent| sent.is_ok())
 }
 
 fn to_client(message: WebSocketMessage) -> Message {
