@@ -10,12 +10,20 @@ Run from the repository root:
 
 import asyncio
 import json
+import os
+import shutil
+import struct
+import tempfile
+import textwrap
 import unittest
 
 from async_pool_worker import websocket
 from async_pool_worker.asgi import AsgiAdapter, build_scope
 from async_pool_worker.protocol import (EMPTY_META, LENGTH, Event, ProtocolError,
                                         encode_ready, parse_meta)
+
+from .support import envelope, frame, recv_envelope
+from .test_asgi import AsgiWorker
 
 
 class FakeConn:
@@ -258,6 +266,93 @@ class WebSocketSessionTest(unittest.TestCase):
             session.on_frame(ord("T"), b"T" + EMPTY_META + b"\xff")
         with self.assertRaises(ProtocolError):
             session.on_frame(ord("U"), b"U" + EMPTY_META + b"\x01")
+
+
+ECHO_APP = textwrap.dedent('''
+    CODES = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": repr(CODES).encode()})
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                CODES.append(message["code"])
+                return
+            await send({"type": "websocket.send", "text": message["text"]})
+''')
+
+
+def ws_event():
+    return envelope(b"E", {"method": "GET", "path": "/ws", "headers": [], "websocket": True,
+                           "scheme": "ws", "subprotocols": []})
+
+
+def text(value):
+    return b"T" + EMPTY_META + value.encode()
+
+
+def disconnect(code):
+    return envelope(b"W", {"type": "disconnect", "code": code, "reason": ""})
+
+
+def stream_frame(stream, payload):
+    return struct.pack(">II", len(payload) + 4, stream) + payload
+
+
+def recv_stream_envelope(sock):
+    (length, stream) = struct.unpack(">II", sock.recv(8, 0x100))  # MSG_WAITALL
+    payload = b""
+    while len(payload) < length - 4:
+        payload += sock.recv(length - 4 - len(payload))
+    (meta_len,) = struct.unpack(">I", payload[1:5])
+    return stream, payload[:1], json.loads(payload[5:5 + meta_len]), payload[5 + meta_len:]
+
+
+class WebSocketWorkerTest(unittest.TestCase):
+    """The real worker, driven with raw frames: both modes of a connection."""
+
+    def setUp(self):
+        self.tmpdir = tempfile.mkdtemp(prefix="apw")
+        self.addCleanup(shutil.rmtree, self.tmpdir, ignore_errors=True)
+        with open(os.path.join(self.tmpdir, "wsapp.py"), "w") as f:
+            f.write(ECHO_APP)
+        self.worker = AsgiWorker(self.tmpdir, "wsapp:app", ("--lifespan", "off"))
+        self.addCleanup(self.worker.stop)
+        self.worker.wait_listening()
+
+    def test_a_connection_of_its_own_runs_the_exchange_and_skips_frames_that_crossed_its_end(self):
+        sock = self.worker.connect()
+        sock.sendall(frame(ws_event()))
+        kind, meta, _ = recv_envelope(sock)
+        self.assertEqual((kind, meta["type"]), (b"W", "accept"))
+        sock.sendall(frame(text("hi")))
+        self.assertEqual(recv_envelope(sock), (b"T", {}, b"hi"))
+        sock.sendall(frame(disconnect(4000)))
+        self.assertEqual(recv_envelope(sock)[0], b"O")
+        # A message that crossed the end, then the next event on the connection.
+        sock.sendall(frame(text("late")) + frame(envelope(b"E", {"method": "GET", "path": "/",
+                                                                  "headers": []})))
+        self.assertEqual(recv_envelope(sock), (b"O", {}, b"[4000]"))
+
+    def test_a_cancelled_stream_gives_the_app_1006_and_is_confirmed(self):
+        sock = self.worker.connect()
+        sock.sendall(frame(envelope(b"M", {"version": 1})))
+        self.assertEqual(recv_envelope(sock)[0], b"M")
+        sock.sendall(stream_frame(7, ws_event()))
+        self.assertEqual(recv_stream_envelope(sock)[:2], (7, b"W"))
+        sock.sendall(stream_frame(7, text("one")))
+        self.assertEqual(recv_stream_envelope(sock)[1:], (b"T", {}, b"one"))
+        sock.sendall(stream_frame(7, envelope(b"K", {})))
+        self.assertEqual(recv_stream_envelope(sock)[:2], (7, b"Q"))
+        # Frames of the cancelled stream are dropped; the stream serves again.
+        sock.sendall(stream_frame(7, text("stray")) + stream_frame(
+            7, envelope(b"E", {"method": "GET", "path": "/", "headers": []})))
+        self.assertEqual(recv_stream_envelope(sock)[1:], (b"O", {}, b"[1006]"))
 
 
 if __name__ == "__main__":
