@@ -388,7 +388,7 @@ fn served_by(response: &tokio_tungstenite::tungstenite::handshake::client::Respo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blocked_worker_closes_its_sockets_with_1011_and_its_replacement_serves_new_ones() {
+async fn a_blocked_or_dead_worker_closes_its_sockets_with_1011_and_a_new_one_serves() {
     let gateway = start(
         "ws_fastapi_app:app",
         &["--probe-interval", "500ms", "--probe-timeout", "500ms"],
@@ -410,14 +410,18 @@ async fn a_blocked_worker_closes_its_sockets_with_1011_and_its_replacement_serve
         "closed {took:?} after the block"
     );
     let (mut fresh, response) = connect(&gateway, "/echo", &[]).await.unwrap();
-    assert_ne!(
-        served_by(&response),
-        blocked_pid,
-        "the replacement serves it"
-    );
+    let replacement = served_by(&response);
+    assert_ne!(replacement, blocked_pid, "the replacement serves it");
     fresh.send(Message::text("after")).await.unwrap();
     assert_eq!(next_text(&mut fresh).await, "after");
     block.abort();
+    // A worker that dies (an OOM kill, say) closes its sockets with 1011 too.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(replacement as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(close_code(&mut fresh).await, 1011);
 }
 
 /// How one socket of the reload test ended.
