@@ -396,7 +396,9 @@ impl Socket {
         let mut closed_client = false;
         // When the app gave up waiting on a gone client, the exchange is cancelled.
         let mut give_up: Option<Instant> = None;
+        // The worker drains (a reload, a recycle), or the gateway stops.
         let mut draining_seen = false;
+        let mut drain_started = false;
         {
             let inbound = client_to_worker(&mut client_rx, &to_worker, &heard);
             tokio::pin!(inbound);
@@ -477,10 +479,13 @@ impl Socket {
                     }
                     () = &mut draining, if !draining_seen => {
                         draining_seen = true;
-                        drain_deadline = Some(Instant::now() + settings.grace);
+                        if !std::mem::replace(&mut drain_started, true) {
+                            drain_deadline = Some(Instant::now() + settings.grace);
+                        }
                         None
                     }
-                    () = settings.stop.cancelled(), if drain_deadline.is_none() => {
+                    () = settings.stop.cancelled(), if !drain_started => {
+                        drain_started = true;
                         drain_deadline = Some(Instant::now() + settings.grace);
                         None
                     }
@@ -548,17 +553,18 @@ async fn client_to_worker(
         let message = match client_rx.next().await {
             Some(Ok(message)) => message,
             Some(Err(error)) => {
-                let text = error.to_string();
-                // tungstenite's capacity error: a message or frame over the limit.
-                if text.contains("Space limit exceeded") || text.contains("too long") {
-                    return ClientEnd::TooBig;
-                }
+                let error = error.into_inner();
                 tracing::debug!(%error, "a WebSocket client's connection failed");
-                return ClientEnd::Lost(if text.contains("Protocol") {
-                    PROTOCOL_ERROR
-                } else {
-                    ABNORMAL
-                });
+                return match error.downcast_ref::<tungstenite::Error>() {
+                    // A message or frame over the limit.
+                    Some(tungstenite::Error::Capacity(_)) => ClientEnd::TooBig,
+                    // A client gone without a close frame: its connection was lost.
+                    Some(tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    )) => ClientEnd::Lost(ABNORMAL),
+                    Some(tungstenite::Error::Protocol(_)) => ClientEnd::Lost(PROTOCOL_ERROR),
+                    _ => ClientEnd::Lost(ABNORMAL),
+                };
             }
             None => return ClientEnd::Lost(ABNORMAL),
         };
