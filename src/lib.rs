@@ -67,7 +67,7 @@ pub use service::{PoolService, PoolServiceFuture};
 pub use slot::{OwnedSlot, Slot};
 pub use stats::{
     AllocationStats, ConnectionRestartStats, EventStats, RestartReasons, SlotState, Stats,
-    WorkerState, WorkerStats,
+    WebSocketStats, WorkerState, WorkerStats,
 };
 pub use trace_context::{InvalidTraceContext, MAX_TRACESTATE_LEN, TraceContext};
 pub use transport::{Transport, is_disconnect_io};

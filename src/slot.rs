@@ -115,7 +115,8 @@ impl<'a, T: Transport> Slot<'a, T> {
     }
 
     /// Sends one event on this slot's connection and waits for its answer, within
-    /// `event_timeout` if one is configured.
+    /// `event_timeout` if one is configured and the transport does not call
+    /// the event long-lived ([`Transport::is_long_lived`], a WebSocket).
     ///
     /// A failure of any kind marks the connection for restart; further calls on this
     /// guard then fail with [`PoolError::ConnectionUnusable`].
@@ -142,8 +143,15 @@ impl<'a, T: Transport> Slot<'a, T> {
         let shared: &Shared<T> = &self.shared;
         let mut ended = shared.ended(worker);
         let generation = self.generation;
+        // A WebSocket, say: bounded by its host, counted by its transport.
+        let long_lived = shared.transport.is_long_lived(&request);
+        let events = Counting {
+            events: &shared.events,
+            on: !long_lived,
+        };
+        let limit = shared.config.event_timeout.filter(|_| !long_lived);
         let exchange = async {
-            match shared.config.event_timeout {
+            match limit {
                 None => Ok(shared.transport.call(conn, request).await),
                 Some(limit) => tokio::time::timeout(limit, shared.transport.call(conn, request))
                     .await
@@ -165,13 +173,13 @@ impl<'a, T: Transport> Slot<'a, T> {
         match result {
             Ok(Ok(response)) => {
                 self.clean = true;
-                shared.events.ok();
+                events.ok();
                 Ok(response)
             }
             Ok(Err(source)) if shared.transport.is_unsent(&source) => {
                 // Refused before a byte went out: the connection is as good as before.
                 self.clean = true;
-                shared.events.error();
+                events.error();
                 Err(PoolError::Transport {
                     worker,
                     source: source.into(),
@@ -198,11 +206,11 @@ impl<'a, T: Transport> Slot<'a, T> {
                         source: source.into(),
                     }
                 };
-                shared.events.error();
+                events.error();
                 Err(error)
             }
             Err(error @ PoolError::EventTimeout { .. }) => {
-                shared.events.timed_out();
+                events.timed_out();
                 // A blocked event loop shows first as an event that never ends.
                 shared.suspect_after_timeout(worker, generation);
                 if shared.config.recycle_after_event_timeout {
@@ -211,7 +219,7 @@ impl<'a, T: Transport> Slot<'a, T> {
                 Err(error)
             }
             Err(error) => {
-                shared.events.error();
+                events.error();
                 Err(error)
             }
         }
@@ -231,6 +239,54 @@ impl<'a, T: Transport> Slot<'a, T> {
             PoolError::WorkerExited {
                 worker,
                 generation: self.generation,
+            }
+        }
+    }
+
+    /// Resolves once the worker process this slot's connection goes to begins
+    /// to drain (it is being replaced by a reload or a recycle, or removed)
+    /// or has gone: the moment for a long-lived exchange, such as a
+    /// WebSocket, to wind down before the drain's grace is up. The future
+    /// does not borrow the slot.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use async_worker_pool::{InProcessLauncher, InProcessTransport, Pool};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let echo = InProcessTransport::new(|_, event: String| async move {
+    ///     Ok::<_, std::io::Error>(event)
+    /// });
+    /// let pool = Pool::builder(echo, InProcessLauncher).max_connections(1).build()?;
+    /// pool.ready(Duration::from_secs(5)).await?;
+    /// let slot = pool.acquire_owned().await?;
+    /// let draining = slot.draining();
+    /// let reload = tokio::spawn({
+    ///     let pool = pool.clone();
+    ///     async move { pool.reload().await }
+    /// });
+    /// draining.await; // the reload began to drain this slot's worker
+    /// drop(slot); // its exchange is done: the drain goes on
+    /// reload.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let worker = self.worker();
+        let generation = self.generation;
+        let mut draining = self.shared.draining(worker);
+        let mut ended = self.shared.ended(worker);
+        async move {
+            // An error means the pool is gone: nothing is left to wait for.
+            tokio::select! {
+                _ = draining.wait_for(|drained| *drained >= generation) => {}
+                _ = ended.wait_for(|last| last.generation >= generation) => {}
             }
         }
     }
@@ -256,6 +312,33 @@ impl<'a, T: Transport> Slot<'a, T> {
     /// a new one is established in the background.
     pub fn mark_for_restart(&mut self) {
         self.clean = false;
+    }
+}
+
+/// The pool's event counters, or none for a long-lived exchange (see
+/// [`Transport::is_long_lived`]).
+struct Counting<'a> {
+    events: &'a crate::stats::EventCounters,
+    on: bool,
+}
+
+impl Counting<'_> {
+    fn ok(&self) {
+        if self.on {
+            self.events.ok();
+        }
+    }
+
+    fn error(&self) {
+        if self.on {
+            self.events.error();
+        }
+    }
+
+    fn timed_out(&self) {
+        if self.on {
+            self.events.timed_out();
+        }
     }
 }
 

@@ -80,6 +80,24 @@ pub struct EventStats {
     pub timed_out: u64,
 }
 
+/// WebSocket exchanges, counted by the transport that runs them (the socket
+/// transport's [`Event::websocket`](crate::net::Event::websocket) events)
+/// and kept apart from [`EventStats`]: a WebSocket holds its slot for the
+/// socket's whole life, so `busy - open` is the slots that HTTP (or plain)
+/// events occupy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WebSocketStats {
+    /// Open now: each holds one busy slot.
+    pub open: u64,
+    /// Opened since the transport was made (accepted or not).
+    pub opened: u64,
+    /// Client messages sent to the worker's apps.
+    pub messages_to_worker: u64,
+    /// Messages the worker's apps sent to their clients.
+    pub messages_from_worker: u64,
+}
+
 /// Connections marked for restart, by how re-establishing them went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -225,8 +243,11 @@ pub struct Stats {
     pub waiters: usize,
     /// Nuclio's allocation counters.
     pub allocations: AllocationStats,
-    /// Event outcomes.
+    /// Event outcomes; WebSocket exchanges are counted apart, in `websockets`.
     pub events: EventStats,
+    /// WebSocket exchanges: open now, opened, and messages each way (from
+    /// [`Transport::websocket_stats`](crate::Transport::websocket_stats)).
+    pub websockets: WebSocketStats,
     /// Connection restarts.
     pub connection_restarts: ConnectionRestartStats,
     /// Worker process relaunches, all workers together.

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+use crate::stats::WebSocketStats;
 use crate::worker::WorkerInfo;
 
 /// Connections to worker processes, and one event exchange on a connection.
@@ -126,6 +127,26 @@ pub trait Transport: Send + Sync + 'static {
     fn is_unsent(&self, error: &Self::Error) -> bool {
         let _ = error;
         false
+    }
+
+    /// Whether `request` is a long-lived exchange, such as a WebSocket, that
+    /// holds its slot for as long as its client stays: the pool then does
+    /// not bound it with `event_timeout` (it may last hours; the host bounds
+    /// it if it wants to), does not count it in
+    /// [`EventStats`](crate::EventStats) (the transport counts it in
+    /// [`websocket_stats`](Self::websocket_stats)), and a long one is no
+    /// sign of a blocked worker. The default, `false`, treats every request
+    /// as an event.
+    fn is_long_lived(&self, request: &Self::Request) -> bool {
+        let _ = request;
+        false
+    }
+
+    /// The transport's WebSocket counters, which the pool puts in
+    /// [`Stats::websockets`](crate::Stats::websockets). The default reports
+    /// none.
+    fn websocket_stats(&self) -> WebSocketStats {
+        WebSocketStats::default()
     }
 
     /// Whether `error` means the worker closed the connection (end of stream,

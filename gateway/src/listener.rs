@@ -347,7 +347,13 @@ impl Connection {
                 }
             }
         });
-        let mut connection = pin!(self.builder.serve_connection(TokioIo::new(stream), service));
+        // With upgrades: a WebSocket handshake's 101 hands the socket over to
+        // the handler's upgrade task (the connection future then ends).
+        let mut connection = pin!(
+            self.builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+        );
         let mut stopping = false;
         loop {
             let idle_check = tokio::time::sleep_until(activity.idle_deadline(self.keep_alive));

@@ -37,9 +37,13 @@ What an app sees, and how it maps onto the wire protocol (``docs/protocol.md``):
   ``startup`` runs before the worker listens, and a failed one makes it exit
   with status 3; ``shutdown`` runs when it drains, once the events in flight
   and the app's background work have finished.
-- **WebSocket** is not supported: a request that asks to upgrade to WebSocket
-  gets a 501 without the app being called, and a WebSocket scope never reaches
-  it.
+- **WebSocket**: a WebSocket event (docs/protocol.md, "WebSocket") runs the
+  app with a ``websocket`` scope, as websocket.py describes: connect, accept
+  with a subprotocol and headers, messages both ways with flow control,
+  disconnect and close with their codes, and the ``websocket.http.response``
+  denial extension. An HTTP request that asks to upgrade (from a host that
+  does not send WebSocket events) still gets a 501 without the app being
+  called.
 
 Known limits: the request body arrives whole (one frame, so at most
 ``--max-frame-bytes``), and a streamed response is not slowed down by a slow
@@ -56,6 +60,7 @@ import logging
 import traceback
 from urllib.parse import unquote
 
+from . import websocket as _websocket
 from .importer import AppLoadError, load_app
 from .lifespan import Lifespan
 from .loops import new_task
@@ -415,6 +420,17 @@ class AsgiAdapter:
         self.idle = None
         # Responses that went out as a stream (H ... D): for tests and logs.
         self.streamed = 0
+        # WebSocket exchanges running now, told when the worker drains.
+        self.sessions = set()
+
+    # The worker says in its ready frame that it takes WebSocket events.
+    websocket = True
+
+    def drain(self) -> None:
+        """The worker drains: WebSockets close with 1012 (service restart)
+        rather than hold the drain up for as long as their clients stay."""
+        for session in list(self.sessions):
+            session.server_closing()
 
     @classmethod
     def from_config(cls, config):
@@ -450,6 +466,8 @@ class AsgiAdapter:
                 self.max_frame)
             return new_task(loop, _answer_now(conn, answer))
         scope = build_scope(event, self.lifespan.state, self.root_path)
+        if (event.meta or {}).get("websocket") is True:
+            return _websocket.start(self, conn, event, scope)
         if _asks_websocket(scope):
             meta = encode_head_meta(501, [("content-type", "text/plain; charset=utf-8")])
             return new_task(loop, _answer_now(

@@ -20,7 +20,7 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
 ``--asgi``             instead of a handler, an ASGI 3 app (FastAPI, Starlette, ...)
                        as ``module:attribute``, imported the same way; asgi.py
                        describes the scope, streaming, lifespan (``--lifespan``,
-                       lifespan.py) and what is not supported (WebSocket). A
+                       lifespan.py) and WebSocket scopes (websocket.py). A
                        failed lifespan startup exits with status 3.
 ``--wsgi``             instead of a handler, a WSGI app (Flask, Django, ...) as
                        ``module:attribute``, imported the same way, run in

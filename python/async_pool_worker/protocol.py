@@ -34,6 +34,15 @@ MULTIPLEX_VERSION = 1
 STREAM = struct.Struct(">I")
 FRAME_HEAD = struct.Struct(">II")  # frame length, stream id
 
+# WebSocket exchanges (docs/protocol.md, "WebSocket"): control, text, binary
+# and credit frames, which the host sends while the exchange runs.
+WEBSOCKET_VERSION = 1
+WS_CONTROL_KIND = ord("W")
+WS_TEXT_KIND = ord("T")
+WS_BINARY_KIND = ord("Y")
+WS_CREDIT_KIND = ord("U")
+WS_KINDS = frozenset((WS_CONTROL_KIND, WS_TEXT_KIND, WS_BINARY_KIND, WS_CREDIT_KIND))
+
 # The handshake (docs/protocol.md, "Handshake").
 MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 64
@@ -121,9 +130,13 @@ def encode_stream_frame(stream: int, payload: bytes) -> bytes:
     return FRAME_HEAD.pack(len(payload) + STREAM.size, stream) + payload
 
 
-def encode_ready(pid: int, worker_id: int) -> bytes:
-    """The `R` envelope a worker sends first on every connection it serves."""
-    return encode_envelope(b"R", {"pid": pid, "worker_id": worker_id})
+def encode_ready(pid: int, worker_id: int, websocket: bool = False) -> bytes:
+    """The `R` envelope a worker sends first on every connection it serves;
+    with `websocket`, it says that the worker takes WebSocket events."""
+    meta = {"pid": pid, "worker_id": worker_id}
+    if websocket:
+        meta["websocket"] = WEBSOCKET_VERSION
+    return encode_envelope(b"R", meta)
 
 
 def encode_multiplex_ack() -> bytes:

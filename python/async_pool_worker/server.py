@@ -37,7 +37,7 @@ from .config import PROBE_CONNECTIONS
 from .logs import PROG, warn
 from .loops import loop_name
 from .protocol import (ANSWER_LEN, CANCEL_KIND, CANCELLED_ENVELOPE, FRAME_HEAD, HEADER_LEN,
-                       LENGTH, MULTIPLEX_KIND, MULTIPLEX_VERSION, NONCE_LEN, STREAM,
+                       LENGTH, MULTIPLEX_KIND, MULTIPLEX_VERSION, NONCE_LEN, STREAM, WS_KINDS,
                        ProtocolError, check_answer, encode_challenge, encode_frame,
                        encode_multiplex_ack, encode_ready, parse_event, parse_meta)
 
@@ -77,7 +77,7 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = ("worker", "number", "transport", "state", "buffer", "nonce", "timer",
-                 "busy", "task", "mux", "on_lost", "paused", "on_writable")
+                 "busy", "task", "mux", "on_lost", "paused", "on_writable", "on_frame")
 
     def __init__(self, worker):
         self.worker = worker
@@ -104,6 +104,9 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         # Callbacks of when_writable waiting for the buffer to drain.
         self.on_writable = None
+        # While a WebSocket exchange runs: called with (kind, envelope) for
+        # each frame the host sends it.
+        self.on_frame = None
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -144,7 +147,10 @@ class _Connection(asyncio.Protocol):
                 if self.state == _SERVING:
                     self.mux.data_received(data)
             elif self.state == _SERVING:
-                if self.buffer:
+                if self.on_frame is not None:
+                    self.buffer += data
+                    self._exchange_frames()
+                elif self.buffer:
                     self.buffer += data
                     if self.task is None:
                         self._next_event(self.buffer, True)
@@ -260,6 +266,16 @@ class _Connection(asyncio.Protocol):
             if not buffered:
                 self.buffer += data
             return
+        if data[LENGTH.size] in WS_KINDS:
+            # A WebSocket frame that crossed the end of its exchange: the
+            # host sent it before it read the answer. Skipped.
+            self.busy = False
+            rest = bytes(memoryview(data)[end:])
+            if buffered:
+                del data[:]
+            if rest:
+                self.data_received(rest)
+            return
         if data[LENGTH.size] == MULTIPLEX_KIND:
             rest = bytes(memoryview(data)[end:])
             self._start_multiplexing(bytes(memoryview(data)[LENGTH.size:end]))
@@ -281,6 +297,30 @@ class _Connection(asyncio.Protocol):
         task = self.worker.app.start(self, event)
         if self.task is _STARTING:
             self.task = task
+        if self.on_frame is not None and self.buffer:
+            # Frames of the WebSocket exchange that came with its event.
+            self._exchange_frames()
+
+    def _exchange_frames(self):
+        """Hand the complete frames in the buffer to the WebSocket exchange
+        that runs on this connection, while it runs."""
+        buffer = self.buffer
+        while self.on_frame is not None and len(buffer) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buffer)
+            if length > self.worker.max_frame:
+                raise ProtocolError("frame of %d bytes exceeds --max-frame-bytes %d"
+                                    % (length, self.worker.max_frame))
+            if length < 1:
+                raise ProtocolError("an empty frame")
+            end = LENGTH.size + length
+            if len(buffer) < end:
+                return
+            envelope = bytes(buffer[LENGTH.size:end])
+            del buffer[:end]
+            if envelope[0] not in WS_KINDS:
+                raise ProtocolError("a frame of kind %r while a WebSocket exchange runs"
+                                    % envelope[0:1])
+            self.on_frame(envelope[0], envelope)
 
     def _start_multiplexing(self, request):
         """The host's `M`: from now on every frame carries a stream id."""
@@ -424,8 +464,15 @@ class _Multiplexed:
         if len(payload) < STREAM.size + 1:
             raise ProtocolError("multiplexed frame of %d bytes has no envelope" % len(payload))
         (stream,) = STREAM.unpack_from(payload)
-        if payload[STREAM.size] == CANCEL_KIND:
+        kind = payload[STREAM.size]
+        if kind == CANCEL_KIND:
             self._cancel(stream)
+            return
+        if kind in WS_KINDS:
+            part = self.parts.get(stream)
+            if part is not None and part.on_frame is not None:
+                part.on_frame(kind, payload[STREAM.size:])
+            # Otherwise it crossed the end (or the cancel) of its exchange.
             return
         tasks = self.tasks
         if stream in tasks:
@@ -532,12 +579,13 @@ class _StreamAnswer:
     connection: parts of a streamed answer go out with the next flush, and
     its last frame (or giving it up) ends the stream's event."""
 
-    __slots__ = ("mux", "stream", "on_lost")
+    __slots__ = ("mux", "stream", "on_lost", "on_frame")
 
     def __init__(self, mux, stream):
         self.mux = mux
         self.stream = stream
         self.on_lost = None
+        self.on_frame = None
 
     def answered(self, answer):
         self._end(answer)
@@ -581,6 +629,13 @@ class Worker:
     which the adapter may set to a callable that is called once if it closes
     mid-exchange. A thread's call cannot be cancelled, so the WSGI adapter's
     "task" is an object whose ``cancel()`` only says the host gave up.
+
+    An adapter that takes WebSocket events (asgi.AsgiAdapter) says so with a
+    true ``websocket`` attribute, which the worker announces in its ready
+    frame; it then sets the ``on_frame`` attribute of the exchange's `answer`
+    to a callable that gets ``(kind, envelope)`` for every frame the host
+    sends on it, and unsets it when the exchange ends. Its ``drain()``, if it
+    has one, is called when the worker starts to drain.
     """
 
     def __init__(self, config, app):
@@ -603,7 +658,8 @@ class Worker:
         self.stop = None
         self.drained = None
         self.loop = None
-        self.ready_frame = encode_frame(encode_ready(os.getpid(), self.worker_id))
+        self.ready_frame = encode_frame(encode_ready(
+            os.getpid(), self.worker_id, websocket=getattr(app, "websocket", False)))
 
     # -- life cycle --------------------------------------------------------
 
@@ -658,6 +714,11 @@ class Worker:
         log.info("worker %d: %s received, draining (%d event(s) in flight, %d connection(s))",
                  self.worker_id, signal.Signals(signum).name, busy, len(self.connections))
         self._close_server()
+        drain = getattr(self.app, "drain", None)
+        if drain is not None:
+            # Long-lived exchanges (WebSockets) end themselves: they would
+            # keep the drain from ever finishing.
+            drain()
         for conn in list(self.connections):
             if not conn.busy:
                 conn.close()

@@ -15,24 +15,37 @@ use serde::de::DeserializeOwned;
 
 use super::error::ProtocolError;
 use super::response_stream::ResponseSink;
+use super::websocket_link::WebSocketLink;
 use crate::trace_context::TraceContext;
 
 const READY: u8 = b'R';
 const EVENT: u8 = b'E';
-const RETURNED: u8 = b'O';
-const RAISED: u8 = b'X';
-const HEAD: u8 = b'H';
-const BODY: u8 = b'B';
+pub(crate) const RETURNED: u8 = b'O';
+pub(crate) const RAISED: u8 = b'X';
+pub(crate) const HEAD: u8 = b'H';
+pub(crate) const BODY: u8 = b'B';
 
 /// Whether an answer frame of `kind` is followed by more of the same answer
 /// (the head and body chunks of a streamed one).
 pub(crate) fn answer_goes_on(kind: u8) -> bool {
     matches!(kind, HEAD | BODY)
 }
-const DONE: u8 = b'D';
+
+/// Whether a frame of `kind` ends a WebSocket exchange: the app's end (`O`)
+/// or its exception (`X`); every other frame of it goes on.
+pub(crate) fn ends_websocket(kind: u8) -> bool {
+    matches!(kind, RETURNED | RAISED)
+}
+pub(crate) const DONE: u8 = b'D';
+/// The kinds of a WebSocket exchange (`docs/protocol.md`, "WebSocket"):
+/// control, text and binary messages, and credit.
+pub(crate) const WS_CONTROL: u8 = b'W';
+pub(crate) const WS_TEXT: u8 = b'T';
+pub(crate) const WS_BINARY: u8 = b'Y';
+pub(crate) const WS_CREDIT: u8 = b'U';
 
 /// Kind byte and meta length.
-const HEADER_LEN: usize = 5;
+pub(crate) const HEADER_LEN: usize = 5;
 
 /// One event for a worker's handler: a body, and for an HTTP event its method,
 /// path and headers, and what else the front end knows about the request
@@ -64,6 +77,7 @@ pub struct Event {
     body: Bytes,
     sink: Option<ResponseSink>,
     trace: Option<TraceContext>,
+    websocket: Option<WebSocketLink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +89,8 @@ struct HttpRequest {
     client: Option<(String, u16)>,
     server: Option<(String, u16)>,
     http_version: Option<String>,
+    /// The subprotocols a WebSocket client offered, in its order.
+    subprotocols: Vec<String>,
 }
 
 /// The meta of an HTTP event, borrowed from the [`Event`] for encoding. The
@@ -97,6 +113,13 @@ struct HttpMeta<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<TraceMeta<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    websocket: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subprotocols: Option<&'a [String]>,
+    /// The host's receive window of a WebSocket exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<u32>,
 }
 
 /// The meta of a plain event that asks for a streamed response or carries a
@@ -134,6 +157,7 @@ impl Event {
             body: body.into(),
             sink: None,
             trace: None,
+            websocket: None,
         }
     }
 
@@ -153,11 +177,74 @@ impl Event {
                 client: None,
                 server: None,
                 http_version: None,
+                subprotocols: Vec::new(),
             }),
             body: body.into(),
             sink: None,
             trace: None,
+            websocket: None,
         }
+    }
+
+    /// A WebSocket event (`docs/protocol.md`, "WebSocket"): the client's
+    /// opening handshake, a `GET` of `path` with `headers`, and the ends of
+    /// the two-way exchange that follows, `link`, which the transport pumps
+    /// for as long as the exchange lasts. The subprotocols the client offered
+    /// are read from its `Sec-WebSocket-Protocol` headers.
+    ///
+    /// The event is never bounded by the pool's `event_timeout` (see
+    /// [`Transport::is_long_lived`](crate::Transport::is_long_lived)), and
+    /// goes only to a worker that said in its ready frame that it speaks
+    /// WebSocket; any other fails with
+    /// [`NetError::WebSocketUnsupported`](super::NetError::WebSocketUnsupported)
+    /// before anything is sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use async_worker_pool::net::{Event, WebSocketLink};
+    ///
+    /// let (link, _to_worker, _from_worker) = WebSocketLink::channel();
+    /// let headers = vec![("sec-websocket-protocol".into(), "chat, superchat".into())];
+    /// let event = Event::websocket("/ws?room=1", headers, link).with_scheme("ws");
+    /// assert!(event.is_websocket());
+    /// assert_eq!(event.subprotocols(), ["chat", "superchat"]);
+    /// ```
+    pub fn websocket(
+        path: impl Into<String>,
+        headers: Vec<(String, String)>,
+        link: WebSocketLink,
+    ) -> Self {
+        let subprotocols = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .flat_map(|(_, value)| value.split(','))
+            .map(str::trim)
+            .filter(|protocol| !protocol.is_empty())
+            .map(String::from)
+            .collect();
+        let mut event = Self::http("GET", path, headers, Bytes::new());
+        if let Some(http) = &mut event.http {
+            http.subprotocols = subprotocols;
+        }
+        event.websocket = Some(link);
+        event
+    }
+
+    /// Whether it is a WebSocket event.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket.is_some()
+    }
+
+    /// The subprotocols a WebSocket event's client offered; empty for other
+    /// events.
+    pub fn subprotocols(&self) -> &[String] {
+        self.http.as_ref().map_or(&[], |http| &http.subprotocols)
+    }
+
+    /// The exchange's ends, for the transport.
+    pub(crate) fn websocket_link(&self) -> Option<&WebSocketLink> {
+        self.websocket.as_ref()
     }
 
     /// The event with the caller's trace context, which the worker's handler
@@ -347,6 +434,12 @@ impl Event {
                     http_version: http.http_version.as_deref(),
                     stream: self.sink.is_some(),
                     trace,
+                    websocket: self.websocket.is_some(),
+                    subprotocols: self
+                        .websocket
+                        .as_ref()
+                        .map(|_| http.subprotocols.as_slice()),
+                    window: self.websocket.as_ref().map(WebSocketLink::window),
                 };
                 serde_json::to_writer(dst.writer(), &meta)
                     .expect("strings serialize into a BytesMut without error");
@@ -405,7 +498,7 @@ struct ReturnedMeta {
 
 /// A `[name, value]` header. Deserialized by hand because serde's tuples report
 /// an extra element as a JSON syntax error rather than as a mistyped field.
-struct HeaderPair(String, String);
+pub(crate) struct HeaderPair(pub(crate) String, pub(crate) String);
 
 impl<'de> Deserialize<'de> for HeaderPair {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -487,10 +580,12 @@ impl Reply {
                     traceback: String::from_utf8_lossy(&payload[meta_end..]).into_owned(),
                 })
             }
-            READY | EVENT | HEAD | BODY | DONE => Err(ProtocolError::UnexpectedKind {
-                kind,
-                expected: "`O` or `X`",
-            }),
+            READY | EVENT | HEAD | BODY | DONE | WS_CONTROL | WS_TEXT | WS_BINARY | WS_CREDIT => {
+                Err(ProtocolError::UnexpectedKind {
+                    kind,
+                    expected: "`O` or `X`",
+                })
+            }
             _ => Err(ProtocolError::UnknownKind { kind }),
         }
     }
@@ -538,7 +633,7 @@ impl AnswerFrame {
 }
 
 /// The status and headers of an `O` or `H` meta.
-fn head(kind: u8, raw: &[u8]) -> Result<(u16, Vec<(String, String)>), ProtocolError> {
+pub(crate) fn head(kind: u8, raw: &[u8]) -> Result<(u16, Vec<(String, String)>), ProtocolError> {
     let meta: ReturnedMeta = parse_meta(kind, raw)?;
     let status = match meta.status {
         None => 200,
@@ -561,12 +656,17 @@ fn head(kind: u8, raw: &[u8]) -> Result<(u16, Vec<(String, String)>), ProtocolEr
 pub struct Ready {
     pid: u32,
     worker_id: u32,
+    websocket: Option<u32>,
 }
 
 #[derive(Deserialize)]
 struct ReadyMeta {
     pid: u32,
     worker_id: u32,
+    /// The version of the WebSocket section the worker speaks; absent in a
+    /// worker that does not.
+    #[serde(default)]
+    websocket: Option<u32>,
 }
 
 impl Ready {
@@ -578,6 +678,13 @@ impl Ready {
     /// The worker number it was started with.
     pub fn worker_id(&self) -> u32 {
         self.worker_id
+    }
+
+    /// The version of the WebSocket exchange the worker speaks (meta key
+    /// `websocket`), or `None` for a worker that does not: such a worker
+    /// gets no WebSocket event.
+    pub fn websocket_version(&self) -> Option<u32> {
+        self.websocket
     }
 
     /// Decodes a ready frame from a frame payload. A body, which the protocol
@@ -595,9 +702,11 @@ impl Ready {
                 Ok(Self {
                     pid: meta.pid,
                     worker_id: meta.worker_id,
+                    websocket: meta.websocket,
                 })
             }
-            EVENT | RETURNED | RAISED | HEAD | BODY | DONE => Err(ProtocolError::UnexpectedKind {
+            EVENT | RETURNED | RAISED | HEAD | BODY | DONE | WS_CONTROL | WS_TEXT | WS_BINARY
+            | WS_CREDIT => Err(ProtocolError::UnexpectedKind {
                 kind,
                 expected: "`R`",
             }),
@@ -610,11 +719,15 @@ impl Ready {
 ///
 /// An unknown kind is reported before a bad length: it says more about what the
 /// worker sent.
-fn split(payload: &[u8]) -> Result<(u8, usize), ProtocolError> {
+pub(crate) fn split(payload: &[u8]) -> Result<(u8, usize), ProtocolError> {
     let Some((&kind, rest)) = payload.split_first() else {
         return Err(ProtocolError::Empty);
     };
-    if ![READY, EVENT, RETURNED, RAISED, HEAD, BODY, DONE].contains(&kind) {
+    if ![
+        READY, EVENT, RETURNED, RAISED, HEAD, BODY, DONE, WS_CONTROL, WS_TEXT, WS_BINARY, WS_CREDIT,
+    ]
+    .contains(&kind)
+    {
         return Err(ProtocolError::UnknownKind { kind });
     }
     let Some((len, _)) = rest.split_first_chunk::<4>() else {
@@ -632,7 +745,7 @@ fn split(payload: &[u8]) -> Result<(u8, usize), ProtocolError> {
     Ok((kind, meta_end))
 }
 
-fn parse_meta<T: DeserializeOwned>(kind: u8, raw: &[u8]) -> Result<T, ProtocolError> {
+pub(crate) fn parse_meta<T: DeserializeOwned>(kind: u8, raw: &[u8]) -> Result<T, ProtocolError> {
     let text =
         std::str::from_utf8(raw).map_err(|source| ProtocolError::MetaNotUtf8 { kind, source })?;
     // Derived structs also accept a JSON array, so check for an object by hand: a

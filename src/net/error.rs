@@ -107,6 +107,22 @@ pub enum ProtocolError {
         /// What the worker did wrong, as text.
         reason: String,
     },
+    /// A WebSocket message (or denial body) sent past the credit the host
+    /// had granted (`docs/protocol.md`, "Flow control").
+    #[error("the worker sent {cost} credit bytes of WebSocket data with {credit} left")]
+    WebSocketCredit {
+        /// What the frame cost.
+        cost: u64,
+        /// The credit left before it, zero or below.
+        credit: i64,
+    },
+    /// A WebSocket text message (`T`) that is not UTF-8.
+    #[error("a WebSocket text message is not UTF-8")]
+    TextNotUtf8,
+    /// A `W` frame whose `type` this host does not know or does not allow
+    /// from a worker.
+    #[error("a WebSocket control frame of type {0:?}")]
+    WebSocketControl(String),
     /// An `O` reply with a status outside `100..=999`.
     #[error("status {status} is outside 100..=999")]
     StatusOutOfRange {
@@ -188,6 +204,15 @@ pub enum NetError {
     /// disconnected.
     #[error("the reader of the streamed response went away before it was complete")]
     StreamAbandoned,
+    /// The event is a WebSocket event and the worker did not say in its ready
+    /// frame that it speaks WebSocket (`docs/protocol.md`, "WebSocket");
+    /// nothing was sent, and the connection stays usable.
+    #[error("the worker does not speak WebSocket (its ready frame does not say so)")]
+    WebSocketUnsupported,
+    /// The WebSocket event's [`WebSocketLink`](super::WebSocketLink) was used
+    /// by an earlier call already; nothing was sent.
+    #[error("this WebSocket event's link was used by an earlier call")]
+    WebSocketLinkUsed,
     /// The worker's streamed answer came out of order (a body chunk before the
     /// head, a second head, a whole answer after the head).
     #[error("the worker's streamed answer broke the protocol")]

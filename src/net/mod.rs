@@ -49,6 +49,8 @@ mod response_stream;
 mod secret;
 mod stream;
 mod transport;
+mod websocket;
+mod websocket_link;
 
 pub use envelope::{Event, Ready, Reply};
 pub use error::{NetError, ProtocolError};
@@ -56,3 +58,7 @@ pub use handshake::{Challenge, HANDSHAKE_VERSION, NONCE_LEN};
 pub use response_stream::{ResponsePart, ResponseParts, ResponseSink};
 pub use secret::{InvalidSecret, MIN_SECRET_LEN, SECRET_LEN, WorkerSecret};
 pub use transport::{DEFAULT_MAX_FRAME_BYTES, SocketConn, SocketTransport};
+pub use websocket_link::{
+    ABNORMAL_CLOSURE, DEFAULT_WINDOW, FromWorker, MESSAGE_COST, WEBSOCKET_VERSION, WebSocketClosed,
+    WebSocketLink, WebSocketMessage, WebSocketReceiver, WebSocketSender,
+};

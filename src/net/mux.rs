@@ -28,8 +28,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::answer::{AnswerFrames, PREFIX_LEN, read_error, read_streamed};
-use super::envelope::{Event, Ready, Reply, answer_goes_on};
+use super::envelope::{Event, Ready, Reply, answer_goes_on, ends_websocket};
 use super::error::{NetError, ProtocolError};
+use super::websocket::{self, Wire};
+use super::websocket_link::WebSocketCounters;
 
 /// The kind byte of the host's request to multiplex a connection, and of the
 /// worker's acknowledgement.
@@ -98,6 +100,24 @@ pub(crate) fn check_multiplex_ack(payload: &[u8]) -> Result<(), ProtocolError> {
 /// What a stream's waiter gets: the envelope of its answer, or why none came.
 type Answer = Result<Bytes, NetError>;
 
+/// Where the frames of one stream's exchange go.
+#[derive(Debug)]
+struct Waiter {
+    answers: mpsc::UnboundedSender<Answer>,
+    /// A WebSocket exchange: every frame but `O` and `X` goes on.
+    websocket: bool,
+}
+
+impl Waiter {
+    fn goes_on(&self, kind: u8) -> bool {
+        if self.websocket {
+            !ends_websocket(kind)
+        } else {
+            answer_goes_on(kind)
+        }
+    }
+}
+
 /// State shared by a physical connection's handle, reader and writer.
 #[derive(Debug, Default)]
 struct Shared {
@@ -111,7 +131,7 @@ struct PhysicalState {
     dead: bool,
     /// The stream of every event in flight, and where its answer goes.
     /// A streamed answer comes in several frames, hence a channel.
-    waiters: HashMap<u32, mpsc::UnboundedSender<Answer>>,
+    waiters: HashMap<u32, Waiter>,
     /// Streams whose event was cancelled and not yet confirmed; the sender
     /// tells the reconnect that waits for it.
     cancelling: HashMap<u32, oneshot::Sender<()>>,
@@ -132,7 +152,7 @@ impl Shared {
         };
         self.closed.notify_one();
         for (_, waiter) in waiters {
-            let _ = waiter.send(Err(each(error)));
+            let _ = waiter.answers.send(Err(each(error)));
         }
         drop(cancelling);
     }
@@ -261,12 +281,12 @@ fn dispatch(shared: &Shared, mut frame: BytesMut) -> Result<(), ProtocolError> {
             None => Err(ProtocolError::UnknownStream { stream }),
         };
     }
-    // The waiter stays for the rest of a streamed answer; its last frame
-    // (or any other answer) ends the exchange.
-    let waiter = if answer_goes_on(payload[0]) {
-        state.waiters.get(&stream).cloned()
-    } else {
-        state.waiters.remove(&stream)
+    // The waiter stays for the rest of a streamed answer (or of a
+    // WebSocket exchange); its last frame ends the exchange.
+    let waiter = match state.waiters.get(&stream) {
+        Some(waiter) if waiter.goes_on(payload[0]) => Some(waiter.answers.clone()),
+        Some(_) => state.waiters.remove(&stream).map(|waiter| waiter.answers),
+        None => None,
     };
     if let Some(waiter) = waiter {
         drop(state);
@@ -421,6 +441,7 @@ pub(crate) struct MuxStream {
     id: u32,
     limit: usize,
     usable: bool,
+    websockets: Arc<WebSocketCounters>,
 }
 
 impl Drop for MuxStream {
@@ -431,7 +452,12 @@ impl Drop for MuxStream {
 
 impl MuxStream {
     /// A new stream on `physical`.
-    pub(crate) fn open(physical: Arc<Physical>, group: Arc<Group>, limit: usize) -> Self {
+    pub(crate) fn open(
+        physical: Arc<Physical>,
+        group: Arc<Group>,
+        limit: usize,
+        websockets: Arc<WebSocketCounters>,
+    ) -> Self {
         physical.streams.fetch_add(1, Ordering::Relaxed);
         let id = physical.next_stream.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -440,6 +466,7 @@ impl MuxStream {
             id,
             limit,
             usable: true,
+            websockets,
         }
     }
 
@@ -463,6 +490,14 @@ impl MuxStream {
         if !self.usable {
             return Err(NetError::Unusable);
         }
+        // Refused before anything is sent, so the stream stays usable.
+        let websocket = match event.websocket_link() {
+            None => None,
+            Some(_) if self.ready().websocket_version().is_none() => {
+                return Err(NetError::WebSocketUnsupported);
+            }
+            Some(link) => Some(link.take().ok_or(NetError::WebSocketLinkUsed)?),
+        };
         let at_least = event.body().len().saturating_add(STREAM_ID_LEN + 5);
         if at_least > self.limit {
             return Err(NetError::EventTooLarge {
@@ -490,7 +525,13 @@ impl MuxStream {
             if state.dead {
                 return Err(NetError::Closed);
             }
-            state.waiters.insert(self.id, answer);
+            state.waiters.insert(
+                self.id,
+                Waiter {
+                    answers: answer,
+                    websocket: websocket.is_some(),
+                },
+            );
         }
         self.usable = false;
         // Armed until the exchange has ended well: a call dropped (or failed,
@@ -509,9 +550,17 @@ impl MuxStream {
         {
             return Err(NetError::Closed);
         }
-        let reply = match event.sink() {
-            None => Reply::decode(answers.next_answer_frame().await?)?,
-            Some(sink) => read_streamed(&mut answers, sink).await?,
+        let reply = match (websocket, event.sink()) {
+            (Some(ends), _) => {
+                let mut wire = StreamWire {
+                    answers: &mut answers,
+                    physical: &in_flight.stream.physical,
+                    id: in_flight.stream.id,
+                };
+                websocket::exchange(&mut wire, ends, &in_flight.stream.websockets).await?
+            }
+            (None, None) => Reply::decode(answers.next_answer_frame().await?)?,
+            (None, Some(sink)) => read_streamed(&mut answers, sink).await?,
         };
         let mut in_flight = in_flight;
         in_flight.armed = false;
@@ -525,6 +574,32 @@ impl MuxStream {
 impl AnswerFrames for mpsc::UnboundedReceiver<Answer> {
     async fn next_answer_frame(&mut self) -> Result<Bytes, NetError> {
         self.recv().await.unwrap_or(Err(NetError::Closed))
+    }
+}
+
+/// One stream's side of a WebSocket exchange: frames from the reader, and
+/// frames out through the writer's queue with the stream id in front.
+struct StreamWire<'a> {
+    answers: &'a mut mpsc::UnboundedReceiver<Answer>,
+    physical: &'a Physical,
+    id: u32,
+}
+
+impl Wire for StreamWire<'_> {
+    async fn next_frame(&mut self) -> Result<Bytes, NetError> {
+        self.answers.next_answer_frame().await
+    }
+
+    async fn send_frame(&mut self, envelope: Bytes) -> Result<(), NetError> {
+        let mut frame = BytesMut::with_capacity(PREFIX_LEN + STREAM_ID_LEN + envelope.len());
+        let len = u32::try_from(STREAM_ID_LEN + envelope.len()).unwrap_or(u32::MAX);
+        frame.put_u32(len);
+        frame.put_u32(self.id);
+        frame.put_slice(&envelope);
+        self.physical
+            .outgoing
+            .send(frame.freeze())
+            .map_err(|_| NetError::Closed)
     }
 }
 
@@ -577,6 +652,31 @@ mod tests {
         out
     }
 
+    fn plain(answers: mpsc::UnboundedSender<Answer>) -> Waiter {
+        Waiter {
+            answers,
+            websocket: false,
+        }
+    }
+
+    #[test]
+    fn a_websocket_stream_keeps_its_waiter_until_o_or_x() {
+        let shared = Shared::default();
+        let (answers, mut frames) = mpsc::unbounded_channel();
+        shared.state.lock().waiters.insert(
+            5,
+            Waiter {
+                answers,
+                websocket: true,
+            },
+        );
+        for kind in [b'W', b'T', b'Y', b'U', b'H', b'B', b'D', b'O'] {
+            dispatch(&shared, frame(5, &envelope(kind, "{}"))).unwrap();
+            assert_eq!(frames.try_recv().unwrap().unwrap()[0], kind);
+        }
+        assert!(!shared.state.lock().waiters.contains_key(&5));
+    }
+
     fn frame(stream: u32, payload: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
         out.put_u32(stream);
@@ -620,8 +720,8 @@ mod tests {
         let (cancelled, mut confirmed) = oneshot::channel();
         {
             let mut state = shared.state.lock();
-            state.waiters.insert(1, one);
-            state.waiters.insert(2, two);
+            state.waiters.insert(1, plain(one));
+            state.waiters.insert(2, plain(two));
             state.cancelling.insert(3, cancelled);
         }
         // Answers in another order than asked, each to its own waiter.
@@ -632,7 +732,7 @@ mod tests {
         // A streamed answer: its head and chunks keep the stream's waiter,
         // its last frame ends the exchange.
         let (streamed, mut parts) = mpsc::unbounded_channel();
-        shared.state.lock().waiters.insert(4, streamed);
+        shared.state.lock().waiters.insert(4, plain(streamed));
         for kind in [b'H', b'B', b'B', b'D'] {
             dispatch(&shared, frame(4, &envelope(kind, "{}"))).unwrap();
             assert_eq!(parts.try_recv().unwrap().unwrap()[0], kind);
@@ -661,7 +761,7 @@ mod tests {
         let mut answers = Vec::new();
         for stream in 0..3 {
             let (waiter, answer) = mpsc::unbounded_channel();
-            shared.state.lock().waiters.insert(stream, waiter);
+            shared.state.lock().waiters.insert(stream, plain(waiter));
             answers.push(answer);
         }
         let (cancelled, mut confirmed) = oneshot::channel();

@@ -18,7 +18,10 @@ use super::handshake::{CHALLENGE, Challenge};
 use super::mux::{self, Cancellation, Group, MuxStream, Physical};
 use super::secret::WorkerSecret;
 use super::stream::Stream;
+use super::websocket::{self, Wire};
+use super::websocket_link::WebSocketCounters;
 use crate::endpoint::Endpoint;
+use crate::stats::WebSocketStats;
 use crate::transport::Transport;
 use crate::worker::WorkerInfo;
 
@@ -101,6 +104,8 @@ const LARGEST_FRAME: usize = u32::MAX as usize;
 #[derive(Debug, Clone)]
 pub struct SocketTransport {
     max_frame_bytes: usize,
+    /// Counted across clones: the pool's stats read them.
+    websockets: Arc<WebSocketCounters>,
     /// The multiplexed mode's groups of physical connections, one group per
     /// worker process; `None` in the one-per-connection mode.
     multiplex: Option<Arc<Multiplexed>>,
@@ -155,6 +160,7 @@ impl SocketTransport {
     pub fn new() -> Self {
         Self {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            websockets: Arc::default(),
             multiplex: None,
         }
     }
@@ -335,6 +341,7 @@ impl SocketTransport {
             limit,
             usable: true,
             last_used: Instant::now(),
+            websockets: Arc::clone(&self.websockets),
         })
     }
 }
@@ -378,7 +385,12 @@ impl SocketTransport {
         let _cancelled_on = claim.cancellation.take().map(|done| done.physical);
         let limit = self.max_frame_bytes;
         let stream = |physical| SocketConn {
-            inner: Inner::Stream(MuxStream::open(physical, Arc::clone(&group), limit)),
+            inner: Inner::Stream(MuxStream::open(
+                physical,
+                Arc::clone(&group),
+                limit,
+                Arc::clone(&self.websockets),
+            )),
         };
         if let Some(physical) = group.pick(multiplex.per_worker) {
             return Ok(stream(physical));
@@ -500,9 +512,25 @@ impl Transport for SocketTransport {
         }
     }
 
-    /// [`NetError::EventTooLarge`] is refused before a byte is sent.
+    /// [`NetError::EventTooLarge`], [`NetError::WebSocketUnsupported`] and
+    /// [`NetError::WebSocketLinkUsed`] are refused before a byte is sent.
     fn is_unsent(&self, error: &NetError) -> bool {
-        matches!(error, NetError::EventTooLarge { .. })
+        matches!(
+            error,
+            NetError::EventTooLarge { .. }
+                | NetError::WebSocketUnsupported
+                | NetError::WebSocketLinkUsed
+        )
+    }
+
+    /// A WebSocket event ([`Event::websocket`]) lasts as long as its client.
+    fn is_long_lived(&self, request: &Event) -> bool {
+        request.is_websocket()
+    }
+
+    /// Counted by every clone of this transport.
+    fn websocket_stats(&self) -> WebSocketStats {
+        self.websockets.snapshot()
     }
 
     fn is_disconnect(&self, error: &NetError) -> bool {
@@ -542,6 +570,7 @@ struct Direct {
     usable: bool,
     /// When it was connected or last finished an exchange.
     last_used: Instant,
+    websockets: Arc<WebSocketCounters>,
 }
 
 impl SocketConn {
@@ -616,6 +645,14 @@ impl Direct {
         if !self.usable {
             return Err(NetError::Unusable);
         }
+        // Refused before anything is sent, so the connection stays usable.
+        let websocket = match event.websocket_link() {
+            None => None,
+            Some(_) if self.ready.websocket_version().is_none() => {
+                return Err(NetError::WebSocketUnsupported);
+            }
+            Some(link) => Some(link.take().ok_or(NetError::WebSocketLinkUsed)?),
+        };
         // Refuse an oversized body before copying it.
         let at_least = event.body().len().saturating_add(5);
         if at_least > self.limit {
@@ -648,9 +685,13 @@ impl Direct {
         SinkExt::<Bytes>::flush(&mut self.framed)
             .await
             .map_err(|err| closed_or_io(err, NetError::Closed))?;
-        let reply = match event.sink() {
-            None => Reply::decode(self.next_frame().await?)?,
-            Some(sink) => read_streamed(self, sink).await?,
+        let reply = match (websocket, event.sink()) {
+            (Some(ends), _) => {
+                let counters = Arc::clone(&self.websockets);
+                websocket::exchange(self, ends, &counters).await?
+            }
+            (None, None) => Reply::decode(self.next_frame().await?)?,
+            (None, Some(sink)) => read_streamed(self, sink).await?,
         };
         self.usable = true;
         self.last_used = Instant::now();
@@ -663,6 +704,20 @@ impl Direct {
             Some(Err(err)) => Err(read_error(err, self.limit, NetError::Closed)),
             None => Err(NetError::Closed),
         }
+    }
+}
+
+/// A WebSocket exchange on a connection of its own: the codec frames both ways.
+impl Wire for Direct {
+    fn next_frame(&mut self) -> impl Future<Output = Result<Bytes, NetError>> + Send {
+        Direct::next_frame(self)
+    }
+
+    async fn send_frame(&mut self, envelope: Bytes) -> Result<(), NetError> {
+        self.framed
+            .send(envelope)
+            .await
+            .map_err(|err| closed_or_io(err, NetError::Closed))
     }
 }
 

@@ -66,6 +66,10 @@ const PACKAGE_FILES: &[(&str, &str)] = &[
         include_str!("../../python/async_pool_worker/server.py"),
     ),
     (
+        "websocket.py",
+        include_str!("../../python/async_pool_worker/websocket.py"),
+    ),
+    (
         "wsgi.py",
         include_str!("../../python/async_pool_worker/wsgi.py"),
     ),

@@ -179,6 +179,30 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
             ]),
         ),
         Family::pool(
+            "websockets_open",
+            Gauge,
+            "WebSocket exchanges open now; each holds one busy slot.",
+        )
+        .sample(stats.websockets.open),
+        Family::pool(
+            "websockets_opened_total",
+            Counter,
+            "WebSocket exchanges opened.",
+        )
+        .sample(stats.websockets.opened),
+        Family::pool(
+            "websocket_messages_total",
+            Counter,
+            "WebSocket messages by direction: from clients to the workers' apps, and back.",
+        )
+        .by(
+            "direction",
+            named([
+                ("to_worker", stats.websockets.messages_to_worker),
+                ("from_worker", stats.websockets.messages_from_worker),
+            ]),
+        ),
+        Family::pool(
             "connection_restarts_total",
             Counter,
             "Connections marked for restart, by whether re-establishing them succeeded.",

@@ -83,6 +83,12 @@ mod tests {
                 error: 1,
                 timed_out: 1,
             },
+            websockets: crate::stats::WebSocketStats {
+                open: 2,
+                opened: 5,
+                messages_to_worker: 40,
+                messages_from_worker: 41,
+            },
             connection_restarts: crate::stats::ConnectionRestartStats { ok: 2, failed: 0 },
             worker_restarts: 1,
             restart_reasons: crate::stats::RestartReasons {
@@ -117,6 +123,10 @@ mod tests {
             "async_worker_pool_allocations_total{result=\"acquire_timeout\"} 1",
             "async_worker_pool_allocation_wait_seconds_sum 1.5",
             "async_worker_pool_events_total{result=\"timeout\"} 1",
+            "async_worker_pool_websockets_open 2",
+            "async_worker_pool_websockets_opened_total 5",
+            "async_worker_pool_websocket_messages_total{direction=\"to_worker\"} 40",
+            "async_worker_pool_websocket_messages_total{direction=\"from_worker\"} 41",
             "async_worker_pool_connection_restarts_total{result=\"ok\"} 2",
             "async_worker_pool_worker_restarts_total 1",
             "async_worker_pool_worker_restart_reasons_total{reason=\"exited\"} 1",
@@ -151,7 +161,7 @@ mod tests {
                 assert_eq!(declared.last().map(String::as_str), Some(name), "{line}");
             }
         }
-        assert_eq!(declared.len(), 12);
+        assert_eq!(declared.len(), 15);
     }
 
     #[test]

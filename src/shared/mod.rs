@@ -157,6 +157,9 @@ struct WorkerLink {
     /// Cancelled when the worker is to be removed: its supervisor drains it,
     /// stops its process and ends.
     retire: CancellationToken,
+    /// The newest generation of this worker whose drain began (a reload, a
+    /// recycle, a removal): long-lived exchanges on it wind down.
+    draining: watch::Sender<u64>,
 }
 
 impl WorkerLink {
@@ -168,6 +171,7 @@ impl WorkerLink {
             ended,
             ended_rx,
             retire: CancellationToken::new(),
+            draining: watch::Sender::new(0),
         };
         (link, rx)
     }
@@ -645,6 +649,28 @@ impl<T: Transport> Shared<T> {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Watches for the start of `worker`'s drains, by generation.
+    pub(crate) fn draining(&self, worker: WorkerId) -> watch::Receiver<u64> {
+        match self.links.read().get(worker.index()) {
+            Some(link) => link.draining.subscribe(),
+            // A worker removed already: every generation of it has drained.
+            None => watch::channel(u64::MAX).1,
+        }
+    }
+
+    /// Tells long-lived exchanges on `generation` of `worker` that it drains.
+    pub(crate) fn announce_drain(&self, worker: WorkerId, generation: u64) {
+        if let Some(link) = self.links.read().get(worker.index()) {
+            link.draining.send_if_modified(|drained| {
+                let newer = generation > *drained;
+                if newer {
+                    *drained = generation;
+                }
+                newer
+            });
         }
     }
 

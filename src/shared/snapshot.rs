@@ -34,6 +34,7 @@ impl<T: Transport> Shared<T> {
             waiters: core.waiters.len(),
             allocations: core.allocations,
             events: self.events.snapshot(),
+            websockets: self.transport.websocket_stats(),
             connection_restarts: core.connection_restarts,
             worker_restarts: core.worker_restarts,
             restart_reasons: core.restart_reasons,

@@ -93,6 +93,7 @@ impl<T: Transport> Shared<T> {
         core.trim(w);
         drop(core);
         drop(idle);
+        self.announce_drain(worker, generation);
         self.progress.notify_waiters();
     }
 

@@ -189,6 +189,10 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// With --asgi: WebSocket message size, pings and lifetime.
+    #[command(flatten)]
+    pub websocket: crate::websocket::WebSocketArgs,
+
     /// The HTTP listener: backlog, client timeouts, connection cap.
     #[command(flatten)]
     pub listener: async_worker_pool_gateway::listener::ListenerArgs,
@@ -224,7 +228,7 @@ fn byte_size(text: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct OrOff(pub Option<Duration>);
 
-fn optional_duration(text: &str) -> Result<OrOff, humantime::DurationError> {
+pub fn optional_duration(text: &str) -> Result<OrOff, humantime::DurationError> {
     match text {
         "off" | "none" => Ok(OrOff(None)),
         _ => humantime::parse_duration(text).map(|d| OrOff(Some(d))),

@@ -21,6 +21,7 @@
 mod args;
 mod responses;
 mod streaming;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -36,7 +37,7 @@ use axum::{Extension, Router};
 use clap::Parser;
 
 use async_worker_pool::net::SocketTransport;
-use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, prometheus};
+use async_worker_pool::{EndpointKind, Pool, ProcessLauncher, RestartPolicy, prometheus};
 use async_worker_pool_gateway::access_log::{self, ServedBy};
 use async_worker_pool_gateway::proxy_headers::{Remote, TrustedProxies};
 use async_worker_pool_gateway::{answers, listener, logging, runtime, signals};
@@ -104,16 +105,25 @@ async fn run(args: Args) -> Result<(), String> {
     let proxies = args
         .proxy_headers
         .then(|| Arc::new(args.forwarded_allow_ips.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let websockets = websocket::Settings::new(
+        &args.websocket,
+        args.max_frame_bytes,
+        args.shutdown_grace,
+        stop.clone(),
+    );
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(forward)
         .layer(DefaultBodyLimit::max(args.max_frame_bytes))
         .layer(Extension(FrontEnd {
+            asgi: args.asgi.is_some(),
             framework: args.asgi.is_some() || args.wsgi.is_some(),
             server,
             proxies: proxies.clone(),
-        }));
+        }))
+        .layer(Extension(Arc::new(websockets)));
     if args.access_log {
         // Outermost, so that its line times the whole request.
         let log = Arc::new(access_log::AccessLog { proxies });
@@ -124,7 +134,6 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let app = app.with_state(Arc::new(pool.clone()));
 
-    let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -222,7 +231,8 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     .connection_availability_timeout(args.connection_availability_timeout)
     .establish_connection_timeout(args.establish_connection_timeout)
     .probe_timeout(args.probe_timeout.0)
-    .probe_interval(args.probe_interval.0);
+    .probe_interval(args.probe_interval.0)
+    .restart_policy(restart_policy(args));
     if let Some(timeout) = args.event_timeout {
         builder = builder.event_timeout(timeout);
     }
@@ -240,9 +250,19 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     Ok(pool)
 }
 
+/// The pool's restart policy: a reload's or recycle's drain gives requests,
+/// and WebSockets, the same grace as a shutdown's.
+fn restart_policy(args: &Args) -> RestartPolicy {
+    let mut policy = RestartPolicy::default();
+    policy.terminate_grace = args.shutdown_grace;
+    policy
+}
+
 /// What the request handler needs to know about the front end itself.
 #[derive(Debug, Clone)]
 struct FrontEnd {
+    /// The workers run an ASGI app, which may take WebSockets.
+    asgi: bool,
     /// The workers run an ASGI or a WSGI app: events carry what its scope
     /// or environ needs, and ask for streamed responses.
     framework: bool,
@@ -273,9 +293,24 @@ impl FrontEnd {
 async fn forward(
     State(pool): State<Arc<GatewayPool>>,
     Extension(front): Extension<FrontEnd>,
+    Extension(websockets): Extension<Arc<websocket::Settings>>,
     parts: Parts,
     body: Bytes,
 ) -> Response {
+    if front.asgi && websocket::is_upgrade(&parts.headers) {
+        let remote = front.remote(&parts);
+        let origin = websocket::Origin {
+            client: remote.client,
+            server: front.server,
+            scheme: if remote.scheme == "https" {
+                "wss"
+            } else {
+                "ws"
+            },
+            http_version: asgi_http_version(parts.version),
+        };
+        return websocket::upgrade(pool, websockets, origin, parts).await;
+    }
     let event =
         async_worker_pool::http::event_from_parts(&parts.method, &parts.uri, &parts.headers, body);
     // There while the access log is on.
