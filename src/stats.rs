@@ -81,8 +81,7 @@ pub struct EventStats {
 }
 
 /// WebSocket exchanges, counted by the transport that runs them (the socket
-/// transport's [`Event::websocket`](crate::net::Event::websocket) events)
-/// and kept apart from [`EventStats`]: a WebSocket holds its slot for the
+/// transport's `net::Event::websocket` events, feature `net`) and kept apart from [`EventStats`]: a WebSocket holds its slot for the
 /// socket's whole life, so `busy - open` is the slots that HTTP (or plain)
 /// events occupy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
