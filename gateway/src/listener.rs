@@ -246,6 +246,33 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
+/// Serves `app` as [`serve`] does until `signalled` resolves (or another
+/// holder of `stop` cancels it), then gives the requests in flight `grace` to
+/// finish and returns, whether they did or not: the caller then stops its pool.
+pub async fn serve_until_stopped(
+    listener: impl Into<Listener>,
+    app: Router,
+    settings: &ListenerArgs,
+    max_clients: usize,
+    signalled: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            signalled.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        }
+    });
+    let serving = serve(listener, app, settings, max_clients, stop.clone());
+    tokio::select! {
+        () = serving => {}
+        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {}
+    }
+}
+
 /// Serves `app` on `listener` (a [`TcpListener`] or a [`UdsListener`]), at
 /// most `max_clients` connections at once, until `stop` is cancelled; then
 /// stops accepting, lets each connection finish the request it has in

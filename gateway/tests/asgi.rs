@@ -8,8 +8,7 @@
 //! what is missing: none passes without having run.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_worker_pool::net::SocketTransport;
@@ -22,44 +21,9 @@ fn apps_dir() -> PathBuf {
     support::crate_dir("tests/asgi_apps")
 }
 
-/// The interpreter with FastAPI and Starlette, checked once.
+/// The interpreter of the tests' virtualenv, with FastAPI and Starlette.
 fn python() -> PathBuf {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = PYTHON.get_or_init(|| {
-        let python = match std::env::var_os("ASGI_TEST_PYTHON") {
-            Some(python) => PathBuf::from(python),
-            None => {
-                // The same virtualenv the worker's uvloop tests use.
-                let output = Command::new("sh")
-                    .arg(support::workspace("scripts/uvloop_venv.sh"))
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .map_err(|error| format!("cannot run scripts/uvloop_venv.sh: {error}"))?;
-                if !output.status.success() {
-                    return Err("scripts/uvloop_venv.sh could not make the virtualenv with \
-                                FastAPI and Starlette (see its message above), and \
-                                ASGI_TEST_PYTHON is not set"
-                        .to_owned());
-                }
-                PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-            }
-        };
-        let output = Command::new(&python)
-            .args(["-c", "import fastapi, starlette, uvloop"])
-            .output()
-            .map_err(|error| format!("{python:?} cannot be run: {error}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{python:?} cannot import fastapi, starlette and uvloop: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(python)
-    });
-    match found {
-        Ok(python) => python.clone(),
-        Err(message) => panic!("{message}"),
-    }
+    support::test_python(&["fastapi", "starlette", "uvloop"])
 }
 
 use support::Gateway;

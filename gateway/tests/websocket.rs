@@ -10,8 +10,7 @@
 //! `ASGI_TEST_PYTHON`, as tests/asgi.rs does.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,43 +29,9 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// The interpreter with FastAPI and Starlette, checked once (as in
-/// tests/asgi.rs).
+/// The interpreter of the tests' virtualenv, with FastAPI and Starlette.
 fn python() -> PathBuf {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = PYTHON.get_or_init(|| {
-        let python = match std::env::var_os("ASGI_TEST_PYTHON") {
-            Some(python) => PathBuf::from(python),
-            None => {
-                let output = Command::new("sh")
-                    .arg(support::workspace("scripts/uvloop_venv.sh"))
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .map_err(|error| format!("cannot run scripts/uvloop_venv.sh: {error}"))?;
-                if !output.status.success() {
-                    return Err("scripts/uvloop_venv.sh could not make the virtualenv with \
-                                FastAPI and Starlette, and ASGI_TEST_PYTHON is not set"
-                        .to_owned());
-                }
-                PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
-            }
-        };
-        let output = Command::new(&python)
-            .args(["-c", "import fastapi, starlette"])
-            .output()
-            .map_err(|error| format!("{python:?} cannot be run: {error}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{python:?} cannot import fastapi and starlette: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(python)
-    });
-    match found {
-        Ok(python) => python.clone(),
-        Err(message) => panic!("{message}"),
-    }
+    support::test_python(&["fastapi", "starlette"])
 }
 
 fn start(app: &str, args: &[&str]) -> Gateway {

@@ -7,9 +7,13 @@ test that encoded with the worker's own code could not catch a mistake in it.
 
 import json
 import os
+import socket
 import struct
+import subprocess
 import sys
+import time
 
+from async_pool_worker.config import SECRET_ENV
 from async_pool_worker.protocol import expected_answer
 
 # The directory that holds the package (python/ of the repository).
@@ -80,3 +84,52 @@ def assert_closed(test, sock):
     except ConnectionResetError:
         return
     test.assertEqual(data, b"", "expected the worker to close the connection")
+
+
+class AppWorker:
+    """The worker serving an app (`option` is ``--asgi`` or ``--wsgi``) on a
+    Unix socket in `tmpdir`, with --no-auth and its stderr in a file."""
+
+    def __init__(self, tmpdir, option, app, worker_id, extra=()):
+        self.path = os.path.join(tmpdir, "w.sock")
+        self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
+        self._stderr = open(self.stderr_path, "wb")
+        env = worker_env({key: value for key, value in os.environ.items()
+                          if key != SECRET_ENV})
+        self.proc = subprocess.Popen(
+            worker_command(option, app, "--unix", self.path, "--worker-id", str(worker_id),
+                           "--no-auth", "--handler-path", tmpdir, "--max-frame-bytes", "4096",
+                           *extra),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=tmpdir,
+            env=env)
+        self.sockets = []
+
+    def wait_listening(self):
+        line = self.proc.stdout.readline().decode()
+        if not line:
+            raise AssertionError("worker exited at start; stderr:\n" + self.stderr())
+        return line
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(IO_TIMEOUT)
+        self.sockets.append(sock)
+        sock.connect(self.path)
+        kind, _, _ = recv_envelope(sock)
+        assert kind == b"R", kind
+        return sock
+
+    def stderr(self):
+        self._stderr.flush()
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self):
+        for sock in self.sockets:
+            sock.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(IO_TIMEOUT)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self._stderr.close()

@@ -11,16 +11,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import textwrap
 import time
 import unittest
 
-from async_pool_worker import asgi, config
+from async_pool_worker import asgi
 
-from .support import (IO_TIMEOUT, START_TIMEOUT, envelope, frame, recv_envelope, worker_command,
+from .support import (AppWorker, IO_TIMEOUT, START_TIMEOUT, envelope, frame, recv_envelope, worker_command,
                       worker_env)
 
 APPS = textwrap.dedent('''
@@ -122,51 +121,9 @@ APPS = textwrap.dedent('''
 ''')
 
 
-class AsgiWorker:
+def AsgiWorker(tmpdir, app, extra=()):
     """The worker with --asgi and --no-auth, stderr to a file."""
-
-    def __init__(self, tmpdir, app, extra=()):
-        self.path = os.path.join(tmpdir, "w.sock")
-        self.stderr_path = os.path.join(tmpdir, "stderr-%d.log" % time.monotonic_ns())
-        self._stderr = open(self.stderr_path, "wb")
-        env = worker_env({key: value for key, value in os.environ.items()
-                          if key != config.SECRET_ENV})
-        self.proc = subprocess.Popen(
-            worker_command("--asgi", app, "--unix", self.path, "--worker-id", "3", "--no-auth",
-                           "--handler-path", tmpdir, "--max-frame-bytes", "4096", *extra),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=tmpdir,
-            env=env)
-        self.sockets = []
-
-    def wait_listening(self):
-        line = self.proc.stdout.readline().decode()
-        if not line:
-            raise AssertionError("worker exited at start; stderr:\n" + self.stderr())
-        return line
-
-    def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(IO_TIMEOUT)
-        self.sockets.append(sock)
-        sock.connect(self.path)
-        kind, _, _ = recv_envelope(sock)
-        assert kind == b"R", kind
-        return sock
-
-    def stderr(self):
-        self._stderr.flush()
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def stop(self):
-        for sock in self.sockets:
-            sock.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(IO_TIMEOUT)
-        self.proc.stdin.close()
-        self.proc.stdout.close()
-        self._stderr.close()
+    return AppWorker(tmpdir, "--asgi", app, 3, extra)
 
 
 def http(path, body=b"", headers=(), **extra):

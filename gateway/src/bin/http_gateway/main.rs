@@ -134,20 +134,16 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let app = app.with_state(Arc::new(pool.clone()));
 
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            signalled.await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        }
-    });
-    let serve = listener::serve(listener, app, &args.listener, max_clients, stop.clone());
-    // Requests in flight get the grace to finish; then the pool stops anyway.
-    tokio::select! {
-        () = serve => {}
-        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => {}
-    }
+    listener::serve_until_stopped(
+        listener,
+        app,
+        &args.listener,
+        max_clients,
+        signalled,
+        stop,
+        args.shutdown_grace,
+    )
+    .await;
     pool.shutdown(args.shutdown_grace).await;
     println!("http_gateway: stopped");
     Ok(())

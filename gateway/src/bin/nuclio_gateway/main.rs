@@ -292,20 +292,16 @@ async fn run(args: Args, setup: Setup) -> Result<(), String> {
             durations,
         }));
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            signalled.await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        }
-    });
-    let serve = listener::serve(listener, app, &args.listener, max_clients, stop.clone());
-    // Requests in flight get the grace to finish; then the pool stops anyway.
-    tokio::select! {
-        () = serve => {}
-        () = async { stop.cancelled().await; tokio::time::sleep(args.shutdown_grace).await } => {}
-    }
+    listener::serve_until_stopped(
+        listener,
+        app,
+        &args.listener,
+        max_clients,
+        signalled,
+        stop,
+        args.shutdown_grace,
+    )
+    .await;
     pool.shutdown(args.shutdown_grace).await;
     println!("nuclio_gateway: stopped");
     Ok(())
