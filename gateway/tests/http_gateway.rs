@@ -11,7 +11,7 @@ mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::is_alive;
+use support::{children, is_alive};
 
 use support::Gateway;
 
@@ -39,17 +39,6 @@ fn start_with_env(args: &[&str], env: &[(&str, &Path)]) -> Gateway {
             .args(args)
             .envs(env.iter().copied()),
     )
-}
-
-/// The gateway's worker processes, from the kernel's list of its children.
-fn children(pid: u32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path = task.unwrap().path().join("children");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        pids.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
-    }
-    pids
 }
 
 fn stop(gateway: Gateway) {

@@ -23,16 +23,7 @@ struct Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        support::terminate(&mut self.child);
     }
 }
 
@@ -132,7 +123,7 @@ async fn a_function_yaml_sets_the_handler_environment_and_workers() {
         "{logged:?}"
     );
 
-    let workers = children(gateway.child.id());
+    let workers = support::children(gateway.child.id());
     assert_eq!(
         workers.len(),
         2,
@@ -184,18 +175,6 @@ async fn the_event_timeout_flag_bounds_an_event_without_a_spec() {
     assert_eq!(quick.status(), 200);
 }
 
-/// The gateway's worker processes, from the kernel's list of its children.
-fn children(pid: u32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path = task.unwrap().path().join("children");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        pids.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
-    }
-    pids.sort_unstable();
-    pids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_replaces_the_wrapper_under_load_with_no_failed_request() {
     use std::sync::Arc;
@@ -203,7 +182,7 @@ async fn sighup_replaces_the_wrapper_under_load_with_no_failed_request() {
 
     let gateway = start(&["--handler", "peer_handlers:slow"]);
     let pid = gateway.child.id();
-    let old = children(pid);
+    let old = support::children(pid);
     assert_eq!(old.len(), 1, "one wrapper process: {old:?}");
 
     // 100 requests a second, each a 20 ms event, until told to stop.
@@ -217,7 +196,7 @@ async fn sighup_replaces_the_wrapper_under_load_with_no_failed_request() {
     let started = Instant::now();
     kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
     loop {
-        let now = children(pid);
+        let now = support::children(pid);
         if now.len() == 1 && !old.contains(&now[0]) {
             break;
         }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
-use nix::sys::signal::kill;
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// The HTTP gateway's binary, which cargo builds for these tests.
@@ -39,6 +39,35 @@ pub fn is_alive(pid: u32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         }),
     }
+}
+
+/// The worker processes of gateway `pid`, from the kernel's list of its
+/// children, in ascending order.
+pub fn children(pid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        pids.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Stops a gateway with SIGTERM, so that it stops its workers (a gateway
+/// killed outright leaves a worker that ignores its lifeline running), and
+/// kills it if it has not exited within 10 s.
+pub fn terminate(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Spawns `command`, a gateway, and returns it with the `http://` address (or
