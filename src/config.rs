@@ -111,6 +111,7 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// | `max_worker_rss` | — | none |
 /// | `min_worker_uptime` | — | 60 s |
 /// | `recycle_after_event_timeout` | — | false |
+/// | `stall_after` | — | 1 ms |
 ///
 /// # Liveness
 ///
@@ -177,6 +178,29 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// [`RestartReasons::recycled_event_timeout`](crate::RestartReasons::recycled_event_timeout).
 /// A worker whose loop is blocked is not recycled but found by its liveness
 /// probe and restarted, as always.
+///
+/// # Worker choice
+///
+/// An event that finds a free slot goes to the worker with the most free
+/// slots (join the shortest queue); among equals, to the one that answered an
+/// event most recently. Free slots alone cannot tell a worker whose loop is
+/// running one CPU-bound handler (or whose GIL a WSGI view holds) from one
+/// that is only waiting on I/O: both show one event in flight, and a light
+/// event sent to the first waits out the whole block. So a worker that has
+/// events in flight and has answered none of them for `stall_after`, while
+/// other workers answered theirs, is *stalled*: the next event goes to another
+/// worker with a free slot, one that has answered since, as long as that
+/// worker then holds at most three events more than the stalled one. The stalled
+/// worker gets events again with its next answer, or when no other worker
+/// qualifies, so no worker is starved and no free slot is left unused while
+/// events wait. [`WorkerStats::stalled`](crate::WorkerStats::stalled) shows it.
+///
+/// The trade-off: a worker whose events are long but light on its loop (a
+/// handler that awaits a slow call) looks stalled too, and gets up to three
+/// events fewer than its peers while it does; the bound keeps the imbalance
+/// that small. Events that wait for a slot (every slot busy) are
+/// not chosen for: the first slot freed, by a worker that just answered, is
+/// theirs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -230,6 +254,11 @@ pub struct PoolConfig {
     /// run past `event_timeout` (see [Recycling](#recycling)): for workers
     /// that cannot stop such an event, as a WSGI app's threads cannot.
     pub recycle_after_event_timeout: bool,
+    /// A worker with events in flight that has answered none of them for
+    /// this long, while other workers answered theirs, is passed over for
+    /// new events as long as another worker has a free slot (see
+    /// [Worker choice](#worker-choice)). `None` chooses by free slots alone.
+    pub stall_after: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -250,6 +279,7 @@ impl Default for PoolConfig {
             max_worker_rss: None,
             min_worker_uptime: DEFAULT_MIN_WORKER_UPTIME,
             recycle_after_event_timeout: false,
+            stall_after: Some(DEFAULT_STALL_AFTER),
         }
     }
 }
@@ -262,6 +292,11 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 
 /// The default [`PoolConfig::probe_timeout`].
 const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default [`PoolConfig::stall_after`]: well above what a light event
+/// holds a Python loop for (tens to hundreds of µs), well below a CPU-bound
+/// handler's step or the interpreter's 5 ms GIL switch interval.
+const DEFAULT_STALL_AFTER: Duration = Duration::from_millis(1);
 
 /// The default [`PoolConfig::probe_interval`].
 const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);

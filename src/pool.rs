@@ -607,6 +607,35 @@ impl<T: Transport, L: Launcher> PoolBuilder<T, L> {
         self
     }
 
+    /// See [`PoolConfig::stall_after`]; `None` chooses workers by free slots
+    /// alone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use async_worker_pool::{InProcessLauncher, InProcessTransport, Pool};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let echo = InProcessTransport::new(|_, event: String| async move {
+    ///     Ok::<_, std::io::Error>(event)
+    /// });
+    /// // Handlers that hold the loop for up to 5 ms on purpose: only a longer
+    /// // silence marks a worker as stalled.
+    /// let pool = Pool::builder(echo, InProcessLauncher)
+    ///     .num_workers(2)
+    ///     .stall_after(Duration::from_millis(5))
+    ///     .build()?;
+    /// pool.ready(Duration::from_secs(5)).await?;
+    /// assert!(pool.stats().workers.iter().all(|w| !w.stalled));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stall_after(mut self, after: impl Into<Option<Duration>>) -> Self {
+        self.config.stall_after = after.into();
+        self
+    }
+
     /// See [`PoolConfig::restart`].
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;

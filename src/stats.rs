@@ -166,6 +166,12 @@ pub struct WorkerStats {
     /// Its busy slots: its events running now (for a WSGI worker, whose
     /// slots are its threads, its busy threads).
     pub busy: usize,
+    /// It has events in flight and has answered none of them for
+    /// [`PoolConfig::stall_after`](crate::PoolConfig::stall_after) while other
+    /// workers answered theirs: new events go to another worker while one
+    /// has a free slot (see
+    /// [Worker choice](crate::PoolConfig#worker-choice)).
+    pub stalled: bool,
     /// How many times its process was relaunched.
     pub restarts: u64,
     /// Why its last launch failed or its last process ended, if one did: the
@@ -184,6 +190,7 @@ impl WorkerStats {
             pid: None,
             idle: 0,
             busy: 0,
+            stalled: false,
             restarts: 0,
             last_error: None,
         }

@@ -285,6 +285,14 @@ pub(super) fn pool(stats: &Stats) -> Vec<Family> {
         Family::pool("worker_busy_slots", Gauge, "Busy slots per worker.")
             .by("worker", per_worker(|w| w.busy as u64)),
     );
+    families.push(
+        Family::pool(
+            "worker_stalled",
+            Gauge,
+            "1 while a worker with events in flight has answered none for stall_after and gets no new events.",
+        )
+        .by("worker", per_worker(|w| u64::from(w.stalled))),
+    );
     families
 }
 

@@ -105,6 +105,7 @@ mod tests {
                 pid: Some(42),
                 idle: 2,
                 busy: 1,
+                stalled: true,
                 restarts: 1,
                 last_error: None,
             }],
@@ -118,6 +119,7 @@ mod tests {
             "async_worker_pool_capacity 4",
             "async_worker_pool_slots{state=\"reconnecting\"} 1",
             "async_worker_pool_waiters 3",
+            "async_worker_pool_worker_stalled{worker=\"0\"} 1",
             "async_worker_pool_allocations_total{result=\"success_immediate\"} 7",
             "async_worker_pool_allocations_total{result=\"success_after_wait\"} 2",
             "async_worker_pool_allocations_total{result=\"acquire_timeout\"} 1",
@@ -161,7 +163,7 @@ mod tests {
                 assert_eq!(declared.last().map(String::as_str), Some(name), "{line}");
             }
         }
-        assert_eq!(declared.len(), 15);
+        assert_eq!(declared.len(), 16);
     }
 
     #[test]

@@ -45,9 +45,36 @@ impl IdleIndex {
         (self.top != 0).then(|| self.head[self.top as usize] as usize)
     }
 
-    #[cfg(test)]
+    /// The idle slots of `worker` in the index (none while it is suspect).
+    #[inline]
     pub(crate) fn idle(&self, worker: usize) -> u32 {
         self.count[worker]
+    }
+
+    /// Whether the pool has one worker, so that there is nothing to choose.
+    #[inline]
+    pub(crate) fn single(&self) -> bool {
+        self.single
+    }
+
+    /// The workers after `worker` in its bucket: those with as many idle
+    /// slots, most recently moved there first.
+    #[inline]
+    pub(crate) fn peers(&self, worker: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut at = if self.single { NIL } else { self.next[worker] };
+        std::iter::from_fn(move || {
+            (at != NIL).then(|| {
+                let peer = at as usize;
+                at = self.next[peer];
+                peer
+            })
+        })
+    }
+
+    /// How many workers the index holds.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.count.len()
     }
 
     #[inline]

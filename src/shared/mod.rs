@@ -28,6 +28,7 @@ use crate::transport::Transport;
 use crate::worker::WorkerId;
 use idle_index::IdleIndex;
 use wait_queue::{Outcome, WaitQueue};
+use worker_choice::Progress;
 
 mod health;
 mod idle_index;
@@ -35,6 +36,7 @@ mod slots;
 mod snapshot;
 mod wait_queue;
 mod waiters;
+mod worker_choice;
 mod worker_set;
 
 /// A slot: its worker, and its place in that worker's segment of the table.
@@ -219,6 +221,8 @@ struct WorkerEntry<C> {
     /// The error behind `last_error`, where there is one: the source of the
     /// `ready` and operations errors that report it.
     last_cause: Option<Cause>,
+    /// Its answers, as the choice of worker reads them.
+    progress: Progress,
     /// A launch failed before any generation served: `ready` reports it.
     never_launched: bool,
 }
@@ -242,6 +246,37 @@ struct Core<C> {
     /// The timeout sweeper found the queue empty and waits for `Shared::sweep`.
     sweeper_parked: bool,
     max_connections: usize,
+    /// The order of answers and first events, for [`Progress`].
+    ticks: u64,
+    /// `ticks` at the pool's last answer.
+    last_answer: u64,
+    /// [`PoolConfig::stall_after`].
+    stall_after: Option<Duration>,
+}
+
+impl<C> Core<C> {
+    fn new(config: &PoolConfig) -> Self {
+        let (workers, conns) = (config.num_workers, config.max_connections);
+        Self {
+            workers: (0..workers).map(|_| WorkerEntry::new(conns)).collect(),
+            capacity: config.capacity(),
+            idle_index: IdleIndex::new(workers, conns),
+            waiters: WaitQueue::new(),
+            counts: SlotCounts::all_down(config.capacity()),
+            allocations: AllocationStats::default(),
+            connection_restarts: ConnectionRestartStats::default(),
+            worker_restarts: 0,
+            restart_reasons: RestartReasons::default(),
+            failed_workers: 0,
+            closing: false,
+            closed: false,
+            sweeper_parked: false,
+            max_connections: conns,
+            ticks: 0,
+            last_answer: 0,
+            stall_after: config.stall_after,
+        }
+    }
 }
 
 pub(crate) struct Shared<T: Transport> {
@@ -278,7 +313,7 @@ impl<T: Transport> Shared<T> {
         Vec<NewWorker>,
         mpsc::UnboundedReceiver<DueRecycle>,
     ) {
-        let (workers, conns) = (config.num_workers, config.max_connections);
+        let workers = config.num_workers;
         let mut new_workers = Vec::with_capacity(workers);
         let links = (0..workers)
             .map(|w| {
@@ -291,22 +326,7 @@ impl<T: Transport> Shared<T> {
                 link
             })
             .collect();
-        let core = Core {
-            workers: (0..workers).map(|_| WorkerEntry::new(conns)).collect(),
-            capacity: config.capacity(),
-            idle_index: IdleIndex::new(workers, conns),
-            waiters: WaitQueue::new(),
-            counts: SlotCounts::all_down(config.capacity()),
-            allocations: AllocationStats::default(),
-            connection_restarts: ConnectionRestartStats::default(),
-            worker_restarts: 0,
-            restart_reasons: RestartReasons::default(),
-            failed_workers: 0,
-            closing: false,
-            closed: false,
-            sweeper_parked: false,
-            max_connections: conns,
-        };
+        let core = Core::new(&config);
         let (recycle, recycles) = mpsc::unbounded_channel();
         let shared = Self {
             transport,

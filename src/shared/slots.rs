@@ -28,6 +28,7 @@ impl<C> WorkerEntry<C> {
             restarts: 0,
             last_error: None,
             last_cause: None,
+            progress: Progress::default(),
             never_launched: false,
         }
     }
@@ -54,15 +55,20 @@ impl<C> Core<C> {
     pub(super) fn set_state(&mut self, slot: SlotId, state: SlotState) {
         let entry = &mut self.workers[slot.worker as usize];
         let old = std::mem::replace(&mut entry.slots[slot.local as usize], state);
+        let was_idle = entry.busy == 0;
         entry.busy = entry.busy + usize::from(state == SlotState::Busy)
             - usize::from(old == SlotState::Busy);
+        if was_idle && entry.busy == 1 {
+            self.became_busy(slot.worker as usize);
+        }
         self.counts.moved(old, state);
     }
 
-    /// An idle connection of the least loaded worker.
+    /// An idle connection of the worker that [`choose_worker`](Self::choose_worker)
+    /// names.
     #[inline]
     pub(super) fn take_idle(&mut self) -> Option<Taken<C>> {
-        let w = self.idle_index.most_idle()?;
+        let w = self.choose_worker()?;
         let worker = &mut self.workers[w];
         let (local, conn) = worker.idle.pop()?;
         let generation = worker.generation;
@@ -181,6 +187,7 @@ impl<C> Core<C> {
         clean: bool,
     ) -> Aftermath<C> {
         let w = slot.worker as usize;
+        self.answered(w);
         let entry = &mut self.workers[w];
         let (serving, worker_generation) = (entry.serving, entry.generation);
         entry.released += 1;

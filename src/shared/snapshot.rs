@@ -9,6 +9,7 @@ use super::*;
 impl<T: Transport> Shared<T> {
     pub(crate) fn stats(&self) -> Stats {
         let core = self.lock();
+        let now = Instant::now();
         let workers = core
             .workers
             .iter()
@@ -20,6 +21,7 @@ impl<T: Transport> Shared<T> {
                 pid: entry.pid,
                 idle: entry.idle.len(),
                 busy: entry.busy(),
+                stalled: core.stalled(w, now),
                 restarts: entry.restarts,
                 last_error: entry.last_error.clone(),
             })

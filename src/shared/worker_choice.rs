@@ -1,0 +1,275 @@
+//! Which worker takes an event that finds a free slot.
+//!
+//! The idle index names a worker with the most free slots. Free slots alone
+//! cannot tell a worker whose loop is busy (one CPU-bound handler, a WSGI view
+//! that holds the GIL) from one whose events only wait on I/O, and a light
+//! event sent to the first waits out the whole block. Answers can: a worker
+//! whose loop runs answers its events, one whose loop is held answers none.
+//! So the choice also reads each worker's [`Progress`]: among workers with as
+//! many free slots it prefers the one whose last answer (or first event) is
+//! the most recent, and a worker with events in flight that has answered none
+//! of them for `stall_after`, while others answered theirs, is passed over.
+//! The order of answers is kept by a counter, not a clock; the time is read
+//! where a quiet spell may begin (an answer, a first event) and where a quiet
+//! worker is about to be chosen. `PoolConfig`'s "Worker
+//! choice" section is the user's account.
+
+// The pool's shared state is one type; its parts are split by concern.
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// How many workers with as many free slots as the first are compared for
+/// the most recent answer: a bound, so that a pool of many equally loaded
+/// workers does not walk all of them on every acquire.
+const TIE_BREAK_PEERS: usize = 4;
+
+/// How many events more than a stalled worker another may come to hold by
+/// being chosen in its place: the most by which a stall that was only a long
+/// await can unbalance the workers. Three lets a WSGI worker of four threads
+/// take every light request while its peer's GIL is held.
+const STALL_SLACK: usize = 3;
+
+/// A worker's answers, as the choice of worker reads them. The counts are
+/// ticks of the pool's progress counter (`Core::ticks`), which moves at every
+/// answer and every first event of a worker.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// At its last answer: a worker that answered since another went quiet
+    /// may take that one's events.
+    last_answer: u64,
+    /// At its last answer or when it went from no event to one, whichever is
+    /// later: answers elsewhere since then, with events in flight here, make
+    /// the worker quiet. Among workers with as many free slots, the one with
+    /// the latest is preferred.
+    quiet_from: u64,
+    /// The time of `quiet_from`, when the policy is on and the pool has more
+    /// than one worker to choose from.
+    quiet_since: Option<Instant>,
+}
+
+impl<C> Core<C> {
+    /// Whether quiet spells are timed: the policy is on, and there is more
+    /// than one worker to choose from.
+    #[inline]
+    fn times_quiet(&self) -> bool {
+        self.stall_after.is_some() && !self.idle_index.single()
+    }
+
+    /// A slot of `w` is being answered (released, clean or not).
+    #[inline]
+    pub(super) fn answered(&mut self, w: usize) {
+        self.ticks += 1;
+        self.last_answer = self.ticks;
+        let since = self.times_quiet().then(Instant::now);
+        let progress = &mut self.workers[w].progress;
+        progress.last_answer = self.ticks;
+        progress.quiet_from = self.ticks;
+        progress.quiet_since = since;
+    }
+
+    /// Worker `w` went from no event in flight to one.
+    #[inline]
+    pub(super) fn became_busy(&mut self, w: usize) {
+        self.ticks += 1;
+        let since = self.times_quiet().then(Instant::now);
+        let progress = &mut self.workers[w].progress;
+        progress.quiet_from = self.ticks;
+        progress.quiet_since = since;
+    }
+
+    /// The worker the next event with a free slot goes to, if any slot is free.
+    #[inline]
+    pub(super) fn choose_worker(&self) -> Option<usize> {
+        let first = self.idle_index.most_idle()?;
+        if self.idle_index.single() {
+            return Some(first);
+        }
+        let mut chosen = first;
+        for peer in self.idle_index.peers(first).take(TIE_BREAK_PEERS - 1) {
+            if self.workers[peer].progress.quiet_from > self.workers[chosen].progress.quiet_from {
+                chosen = peer;
+            }
+        }
+        if self.quiet(chosen) {
+            return Some(self.unless_stalled(chosen));
+        }
+        Some(chosen)
+    }
+
+    /// Events in flight, and answers elsewhere since its own last one.
+    #[inline]
+    fn quiet(&self, w: usize) -> bool {
+        let entry = &self.workers[w];
+        entry.busy() > 0 && entry.progress.quiet_from < self.last_answer
+    }
+
+    /// `w`, unless it has been quiet for `stall_after` and another worker
+    /// that has answered since can take the event in its place.
+    #[cold]
+    fn unless_stalled(&self, w: usize) -> usize {
+        if !self.stalled(w, Instant::now()) {
+            return w;
+        }
+        let quiet_from = self.workers[w].progress.quiet_from;
+        // With the event, the other worker holds at most STALL_SLACK more.
+        let most_busy = self.workers[w].busy() + STALL_SLACK - 1;
+        // The rare path: a scan of the workers, for the one with the most free
+        // slots among those that answered since `w` went quiet.
+        let mut best: Option<(u32, u64, usize)> = None;
+        for other in (0..self.idle_index.len()).filter(|&x| x != w) {
+            let idle = self.idle_index.idle(other);
+            let entry = &self.workers[other];
+            let answered = entry.progress.last_answer;
+            if idle == 0 || entry.busy() > most_busy || answered <= quiet_from {
+                continue;
+            }
+            if best.is_none_or(|(i, a, _)| (idle, answered) > (i, a)) {
+                best = Some((idle, answered, other));
+            }
+        }
+        best.map_or(w, |(_, _, other)| other)
+    }
+
+    /// Whether the choice passes `w` over at `now`: quiet for `stall_after`.
+    pub(super) fn stalled(&self, w: usize, now: Instant) -> bool {
+        let (Some(stall_after), true) = (self.stall_after, self.quiet(w)) else {
+            return false;
+        };
+        self.workers[w]
+            .progress
+            .quiet_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= stall_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL_AFTER: Duration = Duration::from_millis(1);
+
+    /// A core of `workers` workers of `slots` slots each, every slot idle,
+    /// with unit connections.
+    fn core(workers: usize, slots: usize) -> Core<()> {
+        let config = PoolConfig {
+            num_workers: workers,
+            max_connections: slots,
+            stall_after: Some(STALL_AFTER),
+            ..PoolConfig::default()
+        };
+        let mut core = Core::new(&config);
+        for w in 0..workers {
+            core.workers[w].serving = true;
+            for local in 0..slots as u32 {
+                let slot = SlotId::new(w as u32, local);
+                core.set_state(slot, SlotState::Reconnecting);
+                let _ = core.make_available(w, slot, 0, ());
+            }
+        }
+        core
+    }
+
+    fn take(core: &mut Core<()>) -> SlotId {
+        core.take_idle().expect("a free slot").slot
+    }
+
+    fn answer(core: &mut Core<()>, slot: SlotId) {
+        let _ = core.release(slot, 0, Some(()), true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ties_go_to_the_worker_that_answered_last() {
+        let mut core = core(3, 4);
+        let slots = [take(&mut core), take(&mut core), take(&mut core)];
+        let workers: Vec<u32> = slots.iter().map(|s| s.worker).collect();
+        assert!(
+            workers.contains(&0) && workers.contains(&1) && workers.contains(&2),
+            "the shortest queue first: {workers:?}"
+        );
+        for &slot in &slots {
+            answer(&mut core, slot);
+        }
+        // Every slot is free again; the last worker to answer gets the next.
+        assert_eq!(take(&mut core).worker, slots[2].worker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_worker_is_passed_over_for_one_that_answers() {
+        let mut core = core(2, 8);
+        let blocked = take(&mut core);
+        let (busy, free) = (blocked.worker as usize, 1 - blocked.worker as usize);
+        let light = take(&mut core);
+        assert_eq!(light.worker as usize, free);
+        answer(&mut core, light);
+        // The free worker holds two events; by free slots alone the blocked
+        // one (one event) is next.
+        let held = [take(&mut core), take(&mut core)];
+        assert!(held.iter().all(|s| s.worker as usize == free), "{held:?}");
+        assert_eq!(core.choose_worker(), Some(busy), "quiet, not yet stalled");
+        assert!(!core.stalled(busy, Instant::now()));
+
+        tokio::time::advance(STALL_AFTER).await;
+        assert!(core.stalled(busy, Instant::now()));
+        assert!(!core.stalled(free, Instant::now()), "it answered last");
+        for _ in 0..STALL_SLACK - 1 {
+            assert_eq!(take(&mut core).worker as usize, free);
+        }
+        // One event against 1 + STALL_SLACK: past the slack, the stalled
+        // worker's free slots are used rather than the other's piling up.
+        assert_eq!(core.workers[free].busy(), 1 + STALL_SLACK);
+        assert_eq!(core.choose_worker(), Some(busy));
+
+        // Its answer ends the stall.
+        answer(&mut core, blocked);
+        assert!(!core.stalled(busy, Instant::now()));
+        assert_eq!(core.choose_worker(), Some(busy));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_alone_in_its_quiet_is_not_stalled() {
+        // Nobody answered since it took its event: the whole pool may simply
+        // be waiting, and there is no sign that this worker is the slow one.
+        let mut core = core(2, 2);
+        let first = take(&mut core);
+        let second = take(&mut core);
+        assert_ne!(first.worker, second.worker);
+        tokio::time::advance(STALL_AFTER * 10).await;
+        assert!(!core.stalled(first.worker as usize, Instant::now()));
+        assert!(!core.stalled(second.worker as usize, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_stall_after_only_free_slots_count() {
+        let mut core = core(2, 4);
+        core.stall_after = None;
+        let blocked = take(&mut core);
+        let light = take(&mut core);
+        answer(&mut core, light);
+        let _held = [take(&mut core), take(&mut core)];
+        tokio::time::advance(STALL_AFTER * 10).await;
+        assert!(!core.stalled(blocked.worker as usize, Instant::now()));
+        assert_eq!(core.choose_worker(), Some(blocked.worker as usize));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn equal_events_spread_evenly() {
+        // Events of equal length, answered in the order they were sent, with
+        // time passing: no worker is starved and none gets more than its share.
+        let mut core = core(4, 8);
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut taken = [0u32; 4];
+        for _ in 0..4_000 {
+            if in_flight.len() == 12 {
+                answer(&mut core, in_flight.pop_front().unwrap());
+            }
+            let slot = take(&mut core);
+            taken[slot.worker as usize] += 1;
+            in_flight.push_back(slot);
+            tokio::time::advance(Duration::from_micros(300)).await;
+        }
+        assert!(
+            taken.iter().all(|&n| (900..=1100).contains(&n)),
+            "{taken:?}"
+        );
+    }
+}
