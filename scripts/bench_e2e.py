@@ -20,8 +20,11 @@ E2E_ONLY (a comma-separated list of scenario names), E2E_OUT (where the
 Markdown table is written, default target/bench_e2e.md), E2E_SIDES (the
 servers compared, default ``gateway,uvicorn``; also ``gateway-mux``, the
 gateway in its multiplexed mode with E2E_MULTIPLEX physical connections per
-worker (default 1), ``gateway-conn``, one connection per slot, and ``granian-asgi`` and ``granian-rsgi``, one granian
-process each on the same interpreter). With more than the two default sides
+worker (default 1), ``gateway-conn``, one connection per slot, ``granian-asgi``
+and ``granian-rsgi``, one granian process each on the same interpreter, and
+``hyper-floor``, gateway/benches/hyper_floor.rs: bare hyper answering a
+constant on one runtime thread, the floor under the gateway process's own
+CPU per request; E2E_HYPER_FLOOR names a built one). With more than the two default sides
 a second table lists every side, with ratios to uvicorn's figures.
 E2E_WSGI_THREADS (default 4, the gateway's default) is the threads per worker
 of every threaded WSGI side: the gateway's --wsgi-threads, gunicorn's
@@ -182,6 +185,11 @@ class Server:
             elif side == "gateway-conn":
                 cmd += ["--multiplex", "0"]
             env = {**os.environ, "RUST_LOG": "warn"}
+        elif side == "hyper-floor":
+            # The floor: bare hyper answering a constant, one runtime thread.
+            cmd = [bench_binary("hyper_floor", "E2E_HYPER_FLOOR", "async-worker-pool-gateway"),
+                   str(self.port), "1"]
+            env = dict(os.environ)
         elif side.startswith("granian"):
             interface = side.split("-")[1] if "-" in side else "asgi"
             app = handler if ":" in handler else "%s:%s" % (interface, handler)
@@ -343,21 +351,27 @@ def alternate(name, handler, workers, sides, warm_up, measure_one, describe):
     return load + " → " + loadavg(), runs
 
 
-def mixed_load_binary():
-    """The open-loop client: E2E_MIXED_LOAD, else the bench target built now
-    (with the bench profile, as cargo bench would)."""
-    if os.environ.get("E2E_MIXED_LOAD"):
-        return os.environ["E2E_MIXED_LOAD"]
-    out = subprocess.run(
-        ["cargo", "bench", "--bench", "mixed_load", "--no-run",
-         "--message-format=json-render-diagnostics"],
-        cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+def bench_binary(name, env, package=None):
+    """A bench target's executable: the path in `env`, else the target built
+    now (with the bench profile, as cargo bench would)."""
+    if os.environ.get(env):
+        return os.environ[env]
+    cmd = ["cargo", "bench", "--bench", name, "--no-run",
+           "--message-format=json-render-diagnostics"]
+    if package:
+        cmd += ["-p", package]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
     for line in out.splitlines():
         message = json.loads(line)
         if (message.get("reason") == "compiler-artifact"
-                and message["target"]["name"] == "mixed_load" and message.get("executable")):
+                and message["target"]["name"] == name and message.get("executable")):
             return message["executable"]
-    raise RuntimeError("cargo built no mixed_load executable")
+    raise RuntimeError("cargo built no %s executable" % name)
+
+
+def mixed_load_binary():
+    """The open-loop client (E2E_MIXED_LOAD names a built one)."""
+    return bench_binary("mixed_load", "E2E_MIXED_LOAD")
 
 
 def run_mixed(client, port, seconds):
