@@ -121,6 +121,13 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_PROBE_INTERVAL", default_value = "5s", value_parser = optional_duration)]
     pub probe_interval: OrOff,
 
+    /// A worker with requests in flight that has answered none for this long,
+    /// while other workers answered, gets no new requests while another
+    /// worker can take them (its loop is likely held by a CPU-bound request);
+    /// `off` chooses workers by free connections alone.
+    #[arg(long, env = "GATEWAY_STALL_AFTER", default_value = "1ms", value_parser = optional_duration)]
+    pub stall_after: OrOff,
+
     /// At most this many requests wait for a connection; beyond it, a 503 at once.
     #[arg(long, env = "GATEWAY_MAX_WAITERS")]
     pub max_waiters: Option<usize>,

@@ -228,6 +228,7 @@ async fn start_pool(args: &Args) -> Result<GatewayPool, String> {
     .establish_connection_timeout(args.establish_connection_timeout)
     .probe_timeout(args.probe_timeout.0)
     .probe_interval(args.probe_interval.0)
+    .stall_after(args.stall_after.0)
     .restart_policy(restart_policy(args));
     if let Some(timeout) = args.event_timeout {
         builder = builder.event_timeout(timeout);
