@@ -64,9 +64,10 @@ fn pool(
 /// Light events dispatched every millisecond (the timer's grain) for the
 /// length of a block, each taking 1 to 3 ms, beside one `Block` sent first; warm-up answers on both
 /// workers come before. Returns, per light dispatched at least `STALL_AFTER`
-/// into the block and before it ends, the worker that answered it, and the
-/// worker that was blocked.
-async fn lights_beside_a_block(stall_after: Option<Duration>) -> (Vec<usize>, usize) {
+/// into the block and before it ends, the worker that answered it; the
+/// worker that was blocked; and the workers the stats showed stalled halfway
+/// through the block.
+async fn lights_beside_a_block(stall_after: Option<Duration>) -> (Vec<usize>, usize, Vec<usize>) {
     let pool = pool(8, stall_after);
     pool.ready(Duration::from_secs(5)).await.unwrap();
     for _ in 0..4 {
@@ -82,7 +83,13 @@ async fn lights_beside_a_block(stall_after: Option<Duration>) -> (Vec<usize>, us
     let started = Instant::now();
     let mut lights = JoinSet::new();
     let mut rng = fastrand::Rng::with_seed(30);
+    let mut stalled = None;
     while started.elapsed() < BLOCK {
+        if stalled.is_none() && started.elapsed() >= BLOCK / 2 {
+            let stats = pool.stats();
+            let workers = stats.workers.iter().filter(|w| w.stalled);
+            stalled = Some(workers.map(|w| w.id.index()).collect());
+        }
         let took = Duration::from_millis(rng.u64(1..=3));
         let sent = started.elapsed();
         let pool = pool.clone();
@@ -98,12 +105,12 @@ async fn lights_beside_a_block(stall_after: Option<Duration>) -> (Vec<usize>, us
         }
     }
     assert!(answered.len() > 40, "{} lights", answered.len());
-    (answered, blocked)
+    (answered, blocked, stalled.expect("stats taken halfway"))
 }
 
 #[tokio::test(start_paused = true)]
 async fn light_events_go_to_the_free_worker_while_the_other_is_blocked() {
-    let (answered, blocked) = lights_beside_a_block(Some(STALL_AFTER)).await;
+    let (answered, blocked, stalled) = lights_beside_a_block(Some(STALL_AFTER)).await;
     let on_blocked = answered.iter().filter(|&&w| w == blocked).count();
     assert_eq!(
         on_blocked,
@@ -111,6 +118,7 @@ async fn light_events_go_to_the_free_worker_while_the_other_is_blocked() {
         "{on_blocked} of {} lights waited behind the block",
         answered.len()
     );
+    assert_eq!(stalled, [blocked], "the stats name the stalled worker");
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,9 +126,13 @@ async fn by_free_slots_alone_light_events_wait_behind_the_block() {
     // The same load without the policy: the free worker often holds more
     // events than the blocked one, so lights land behind the block. This is
     // what the test above guards against.
-    let (answered, blocked) = lights_beside_a_block(None).await;
+    let (answered, blocked, stalled) = lights_beside_a_block(None).await;
     let on_blocked = answered.iter().filter(|&&w| w == blocked).count();
     assert!(on_blocked > 0, "no light waited behind the block");
+    assert!(
+        stalled.is_empty(),
+        "no stall without stall_after: {stalled:?}"
+    );
 }
 
 /// Events of `took` each, `in_flight` at a time, `total` in all; how many
