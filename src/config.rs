@@ -182,25 +182,29 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// # Worker choice
 ///
 /// An event that finds a free slot goes to the worker with the most free
-/// slots (join the shortest queue); among equals, to the one that answered an
-/// event most recently. Free slots alone cannot tell a worker whose loop is
-/// running one CPU-bound handler (or whose GIL a WSGI view holds) from one
-/// that is only waiting on I/O: both show one event in flight, and a light
-/// event sent to the first waits out the whole block. So a worker that has
-/// events in flight and has answered none of them for `stall_after`, while
-/// other workers answered theirs, is *stalled*: the next event goes to another
-/// worker with a free slot, one that has answered since, as long as that
-/// worker then holds at most three events more than the stalled one. The stalled
-/// worker gets events again with its next answer, or when no other worker
-/// qualifies, so no worker is starved and no free slot is left unused while
-/// events wait. [`WorkerStats::stalled`](crate::WorkerStats::stalled) shows it.
+/// slots (join the shortest queue); among equals, to the one that progressed
+/// most recently. Free slots alone cannot tell a worker whose loop is running
+/// one CPU-bound handler (or whose GIL a WSGI view holds) from one that is
+/// only waiting on I/O: both show one event in flight, and a light event sent
+/// to the first waits out the whole block. Prompt answers can: an answer that
+/// came within `stall_after` of its event's start is progress; a later one
+/// (a long event, or a short one that waited behind a block) is not. So a
+/// worker that has events in flight and has given no prompt answer for
+/// `stall_after`, while other workers did, is *stalled*: the next event goes
+/// to another worker with a free slot, one that answered promptly since, as
+/// long as that worker then holds at most three events more than the stalled
+/// one. The stalled worker gets events again with its next prompt answer,
+/// once its events in flight are done, or when no other worker qualifies, so
+/// no worker is starved and no free slot is left unused while events wait.
+/// [`WorkerStats::stalled`](crate::WorkerStats::stalled) shows it.
 ///
 /// The trade-off: a worker whose events are long but light on its loop (a
-/// handler that awaits a slow call) looks stalled too, and gets up to three
-/// events fewer than its peers while it does; the bound keeps the imbalance
-/// that small. Events that wait for a slot (every slot busy) are
-/// not chosen for: the first slot freed, by a worker that just answered, is
-/// theirs.
+/// handler that awaits a slow call) looks stalled too when other workers
+/// answer short events, and gets up to three events fewer than its peers
+/// while it does; the bound keeps the imbalance that small. When every event
+/// is longer than `stall_after`, no answer is prompt, nobody is stalled, and
+/// the choice is by free slots alone. Events that wait for a slot (every slot
+/// busy) are not chosen for: the first slot freed is theirs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -254,10 +258,11 @@ pub struct PoolConfig {
     /// run past `event_timeout` (see [Recycling](#recycling)): for workers
     /// that cannot stop such an event, as a WSGI app's threads cannot.
     pub recycle_after_event_timeout: bool,
-    /// A worker with events in flight that has answered none of them for
-    /// this long, while other workers answered theirs, is passed over for
-    /// new events as long as another worker has a free slot (see
-    /// [Worker choice](#worker-choice)). `None` chooses by free slots alone.
+    /// A worker with events in flight that has given no prompt answer (one
+    /// within this long of its event's start) for this long, while other
+    /// workers did, is passed over for new events as long as another worker has a free slot
+    /// (see [Worker choice](#worker-choice)). `None` chooses by free slots
+    /// alone.
     pub stall_after: Option<Duration>,
 }
 

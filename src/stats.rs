@@ -166,10 +166,10 @@ pub struct WorkerStats {
     /// Its busy slots: its events running now (for a WSGI worker, whose
     /// slots are its threads, its busy threads).
     pub busy: usize,
-    /// It has events in flight and has answered none of them for
-    /// [`PoolConfig::stall_after`](crate::PoolConfig::stall_after) while other
-    /// workers answered theirs: new events go to another worker while one
-    /// has a free slot (see
+    /// It has events in flight and has given no prompt answer (one within
+    /// [`PoolConfig::stall_after`](crate::PoolConfig::stall_after) of its
+    /// event's start) for that long while other workers did: new events go
+    /// to another worker while one has a free slot (see
     /// [Worker choice](crate::PoolConfig#worker-choice)).
     pub stalled: bool,
     /// How many times its process was relaunched.

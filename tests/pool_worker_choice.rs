@@ -14,7 +14,9 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 const WORKERS: usize = 2;
 const BLOCK: Duration = Duration::from_millis(50);
-const STALL_AFTER: Duration = Duration::from_millis(1);
+/// Above the light events' 1 to 3 ms (the timer's grain), so that their answers
+/// are prompt ones.
+const STALL_AFTER: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Copy)]
 enum Job {

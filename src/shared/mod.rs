@@ -246,10 +246,10 @@ struct Core<C> {
     /// The timeout sweeper found the queue empty and waits for `Shared::sweep`.
     sweeper_parked: bool,
     max_connections: usize,
-    /// The order of answers and first events, for [`Progress`].
+    /// The order of prompt answers and first events, for [`Progress`].
     ticks: u64,
-    /// `ticks` at the pool's last answer.
-    last_answer: u64,
+    /// `ticks` at the pool's last prompt answer.
+    last_prompt: u64,
     /// [`PoolConfig::stall_after`].
     stall_after: Option<Duration>,
 }
@@ -273,7 +273,7 @@ impl<C> Core<C> {
             sweeper_parked: false,
             max_connections: conns,
             ticks: 0,
-            last_answer: 0,
+            last_prompt: 0,
             stall_after: config.stall_after,
         }
     }

@@ -61,6 +61,9 @@ impl<C> Core<C> {
         if was_idle && entry.busy == 1 {
             self.became_busy(slot.worker as usize);
         }
+        if state == SlotState::Busy {
+            self.taken(slot);
+        }
         self.counts.moved(old, state);
     }
 
@@ -187,7 +190,7 @@ impl<C> Core<C> {
         clean: bool,
     ) -> Aftermath<C> {
         let w = slot.worker as usize;
-        self.answered(w);
+        self.answered(slot);
         let entry = &mut self.workers[w];
         let (serving, worker_generation) = (entry.serving, entry.generation);
         entry.released += 1;

@@ -3,23 +3,24 @@
 //! The idle index names a worker with the most free slots. Free slots alone
 //! cannot tell a worker whose loop is busy (one CPU-bound handler, a WSGI view
 //! that holds the GIL) from one whose events only wait on I/O, and a light
-//! event sent to the first waits out the whole block. Answers can: a worker
-//! whose loop runs answers its events, one whose loop is held answers none.
-//! So the choice also reads each worker's [`Progress`]: among workers with as
-//! many free slots it prefers the one whose last answer (or first event) is
-//! the most recent, and a worker with events in flight that has answered none
-//! of them for `stall_after`, while others answered theirs, is passed over.
-//! The order of answers is kept by a counter, not a clock; the time is read
-//! where a quiet spell may begin (an answer, a first event) and where a quiet
-//! worker is about to be chosen. `PoolConfig`'s "Worker
-//! choice" section is the user's account.
+//! event sent to the first waits out the whole block. Prompt answers can: a
+//! worker whose loop runs answers its short events within `stall_after`, one
+//! whose loop is held answers none of them in time (a WSGI worker whose GIL
+//! another thread holds still answers, but late). So the choice also reads
+//! each worker's [`Progress`]: among workers with as many free slots it
+//! prefers the one whose last prompt answer (or first event) is the most
+//! recent, and a worker with events in flight that has answered none of them
+//! promptly for `stall_after`, while others did, is passed over. The order of
+//! answers is kept by a counter; the time is read when a slot is taken and
+//! when it is answered (pools of more than one worker, with the policy on),
+//! and when a quiet worker is about to be chosen.
 
 // The pool's shared state is one type; its parts are split by concern.
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
 /// How many workers with as many free slots as the first are compared for
-/// the most recent answer: a bound, so that a pool of many equally loaded
+/// the most recent progress: a bound, so that a pool of many equally loaded
 /// workers does not walk all of them on every acquire.
 const TIE_BREAK_PEERS: usize = 4;
 
@@ -31,38 +32,68 @@ const STALL_SLACK: usize = 3;
 
 /// A worker's answers, as the choice of worker reads them. The counts are
 /// ticks of the pool's progress counter (`Core::ticks`), which moves at every
-/// answer and every first event of a worker.
+/// prompt answer and every first event of a worker.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
-    /// At its last answer: a worker that answered since another went quiet
-    /// may take that one's events.
-    last_answer: u64,
-    /// At its last answer or when it went from no event to one, whichever is
-    /// later: answers elsewhere since then, with events in flight here, make
-    /// the worker quiet. Among workers with as many free slots, the one with
-    /// the latest is preferred.
+    /// At its last prompt answer: a worker that answered promptly since
+    /// another went quiet may take that one's events.
+    last_prompt: u64,
+    /// At its last prompt answer or when it went from no event to one,
+    /// whichever is later: prompt answers elsewhere since then, with events in
+    /// flight here, make the worker quiet. Among workers with as many free
+    /// slots, the one with the latest is preferred.
     quiet_from: u64,
-    /// The time of `quiet_from`, when the policy is on and the pool has more
-    /// than one worker to choose from.
+    /// The time of `quiet_from`, when answers are timed.
     quiet_since: Option<Instant>,
+    /// When each of its slots was last taken, by local index, when answers
+    /// are timed: an answer later than `stall_after` is not a prompt one.
+    taken_at: Vec<Instant>,
 }
 
 impl<C> Core<C> {
-    /// Whether quiet spells are timed: the policy is on, and there is more
-    /// than one worker to choose from.
+    /// Whether answers are timed: the policy is on, and there is more than
+    /// one worker to choose from.
     #[inline]
-    fn times_quiet(&self) -> bool {
+    fn times_answers(&self) -> bool {
         self.stall_after.is_some() && !self.idle_index.single()
     }
 
-    /// A slot of `w` is being answered (released, clean or not).
+    /// `slot` was taken for an event.
     #[inline]
-    pub(super) fn answered(&mut self, w: usize) {
+    pub(super) fn taken(&mut self, slot: SlotId) {
+        if !self.times_answers() {
+            return;
+        }
+        let now = Instant::now();
+        let taken_at = &mut self.workers[slot.worker as usize].progress.taken_at;
+        let local = slot.local as usize;
+        if local >= taken_at.len() {
+            taken_at.resize(local + 1, now);
+        }
+        taken_at[local] = now;
+    }
+
+    /// `slot` is being answered (released, clean or not). A prompt answer (or
+    /// any answer, when answers are not timed) is progress; a late one is not.
+    #[inline]
+    pub(super) fn answered(&mut self, slot: SlotId) {
+        let w = slot.worker as usize;
+        let since = match self.stall_after {
+            Some(stall_after) if self.times_answers() => {
+                let now = Instant::now();
+                let progress = &self.workers[w].progress;
+                let taken = progress.taken_at.get(slot.local as usize);
+                if taken.is_none_or(|&taken| now.saturating_duration_since(taken) >= stall_after) {
+                    return;
+                }
+                Some(now)
+            }
+            _ => None,
+        };
         self.ticks += 1;
-        self.last_answer = self.ticks;
-        let since = self.times_quiet().then(Instant::now);
+        self.last_prompt = self.ticks;
         let progress = &mut self.workers[w].progress;
-        progress.last_answer = self.ticks;
+        progress.last_prompt = self.ticks;
         progress.quiet_from = self.ticks;
         progress.quiet_since = since;
     }
@@ -71,7 +102,7 @@ impl<C> Core<C> {
     #[inline]
     pub(super) fn became_busy(&mut self, w: usize) {
         self.ticks += 1;
-        let since = self.times_quiet().then(Instant::now);
+        let since = self.times_answers().then(Instant::now);
         let progress = &mut self.workers[w].progress;
         progress.quiet_from = self.ticks;
         progress.quiet_since = since;
@@ -96,15 +127,15 @@ impl<C> Core<C> {
         Some(chosen)
     }
 
-    /// Events in flight, and answers elsewhere since its own last one.
+    /// Events in flight, and prompt answers elsewhere since its own last one.
     #[inline]
     fn quiet(&self, w: usize) -> bool {
         let entry = &self.workers[w];
-        entry.busy() > 0 && entry.progress.quiet_from < self.last_answer
+        entry.busy() > 0 && entry.progress.quiet_from < self.last_prompt
     }
 
     /// `w`, unless it has been quiet for `stall_after` and another worker
-    /// that has answered since can take the event in its place.
+    /// that has answered promptly since can take the event in its place.
     #[cold]
     fn unless_stalled(&self, w: usize) -> usize {
         if !self.stalled(w, Instant::now()) {
@@ -114,17 +145,17 @@ impl<C> Core<C> {
         // With the event, the other worker holds at most STALL_SLACK more.
         let most_busy = self.workers[w].busy() + STALL_SLACK - 1;
         // The rare path: a scan of the workers, for the one with the most free
-        // slots among those that answered since `w` went quiet.
+        // slots among those that answered promptly since `w` went quiet.
         let mut best: Option<(u32, u64, usize)> = None;
         for other in (0..self.idle_index.len()).filter(|&x| x != w) {
             let idle = self.idle_index.idle(other);
             let entry = &self.workers[other];
-            let answered = entry.progress.last_answer;
-            if idle == 0 || entry.busy() > most_busy || answered <= quiet_from {
+            let prompt = entry.progress.last_prompt;
+            if idle == 0 || entry.busy() > most_busy || prompt <= quiet_from {
                 continue;
             }
-            if best.is_none_or(|(i, a, _)| (idle, answered) > (i, a)) {
-                best = Some((idle, answered, other));
+            if best.is_none_or(|(i, p, _)| (idle, prompt) > (i, p)) {
+                best = Some((idle, prompt, other));
             }
         }
         best.map_or(w, |(_, _, other)| other)
@@ -193,18 +224,25 @@ mod tests {
         assert_eq!(take(&mut core).worker, slots[2].worker);
     }
 
+    /// One event on one worker that stays in flight (the block); on the
+    /// other, a prompt answer and then two events held, so that by free slots
+    /// alone the blocked worker is next. The blocked event's slot, its
+    /// worker and the other.
+    fn block_beside_two_held(core: &mut Core<()>) -> (SlotId, usize, usize) {
+        let blocked = take(core);
+        let (busy, free) = (blocked.worker as usize, 1 - blocked.worker as usize);
+        let light = take(core);
+        assert_eq!(light.worker as usize, free);
+        answer(core, light);
+        let held = [take(core), take(core)];
+        assert!(held.iter().all(|s| s.worker as usize == free), "{held:?}");
+        (blocked, busy, free)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stalled_worker_is_passed_over_for_one_that_answers() {
         let mut core = core(2, 8);
-        let blocked = take(&mut core);
-        let (busy, free) = (blocked.worker as usize, 1 - blocked.worker as usize);
-        let light = take(&mut core);
-        assert_eq!(light.worker as usize, free);
-        answer(&mut core, light);
-        // The free worker holds two events; by free slots alone the blocked
-        // one (one event) is next.
-        let held = [take(&mut core), take(&mut core)];
-        assert!(held.iter().all(|s| s.worker as usize == free), "{held:?}");
+        let (blocked, busy, free) = block_beside_two_held(&mut core);
         assert_eq!(core.choose_worker(), Some(busy), "quiet, not yet stalled");
         assert!(!core.stalled(busy, Instant::now()));
 
@@ -219,10 +257,24 @@ mod tests {
         assert_eq!(core.workers[free].busy(), 1 + STALL_SLACK);
         assert_eq!(core.choose_worker(), Some(busy));
 
-        // Its answer ends the stall.
+        // Once its events are done, it is idle, not stalled.
         answer(&mut core, blocked);
         assert!(!core.stalled(busy, Instant::now()));
         assert_eq!(core.choose_worker(), Some(busy));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_does_not_end_a_stall() {
+        // A WSGI worker whose GIL a CPU-bound view holds still answers its
+        // other requests, but late: that is no sign its loop is free.
+        let mut core = core(2, 8);
+        let (_, busy, free) = block_beside_two_held(&mut core);
+        let late = take(&mut core);
+        assert_eq!(late.worker as usize, busy, "quiet, not yet stalled");
+        tokio::time::advance(STALL_AFTER).await;
+        answer(&mut core, late);
+        assert!(core.stalled(busy, Instant::now()));
+        assert_eq!(core.choose_worker(), Some(free));
     }
 
     #[tokio::test(start_paused = true)]
