@@ -8,6 +8,7 @@
 //! reconnects requested only after the lock is released.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
@@ -255,13 +256,14 @@ struct Core<C> {
 }
 
 impl<C> Core<C> {
-    fn new(config: &PoolConfig) -> Self {
+    /// `waiting` is the wait queue's flag, also read outside the lock.
+    fn new(config: &PoolConfig, waiting: Arc<AtomicBool>) -> Self {
         let (workers, conns) = (config.num_workers, config.max_connections);
         Self {
             workers: (0..workers).map(|_| WorkerEntry::new(conns)).collect(),
             capacity: config.capacity(),
             idle_index: IdleIndex::new(workers, conns),
-            waiters: WaitQueue::new(),
+            waiters: WaitQueue::new(waiting),
             counts: SlotCounts::all_down(config.capacity()),
             allocations: AllocationStats::default(),
             connection_restarts: ConnectionRestartStats::default(),
@@ -293,6 +295,9 @@ pub(crate) struct Shared<T: Transport> {
     links: RwLock<Vec<WorkerLink>>,
     /// Tells the operations task that a worker is due for recycling.
     recycle: mpsc::UnboundedSender<DueRecycle>,
+    /// Whether anyone waits for a slot, read without the lock by an acquire
+    /// that finds the lock busy (see `begin_acquire`); kept by the wait queue.
+    waiting: Arc<AtomicBool>,
     /// Signalled when the last busy slot is released during shutdown.
     drained: Notify,
     /// Wakes the parked timeout sweeper: a waiter joined, or the pool closes.
@@ -326,7 +331,8 @@ impl<T: Transport> Shared<T> {
                 link
             })
             .collect();
-        let core = Core::new(&config);
+        let waiting = Arc::new(AtomicBool::new(false));
+        let core = Core::new(&config, waiting.clone());
         let (recycle, recycles) = mpsc::unbounded_channel();
         let shared = Self {
             transport,
@@ -336,6 +342,7 @@ impl<T: Transport> Shared<T> {
             core: Mutex::new(core),
             links: RwLock::new(links),
             recycle,
+            waiting,
             drained: Notify::new(),
             sweep: Notify::new(),
             progress: Notify::new(),
@@ -360,7 +367,20 @@ impl<T: Transport> Shared<T> {
     /// trip through the lock before the slot is granted).
     #[inline]
     pub(crate) fn begin_acquire(&self, waker: &Waker, first_try: bool) -> Begin<T::Conn> {
-        let mut core = self.lock();
+        let mut prepared = None;
+        let mut core = match self.core.try_lock() {
+            Some(core) => core,
+            None => {
+                // Another thread holds the lock, and if others wait already
+                // this acquire most likely will too: its clock read and its
+                // waker's clone are done while the lock is busy, which keeps
+                // this section short for the thread contending with it.
+                if self.waiting.load(Relaxed) {
+                    prepared = Some((Instant::now(), waker.clone()));
+                }
+                self.lock()
+            }
+        };
         // An acquire that retries after a broken connection is still one acquire.
         core.allocations.count += u64::from(first_try);
         if core.closing {
@@ -385,9 +405,8 @@ impl<T: Transport> Shared<T> {
                 waited: Duration::ZERO,
             });
         }
-        // Read under the lock, so that arrival times rise along the queue.
-        let since = Instant::now();
-        let key = core.waiters.push_back(since, Some(waker.clone()));
+        let (since, waker) = prepared.unwrap_or_else(|| (Instant::now(), waker.clone()));
+        let key = core.waiters.push_back(since, Some(waker));
         let wake_sweeper = std::mem::take(&mut core.sweeper_parked);
         drop(core);
         if wake_sweeper {

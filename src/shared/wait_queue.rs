@@ -10,6 +10,8 @@
 //! served and every waiter has the same timeout, so deadlines rise from front
 //! to back: one timer for the whole queue, on the front waiter, is enough.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::Waker;
 
 use tokio::time::Instant;
@@ -66,16 +68,20 @@ pub(crate) struct WaitQueue<C> {
     head: u32,
     tail: u32,
     len: usize,
+    /// Whether anyone waits, for `Shared::begin_acquire` to read without the
+    /// lock. Written only when the queue turns empty or non-empty.
+    waiting: Arc<AtomicBool>,
 }
 
 impl<C> WaitQueue<C> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(waiting: Arc<AtomicBool>) -> Self {
         Self {
             nodes: Vec::new(),
             free: Vec::new(),
             head: NIL,
             tail: NIL,
             len: 0,
+            waiting,
         }
     }
 
@@ -97,9 +103,16 @@ impl<C> WaitQueue<C> {
     }
 
     /// Queues a new waiter, which joined at `since` and is woken with `waker`, at
-    /// the back and returns its key. `since` must not be earlier than that of any
-    /// waiter queued before.
+    /// the back and returns its key.
+    ///
+    /// A `since` read before the lock may be earlier than that of a waiter
+    /// that was quicker to the lock; it is then taken as that one's, so that
+    /// arrival times still rise along the queue.
     pub(crate) fn push_back(&mut self, since: Instant, waker: Option<Waker>) -> u32 {
+        let since = match self.tail {
+            NIL => since,
+            tail => since.max(self.nodes[tail as usize].since),
+        };
         let key = match self.free.pop() {
             Some(key) => key,
             None => {
@@ -123,6 +136,9 @@ impl<C> WaitQueue<C> {
         }
         self.tail = key;
         self.len += 1;
+        if self.len == 1 {
+            self.waiting.store(true, Relaxed);
+        }
         key
     }
 
@@ -194,6 +210,9 @@ impl<C> WaitQueue<C> {
             self.nodes[next as usize].prev = prev;
         }
         self.len -= 1;
+        if self.len == 0 {
+            self.waiting.store(false, Relaxed);
+        }
     }
 }
 
@@ -203,7 +222,7 @@ mod tests {
 
     #[test]
     fn waiters_leave_in_arrival_order_and_cancelled_ones_are_skipped() {
-        let mut queue = WaitQueue::<&str>::new();
+        let mut queue = WaitQueue::<&str>::new(Arc::default());
         let keys: Vec<u32> = (0..5)
             .map(|_| queue.push_back(Instant::now(), None))
             .collect();
@@ -229,8 +248,25 @@ mod tests {
     }
 
     #[test]
+    fn arrival_times_rise_along_the_queue_and_the_flag_follows_it() {
+        let waiting = Arc::new(AtomicBool::new(false));
+        let mut queue = WaitQueue::<()>::new(waiting.clone());
+        let later = Instant::now();
+        let earlier = later - std::time::Duration::from_micros(1);
+        let first = queue.push_back(later, None);
+        assert!(waiting.load(Relaxed));
+        queue.push_back(earlier, None);
+        assert_eq!(queue.front_since(), Some(later));
+        queue.remove(first);
+        assert_eq!(queue.front_since(), Some(later), "taken as the first one's");
+        assert!(waiting.load(Relaxed));
+        assert!(queue.pop_front(Outcome::Closed).is_ok());
+        assert!(!waiting.load(Relaxed));
+    }
+
+    #[test]
     fn freed_nodes_are_reused_instead_of_growing() {
-        let mut queue = WaitQueue::<()>::new();
+        let mut queue = WaitQueue::<()>::new(Arc::default());
         for _ in 0..1000 {
             let a = queue.push_back(Instant::now(), None);
             let b = queue.push_back(Instant::now(), None);
@@ -242,7 +278,7 @@ mod tests {
 
     #[test]
     fn drain_hands_every_waiter_the_outcome() {
-        let mut queue = WaitQueue::<()>::new();
+        let mut queue = WaitQueue::<()>::new(Arc::default());
         let keys: Vec<u32> = (0..3)
             .map(|_| queue.push_back(Instant::now(), None))
             .collect();

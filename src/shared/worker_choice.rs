@@ -188,7 +188,7 @@ mod tests {
             stall_after: Some(STALL_AFTER),
             ..PoolConfig::default()
         };
-        let mut core = Core::new(&config);
+        let mut core = Core::new(&config, Arc::default());
         for w in 0..workers {
             core.workers[w].serving = true;
             for local in 0..slots as u32 {
