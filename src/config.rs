@@ -187,24 +187,23 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// one CPU-bound handler (or whose GIL a WSGI view holds) from one that is
 /// only waiting on I/O: both show one event in flight, and a light event sent
 /// to the first waits out the whole block. Prompt answers can: an answer that
-/// came within `stall_after` of its event's start is progress; a later one
-/// (a long event, or a short one that waited behind a block) is not. So a
-/// worker that has events in flight and has given no prompt answer for
-/// `stall_after`, while other workers did, is *stalled*: the next event goes
-/// to another worker with a free slot, one that answered promptly since, as
-/// long as that worker then holds at most three events more than the stalled
-/// one. The stalled worker gets events again with its next prompt answer,
+/// came within `stall_after` of its event's start is progress, and so is a
+/// worker's first event after it had none; a later answer (a long event, or a
+/// short one that waited behind a block) is not. A worker with events in
+/// flight and no progress for `stall_after` is *stalled*, and the next event
+/// goes to another worker with a free slot that progressed later (one that is
+/// not stalled first), as long as that worker then holds at most three events
+/// more than the stalled one, or a sixteenth of `max_connections` if that is
+/// more. The stalled worker gets events again with its next prompt answer,
 /// once its events in flight are done, or when no other worker qualifies, so
 /// no worker is starved and no free slot is left unused while events wait.
 /// [`WorkerStats::stalled`](crate::WorkerStats::stalled) shows it.
 ///
 /// The trade-off: a worker whose events are long but light on its loop (a
-/// handler that awaits a slow call) looks stalled too when other workers
-/// answer short events, and gets up to three events fewer than its peers
-/// while it does; the bound keeps the imbalance that small. When every event
-/// is longer than `stall_after`, no answer is prompt, nobody is stalled, and
-/// the choice is by free slots alone. Events that wait for a slot (every slot
-/// busy) are not chosen for: the first slot freed is theirs.
+/// handler that awaits a slow call) looks stalled too, and when its peers
+/// progressed later they get up to that bound of events more than it while
+/// it does. Events that wait for a slot (every slot busy) are not chosen for:
+/// the first slot freed is theirs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -259,10 +258,10 @@ pub struct PoolConfig {
     /// that cannot stop such an event, as a WSGI app's threads cannot.
     pub recycle_after_event_timeout: bool,
     /// A worker with events in flight that has given no prompt answer (one
-    /// within this long of its event's start) for this long, while other
-    /// workers did, is passed over for new events as long as another worker has a free slot
-    /// (see [Worker choice](#worker-choice)). `None` chooses by free slots
-    /// alone.
+    /// within this long of its event's start) for this long is stalled, and
+    /// passed over for new events while a worker that progressed later has a
+    /// free slot (see [Worker choice](#worker-choice)). `None` chooses by
+    /// free slots alone.
     pub stall_after: Option<Duration>,
 }
 

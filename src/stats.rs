@@ -168,8 +168,8 @@ pub struct WorkerStats {
     pub busy: usize,
     /// It has events in flight and has given no prompt answer (one within
     /// [`PoolConfig::stall_after`](crate::PoolConfig::stall_after) of its
-    /// event's start) for that long while other workers did: new events go
-    /// to another worker while one has a free slot (see
+    /// event's start) for that long: new events go to a worker that
+    /// progressed later while one has a free slot (see
     /// [Worker choice](crate::PoolConfig#worker-choice)).
     pub stalled: bool,
     /// How many times its process was relaunched.

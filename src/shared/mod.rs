@@ -249,8 +249,6 @@ struct Core<C> {
     max_connections: usize,
     /// The order of prompt answers and first events, for [`Progress`].
     ticks: u64,
-    /// `ticks` at the pool's last prompt answer.
-    last_prompt: u64,
     /// [`PoolConfig::stall_after`].
     stall_after: Option<Duration>,
 }
@@ -275,7 +273,6 @@ impl<C> Core<C> {
             sweeper_parked: false,
             max_connections: conns,
             ticks: 0,
-            last_prompt: 0,
             stall_after: config.stall_after,
         }
     }

@@ -10,10 +10,11 @@
 //! each worker's [`Progress`]: among workers with as many free slots it
 //! prefers the one whose last prompt answer (or first event) is the most
 //! recent, and a worker with events in flight that has answered none of them
-//! promptly for `stall_after`, while others did, is passed over. The order of
+//! promptly for `stall_after` is passed over for one that has progressed
+//! within `stall_after` (a prompt answer, or a first event). The order of
 //! answers is kept by a counter; the time is read when a slot is taken and
 //! when it is answered (pools of more than one worker, with the policy on),
-//! and when a quiet worker is about to be chosen.
+//! and when the worker chosen by free slots has events in flight.
 
 // The pool's shared state is one type; its parts are split by concern.
 #[allow(clippy::wildcard_imports)]
@@ -25,25 +26,30 @@ use super::*;
 const TIE_BREAK_PEERS: usize = 4;
 
 /// How many events more than a stalled worker another may come to hold by
-/// being chosen in its place: the most by which a stall that was only a long
-/// await can unbalance the workers. Three lets a WSGI worker of four threads
-/// take every light request while its peer's GIL is held.
+/// being chosen in its place, at the least: the most by which a stall that
+/// was only a long await can unbalance the workers. Three lets a WSGI worker
+/// of four threads take every light request while its peer's GIL is held.
 const STALL_SLACK: usize = 3;
 
-/// A worker's answers, as the choice of worker reads them. The counts are
-/// ticks of the pool's progress counter (`Core::ticks`), which moves at every
-/// prompt answer and every first event of a worker.
+/// Beyond [`STALL_SLACK`], the share of `max_connections` by which the other
+/// worker may come to hold more: a burst (the gateway's thread descheduled
+/// for a few ms, then sixty requests at once) must not spill onto the
+/// stalled worker once three have gone elsewhere. With a thousand
+/// connections, 62 events waiting on I/O on one worker more than on another
+/// cost nothing.
+const STALL_SLACK_SHARE: usize = 16;
+
+/// A worker's answers, as the choice of worker reads them.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
-    /// At its last prompt answer: a worker that answered promptly since
-    /// another went quiet may take that one's events.
-    last_prompt: u64,
-    /// At its last prompt answer or when it went from no event to one,
-    /// whichever is later: prompt answers elsewhere since then, with events in
-    /// flight here, make the worker quiet. Among workers with as many free
-    /// slots, the one with the latest is preferred.
+    /// The pool's progress counter (`Core::ticks`, which moves at every
+    /// prompt answer and every first event of a worker) at this worker's
+    /// last prompt answer or first event, whichever is later. Among workers
+    /// with as many free slots, the one with the latest is preferred.
     quiet_from: u64,
-    /// The time of `quiet_from`, when answers are timed.
+    /// The time of `quiet_from`, when answers are timed: with events in
+    /// flight and no prompt answer since for `stall_after`, the worker is
+    /// stalled.
     quiet_since: Option<Instant>,
     /// When each of its slots was last taken, by local index, when answers
     /// are timed: an answer later than `stall_after` is not a prompt one.
@@ -91,9 +97,7 @@ impl<C> Core<C> {
             _ => None,
         };
         self.ticks += 1;
-        self.last_prompt = self.ticks;
         let progress = &mut self.workers[w].progress;
-        progress.last_prompt = self.ticks;
         progress.quiet_from = self.ticks;
         progress.quiet_since = since;
     }
@@ -121,52 +125,59 @@ impl<C> Core<C> {
                 chosen = peer;
             }
         }
-        if self.quiet(chosen) {
+        if self.workers[chosen].busy() > 0 && self.stall_after.is_some() {
             return Some(self.unless_stalled(chosen));
         }
         Some(chosen)
     }
 
-    /// Events in flight, and prompt answers elsewhere since its own last one.
-    #[inline]
-    fn quiet(&self, w: usize) -> bool {
-        let entry = &self.workers[w];
-        entry.busy() > 0 && entry.progress.quiet_from < self.last_prompt
-    }
-
-    /// `w`, unless it has been quiet for `stall_after` and another worker
-    /// that has answered promptly since can take the event in its place.
+    /// `w`, unless it is stalled and a worker that progressed since can take
+    /// the event in its place: one that is not stalled first, then the one
+    /// with the most free slots, then the latest progress. A worker stalled
+    /// too still qualifies when it progressed later than `w`: when the
+    /// host's own thread was descheduled for a while, every answer read
+    /// after it came late, yet the worker that answered then is still a
+    /// better bet than the one that has answered nothing since.
     #[cold]
     fn unless_stalled(&self, w: usize) -> usize {
-        if !self.stalled(w, Instant::now()) {
+        let now = Instant::now();
+        if !self.stalled(w, now) {
             return w;
         }
-        let quiet_from = self.workers[w].progress.quiet_from;
-        // With the event, the other worker holds at most STALL_SLACK more.
-        let most_busy = self.workers[w].busy() + STALL_SLACK - 1;
-        // The rare path: a scan of the workers, for the one with the most free
-        // slots among those that answered promptly since `w` went quiet.
-        let mut best: Option<(u32, u64, usize)> = None;
+        let since = self.workers[w].progress.quiet_since;
+        // With the event, the other worker holds at most `slack` more.
+        let slack = STALL_SLACK.max(self.max_connections / STALL_SLACK_SHARE);
+        let most_busy = self.workers[w].busy() + slack - 1;
+        // The rare path: a scan of the workers.
+        let mut best: Option<(bool, u32, u64, usize)> = None;
         for other in (0..self.idle_index.len()).filter(|&x| x != w) {
             let idle = self.idle_index.idle(other);
             let entry = &self.workers[other];
-            let prompt = entry.progress.last_prompt;
-            if idle == 0 || entry.busy() > most_busy || prompt <= quiet_from {
+            let later = entry.busy() == 0 || entry.progress.quiet_since > since;
+            if idle == 0 || entry.busy() > most_busy || !later {
                 continue;
             }
-            if best.is_none_or(|(i, p, _)| (idle, prompt) > (i, p)) {
-                best = Some((idle, prompt, other));
+            let key = (
+                !self.stalled(other, now),
+                idle,
+                entry.progress.quiet_from,
+                other,
+            );
+            if best.is_none_or(|b| (key.0, key.1, key.2) > (b.0, b.1, b.2)) {
+                best = Some(key);
             }
         }
-        best.map_or(w, |(_, _, other)| other)
+        best.map_or(w, |(.., other)| other)
     }
 
-    /// Whether the choice passes `w` over at `now`: quiet for `stall_after`.
+    /// Whether `w` is stalled at `now`: events in flight, and no prompt
+    /// answer (nor a first event) for `stall_after`.
     pub(super) fn stalled(&self, w: usize, now: Instant) -> bool {
-        let (Some(stall_after), true) = (self.stall_after, self.quiet(w)) else {
+        let entry = &self.workers[w];
+        let (Some(stall_after), true) = (self.stall_after, entry.busy() > 0) else {
             return false;
         };
-        self.workers[w]
+        entry
             .progress
             .quiet_since
             .is_some_and(|since| now.saturating_duration_since(since) >= stall_after)
@@ -224,16 +235,26 @@ mod tests {
         assert_eq!(take(&mut core).worker, slots[2].worker);
     }
 
-    /// One event on one worker that stays in flight (the block); on the
-    /// other, a prompt answer and then two events held, so that by free slots
-    /// alone the blocked worker is next. The blocked event's slot, its
-    /// worker and the other.
-    fn block_beside_two_held(core: &mut Core<()>) -> (SlotId, usize, usize) {
+    /// One event on one worker that stays in flight (the block) for
+    /// `for_how_long`, while the other answers a light event promptly every
+    /// quarter of `STALL_AFTER`; then two events held on the other, so that
+    /// by free slots alone the blocked worker is next. The blocked event's
+    /// slot, its worker and the other.
+    async fn block_beside_two_held(
+        core: &mut Core<()>,
+        for_how_long: Duration,
+    ) -> (SlotId, usize, usize) {
         let blocked = take(core);
         let (busy, free) = (blocked.worker as usize, 1 - blocked.worker as usize);
-        let light = take(core);
-        assert_eq!(light.worker as usize, free);
-        answer(core, light);
+        let step = STALL_AFTER / 4;
+        let mut waited = Duration::ZERO;
+        while waited < for_how_long {
+            tokio::time::advance(step).await;
+            waited += step;
+            let light = take(core);
+            assert_eq!(light.worker as usize, free);
+            answer(core, light);
+        }
         let held = [take(core), take(core)];
         assert!(held.iter().all(|s| s.worker as usize == free), "{held:?}");
         (blocked, busy, free)
@@ -242,11 +263,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_worker_is_passed_over_for_one_that_answers() {
         let mut core = core(2, 8);
-        let (blocked, busy, free) = block_beside_two_held(&mut core);
-        assert_eq!(core.choose_worker(), Some(busy), "quiet, not yet stalled");
-        assert!(!core.stalled(busy, Instant::now()));
+        let (_, busy, _) = block_beside_two_held(&mut core, STALL_AFTER / 2).await;
+        assert_eq!(core.choose_worker(), Some(busy), "not yet stalled");
 
-        tokio::time::advance(STALL_AFTER).await;
+        let mut core = self::core(2, 8);
+        let (blocked, busy, free) = block_beside_two_held(&mut core, STALL_AFTER).await;
         assert!(core.stalled(busy, Instant::now()));
         assert!(!core.stalled(free, Instant::now()), "it answered last");
         for _ in 0..STALL_SLACK - 1 {
@@ -268,26 +289,61 @@ mod tests {
         // A WSGI worker whose GIL a CPU-bound view holds still answers its
         // other requests, but late: that is no sign its loop is free.
         let mut core = core(2, 8);
-        let (_, busy, free) = block_beside_two_held(&mut core);
+        let (_, busy, free) = block_beside_two_held(&mut core, STALL_AFTER / 2).await;
         let late = take(&mut core);
-        assert_eq!(late.worker as usize, busy, "quiet, not yet stalled");
-        tokio::time::advance(STALL_AFTER).await;
+        assert_eq!(late.worker as usize, busy, "not yet stalled");
+        // The free worker goes on answering light events promptly.
+        for _ in 0..2 {
+            tokio::time::advance(STALL_AFTER / 4).await;
+            let light = take(&mut core);
+            assert_eq!(light.worker as usize, free, "a tie, and it progressed last");
+            tokio::time::advance(STALL_AFTER / 4).await;
+            answer(&mut core, light);
+        }
+        // A full `stall_after` after it was taken.
         answer(&mut core, late);
         assert!(core.stalled(busy, Instant::now()));
+        assert!(!core.stalled(free, Instant::now()));
         assert_eq!(core.choose_worker(), Some(free));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_worker_alone_in_its_quiet_is_not_stalled() {
-        // Nobody answered since it took its event: the whole pool may simply
-        // be waiting, and there is no sign that this worker is the slow one.
-        let mut core = core(2, 2);
+    async fn when_every_busy_worker_is_stalled_the_later_one_takes_the_slack() {
+        // Long events everywhere: no answer is prompt and every busy worker
+        // is stalled. The one whose first event came later takes up to the
+        // slack more, then free slots decide again.
+        let mut core = core(2, 8);
         let first = take(&mut core);
+        tokio::time::advance(STALL_AFTER / 4).await;
         let second = take(&mut core);
-        assert_ne!(first.worker, second.worker);
+        let (early, late) = (first.worker as usize, second.worker as usize);
+        assert_ne!(early, late);
         tokio::time::advance(STALL_AFTER * 10).await;
-        assert!(!core.stalled(first.worker as usize, Instant::now()));
-        assert!(!core.stalled(second.worker as usize, Instant::now()));
+        assert!(core.stalled(early, Instant::now()));
+        assert!(core.stalled(late, Instant::now()));
+        // The first by the tie-break, the others past the stall.
+        for _ in 0..STALL_SLACK {
+            assert_eq!(take(&mut core).worker as usize, late);
+        }
+        assert_eq!(core.workers[late].busy(), 1 + STALL_SLACK);
+        assert_eq!(take(&mut core).worker as usize, early);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_just_began_is_preferred_to_a_stalled_one() {
+        // The host's own thread was descheduled for a while: when it comes
+        // back, the free worker has not answered anything yet, but its
+        // first event is young, while the other's has been running for
+        // longer than `stall_after`.
+        let mut core = core(2, 8);
+        let blocked = take(&mut core);
+        let (busy, free) = (blocked.worker as usize, 1 - blocked.worker as usize);
+        tokio::time::advance(STALL_AFTER * 4).await;
+        for _ in 0..3 {
+            assert_eq!(take(&mut core).worker as usize, free);
+        }
+        assert!(core.stalled(busy, Instant::now()));
+        assert!(!core.stalled(free, Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]

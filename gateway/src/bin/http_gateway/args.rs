@@ -121,10 +121,10 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_PROBE_INTERVAL", default_value = "5s", value_parser = optional_duration)]
     pub probe_interval: OrOff,
 
-    /// A worker with requests in flight that has answered none for this long,
-    /// while other workers answered, gets no new requests while another
-    /// worker can take them (its loop is likely held by a CPU-bound request);
-    /// `off` chooses workers by free connections alone.
+    /// A worker with requests in flight that has answered none within this
+    /// long of its start, for this long, gets no new requests while a worker
+    /// that progressed later can take them (its loop is likely held by a
+    /// CPU-bound request); `off` chooses workers by free connections alone.
     #[arg(long, env = "GATEWAY_STALL_AFTER", default_value = "1ms", value_parser = optional_duration)]
     pub stall_after: OrOff,
 
