@@ -65,7 +65,7 @@ impl<T: Transport> Shared<T> {
                 conn,
             }) {
                 Ok(waker) => {
-                    core.set_state(slot, SlotState::Busy);
+                    core.set_busy(slot, None);
                     wake.extend(waker);
                 }
                 Err(Outcome::Granted { conn, .. }) => {

@@ -55,29 +55,33 @@ impl<C> Core<C> {
     pub(super) fn set_state(&mut self, slot: SlotId, state: SlotState) {
         let entry = &mut self.workers[slot.worker as usize];
         let old = std::mem::replace(&mut entry.slots[slot.local as usize], state);
-        let was_idle = entry.busy == 0;
         entry.busy = entry.busy + usize::from(state == SlotState::Busy)
             - usize::from(old == SlotState::Busy);
-        if was_idle && entry.busy == 1 {
-            self.became_busy(slot.worker as usize);
-        }
-        if state == SlotState::Busy {
-            self.taken(slot);
-        }
         self.counts.moved(old, state);
+    }
+
+    /// `slot` goes to an event: busy, and its worker's progress told, with
+    /// `now` if the caller read the clock already.
+    #[inline]
+    pub(super) fn set_busy(&mut self, slot: SlotId, now: Option<Instant>) {
+        let first = self.workers[slot.worker as usize].busy == 0;
+        self.set_state(slot, SlotState::Busy);
+        self.taken(slot, first, now);
     }
 
     /// An idle connection of the worker that [`choose_worker`](Self::choose_worker)
     /// names.
     #[inline]
     pub(super) fn take_idle(&mut self) -> Option<Taken<C>> {
-        let w = self.choose_worker()?;
+        // One clock read serves the choice and the record of the take.
+        let now = self.times_answers().then(Instant::now);
+        let w = self.choose_worker(now)?;
         let worker = &mut self.workers[w];
         let (local, conn) = worker.idle.pop()?;
         let generation = worker.generation;
         let slot = SlotId::new(w as u32, local);
         self.idle_index.decrement(w);
-        self.set_state(slot, SlotState::Busy);
+        self.set_busy(slot, now);
         Some(Taken {
             slot,
             generation,
@@ -113,7 +117,7 @@ impl<C> Core<C> {
             };
             match self.waiters.pop_front(granted) {
                 Ok(waker) => {
-                    self.set_state(slot, SlotState::Busy);
+                    self.set_busy(slot, None);
                     after.wake = waker;
                     return after;
                 }

@@ -12,9 +12,9 @@
 //! recent, and a worker with events in flight that has answered none of them
 //! promptly for `stall_after` is passed over for one that has progressed
 //! within `stall_after` (a prompt answer, or a first event). The order of
-//! answers is kept by a counter; the time is read when a slot is taken and
-//! when it is answered (pools of more than one worker, with the policy on),
-//! and when the worker chosen by free slots has events in flight.
+//! answers is kept by a counter; the time is read once when a slot is taken
+//! (for the choice and the record) and once when it is answered, in pools of
+//! more than one worker with the policy on.
 
 // The pool's shared state is one type; its parts are split by concern.
 #[allow(clippy::wildcard_imports)]
@@ -60,23 +60,37 @@ impl<C> Core<C> {
     /// Whether answers are timed: the policy is on, and there is more than
     /// one worker to choose from.
     #[inline]
-    fn times_answers(&self) -> bool {
+    pub(super) fn times_answers(&self) -> bool {
         self.stall_after.is_some() && !self.idle_index.single()
     }
 
-    /// `slot` was taken for an event.
+    /// `slot` was taken for an event, at `now` if the caller read the clock;
+    /// `first` when its worker had no other event in flight, which is
+    /// progress (the start of a fresh spell).
     #[inline]
-    pub(super) fn taken(&mut self, slot: SlotId) {
-        if !self.times_answers() {
+    pub(super) fn taken(&mut self, slot: SlotId, first: bool, now: Option<Instant>) {
+        let now = if self.times_answers() {
+            Some(now.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
+        if first {
+            self.ticks += 1;
+        }
+        let ticks = self.ticks;
+        let progress = &mut self.workers[slot.worker as usize].progress;
+        if first {
+            progress.quiet_from = ticks;
+            progress.quiet_since = now;
+        }
+        let Some(now) = now else {
             return;
-        }
-        let now = Instant::now();
-        let taken_at = &mut self.workers[slot.worker as usize].progress.taken_at;
+        };
         let local = slot.local as usize;
-        if local >= taken_at.len() {
-            taken_at.resize(local + 1, now);
+        if local >= progress.taken_at.len() {
+            progress.taken_at.resize(local + 1, now);
         }
-        taken_at[local] = now;
+        progress.taken_at[local] = now;
     }
 
     /// `slot` is being answered (released, clean or not). A prompt answer (or
@@ -102,19 +116,10 @@ impl<C> Core<C> {
         progress.quiet_since = since;
     }
 
-    /// Worker `w` went from no event in flight to one.
+    /// The worker the next event with a free slot goes to, if any slot is
+    /// free; `now` is the time when answers are timed.
     #[inline]
-    pub(super) fn became_busy(&mut self, w: usize) {
-        self.ticks += 1;
-        let since = self.times_answers().then(Instant::now);
-        let progress = &mut self.workers[w].progress;
-        progress.quiet_from = self.ticks;
-        progress.quiet_since = since;
-    }
-
-    /// The worker the next event with a free slot goes to, if any slot is free.
-    #[inline]
-    pub(super) fn choose_worker(&self) -> Option<usize> {
+    pub(super) fn choose_worker(&self, now: Option<Instant>) -> Option<usize> {
         let first = self.idle_index.most_idle()?;
         if self.idle_index.single() {
             return Some(first);
@@ -125,8 +130,8 @@ impl<C> Core<C> {
                 chosen = peer;
             }
         }
-        if self.workers[chosen].busy() > 0 && self.stall_after.is_some() {
-            return Some(self.unless_stalled(chosen));
+        if let Some(now) = now.filter(|_| self.workers[chosen].busy() > 0) {
+            return Some(self.unless_stalled(chosen, now));
         }
         Some(chosen)
     }
@@ -139,8 +144,7 @@ impl<C> Core<C> {
     /// after it came late, yet the worker that answered then is still a
     /// better bet than the one that has answered nothing since.
     #[cold]
-    fn unless_stalled(&self, w: usize) -> usize {
-        let now = Instant::now();
+    fn unless_stalled(&self, w: usize, now: Instant) -> usize {
         if !self.stalled(w, now) {
             return w;
         }
@@ -264,7 +268,11 @@ mod tests {
     async fn a_stalled_worker_is_passed_over_for_one_that_answers() {
         let mut core = core(2, 8);
         let (_, busy, _) = block_beside_two_held(&mut core, STALL_AFTER / 2).await;
-        assert_eq!(core.choose_worker(), Some(busy), "not yet stalled");
+        assert_eq!(
+            core.choose_worker(Some(Instant::now())),
+            Some(busy),
+            "not yet stalled"
+        );
 
         let mut core = self::core(2, 8);
         let (blocked, busy, free) = block_beside_two_held(&mut core, STALL_AFTER).await;
@@ -276,12 +284,12 @@ mod tests {
         // One event against 1 + STALL_SLACK: past the slack, the stalled
         // worker's free slots are used rather than the other's piling up.
         assert_eq!(core.workers[free].busy(), 1 + STALL_SLACK);
-        assert_eq!(core.choose_worker(), Some(busy));
+        assert_eq!(core.choose_worker(Some(Instant::now())), Some(busy));
 
         // Once its events are done, it is idle, not stalled.
         answer(&mut core, blocked);
         assert!(!core.stalled(busy, Instant::now()));
-        assert_eq!(core.choose_worker(), Some(busy));
+        assert_eq!(core.choose_worker(Some(Instant::now())), Some(busy));
     }
 
     #[tokio::test(start_paused = true)]
@@ -304,7 +312,7 @@ mod tests {
         answer(&mut core, late);
         assert!(core.stalled(busy, Instant::now()));
         assert!(!core.stalled(free, Instant::now()));
-        assert_eq!(core.choose_worker(), Some(free));
+        assert_eq!(core.choose_worker(Some(Instant::now())), Some(free));
     }
 
     #[tokio::test(start_paused = true)]
@@ -356,7 +364,10 @@ mod tests {
         let _held = [take(&mut core), take(&mut core)];
         tokio::time::advance(STALL_AFTER * 10).await;
         assert!(!core.stalled(blocked.worker as usize, Instant::now()));
-        assert_eq!(core.choose_worker(), Some(blocked.worker as usize));
+        assert_eq!(
+            core.choose_worker(Some(Instant::now())),
+            Some(blocked.worker as usize)
+        );
     }
 
     #[tokio::test(start_paused = true)]
