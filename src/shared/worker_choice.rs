@@ -10,8 +10,8 @@
 //! each worker's [`Progress`]: among workers with as many free slots it
 //! prefers the one whose last prompt answer (or first event) is the most
 //! recent, and a worker with events in flight that has answered none of them
-//! promptly for `stall_after` is passed over for one that has progressed
-//! within `stall_after` (a prompt answer, or a first event). The order of
+//! promptly for `stall_after` is passed over for one that progressed later
+//! (a prompt answer, or a first event), within a bound. The order of
 //! answers is kept by a counter; the time is read once when a slot is taken
 //! (for the choice and the record) and once when it is answered, in pools of
 //! more than one worker with the policy on.
