@@ -249,6 +249,12 @@ struct Core<C> {
     max_connections: usize,
     /// The order of prompt answers and first events, for [`Progress`].
     ticks: u64,
+    /// An acquire was held in the queue although a stalled worker had a
+    /// free slot: the sweeper hands such slots out after `stall_after`.
+    holding: bool,
+    /// Acquires may be held (they may wait at all: `acquire_timeout` is not
+    /// zero).
+    may_hold: bool,
     /// [`PoolConfig::stall_after`].
     stall_after: Option<Duration>,
 }
@@ -273,6 +279,8 @@ impl<C> Core<C> {
             sweeper_parked: false,
             max_connections: conns,
             ticks: 0,
+            holding: false,
+            may_hold: !config.acquire_timeout.is_zero(),
             stall_after: config.stall_after,
         }
     }
@@ -383,7 +391,12 @@ impl<T: Transport> Shared<T> {
         if core.closing {
             return Begin::Refused(PoolError::Closed);
         }
-        if let Some(taken) = core.take_idle() {
+        let may_hold = core.may_hold
+            && self
+                .config
+                .max_waiters
+                .is_none_or(|max| core.waiters.len() < max);
+        if let Some(taken) = core.take_idle(may_hold) {
             core.allocations.immediate += 1;
             return Begin::Taken(taken);
         }
@@ -404,7 +417,9 @@ impl<T: Transport> Shared<T> {
         }
         let (since, waker) = prepared.unwrap_or_else(|| (Instant::now(), waker.clone()));
         let key = core.waiters.push_back(since, Some(waker));
-        let wake_sweeper = std::mem::take(&mut core.sweeper_parked);
+        // A held acquire needs the sweeper within `stall_after`, even if it
+        // sleeps until a later deadline.
+        let wake_sweeper = std::mem::take(&mut core.sweeper_parked) || core.holding;
         drop(core);
         if wake_sweeper {
             self.sweep.notify_one();

@@ -72,10 +72,14 @@ impl<C> Core<C> {
     /// An idle connection of the worker that [`choose_worker`](Self::choose_worker)
     /// names.
     #[inline]
-    pub(super) fn take_idle(&mut self) -> Option<Taken<C>> {
+    pub(super) fn take_idle(&mut self, may_hold: bool) -> Option<Taken<C>> {
         // One clock read serves the choice and the record of the take.
         let now = self.times_answers().then(Instant::now);
-        let w = self.choose_worker(now)?;
+        let Some(w) = self.choose_worker(now, may_hold) else {
+            // Free slots, but only a stalled worker's: held for the sweeper.
+            self.holding |= self.idle_index.most_idle().is_some();
+            return None;
+        };
         let worker = &mut self.workers[w];
         let (local, conn) = worker.idle.pop()?;
         let generation = worker.generation;
@@ -88,6 +92,42 @@ impl<C> Core<C> {
             conn,
             waited: None,
         })
+    }
+
+    /// Hands free slots to the waiters held for a worker that answers (see
+    /// `can_hold`) once the oldest has waited `stall_after`; true while
+    /// some are still held. The wakers to wake go to `wake`.
+    pub(super) fn release_held(&mut self, now: Instant, wake: &mut Vec<Waker>) -> bool {
+        let Some(stall_after) = self.stall_after.filter(|_| self.holding) else {
+            return false;
+        };
+        while let Some(since) = self.waiters.front_since() {
+            if now.saturating_duration_since(since) < stall_after {
+                return true;
+            }
+            let Some(taken) = self.take_idle(false) else {
+                break;
+            };
+            let granted = Outcome::Granted {
+                slot: taken.slot,
+                generation: taken.generation,
+                conn: taken.conn,
+            };
+            match self.waiters.pop_front(granted) {
+                Ok(waker) => wake.extend(waker),
+                Err(Outcome::Granted {
+                    slot,
+                    generation,
+                    conn,
+                }) => {
+                    let _ = self.make_available(slot.worker as usize, slot, generation, conn);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.holding = false;
+        false
     }
 
     /// A usable connection of worker `w`: to the oldest waiter if there is one,

@@ -77,6 +77,12 @@ impl<T: Transport> Shared<T> {
                     return;
                 }
                 let now = Instant::now();
+                let held = core.release_held(now, &mut expired);
+                let next_held = held
+                    .then(|| core.waiters.front_since())
+                    .flatten()
+                    .zip(self.config.stall_after)
+                    .map(|(since, after)| since + after);
                 loop {
                     let Some(since) = core.waiters.front_since() else {
                         core.sweeper_parked = true;
@@ -89,7 +95,9 @@ impl<T: Transport> Shared<T> {
                                 expired.extend(waker);
                             }
                         }
-                        Some(deadline) => break Some(deadline),
+                        Some(deadline) => {
+                            break Some(next_held.map_or(deadline, |held| held.min(deadline)));
+                        }
                         // A timeout too long to represent: check back now and then.
                         None => break Some(now + Duration::from_secs(3600)),
                     }
@@ -97,7 +105,13 @@ impl<T: Transport> Shared<T> {
             };
             expired.into_iter().for_each(Waker::wake);
             match next {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                // A held acquire wakes it before the deadline.
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = self.sweep.notified() => {}
+                    }
+                }
                 None => self.sweep.notified().await,
             }
         }

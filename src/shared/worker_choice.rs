@@ -117,9 +117,11 @@ impl<C> Core<C> {
     }
 
     /// The worker the next event with a free slot goes to, if any slot is
-    /// free; `now` is the time when answers are timed.
+    /// free; `now` is the time when answers are timed. With `may_hold`, none
+    /// when the only free slots are a stalled worker's while a worker that
+    /// answers promptly will free one soon (see [`Self::can_hold`]).
     #[inline]
-    pub(super) fn choose_worker(&self, now: Option<Instant>) -> Option<usize> {
+    pub(super) fn choose_worker(&self, now: Option<Instant>, may_hold: bool) -> Option<usize> {
         let first = self.idle_index.most_idle()?;
         if self.idle_index.single() {
             return Some(first);
@@ -131,7 +133,7 @@ impl<C> Core<C> {
             }
         }
         if let Some(now) = now.filter(|_| self.workers[chosen].busy() > 0) {
-            return Some(self.unless_stalled(chosen, now));
+            return self.unless_stalled(chosen, now, may_hold);
         }
         Some(chosen)
     }
@@ -144,9 +146,9 @@ impl<C> Core<C> {
     /// after it came late, yet the worker that answered then is still a
     /// better bet than the one that has answered nothing since.
     #[cold]
-    fn unless_stalled(&self, w: usize, now: Instant) -> usize {
+    fn unless_stalled(&self, w: usize, now: Instant, may_hold: bool) -> Option<usize> {
         if !self.stalled(w, now) {
-            return w;
+            return Some(w);
         }
         let since = self.workers[w].progress.quiet_since;
         // With the event, the other worker holds at most `slack` more.
@@ -171,7 +173,28 @@ impl<C> Core<C> {
                 best = Some(key);
             }
         }
-        best.map_or(w, |(.., other)| other)
+        match best {
+            Some((.., other)) => Some(other),
+            None if may_hold && self.can_hold(w, now) => None,
+            None => Some(w),
+        }
+    }
+
+    /// Whether an event is better held in the queue than sent to stalled
+    /// `w`: another worker is not stalled (it answered promptly within
+    /// `stall_after`) and has events in flight, so it will free a slot soon,
+    /// and fewer events wait than it has in flight. The sweeper hands a held
+    /// event a free slot anyway once it has waited `stall_after`.
+    fn can_hold(&self, w: usize, now: Instant) -> bool {
+        let answering: usize = (0..self.workers.len())
+            .filter(|&x| x != w)
+            .filter(|&x| {
+                let entry = &self.workers[x];
+                entry.serving && !entry.suspect && !entry.draining && !self.stalled(x, now)
+            })
+            .map(|x| self.workers[x].busy())
+            .sum();
+        self.waiters.len() < answering
     }
 
     /// Whether `w` is stalled at `now`: events in flight, and no prompt
@@ -216,7 +239,7 @@ mod tests {
     }
 
     fn take(core: &mut Core<()>) -> SlotId {
-        core.take_idle().expect("a free slot").slot
+        core.take_idle(false).expect("a free slot").slot
     }
 
     fn answer(core: &mut Core<()>, slot: SlotId) {
@@ -269,7 +292,7 @@ mod tests {
         let mut core = core(2, 8);
         let (_, busy, _) = block_beside_two_held(&mut core, STALL_AFTER / 2).await;
         assert_eq!(
-            core.choose_worker(Some(Instant::now())),
+            core.choose_worker(Some(Instant::now()), false),
             Some(busy),
             "not yet stalled"
         );
@@ -284,12 +307,41 @@ mod tests {
         // One event against 1 + STALL_SLACK: past the slack, the stalled
         // worker's free slots are used rather than the other's piling up.
         assert_eq!(core.workers[free].busy(), 1 + STALL_SLACK);
-        assert_eq!(core.choose_worker(Some(Instant::now())), Some(busy));
+        assert_eq!(core.choose_worker(Some(Instant::now()), false), Some(busy));
 
         // Once its events are done, it is idle, not stalled.
         answer(&mut core, blocked);
         assert!(!core.stalled(busy, Instant::now()));
-        assert_eq!(core.choose_worker(Some(Instant::now())), Some(busy));
+        assert_eq!(core.choose_worker(Some(Instant::now()), false), Some(busy));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_waits_for_an_answering_worker_rather_than_a_stalled_one() {
+        // Four slots each, as a WSGI worker of four threads has: the free
+        // worker's are all taken, the blocked one has three free.
+        let mut core = core(2, 4);
+        let (_, busy, free) = block_beside_two_held(&mut core, STALL_AFTER).await;
+        let more = [take(&mut core), take(&mut core)];
+        assert!(more.iter().all(|s| s.worker as usize == free));
+        assert_eq!(core.choose_worker(Some(Instant::now()), false), Some(busy));
+        assert!(
+            core.take_idle(true).is_none(),
+            "held for the answering worker"
+        );
+        assert!(core.holding);
+
+        // Held past `stall_after` with the other worker still full: the
+        // sweeper hands it the stalled worker's free slot after all.
+        let key = core.waiters.push_back(Instant::now(), None);
+        let mut wake = Vec::new();
+        assert!(core.release_held(Instant::now(), &mut wake), "not yet");
+        tokio::time::advance(STALL_AFTER).await;
+        assert!(!core.release_held(Instant::now(), &mut wake));
+        assert!(!core.holding);
+        match core.waiters.poll_outcome(key, Waker::noop()) {
+            Some(Outcome::Granted { slot, .. }) => assert_eq!(slot.worker as usize, busy),
+            _ => panic!("no slot granted"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -312,7 +364,7 @@ mod tests {
         answer(&mut core, late);
         assert!(core.stalled(busy, Instant::now()));
         assert!(!core.stalled(free, Instant::now()));
-        assert_eq!(core.choose_worker(Some(Instant::now())), Some(free));
+        assert_eq!(core.choose_worker(Some(Instant::now()), false), Some(free));
     }
 
     #[tokio::test(start_paused = true)]
@@ -365,7 +417,7 @@ mod tests {
         tokio::time::advance(STALL_AFTER * 10).await;
         assert!(!core.stalled(blocked.worker as usize, Instant::now()));
         assert_eq!(
-            core.choose_worker(Some(Instant::now())),
+            core.choose_worker(Some(Instant::now()), false),
             Some(blocked.worker as usize)
         );
     }
