@@ -249,12 +249,12 @@ struct Core<C> {
     max_connections: usize,
     /// The order of prompt answers and first events, for [`Progress`].
     ticks: u64,
-    /// An acquire was held in the queue although a stalled worker had a
-    /// free slot: the sweeper hands such slots out after `stall_after`.
-    holding: bool,
-    /// Acquires may be held (they may wait at all: `acquire_timeout` is not
-    /// zero).
+    /// Acquires may be held for an answering worker: they may wait at all
+    /// (`acquire_timeout` is not zero).
     may_hold: bool,
+    /// [`PoolConfig::max_waiters`]: a held acquire must not take the last
+    /// place in the queue from one that finds no free slot at all.
+    max_waiters: Option<usize>,
     /// [`PoolConfig::stall_after`].
     stall_after: Option<Duration>,
 }
@@ -279,8 +279,8 @@ impl<C> Core<C> {
             sweeper_parked: false,
             max_connections: conns,
             ticks: 0,
-            holding: false,
             may_hold: !config.acquire_timeout.is_zero(),
+            max_waiters: config.max_waiters,
             stall_after: config.stall_after,
         }
     }
@@ -391,12 +391,7 @@ impl<T: Transport> Shared<T> {
         if core.closing {
             return Begin::Refused(PoolError::Closed);
         }
-        let may_hold = core.may_hold
-            && self
-                .config
-                .max_waiters
-                .is_none_or(|max| core.waiters.len() < max);
-        if let Some(taken) = core.take_idle(may_hold) {
+        if let Some(taken) = core.take_idle(true) {
             core.allocations.immediate += 1;
             return Begin::Taken(taken);
         }
@@ -419,7 +414,7 @@ impl<T: Transport> Shared<T> {
         let key = core.waiters.push_back(since, Some(waker));
         // A held acquire needs the sweeper within `stall_after`, even if it
         // sleeps until a later deadline.
-        let wake_sweeper = std::mem::take(&mut core.sweeper_parked) || core.holding;
+        let wake_sweeper = std::mem::take(&mut core.sweeper_parked) || core.holds();
         drop(core);
         if wake_sweeper {
             self.sweep.notify_one();

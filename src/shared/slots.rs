@@ -70,16 +70,13 @@ impl<C> Core<C> {
     }
 
     /// An idle connection of the worker that [`choose_worker`](Self::choose_worker)
-    /// names.
+    /// names. With `may_hold`, none when the event is better held in the queue for
+    /// an answering worker (see `can_hold`).
     #[inline]
     pub(super) fn take_idle(&mut self, may_hold: bool) -> Option<Taken<C>> {
         // One clock read serves the choice and the record of the take.
         let now = self.times_answers().then(Instant::now);
-        let Some(w) = self.choose_worker(now, may_hold) else {
-            // Free slots, but only a stalled worker's: held for the sweeper.
-            self.holding |= self.idle_index.most_idle().is_some();
-            return None;
-        };
+        let w = self.choose_worker(now, may_hold)?;
         let worker = &mut self.workers[w];
         let (local, conn) = worker.idle.pop()?;
         let generation = worker.generation;
@@ -98,7 +95,7 @@ impl<C> Core<C> {
     /// `can_hold`) once the oldest has waited `stall_after`; true while
     /// some are still held. The wakers to wake go to `wake`.
     pub(super) fn release_held(&mut self, now: Instant, wake: &mut Vec<Waker>) -> bool {
-        let Some(stall_after) = self.stall_after.filter(|_| self.holding) else {
+        let Some(stall_after) = self.stall_after.filter(|_| self.holds()) else {
             return false;
         };
         while let Some(since) = self.waiters.front_since() {
@@ -126,7 +123,6 @@ impl<C> Core<C> {
                 Err(_) => break,
             }
         }
-        self.holding = false;
         false
     }
 

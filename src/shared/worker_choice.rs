@@ -69,14 +69,10 @@ impl<C> Core<C> {
     /// progress (the start of a fresh spell).
     #[inline]
     pub(super) fn taken(&mut self, slot: SlotId, first: bool, now: Option<Instant>) {
-        let now = if self.times_answers() {
-            Some(now.unwrap_or_else(Instant::now))
-        } else {
-            None
-        };
-        if first {
-            self.ticks += 1;
-        }
+        let now = self
+            .times_answers()
+            .then(|| now.unwrap_or_else(Instant::now));
+        self.ticks += u64::from(first);
         let ticks = self.ticks;
         let progress = &mut self.workers[slot.worker as usize].progress;
         if first {
@@ -154,34 +150,32 @@ impl<C> Core<C> {
         // With the event, the other worker holds at most `slack` more.
         let slack = STALL_SLACK.max(self.max_connections / STALL_SLACK_SHARE);
         let most_busy = self.workers[w].busy() + slack - 1;
-        // The rare path: a scan of the workers.
-        let mut best: Option<(bool, u32, u64, usize)> = None;
-        for other in (0..self.idle_index.len()).filter(|&x| x != w) {
-            let idle = self.idle_index.idle(other);
-            let entry = &self.workers[other];
-            let later = entry.busy() == 0 || entry.progress.quiet_since > since;
-            if idle == 0 || entry.busy() > most_busy || !later {
-                continue;
-            }
-            let key = (
-                !self.stalled(other, now),
-                idle,
-                entry.progress.quiet_from,
-                other,
-            );
-            if best.is_none_or(|b| (key.0, key.1, key.2) > (b.0, b.1, b.2)) {
-                best = Some(key);
-            }
-        }
+        // The rare path: a scan of the workers, unstalled first, then the
+        // most free slots, then the latest progress.
+        let best = (0..self.idle_index.len())
+            .filter(|&other| other != w)
+            .filter(|&other| {
+                let entry = &self.workers[other];
+                let later = entry.busy() == 0 || entry.progress.quiet_since > since;
+                self.idle_index.idle(other) > 0 && entry.busy() <= most_busy && later
+            })
+            .max_by_key(|&other| {
+                let progressed = self.workers[other].progress.quiet_from;
+                (
+                    !self.stalled(other, now),
+                    self.idle_index.idle(other),
+                    progressed,
+                )
+            });
         match best {
-            Some((.., other)) => Some(other),
+            Some(other) => Some(other),
             None if may_hold && self.can_hold(w, now) => None,
             None => Some(w),
         }
     }
 
     /// Whether an event is better held in the queue than sent to stalled
-    /// `w`: another worker is not stalled (it answered promptly within
+    /// `w`: it may wait at all, there is room in the queue, another worker is not stalled (it answered promptly within
     /// `stall_after`) and has events in flight, so it will free a slot soon,
     /// and fewer events wait than it has in flight. The sweeper hands a held
     /// event a free slot anyway once it has waited `stall_after`.
@@ -194,7 +188,15 @@ impl<C> Core<C> {
             })
             .map(|x| self.workers[x].busy())
             .sum();
-        self.waiters.len() < answering
+        let waiting = self.waiters.len();
+        self.may_hold && waiting < answering && self.max_waiters.is_none_or(|max| waiting < max)
+    }
+
+    /// Events wait in the queue while a worker has a free slot: they were
+    /// held for an answering worker (the only way both can be true, since a
+    /// freed slot goes to the oldest waiter before the idle list).
+    pub(super) fn holds(&self) -> bool {
+        !self.waiters.is_empty() && self.idle_index.most_idle().is_some()
     }
 
     /// Whether `w` is stalled at `now`: events in flight, and no prompt
@@ -328,16 +330,16 @@ mod tests {
             core.take_idle(true).is_none(),
             "held for the answering worker"
         );
-        assert!(core.holding);
 
         // Held past `stall_after` with the other worker still full: the
         // sweeper hands it the stalled worker's free slot after all.
         let key = core.waiters.push_back(Instant::now(), None);
+        assert!(core.holds());
         let mut wake = Vec::new();
         assert!(core.release_held(Instant::now(), &mut wake), "not yet");
         tokio::time::advance(STALL_AFTER).await;
         assert!(!core.release_held(Instant::now(), &mut wake));
-        assert!(!core.holding);
+        assert!(!core.holds());
         match core.waiters.poll_outcome(key, Waker::noop()) {
             Some(Outcome::Granted { slot, .. }) => assert_eq!(slot.worker as usize, busy),
             _ => panic!("no slot granted"),
