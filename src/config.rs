@@ -194,23 +194,26 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// goes to another worker with a free slot that progressed later (one that is
 /// not stalled first), as long as that worker then holds at most three events
 /// more than the stalled one, or a sixteenth of `max_connections` if that is
-/// more. When no other worker has a free slot but one that is not stalled
+/// more. When no other worker has a free slot but one that progressed later
 /// has events in flight (it will free a slot soon), and fewer events wait
 /// than it has in flight, the event waits for that slot instead (a WSGI
 /// worker whose four threads are busy for a moment, beside one whose GIL a
-/// view holds); once it has waited `stall_after`, it takes the stalled
-/// worker's free slot after all. The stalled worker gets events again with
-/// its next prompt answer, or once its events in flight are done, so no
-/// worker is starved, and no event waits more than `stall_after` while a
-/// slot is free. [`WorkerStats::stalled`](crate::WorkerStats::stalled)
-/// shows it.
+/// view holds). Once it has waited `stall_after`, it takes the stalled
+/// worker's free slot after all, unless such a worker still has events in
+/// flight: then it waits for that worker's next free slot up to eight
+/// times `stall_after` in all, since the stalled worker's slot would most
+/// likely mean waiting out the rest of the stall. The stalled worker gets
+/// events again with its next prompt answer, or once its events in flight
+/// are done, so no worker is starved, and no event waits more than eight
+/// times `stall_after` while a slot is free.
+/// [`WorkerStats::stalled`](crate::WorkerStats::stalled) shows it.
 ///
 /// The trade-off: a worker whose events are long but light on its loop (a
 /// handler that awaits a slow call) looks stalled too, and when its peers
 /// progressed later they get up to that bound of events more than it while
-/// it does, and an event may wait up to `stall_after` for their slot while
-/// it has a free one. Events that wait for a slot (every slot busy) are not
-/// chosen for: the first slot freed is theirs.
+/// it does, and an event may wait up to eight times `stall_after` for their
+/// slot while it has a free one. Events that wait for a slot (every slot
+/// busy) are not chosen for: the first slot freed is theirs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {

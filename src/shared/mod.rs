@@ -29,7 +29,7 @@ use crate::transport::Transport;
 use crate::worker::WorkerId;
 use idle_index::IdleIndex;
 use wait_queue::{Outcome, WaitQueue};
-use worker_choice::Progress;
+use worker_choice::{HOLD_LIMIT, Progress};
 
 mod health;
 mod idle_index;

@@ -92,15 +92,21 @@ impl<C> Core<C> {
     }
 
     /// Hands free slots to the waiters held for a worker that answers (see
-    /// `can_hold`) once the oldest has waited `stall_after`; true while
-    /// some are still held. The wakers to wake go to `wake`.
-    pub(super) fn release_held(&mut self, now: Instant, wake: &mut Vec<Waker>) -> bool {
-        let Some(stall_after) = self.stall_after.filter(|_| self.holds()) else {
-            return false;
-        };
+    /// `can_hold`) once the oldest has waited `stall_after`, unless the
+    /// only free slots are a stalled worker's and another that progressed
+    /// later still has events in flight: then the hold goes on, up to
+    /// `HOLD_LIMIT` times `stall_after`. Returns when to look again while
+    /// some are still held; the wakers to wake go to `wake`.
+    pub(super) fn release_held(&mut self, now: Instant, wake: &mut Vec<Waker>) -> Option<Instant> {
+        let stall_after = self.stall_after.filter(|_| self.holds())?;
+        let hold_limit = stall_after.saturating_mul(HOLD_LIMIT);
         while let Some(since) = self.waiters.front_since() {
-            if now.saturating_duration_since(since) < stall_after {
-                return true;
+            let waited = now.saturating_duration_since(since);
+            if waited < stall_after {
+                return Some(since + stall_after);
+            }
+            if waited < hold_limit && self.keeps_holding(now) {
+                return Some(since + hold_limit);
             }
             let Some(taken) = self.take_idle(false) else {
                 break;
@@ -123,7 +129,7 @@ impl<C> Core<C> {
                 Err(_) => break,
             }
         }
-        false
+        None
     }
 
     /// A usable connection of worker `w`: to the oldest waiter if there is one,

@@ -77,12 +77,7 @@ impl<T: Transport> Shared<T> {
                     return;
                 }
                 let now = Instant::now();
-                let held = core.release_held(now, &mut expired);
-                let next_held = held
-                    .then(|| core.waiters.front_since())
-                    .flatten()
-                    .zip(self.config.stall_after)
-                    .map(|(since, after)| since + after);
+                let next_held = core.release_held(now, &mut expired);
                 loop {
                     let Some(since) = core.waiters.front_since() else {
                         core.sweeper_parked = true;

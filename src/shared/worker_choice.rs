@@ -39,6 +39,16 @@ const STALL_SLACK: usize = 3;
 /// cost nothing.
 const STALL_SLACK_SHARE: usize = 16;
 
+/// How long, in `stall_after`s, an event held for an answering worker may
+/// wait for one of its slots while the only free ones are a stalled
+/// worker's. A held event normally gets the answering worker's next freed
+/// slot within a `stall_after` or two; when the host's thread and that
+/// worker's share a busy core, it may take a few more (a WSGI worker's four
+/// threads each answering late by a descheduled millisecond or three), and
+/// the stalled worker's slot would mean waiting out the whole stall, most
+/// likely longer. Past this, the stall may have been only a long await.
+pub(super) const HOLD_LIMIT: u32 = 8;
+
 /// A worker's answers, as the choice of worker reads them.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
@@ -175,21 +185,46 @@ impl<C> Core<C> {
     }
 
     /// Whether an event is better held in the queue than sent to stalled
-    /// `w`: it may wait at all, there is room in the queue, another worker is not stalled (it answered promptly within
-    /// `stall_after`) and has events in flight, so it will free a slot soon,
-    /// and fewer events wait than it has in flight. The sweeper hands a held
-    /// event a free slot anyway once it has waited `stall_after`.
+    /// `w`: it may wait at all, there is room in the queue, and fewer events
+    /// wait than are in flight on the workers that will free a slot sooner
+    /// than `w` (see [`Self::frees_sooner`]). The sweeper hands a held event
+    /// a free slot anyway once it has waited `stall_after`, or up to
+    /// [`HOLD_LIMIT`] times that while such a worker still has events in
+    /// flight.
     fn can_hold(&self, w: usize, now: Instant) -> bool {
         let answering: usize = (0..self.workers.len())
-            .filter(|&x| x != w)
-            .filter(|&x| {
-                let entry = &self.workers[x];
-                entry.serving && !entry.suspect && !entry.draining && !self.stalled(x, now)
-            })
+            .filter(|&x| self.frees_sooner(x, w, now))
             .map(|x| self.workers[x].busy())
             .sum();
         let waiting = self.waiters.len();
         self.may_hold && waiting < answering && self.max_waiters.is_none_or(|max| waiting < max)
+    }
+
+    /// Whether the events held past `stall_after` are better held still:
+    /// the worker that would get the next one is stalled, and another that
+    /// will free a slot sooner has events in flight.
+    pub(super) fn keeps_holding(&self, now: Instant) -> bool {
+        let Some(w) = self.choose_worker(Some(now), false) else {
+            return false;
+        };
+        self.stalled(w, now)
+            && (0..self.workers.len())
+                .any(|x| self.frees_sooner(x, w, now) && self.workers[x].busy() > 0)
+    }
+
+    /// Whether worker `x`, rather than stalled `w`, is the one to wait for:
+    /// it serves, and it is not stalled, or stalled since later than `w`.
+    /// When the host's thread was descheduled for a few ms, every answer it
+    /// reads afterwards is late and both look stalled; the one that answered
+    /// last is still the better bet.
+    fn frees_sooner(&self, x: usize, w: usize, now: Instant) -> bool {
+        let entry = &self.workers[x];
+        x != w
+            && entry.serving
+            && !entry.suspect
+            && !entry.draining
+            && (!self.stalled(x, now)
+                || entry.progress.quiet_since > self.workers[w].progress.quiet_since)
     }
 
     /// Events wait in the queue while a worker has a free slot: they were
@@ -246,6 +281,14 @@ mod tests {
 
     fn answer(core: &mut Core<()>, slot: SlotId) {
         let _ = core.release(slot, 0, Some(()), true);
+    }
+
+    /// The worker whose slot the waiter `key` was granted, if it was.
+    fn granted_worker(core: &mut Core<()>, key: u32) -> Option<usize> {
+        match core.waiters.poll_outcome(key, Waker::noop()) {
+            Some(Outcome::Granted { slot, .. }) => Some(slot.worker as usize),
+            _ => None,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -331,19 +374,80 @@ mod tests {
             "held for the answering worker"
         );
 
-        // Held past `stall_after` with the other worker still full: the
-        // sweeper hands it the stalled worker's free slot after all.
-        let key = core.waiters.push_back(Instant::now(), None);
+        // Held past `stall_after`, the other worker still full: it has
+        // events in flight and progressed later, so the hold goes on, and
+        // the next slot it frees is the held event's.
+        let since = Instant::now();
+        let first = core.waiters.push_back(since, None);
         assert!(core.holds());
         let mut wake = Vec::new();
-        assert!(core.release_held(Instant::now(), &mut wake), "not yet");
+        assert_eq!(
+            core.release_held(Instant::now(), &mut wake),
+            Some(since + STALL_AFTER),
+            "not yet"
+        );
         tokio::time::advance(STALL_AFTER).await;
-        assert!(!core.release_held(Instant::now(), &mut wake));
+        let limit = since + STALL_AFTER * HOLD_LIMIT;
+        assert_eq!(core.release_held(Instant::now(), &mut wake), Some(limit));
+        answer(&mut core, more[0]);
+        assert_eq!(
+            granted_worker(&mut core, first),
+            Some(free),
+            "the answering worker's freed slot went elsewhere"
+        );
+
+        // Held with the answering worker full and freeing none: after
+        // `HOLD_LIMIT` stall_afters, the sweeper hands it the stalled
+        // worker's free slot after all.
+        assert_eq!(
+            core.workers[free].busy(),
+            4,
+            "the granted slot is busy again"
+        );
+        let since = Instant::now();
+        let second = core.waiters.push_back(since, None);
+        tokio::time::advance(STALL_AFTER * (HOLD_LIMIT - 1)).await;
+        assert_eq!(
+            core.release_held(Instant::now(), &mut wake),
+            Some(since + STALL_AFTER * HOLD_LIMIT)
+        );
+        tokio::time::advance(STALL_AFTER).await;
+        assert_eq!(core.release_held(Instant::now(), &mut wake), None);
         assert!(!core.holds());
-        match core.waiters.poll_outcome(key, Waker::noop()) {
-            Some(Outcome::Granted { slot, .. }) => assert_eq!(slot.worker as usize, busy),
-            _ => panic!("no slot granted"),
-        }
+        assert_eq!(
+            granted_worker(&mut core, second),
+            Some(busy),
+            "no slot granted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_waits_for_the_worker_that_answered_last_when_both_look_stalled() {
+        // The host's thread was descheduled for a while: the answering
+        // worker's answers are late too, and both look stalled. The one
+        // whose block began before the other's last prompt answer is still
+        // the worse bet.
+        let mut core = core(2, 4);
+        let (_, busy, free) = block_beside_two_held(&mut core, STALL_AFTER).await;
+        let more = [take(&mut core), take(&mut core)];
+        assert!(more.iter().all(|s| s.worker as usize == free));
+        tokio::time::advance(STALL_AFTER * 2).await;
+        let now = Instant::now();
+        assert!(core.stalled(busy, now) && core.stalled(free, now));
+        assert!(core.take_idle(true).is_none(), "held for the later one");
+        let key = core.waiters.push_back(now, None);
+        let mut wake = Vec::new();
+        tokio::time::advance(STALL_AFTER).await;
+        assert!(
+            core.release_held(Instant::now(), &mut wake).is_some(),
+            "held still"
+        );
+        answer(&mut core, more[1]);
+        assert_eq!(
+            granted_worker(&mut core, key),
+            Some(free),
+            "the later worker's freed slot went elsewhere"
+        );
     }
 
     #[tokio::test(start_paused = true)]
