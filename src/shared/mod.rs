@@ -410,7 +410,7 @@ impl<T: Transport> Shared<T> {
                 waited: Duration::ZERO,
             });
         }
-        let (since, waker) = prepared.unwrap_or_else(|| (Instant::now(), waker.clone()));
+        let (since, waker) = prepared.unwrap_or_else(|| (core.waiters.read_clock(), waker.clone()));
         let key = core.waiters.push_back(since, Some(waker));
         // A held acquire needs the sweeper within `stall_after`, even if it
         // sleeps until a later deadline.

@@ -15,6 +15,9 @@ impl<T: Transport> Shared<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Taken<T::Conn>, PoolError>> {
         let mut core = self.lock();
+        // The wait ends at a time read after the grant, if the pool read one
+        // (the next acquire to join does, under contention), else now.
+        let served = core.waiters.time_after_outcome(key);
         match core.waiters.poll_outcome(key, cx.waker()) {
             None => Poll::Pending,
             Some(Outcome::Granted {
@@ -22,7 +25,8 @@ impl<T: Transport> Shared<T> {
                 generation,
                 conn,
             }) => {
-                let waited = since.elapsed();
+                let served = served.unwrap_or_else(|| core.waiters.read_clock());
+                let waited = served.saturating_duration_since(since);
                 core.allocations.after_wait += 1;
                 core.allocations.wait_duration_sum += waited;
                 Poll::Ready(Ok(Taken {
@@ -76,7 +80,7 @@ impl<T: Transport> Shared<T> {
                 if core.closing {
                     return;
                 }
-                let now = Instant::now();
+                let now = core.waiters.read_clock();
                 let next_held = core.release_held(now, &mut expired);
                 loop {
                     let Some(since) = core.waiters.front_since() else {
