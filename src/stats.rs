@@ -65,9 +65,9 @@ pub struct AllocationStats {
     pub queue_full: u64,
     /// Total time waited by the acquires counted in `after_wait`. Each wait
     /// runs from joining the queue until the slot was granted, or a little
-    /// later: it ends at the pool's first clock read after the grant (under
-    /// contention, the next acquire to join), and at the latest when the
-    /// acquire took the slot.
+    /// later: it ends at a clock read the pool made under its lock after the
+    /// grant (under contention, the next acquire to join reads one), and at
+    /// the latest when the acquire took the slot.
     pub wait_duration_sum: Duration,
 }
 
