@@ -37,10 +37,14 @@ async fn answer(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let port: u16 = args
-        .next()
-        .ok_or("usage: hyper_floor PORT [THREADS]")?
-        .parse()?;
+    let port = args.next().ok_or("usage: hyper_floor PORT [THREADS]")?;
+    if port.starts_with("--") {
+        // `cargo bench` and `cargo nextest run --all-targets` run every bench
+        // target with their own flags (`--bench`, `--list`): this one is a
+        // server the e2e script starts, with no benchmark or test of its own.
+        return Ok(());
+    }
+    let port: u16 = port.parse()?;
     let threads: usize = args.next().map_or(Ok(1), |t| t.parse())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
