@@ -26,7 +26,7 @@ and ``granian-rsgi``, one granian process each on the same interpreter, and
 constant on one runtime thread, the floor under the gateway process's own
 CPU per request; E2E_HYPER_FLOOR names a built one). With more than the two default sides
 a second table lists every side, with ratios to uvicorn's figures.
-E2E_WSGI_THREADS (default 4, the gateway's default) is the threads per worker
+E2E_WSGI_THREADS (default 8, the gateway's default) is the threads per worker
 of every threaded WSGI side: the gateway's --wsgi-threads, gunicorn's
 --threads, granian's --blocking-threads.
 
@@ -70,7 +70,7 @@ WARMUP = 2
 HANDLER_SIDES = tuple(os.environ.get("E2E_SIDES", "gateway,uvicorn").split(","))
 ASGI_SIDES = ("gateway-asgi", "uvicorn", "granian")
 WSGI_SIDES = ("gateway-wsgi", "gunicorn-gthread", "gunicorn-sync", "granian-wsgi")
-WSGI_THREADS = int(os.environ.get("E2E_WSGI_THREADS", "4"))
+WSGI_THREADS = int(os.environ.get("E2E_WSGI_THREADS", "8"))
 
 # name, handler (or module:app for the ASGI sides), concurrent connections,
 # workers, request body, sides

@@ -197,7 +197,7 @@ const MAX_MIN_WORKER_UPTIME: Duration = Duration::from_secs(86_400);
 /// more. When no other worker has a free slot but one that progressed later
 /// has events in flight (it will free a slot soon), and fewer events wait
 /// than it has in flight, the event waits for that slot instead (a WSGI
-/// worker whose four threads are busy for a moment, beside one whose GIL a
+/// worker whose threads are all busy for a moment, beside one whose GIL a
 /// view holds). Once it has waited `stall_after`, it takes the stalled
 /// worker's free slot after all, unless such a worker still has events in
 /// flight: then it waits for that worker's next free slot up to eight

@@ -26,7 +26,7 @@ with the secret in the environment variable ``ASYNC_WORKER_POOL_SECRET``.
                        ``module:attribute``, imported the same way, run in
                        threads of its own; wsgi.py describes the environ, the
                        threads and what happens to a request the host gives up on.
-``--wsgi-threads N``   with --wsgi: the threads the app runs in (default 4). The
+``--wsgi-threads N``   with --wsgi: the threads the app runs in (default 8). The
                        host should open as many connections (slots) as threads,
                        and --connections defaults to it.
 ``--root-path PATH``   with --asgi, the scope's ``root_path``; with --wsgi, the
@@ -96,11 +96,12 @@ APP_ADAPTERS = {
     "asgi": "async_pool_worker.asgi:AsgiAdapter",
     "wsgi": "async_pool_worker.wsgi:WsgiAdapter",
 }
-# --wsgi-threads unless given: waitress's default, and what gunicorn's gthread
-# users commonly run per worker. Under the GIL more threads help only views
-# that wait (a database, an HTTP call), and each thread is a slot the host
-# fills; raise it for such views, or add workers for views that compute.
-DEFAULT_WSGI_THREADS = 4
+# --wsgi-threads unless given (the host's DEFAULT_WSGI_THREADS says why): enough
+# requests in flight to keep the GIL busy across the trip to the host and back.
+# More help only views that wait (a database, an HTTP call), and each thread
+# is a slot the host fills; raise it for such views, or add workers for views
+# that compute.
+DEFAULT_WSGI_THREADS = 8
 
 
 class Config:

@@ -7,7 +7,7 @@ unchanged.
 
 Threads
 -------
-A WSGI app blocks, so it runs in threads of its own (``--wsgi-threads``, 4 by
+A WSGI app blocks, so it runs in threads of its own (``--wsgi-threads``, 8 by
 default; config.py says why): the event loop stays free for the protocol and for the host's
 liveness probes, whatever the views do. The host opens as many slots as there
 are threads (the launcher derives ``--connections`` from them), so it never

@@ -130,11 +130,15 @@ enum Target {
 
 /// The threads each worker runs a WSGI app in unless
 /// [`ProcessLauncherBuilder::wsgi_threads`](crate::ProcessLauncherBuilder::wsgi_threads)
-/// says otherwise: waitress's default, and what gunicorn's `gthread` users
-/// commonly run per worker. Under Python's GIL more threads help only views
-/// that wait (a database, an HTTP call), and each thread is a slot the pool
-/// fills: raise it for such views, add workers for views that compute.
-pub const DEFAULT_WSGI_THREADS: usize = 4;
+/// says otherwise. Each request crosses a socket to the worker and back, and
+/// the worker's GIL stays busy only with enough requests in flight to cover
+/// that trip: a Flask hello route on one worker served 26 % more requests a
+/// second with 8 threads than with 4, at 22 % less CPU per request, and 16
+/// added only 7 % more (BENCHMARKS.md, "WSGI apps"). More threads beyond that
+/// help only views that wait (a database, an HTTP call), and each thread is
+/// a slot the pool fills (and, in Django, a database connection of its own):
+/// raise it for such views, add workers for views that compute.
+pub const DEFAULT_WSGI_THREADS: usize = 8;
 
 mod sealed {
     pub trait Sealed {}
