@@ -486,7 +486,7 @@ impl<T: Transport> Shared<T> {
         if was_restart {
             core.connection_restarts.ok += 1;
         }
-        let after = core.make_available(w, slot, generation, conn);
+        let after = core.make_available(w, slot, generation, conn, None);
         drop(core);
         self.finish(after);
         self.progress.notify_waiters();

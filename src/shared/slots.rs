@@ -77,6 +77,13 @@ impl<C> Core<C> {
         // One clock read serves the choice and the record of the take.
         let now = self.times_answers().then(Instant::now);
         let w = self.choose_worker(now, may_hold)?;
+        self.take_from(w, now)
+    }
+
+    /// An idle connection of worker `w`, taken at `now` if the caller read
+    /// the clock.
+    #[inline]
+    fn take_from(&mut self, w: usize, now: Option<Instant>) -> Option<Taken<C>> {
         let worker = &mut self.workers[w];
         let (local, conn) = worker.idle.pop()?;
         let generation = worker.generation;
@@ -105,10 +112,13 @@ impl<C> Core<C> {
             if waited < stall_after {
                 return Some(since + stall_after);
             }
-            if waited < hold_limit && self.keeps_holding(now) {
+            let Some(w) = self.choose_worker(Some(now), false) else {
+                break;
+            };
+            if waited < hold_limit && self.keeps_holding(w, now) {
                 return Some(since + hold_limit);
             }
-            let Some(taken) = self.take_idle(false) else {
+            let Some(taken) = self.take_from(w, Some(now)) else {
                 break;
             };
             let granted = Outcome::Granted {
@@ -123,7 +133,7 @@ impl<C> Core<C> {
                     generation,
                     conn,
                 }) => {
-                    let _ = self.make_available(slot.worker as usize, slot, generation, conn);
+                    let _ = self.make_available(slot.worker as usize, slot, generation, conn, None);
                     break;
                 }
                 Err(_) => break,
@@ -133,7 +143,7 @@ impl<C> Core<C> {
     }
 
     /// A usable connection of worker `w`: to the oldest waiter if there is one,
-    /// else idle.
+    /// else idle. `now` is the time when the caller read the clock.
     #[inline]
     pub(super) fn make_available(
         &mut self,
@@ -141,6 +151,7 @@ impl<C> Core<C> {
         slot: SlotId,
         generation: u64,
         conn: C,
+        now: Option<Instant>,
     ) -> Aftermath<C> {
         if self.workers[w].shedding && self.sheds(slot) {
             return self.shed(slot, conn);
@@ -159,7 +170,7 @@ impl<C> Core<C> {
             };
             match self.waiters.pop_front(granted) {
                 Ok(waker) => {
-                    self.set_busy(slot, None);
+                    self.set_busy(slot, now);
                     after.wake = waker;
                     return after;
                 }
@@ -236,7 +247,8 @@ impl<C> Core<C> {
         clean: bool,
     ) -> Aftermath<C> {
         let w = slot.worker as usize;
-        self.answered(slot);
+        // Read once, for the answer and for a waiter that takes the slot.
+        let now = self.answered(slot);
         let entry = &mut self.workers[w];
         let (serving, worker_generation) = (entry.serving, entry.generation);
         entry.released += 1;
@@ -244,7 +256,7 @@ impl<C> Core<C> {
         let current = serving && worker_generation == generation;
         let mut after = match conn {
             Some(conn) if clean && current && !self.closed => {
-                self.make_available(w, slot, generation, conn)
+                self.make_available(w, slot, generation, conn, now)
             }
             conn => {
                 let mut after = Aftermath::none();

@@ -106,25 +106,25 @@ impl<C> Core<C> {
 
     /// `slot` is being answered (released, clean or not). A prompt answer (or
     /// any answer, when answers are not timed) is progress; a late one is not.
+    /// Returns the time it read when answers are timed, for a waiter that
+    /// takes the slot next.
     #[inline]
-    pub(super) fn answered(&mut self, slot: SlotId) {
-        let w = slot.worker as usize;
-        let since = match self.stall_after {
-            Some(stall_after) if self.times_answers() => {
-                let now = Instant::now();
-                let progress = &self.workers[w].progress;
-                let taken = progress.taken_at.get(slot.local as usize);
-                if taken.is_none_or(|&taken| now.saturating_duration_since(taken) >= stall_after) {
-                    return;
-                }
-                Some(now)
-            }
-            _ => None,
+    pub(super) fn answered(&mut self, slot: SlotId) -> Option<Instant> {
+        let now = self.times_answers().then(Instant::now);
+        let progress = &mut self.workers[slot.worker as usize].progress;
+        let prompt = match (now, self.stall_after) {
+            (Some(now), Some(stall_after)) => progress
+                .taken_at
+                .get(slot.local as usize)
+                .is_some_and(|&taken| now.saturating_duration_since(taken) < stall_after),
+            _ => true,
         };
-        self.ticks += 1;
-        let progress = &mut self.workers[w].progress;
-        progress.quiet_from = self.ticks;
-        progress.quiet_since = since;
+        if prompt {
+            self.ticks += 1;
+            progress.quiet_from = self.ticks;
+            progress.quiet_since = now;
+        }
+        now
     }
 
     /// The worker the next event with a free slot goes to, if any slot is
@@ -205,13 +205,11 @@ impl<C> Core<C> {
         self.may_hold && waiting < answering && self.max_waiters.is_none_or(|max| waiting < max)
     }
 
-    /// Whether the events held past `stall_after` are better held still:
-    /// the worker that would get the next one is stalled, and another that
-    /// will free a slot sooner has events in flight.
-    pub(super) fn keeps_holding(&self, now: Instant) -> bool {
-        let Some(w) = self.choose_worker(Some(now), false) else {
-            return false;
-        };
+    /// Whether the events held past `stall_after` are better held still
+    /// than given a slot of `w`, the worker that would get the next one: it
+    /// is stalled, and another that will free a slot sooner has events in
+    /// flight.
+    pub(super) fn keeps_holding(&self, w: usize, now: Instant) -> bool {
         self.stalled(w, now)
             && (0..self.workers.len())
                 .any(|x| self.frees_sooner(x, w, now) && self.workers[x].busy() > 0)
@@ -274,7 +272,7 @@ mod tests {
             for local in 0..slots as u32 {
                 let slot = SlotId::new(w as u32, local);
                 core.set_state(slot, SlotState::Reconnecting);
-                let _ = core.make_available(w, slot, 0, ());
+                let _ = core.make_available(w, slot, 0, (), None);
             }
         }
         core
@@ -337,6 +335,18 @@ mod tests {
         (blocked, busy, free)
     }
 
+    /// On a core of two workers of four slots each, as a WSGI worker of four
+    /// threads would have: one blocked as `block_beside_two_held` leaves it,
+    /// the other's slots all taken (two of them returned). The blocked
+    /// worker, the other, and the two slots taken last.
+    async fn full_beside_blocked(core: &mut Core<()>) -> (usize, usize, [SlotId; 2]) {
+        let (_, busy, free) = block_beside_two_held(core, STALL_AFTER).await;
+        let more = [take(core), take(core)];
+        assert!(more.iter().all(|s| s.worker as usize == free));
+        assert_eq!(core.workers[free].busy(), 4);
+        (busy, free, more)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stalled_worker_is_passed_over_for_one_that_answers() {
         let mut core = core(2, 8);
@@ -367,12 +377,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_event_waits_for_an_answering_worker_rather_than_a_stalled_one() {
-        // Four slots each, as a WSGI worker of four threads would have: the free
-        // worker's are all taken, the blocked one has three free.
         let mut core = core(2, 4);
-        let (_, busy, free) = block_beside_two_held(&mut core, STALL_AFTER).await;
-        let more = [take(&mut core), take(&mut core)];
-        assert!(more.iter().all(|s| s.worker as usize == free));
+        let (busy, free, more) = full_beside_blocked(&mut core).await;
         assert_eq!(core.choose_worker(Some(Instant::now()), false), Some(busy));
         assert!(
             core.take_idle(true).is_none(),
@@ -433,9 +439,7 @@ mod tests {
         // whose block began before the other's last prompt answer is still
         // the worse bet.
         let mut core = core(2, 4);
-        let (_, busy, free) = block_beside_two_held(&mut core, STALL_AFTER).await;
-        let more = [take(&mut core), take(&mut core)];
-        assert!(more.iter().all(|s| s.worker as usize == free));
+        let (busy, free, more) = full_beside_blocked(&mut core).await;
         tokio::time::advance(STALL_AFTER * 2).await;
         let now = Instant::now();
         assert!(core.stalled(busy, now) && core.stalled(free, now));
@@ -443,8 +447,9 @@ mod tests {
         let key = core.waiters.push_back(now, None);
         let mut wake = Vec::new();
         tokio::time::advance(STALL_AFTER).await;
-        assert!(
-            core.release_held(Instant::now(), &mut wake).is_some(),
+        assert_eq!(
+            core.release_held(Instant::now(), &mut wake),
+            Some(now + STALL_AFTER * HOLD_LIMIT),
             "held still"
         );
         answer(&mut core, more[1]);
