@@ -4,8 +4,9 @@
 //!
 //! - A [`Physical`] connection has done the handshake and the `M` exchange. A
 //!   writer task drains its queue of encoded frames into one buffer and writes
-//!   it with one system call; a reader task reads large buffers and hands every
-//!   complete frame to the waiter of its stream.
+//!   it with one system call, once the runtime has run the other tasks that
+//!   were ready beside the one that woke it; a reader task reads large buffers
+//!   and hands every complete frame to the waiter of its stream.
 //! - A [`MuxStream`] is one stream id on one physical connection, one event at
 //!   a time, as a slot's connection is in the one-per-connection mode.
 //! - A call dropped midway sends a cancel frame (`K`) for its stream; the
@@ -317,6 +318,18 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         };
         if taken == 0 {
             break;
+        }
+        if frames.len() < BATCH {
+            // Woken by the first frame of a scheduler tick (the runtime runs a
+            // task woken by another one next): let the tick's other tasks
+            // queue theirs first, so that they go out in this write.
+            tokio::task::yield_now().await;
+            while frames.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(frame) => frames.push(frame),
+                    Err(_) => break,
+                }
+            }
         }
         let result = write_batch(&mut write, &mut frames, &mut batch).await;
         frames.clear();
@@ -643,6 +656,8 @@ impl Drop for InFlight<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn envelope(kind: u8, meta: &str) -> Vec<u8> {
@@ -780,5 +795,76 @@ mod tests {
             confirmed.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
+    }
+
+    /// An `AsyncWrite` that keeps the length of every write it is given.
+    struct Recorder(Arc<parking_lot::Mutex<Vec<usize>>>);
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_frames_of_one_scheduler_tick_go_out_in_one_write() {
+        // The gateway's runtime: multi-threaded, one worker thread, whose
+        // LIFO slot runs the writer right after the first task that wakes it.
+        // No maintenance tick in between: it would wake the yielded writer early.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .event_interval(1_000)
+            .enable_all()
+            .build()
+            .unwrap();
+        let writes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        runtime.block_on(async {
+            let (outgoing, queue) = mpsc::unbounded_channel();
+            let writer = tokio::spawn(write_frames(
+                Recorder(Arc::clone(&writes)),
+                queue,
+                Arc::new(Shared::default()),
+            ));
+            let frame = Bytes::from_static(b"0123456789");
+            // A first frame alone, so that the writer is back on its queue.
+            outgoing.send(frame.clone()).unwrap();
+            while writes.lock().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Eight requests of one tick, each queueing its event.
+            let senders = outgoing.clone();
+            let tick_frame = frame.clone();
+            tokio::spawn(async move {
+                for _ in 0..8 {
+                    let senders = senders.clone();
+                    let frame = tick_frame.clone();
+                    tokio::spawn(async move { senders.send(frame).unwrap() });
+                }
+            })
+            .await
+            .unwrap();
+            drop(outgoing);
+            writer.await.unwrap();
+        });
+        assert_eq!(*writes.lock(), [10, 80]);
     }
 }
