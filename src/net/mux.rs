@@ -161,6 +161,11 @@ impl Shared {
     fn is_dead(&self) -> bool {
         self.state.lock().dead
     }
+
+    /// How many events (WebSocket exchanges included) await their answer.
+    fn in_flight(&self) -> usize {
+        self.state.lock().waiters.len()
+    }
 }
 
 /// A copy of `error` for one of the events that a broken connection fails.
@@ -319,10 +324,12 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         if taken == 0 {
             break;
         }
-        if frames.len() < BATCH {
+        if frames.len() < BATCH && shared.in_flight() > frames.len() {
             // Woken by the first frame of a scheduler tick (the runtime runs a
             // task woken by another one next): let the tick's other tasks
-            // queue theirs first, so that they go out in this write.
+            // queue theirs first, so that they go out in this write. Only
+            // under load: with every event in flight already taken, the yield
+            // would cost a lone event a trip through the runtime's driver.
             tokio::task::yield_now().await;
             while frames.len() < BATCH {
                 match queue.try_recv() {
@@ -838,12 +845,18 @@ mod tests {
             .unwrap();
         let writes = Arc::new(parking_lot::Mutex::new(Vec::new()));
         runtime.block_on(async {
+            let shared = Arc::new(Shared::default());
+            // The nine events in flight, whose answers nobody reads here.
+            let (answers, _unread) = mpsc::unbounded_channel();
+            for stream in 1..=9 {
+                shared
+                    .state
+                    .lock()
+                    .waiters
+                    .insert(stream, plain(answers.clone()));
+            }
             let (outgoing, queue) = mpsc::unbounded_channel();
-            let writer = tokio::spawn(write_frames(
-                Recorder(Arc::clone(&writes)),
-                queue,
-                Arc::new(Shared::default()),
-            ));
+            let writer = tokio::spawn(write_frames(Recorder(Arc::clone(&writes)), queue, shared));
             let frame = Bytes::from_static(b"0123456789");
             // A first frame alone, so that the writer is back on its queue.
             outgoing.send(frame.clone()).unwrap();
