@@ -328,9 +328,9 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             // Woken by the first frame of a scheduler tick (the runtime runs a
             // task woken by another one next): let the tick's other tasks
             // queue theirs first, so that they go out in this write. Only
-            // under load: with every event in flight already taken, the yield
-            // would cost a lone event a trip through the runtime's driver.
-            tokio::task::yield_now().await;
+            // under load: with every event in flight already taken, nobody
+            // else will add to the batch.
+            behind_ready_tasks().await;
             while frames.len() < BATCH {
                 match queue.try_recv() {
                     Ok(frame) => frames.push(frame),
@@ -346,6 +346,22 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         }
     }
     let _ = write.shutdown().await;
+}
+
+/// Pending once, waking itself: the runtime puts a task that woke itself
+/// at the back of its run queue, behind the tasks already ready (where
+/// `tokio::task::yield_now` would wait for the queue to empty and the driver
+/// to be polled).
+fn behind_ready_tasks() -> impl std::future::Future<Output = ()> {
+    let mut woken = false;
+    std::future::poll_fn(move |cx| {
+        if woken {
+            return std::task::Poll::Ready(());
+        }
+        woken = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
 }
 
 async fn write_batch<W: AsyncWrite + Unpin>(
@@ -836,7 +852,7 @@ mod tests {
     fn the_frames_of_one_scheduler_tick_go_out_in_one_write() {
         // The gateway's runtime: multi-threaded, one worker thread, whose
         // LIFO slot runs the writer right after the first task that wakes it.
-        // No maintenance tick in between: it would wake the yielded writer early.
+        // No maintenance tick in between: it would poll the driver mid-tick.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .event_interval(1_000)
