@@ -363,14 +363,35 @@ impl PoolError {
     /// `PoolError` stays one type whatever the transport, so that a host with
     /// several pools (and [`AsyncWorkerPool`](crate::AsyncWorkerPool) objects)
     /// handles errors in one place; this reads the typed error back without a
-    /// downcast at every call site:
+    /// downcast at every call site. With the socket transport `E` is
+    /// `net::NetError`; with a host's own transport, its error type:
     ///
     /// ```
-    /// # use async_worker_pool::PoolError;
-    /// # use async_worker_pool::net::NetError;
-    /// fn too_large(error: &PoolError) -> bool {
-    ///     matches!(error.transport_error::<NetError>(), Some(NetError::EventTooLarge { .. }))
+    /// use async_worker_pool::PoolError;
+    ///
+    /// /// The error of a host's own `Transport`.
+    /// #[derive(Debug)]
+    /// enum WireError {
+    ///     TooLarge,
+    ///     Refused,
     /// }
+    ///
+    /// impl std::fmt::Display for WireError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str(match self {
+    ///             Self::TooLarge => "event too large",
+    ///             Self::Refused => "refused",
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// impl std::error::Error for WireError {}
+    ///
+    /// fn too_large(error: &PoolError) -> bool {
+    ///     matches!(error.transport_error::<WireError>(), Some(WireError::TooLarge))
+    /// }
+    ///
+    /// assert!(!too_large(&PoolError::Closed));
     /// ```
     pub fn transport_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
