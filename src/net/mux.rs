@@ -852,10 +852,8 @@ mod tests {
     fn the_frames_of_one_scheduler_tick_go_out_in_one_write() {
         // The gateway's runtime: multi-threaded, one worker thread, whose
         // LIFO slot runs the writer right after the first task that wakes it.
-        // No maintenance tick in between: it would poll the driver mid-tick.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .event_interval(1_000)
             .enable_all()
             .build()
             .unwrap();
