@@ -25,6 +25,9 @@ handler subprocesses included.
 from __future__ import annotations
 
 import asyncio
+import collections
+import ctypes
+import errno
 import logging
 import os
 import secrets
@@ -55,6 +58,17 @@ SPARE_DESCRIPTORS = 64
 DEFAULT_BACKLOG = 2048
 
 log = logging.getLogger(PROG)
+
+# write(2) called without releasing the GIL, for the threads that answer
+# themselves (_Multiplexed.answer_from_thread). The socket does not block, so
+# the call is short; os.write would release the GIL and take it back, which
+# with other threads waiting for it costs a hand-over each way.
+try:
+    _write_holding_gil = ctypes.PyDLL(None, use_errno=True).write
+    _write_holding_gil.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    _write_holding_gil.restype = ctypes.c_ssize_t
+except (OSError, AttributeError):  # no C library to call: the loop writes every answer
+    _write_holding_gil = None
 
 
 # --------------------------------------------------------------------------
@@ -418,10 +432,24 @@ class _Multiplexed:
     Every frame read is handled at once, each event in a task of its own;
     answers (and cancel confirmations) are queued and written together once
     per loop iteration, so a read of many events costs one write back.
+
+    An app adapter whose events run in threads (wsgi.py) may have a thread
+    write an event's last frame itself (``answer_from_thread``) instead of
+    waking the loop to write it: each wake costs a context switch and a
+    hand-over of the GIL, and the answer would wait for the loop's turn at
+    the GIL behind the app's other threads. The thread writes everything
+    queued, its frame last, through a duplicate of the socket's descriptor
+    (valid until ``lost`` closes it), and only while the transport holds
+    nothing back; ``write_lock`` orders it with the loop's writes, so
+    frames never interleave and what the socket does not take goes out
+    through the loop, in order. The loop settles the event's bookkeeping
+    (``settle``) before it handles the next frame it reads, so the host,
+    which may reuse the stream as soon as the answer reaches it, always
+    finds the stream free.
     """
 
     __slots__ = ("conn", "buffer", "tasks", "cancelling", "outgoing", "flush_pending",
-                 "parts")
+                 "parts", "write_lock", "settled", "fd")
 
     def __init__(self, conn):
         self.conn = conn
@@ -436,8 +464,27 @@ class _Multiplexed:
         self.flush_pending = False
         # Stream id -> the _StreamAnswer its event answers through.
         self.parts = {}
+        # Held by whoever writes to the socket: the loop's flush, or a thread
+        # answering (answer_from_thread).
+        self.write_lock = threading.Lock()
+        # (stream answer, callback) of answers a thread wrote, for the loop
+        # to settle.
+        self.settled = collections.deque()
+        # The threads' own descriptor of the socket; None if the app adapter
+        # answers on the loop only, or once the connection is lost.
+        self.fd = None
+        if _write_holding_gil is not None \
+                and getattr(conn.worker.app, "answers_from_threads", False):
+            try:
+                self.fd = os.dup(conn.transport.get_extra_info("socket").fileno())
+            except OSError as exc:  # out of descriptors: the loop writes every answer
+                log.warning("worker %d: connection %d: answers go through the loop: %s",
+                            conn.worker.worker_id, conn.number, exc)
 
     def data_received(self, data):
+        if self.settled:
+            # Before any frame: the host may reuse a stream it got an answer on.
+            self.settle()
         buffer = self.buffer
         if buffer:
             buffer += data
@@ -513,17 +560,19 @@ class _Multiplexed:
             self.parts.pop(stream, None)
             self.done(stream, None)
 
-    def done(self, stream, answer):
-        """The task of `stream` ended, with `answer` (an envelope) or None."""
+    def done(self, stream, answer, sent=False):
+        """The task of `stream` ended, with `answer` (an envelope) or None;
+        `sent` if a thread has written the answer already."""
         tasks = self.tasks
         tasks.pop(stream, None)
         conn = self.conn
         if stream in self.cancelling:
+            # After an answer a thread wrote, too: the host waits for the `Q`.
             self.cancelling.discard(stream)
             self._send(stream, CANCELLED_ENVELOPE)
         elif answer is not None:
             self._send(stream, answer)
-        elif conn.state == _SERVING:
+        elif not sent and conn.state == _SERVING:
             # Ended without an answer nobody asked to cancel: the host would
             # wait for it forever, so fail the connection's events instead.
             log.warning("worker %d: an event on connection %d ended without an answer",
@@ -534,28 +583,92 @@ class _Multiplexed:
             if conn.state == _CLOSED:
                 conn.worker.forget(conn)
 
+    def answer_from_thread(self, part, answer, on_settled) -> bool:
+        """Called on an app's thread: write `answer`, the last frame of the
+        event of `part`, after what is queued, and have the loop call
+        `on_settled` and settle the stream when it next runs. False, writing
+        nothing, if the stream or the connection is gone: the loop must
+        answer then (see the class's docstring)."""
+        conn = self.conn
+        with self.write_lock:
+            if self.fd is None or conn.state != _SERVING or part.stream in self.cancelling:
+                return False
+            # Before the write: the host's next frame on this stream may come
+            # as soon as the write returns.
+            self.settled.append((part, on_settled))
+            self.outgoing.append(FRAME_HEAD.pack(len(answer) + STREAM.size, part.stream))
+            self.outgoing.append(answer)
+            if not conn.transport.get_write_buffer_size():
+                self._write_now()
+            if self.outgoing and not self.flush_pending:
+                # More than the socket took: the loop writes the rest.
+                self.flush_pending = True
+                conn.worker.loop.call_soon_threadsafe(self._flush)
+        if conn.worker.draining:
+            # Nothing else may wake the loop: the drain waits for this event.
+            conn.worker.loop.call_soon_threadsafe(self._settle_draining)
+        return True
+
+    def _write_now(self):
+        """Under the write lock, with the transport's buffer empty: write
+        what is queued straight to the socket, keeping what it did not take."""
+        data = b"".join(self.outgoing)
+        sent = _write_holding_gil(self.fd, data, len(data))
+        if sent < 0:
+            if ctypes.get_errno() in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                sent = 0
+            else:
+                # Broken: the loop hears it as the connection's loss, which
+                # settles these events too.
+                sent = len(data)
+        self.outgoing = [data[sent:]] if sent < len(data) else []
+
+    def settle(self):
+        """On the loop: finish the events whose answers threads wrote."""
+        settled = self.settled
+        while settled:
+            part, on_settled = settled.popleft()
+            on_settled()
+            part.settle()
+
+    def _settle_draining(self):
+        self.settle()
+        conn = self.conn
+        # As _flush does once it has written: with a flush pending, it will.
+        if not self.tasks and not self.flush_pending and conn.state == _SERVING:
+            conn.close()
+
     def _send(self, stream, envelope):
         if self.conn.state != _SERVING:
             return
-        self.outgoing.append(FRAME_HEAD.pack(len(envelope) + STREAM.size, stream))
-        self.outgoing.append(envelope)
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.conn.worker.loop.call_soon(self._flush)
+        with self.write_lock:
+            self.outgoing.append(FRAME_HEAD.pack(len(envelope) + STREAM.size, stream))
+            self.outgoing.append(envelope)
+            if not self.flush_pending:
+                self.flush_pending = True
+                self.conn.worker.loop.call_soon(self._flush)
 
     def _flush(self):
-        self.flush_pending = False
-        outgoing, self.outgoing = self.outgoing, []
         conn = self.conn
-        if conn.state != _SERVING:
-            return
-        conn.transport.write(b"".join(outgoing))
+        with self.write_lock:
+            self.flush_pending = False
+            outgoing, self.outgoing = self.outgoing, []
+            if conn.state != _SERVING:
+                return
+            if outgoing:
+                conn.transport.write(b"".join(outgoing))
         if conn.worker.draining and not self.tasks:
             conn.close()
 
     def lost(self):
         """The connection closed: cancel every event still running on it (an
         ASGI app hears http.disconnect first)."""
+        self.settle()
+        with self.write_lock:
+            # No thread writes once this is None.
+            fd, self.fd = self.fd, None
+            if fd is not None:
+                os.close(fd)
         self.outgoing = []
         parts, self.parts = self.parts, {}
         for stream, task in list(self.tasks.items()):
@@ -589,6 +702,18 @@ class _StreamAnswer:
 
     def answered(self, answer):
         self._end(answer)
+
+    def answer_from_thread(self, answer, on_settled) -> bool:
+        """On an app's thread: the last frame, written by the thread (see
+        _Multiplexed.answer_from_thread); the loop calls `on_settled` later."""
+        return self.mux.answer_from_thread(self, answer, on_settled)
+
+    def settle(self):
+        mux = self.mux
+        if mux.parts.get(self.stream) is self:
+            del mux.parts[self.stream]
+        if self.stream in mux.tasks:
+            mux.done(self.stream, None, sent=True)
 
     def abandoned(self):
         self._end(None)
@@ -720,6 +845,8 @@ class Worker:
             # keep the drain from ever finishing.
             drain()
         for conn in list(self.connections):
+            if conn.mux is not None:
+                conn.mux.settle()
             if not conn.busy:
                 conn.close()
             elif conn.mux is not None:

@@ -15,7 +15,11 @@ sends more events than the worker can run, and late binding sends each request
 to a worker with a free thread. Each response chunk is made in the thread and
 handed to the loop with ``call_soon_threadsafe``; the thread may run at most
 ``WRITE_AHEAD`` chunks ahead of what the socket has taken, so a huge response
-does not pile up in memory while a slow client reads it.
+does not pile up in memory while a slow client reads it. An answer's only
+frame (the usual ``O``) is written by the thread itself on a multiplexed
+connection (server._Multiplexed says how): waking the loop for it would cost
+a context switch, and the answer would wait behind the other threads for the
+loop's turn at the GIL.
 
 The environ
 -----------
@@ -414,6 +418,12 @@ class _Exchange:
             log.exception("worker %d: the WSGI exchange failed", self.adapter.worker_id)
             answer = encode_raised(exc, self.adapter.max_frame)
         self.finished = True
+        if answer is not None and not self.gone and not self.head_sent:
+            # Written from here, the answer costs the loop no wake-up. Not
+            # after an `H`: the loop may still hold parts to write before it.
+            now = getattr(self.conn, "answer_from_thread", None)
+            if now is not None and now(answer, self._settled):
+                return
         self.adapter.loop.call_soon_threadsafe(self._finish, answer)
 
     def _call(self):
@@ -609,6 +619,13 @@ class _Exchange:
         else:
             conn.answered(answer)
 
+    def _settled(self):
+        """The loop's part once the thread has written the answer itself."""
+        if self.gave_up:
+            self.adapter.threads.given_up_done()
+        self.released = True
+        self.conn.on_lost = None
+
     def cancel(self):
         """What the server calls a task's cancel: the thread cannot be
         stopped, so this is the host giving up."""
@@ -625,6 +642,9 @@ class WsgiAdapter:
     ``start(conn, event)`` per event, ``shutdown()`` after the drain, as
     handler.HandlerAdapter does for a handler. `conn` is as
     asgi.AsgiAdapter describes it, and has ``when_writable(callback)``."""
+
+    # The server may let a thread write its answer itself (server._Multiplexed).
+    answers_from_threads = True
 
     def __init__(self, app, worker_id: int, max_frame: int, threads: int, root_path: str = ""):
         self.app = app

@@ -128,6 +128,9 @@ APPS = textwrap.dedent('''
         if path == "/flood":
             start_response("200 OK", [])
             return _flood()
+        if path == "/sized":
+            start_response("200 OK", [])
+            return [b"s" * int(environ["QUERY_STRING"])]
         if path == "/flooded":
             start_response("200 OK", [])
             return [str(FLOODED[0]).encode()]
@@ -563,6 +566,90 @@ class ThreadFaultTest(WsgiTestCase):
         time.sleep(0.1)
         worker.proc.send_signal(signal.SIGTERM)
         self.assertEqual(recv_envelope(sock)[2], b"slept")
+        self.assertEqual(worker.proc.wait(IO_TIMEOUT), 0)
+
+
+class ThreadAnswerTest(WsgiTestCase):
+    """On a multiplexed connection a thread writes its event's answer itself
+    (server._Multiplexed.answer_from_thread)."""
+
+    def multiplexed(self, worker):
+        sock = worker.connect()
+        sock.sendall(frame(envelope(b"M", {"version": 1})))
+        self.assertEqual(recv_envelope(sock)[:2], (b"M", {"version": 1}))
+        return sock
+
+    @staticmethod
+    def event(stream, path):
+        payload = envelope(b"E", {"method": "GET", "path": path, "headers": []})
+        return struct.pack(">II", len(payload) + 4, stream) + payload
+
+    @staticmethod
+    def answer(sock):
+        """(stream, kind, body) of the next frame."""
+        (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+        payload = recv_exactly(sock, length)
+        (stream,) = struct.unpack(">I", payload[:4])
+        (meta_len,) = struct.unpack(">I", payload[5:9])
+        return stream, payload[4:5], payload[9 + meta_len:]
+
+    def test_a_stream_is_free_again_as_soon_as_its_answer_arrives(self):
+        worker = self.start(extra=["--wsgi-threads", "4"])
+        sock = self.multiplexed(worker)
+        for stream in range(1, 9):
+            sock.sendall(self.event(stream, "/plain"))
+        # Each answer's stream is reused at once: the loop must have settled
+        # it before it reads the new event, or it would close the connection.
+        for _ in range(2000):
+            stream, kind, body = self.answer(sock)
+            self.assertEqual((kind, body), (b"O", b"plain"))
+            sock.sendall(self.event(stream, "/plain"))
+        for _ in range(8):
+            self.assertEqual(self.answer(sock)[1:], (b"O", b"plain"))
+        self.assertNotIn("closing connection", worker.stderr())
+
+    def test_a_cancel_that_crosses_an_answer_is_still_confirmed(self):
+        worker = self.start(extra=["--wsgi-threads", "2"])
+        sock = self.multiplexed(worker)
+        payload = envelope(b"K", {})
+        cancel = struct.pack(">II", len(payload) + 4, 1) + payload
+        for _ in range(200):
+            # The answer is written by the thread, before or after the loop
+            # reads the cancel: either way the stream ends with one `Q`.
+            sock.sendall(self.event(1, "/plain") + cancel)
+            kinds = []
+            while not kinds or kinds[-1] != b"Q":
+                stream, kind, _ = self.answer(sock)
+                self.assertEqual(stream, 1)
+                kinds.append(kind)
+            self.assertIn(kinds, ([b"O", b"Q"], [b"Q"]))
+        sock.sendall(self.event(2, "/plain"))
+        self.assertEqual(self.answer(sock), (2, b"O", b"plain"))
+
+    def test_answers_the_socket_cannot_take_yet_go_out_whole_and_in_order(self):
+        worker = self.start(extra=["--wsgi-threads", "4", "--max-frame-bytes", "65536"])
+        sock = self.multiplexed(worker)
+        # Far more than the socket's buffers hold, while the host reads nothing.
+        count, size = 400, 30000
+        sock.sendall(b"".join(self.event(stream, "/sized?%d" % size)
+                              for stream in range(1, count + 1)))
+        time.sleep(0.5)
+        seen = set()
+        for _ in range(count):
+            stream, kind, body = self.answer(sock)
+            self.assertEqual((kind, len(body)), (b"O", size))
+            seen.add(stream)
+        self.assertEqual(seen, set(range(1, count + 1)))
+        sock.sendall(self.event(1, "/plain"))
+        self.assertEqual(self.answer(sock), (1, b"O", b"plain"))
+
+    def test_a_drain_ends_once_the_threads_answers_are_out(self):
+        worker = self.start()
+        sock = self.multiplexed(worker)
+        sock.sendall(self.event(1, "/sleep?0.5"))
+        time.sleep(0.1)
+        worker.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.answer(sock), (1, b"O", b"slept"))
         self.assertEqual(worker.proc.wait(IO_TIMEOUT), 0)
 
 
