@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import errno
 import logging
 import os
@@ -64,10 +63,14 @@ log = logging.getLogger(PROG)
 # the call is short; os.write would release the GIL and take it back, which
 # with other threads waiting for it costs a hand-over each way.
 try:
+    import ctypes
+
     _write_holding_gil = ctypes.PyDLL(None, use_errno=True).write
     _write_holding_gil.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
     _write_holding_gil.restype = ctypes.c_ssize_t
-except (OSError, AttributeError):  # no C library to call: the loop writes every answer
+except (ImportError, OSError, AttributeError):
+    # A Python without ctypes, or no C library to call: the loop writes
+    # every answer.
     _write_holding_gil = None
 
 
