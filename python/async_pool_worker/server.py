@@ -476,10 +476,11 @@ class _Multiplexed:
         # The threads' own descriptor of the socket; None if the app adapter
         # answers on the loop only, or once the connection is lost.
         self.fd = None
-        if _write_holding_gil is not None \
+        sock = conn.transport.get_extra_info("socket")
+        if _write_holding_gil is not None and sock is not None \
                 and getattr(conn.worker.app, "answers_from_threads", False):
             try:
-                self.fd = os.dup(conn.transport.get_extra_info("socket").fileno())
+                self.fd = os.dup(sock.fileno())
             except OSError as exc:  # out of descriptors: the loop writes every answer
                 log.warning("worker %d: connection %d: answers go through the loop: %s",
                             conn.worker.worker_id, conn.number, exc)
@@ -712,11 +713,8 @@ class _StreamAnswer:
         return self.mux.answer_from_thread(self, answer, on_settled)
 
     def settle(self):
-        mux = self.mux
-        if mux.parts.get(self.stream) is self:
-            del mux.parts[self.stream]
-        if self.stream in mux.tasks:
-            mux.done(self.stream, None, sent=True)
+        """On the loop: end the stream whose answer a thread wrote."""
+        self._end(None, sent=True)
 
     def abandoned(self):
         self._end(None)
@@ -732,12 +730,12 @@ class _StreamAnswer:
         # Every stream shares the connection's buffer.
         self.mux.conn.when_writable(callback)
 
-    def _end(self, answer):
+    def _end(self, answer, sent=False):
         mux = self.mux
         if mux.parts.get(self.stream) is self:
             del mux.parts[self.stream]
         if self.stream in mux.tasks:
-            mux.done(self.stream, answer)
+            mux.done(self.stream, answer, sent)
 
 
 class Worker:

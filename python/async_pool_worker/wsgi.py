@@ -607,24 +607,24 @@ class _Exchange:
                      self.environ["REQUEST_METHOD"], self.environ["PATH_INFO"])
 
     def _finish(self, answer):
+        if not self._settled():
+            return
+        if answer is None or self.gone:
+            # Given up: a cancelled stream's `Q` goes now, not before.
+            self.conn.abandoned()
+        else:
+            self.conn.answered(answer)
+
+    def _settled(self) -> bool:
+        """The loop's part once the thread is done (and, if it wrote the
+        answer itself, all of it); False if the exchange was released before."""
         if self.gave_up:
             self.adapter.threads.given_up_done()
         if self.released:
-            return
-        self.released = True
-        conn, self.conn.on_lost = self.conn, None
-        if answer is None or self.gone:
-            # Given up: a cancelled stream's `Q` goes now, not before.
-            conn.abandoned()
-        else:
-            conn.answered(answer)
-
-    def _settled(self):
-        """The loop's part once the thread has written the answer itself."""
-        if self.gave_up:
-            self.adapter.threads.given_up_done()
+            return False
         self.released = True
         self.conn.on_lost = None
+        return True
 
     def cancel(self):
         """What the server calls a task's cancel: the thread cannot be

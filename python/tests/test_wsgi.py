@@ -8,6 +8,7 @@ Run from the repository root:
     python3 -m unittest discover -s python/tests -t python
 """
 
+import asyncio
 import io
 import json
 import logging
@@ -20,9 +21,10 @@ import tempfile
 import textwrap
 import threading
 import time
+import types
 import unittest
 
-from async_pool_worker import wsgi
+from async_pool_worker import server, wsgi
 
 from .support import AppWorker, IO_TIMEOUT, envelope, frame, recv_envelope, recv_exactly
 
@@ -592,6 +594,63 @@ class ThreadAnswerTest(WsgiTestCase):
         (stream,) = struct.unpack(">I", payload[:4])
         (meta_len,) = struct.unpack(">I", payload[5:9])
         return stream, payload[4:5], payload[9 + meta_len:]
+
+    def test_the_thread_writes_the_answer_while_the_loop_does_not_run(self):
+        ours, host = socket.socketpair()
+        ours.setblocking(False)
+        host.settimeout(IO_TIMEOUT)
+        self.addCleanup(ours.close)
+        self.addCleanup(host.close)
+        loop = asyncio.new_event_loop()  # run only where the test says
+        self.addCleanup(loop.close)
+        backlog = [0]
+
+        class Transport:
+            written = []
+
+            def get_extra_info(self, name):
+                return ours if name == "socket" else None
+
+            def get_write_buffer_size(self):
+                return backlog[0]
+
+            def write(self, data):
+                self.written.append(data)
+
+        worker = types.SimpleNamespace(app=types.SimpleNamespace(answers_from_threads=True),
+                                       loop=loop, draining=False, worker_id=0, max_frame=4096,
+                                       forget=lambda conn: None)
+        conn = types.SimpleNamespace(worker=worker, transport=Transport(),
+                                     state=server._SERVING, number=1, busy=True)
+        mux = server._Multiplexed(conn)
+        self.addCleanup(mux.lost)
+        settled = []
+
+        def answer_on_a_thread(stream, answer):
+            mux.tasks[stream] = object()
+            part = mux.stream_answer(stream)
+            done = []
+            thread = threading.Thread(target=lambda: done.append(
+                part.answer_from_thread(answer, lambda: settled.append(stream))))
+            thread.start()
+            thread.join(IO_TIMEOUT)
+            self.assertEqual(done, [True])
+
+        answer_on_a_thread(1, b"first")
+        self.assertEqual(recv_exactly(host, 4 + 4 + 5), struct.pack(">II", 9, 1) + b"first")
+        self.assertEqual(Transport.written, [], "the loop wrote it")
+        # The loop settles the stream later, before it reads another frame.
+        self.assertEqual((settled, list(mux.tasks)), ([], [1]))
+        mux.data_received(b"")
+        self.assertEqual((settled, mux.tasks, mux.parts, conn.busy), ([1], {}, {}, False))
+        # With the transport holding bytes back, the answer waits for the loop's
+        # flush, behind them.
+        backlog[0] = 1
+        answer_on_a_thread(2, b"second")
+        host.setblocking(False)
+        self.assertRaises(BlockingIOError, host.recv, 1)
+        loop.run_until_complete(asyncio.sleep(0))
+        self.assertEqual(Transport.written, [struct.pack(">II", 10, 2) + b"second"])
 
     def test_a_stream_is_free_again_as_soon_as_its_answer_arrives(self):
         worker = self.start(extra=["--wsgi-threads", "4"])
